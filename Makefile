@@ -1,0 +1,37 @@
+# Sniffer's developer entry points. Everything installs into ./.venv from the
+# package registries; the testbed's Go binaries are cached under ~/.cache/sniffer.
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+
+.PHONY: all install testbed test lint unit demo bench bench-quick clean
+
+all: test
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP)
+
+testbed: $(STAMP)
+	$(PY) -m testbed.build
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy .
+
+test: install testbed lint
+	$(VENV)/bin/pytest -q
+
+unit: $(STAMP)
+	$(VENV)/bin/pytest -q -m "not testbed"
+
+demo: install testbed
+	$(PY) -m testbed.demo
+
+clean:
+	rm -rf $(VENV) .testbed .pytest_cache .mypy_cache .ruff_cache
