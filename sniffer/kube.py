@@ -1,0 +1,313 @@
+"""Raw, fast access to the Kubernetes API for the few calls Sniffer makes.
+
+Contract:
+* Credentials, TLS and the pooled HTTP session come from `kubernetes.aio`: in-cluster
+  config when ``KUBERNETES_SERVICE_HOST`` is set, else the kubeconfig (client certs,
+  bearer tokens, exec plugins). A 401 reloads the credentials once and retries, so
+  rotated service-account tokens and expiring exec-plugin tokens keep working.
+* Bodies are plain ``json.loads`` dicts, never generated models (those are ~25x slower).
+* `watch_pods` yields one `WatchEvent` per line, however long the line (aiohttp's
+  ``readline`` stops at 128 KiB; pods with big annotations exceed it). A stream that is
+  silent for ``read_timeout`` raises `WatchStalled`: a half-open connection cannot hang
+  the caller. 410 Gone, at open or as an ERROR event mid-stream, raises `Gone`.
+* Errors are typed (`KubeError` and subclasses) and carry no credentials.
+* TLS verification is on unless the caller turns it off, and turning it off is logged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import aiohttp
+from kubernetes.aio import client as kclient
+from kubernetes.aio import config as kconfig
+
+log = logging.getLogger(__name__)
+
+JSON = dict[str, Any]
+_MAX_LINE = 64 * 1024 * 1024  # A watch line beyond this is hostile, not a pod.
+
+
+class KubeError(Exception):
+    """An API call failed; `status` is the HTTP status (0 for transport errors)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"kubernetes API: {status} {message}" if status else message)
+        self.status = status
+        self.message = message
+
+
+class Gone(KubeError):
+    """410: the requested resourceVersion is too old (compacted); relist."""
+
+
+class Unauthorized(KubeError):
+    """401 even after reloading credentials."""
+
+
+class Conflict(KubeError):
+    """409: the object changed (resourceVersion precondition) or already exists."""
+
+
+class NotFound(KubeError):
+    """404: the object does not exist."""
+
+
+class WatchStalled(KubeError):
+    """The watch stream was silent for longer than the read timeout (half-open)."""
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    """One decoded watch line: ADDED, MODIFIED, DELETED, BOOKMARK (or ERROR, raised)."""
+
+    type: str
+    object: JSON
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One LIST page: raw items, the list's resourceVersion and the continue token."""
+
+    items: list[JSON]
+    resource_version: str
+    continue_token: str | None
+
+
+def _error_for(status: int, body: bytes | str) -> KubeError:
+    message = ""
+    try:
+        data = json.loads(body) if body else {}
+        if isinstance(data, dict):
+            message = str(data.get("message") or data.get("reason") or "")
+    except ValueError:
+        message = (body[:200].decode(errors="replace") if isinstance(body, bytes)
+                   else body[:200])
+    cls = {410: Gone, 401: Unauthorized, 409: Conflict, 404: NotFound}.get(status, KubeError)
+    return cls(status, message or "error")
+
+
+class KubeClient:
+    """An authenticated connection to one API server.
+
+    Create with `await KubeClient.connect(...)`; the caller must `await close()`.
+    """
+
+    def __init__(self, configuration: kclient.Configuration, *, kubeconfig: str | None,
+                 context: str | None, in_cluster: bool) -> None:
+        self._configuration = configuration
+        self._kubeconfig = kubeconfig
+        self._context = context
+        self._in_cluster = in_cluster
+        self._api = kclient.ApiClient(configuration)
+
+    @classmethod
+    async def connect(cls, *, kubeconfig: str | None = None, context: str | None = None,
+                      verify_tls: bool = True, pool_size: int = 32) -> KubeClient:
+        """Load credentials (in-cluster if ``KUBERNETES_SERVICE_HOST`` is set and no
+        kubeconfig is given, else kubeconfig / $KUBECONFIG / ~/.kube/config)."""
+        configuration = kclient.Configuration()
+        in_cluster = kubeconfig is None and "KUBERNETES_SERVICE_HOST" in os.environ
+        path = kubeconfig or os.environ.get("KUBECONFIG") or None
+        await cls._load(configuration, path, context, in_cluster)
+        configuration.connection_pool_maxsize = pool_size
+        if not verify_tls:
+            log.warning("TLS verification of the Kubernetes API server is OFF "
+                        "(kube.verify_tls=false); do not run like this in production")
+            configuration.verify_ssl = False
+        return cls(configuration, kubeconfig=path, context=context, in_cluster=in_cluster)
+
+    @staticmethod
+    async def _load(configuration: kclient.Configuration, path: str | None,
+                    context: str | None, in_cluster: bool) -> None:
+        if in_cluster:
+            kconfig.load_incluster_config(client_configuration=configuration)
+        else:
+            await kconfig.load_kube_config(config_file=path, context=context,
+                                           client_configuration=configuration,
+                                           persist_config=False)
+
+    @property
+    def host(self) -> str:
+        return str(self._configuration.host)
+
+    async def close(self) -> None:
+        await self._api.close()
+
+    async def _headers(self, content_type: str = "application/json") -> dict[str, str]:
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        auth = await self._configuration.auth_settings()
+        bearer = auth.get("BearerToken")
+        if bearer and bearer.get("value"):
+            headers["Authorization"] = str(bearer["value"])
+        return headers
+
+    async def _reload_credentials(self) -> None:
+        log.info("API server answered 401; reloading credentials")
+        await self._load(self._configuration, self._kubeconfig, self._context,
+                         self._in_cluster)
+
+    async def request(self, method: str, path: str, *, query: Mapping[str, Any] | None = None,
+                      body: Any = None, content_type: str = "application/json",
+                      client_timeout: aiohttp.ClientTimeout | None = None,
+                      ) -> aiohttp.ClientResponse:
+        """Send one request and return the open response (status < 400).
+
+        Caller duty: read or release the response. Raises a `KubeError` subclass for
+        any status >= 400, after one credential reload on 401."""
+        url = self.host + path
+        if query:
+            url += "?" + urlencode({k: v for k, v in query.items() if v is not None})
+        data = body if isinstance(body, (bytes, str)) or body is None else json.dumps(body)
+        for attempt in (1, 2):
+            try:
+                resp = await self._api.rest_client.request(
+                    method, url, headers=await self._headers(content_type), body=data,
+                    _request_timeout=client_timeout or aiohttp.ClientTimeout(total=60),
+                )
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise KubeError(0, f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+            response: aiohttp.ClientResponse = resp.response
+            if response.status < 400:
+                return response
+            payload = await response.read()
+            response.release()
+            if response.status == 401 and attempt == 1:
+                await self._reload_credentials()
+                continue
+            raise _error_for(response.status, payload)
+        raise AssertionError("unreachable")
+
+    async def request_json(self, method: str, path: str, **kw: Any) -> JSON:
+        response = await self.request(method, path, **kw)
+        try:
+            data = json.loads(await response.read())
+        except ValueError as exc:
+            raise KubeError(response.status, f"{method} {path}: response is not JSON") from exc
+        finally:
+            response.release()
+        if not isinstance(data, dict):
+            raise KubeError(response.status, f"{method} {path}: response is not an object")
+        return data
+
+    # --- pods -----------------------------------------------------------------------
+
+    @staticmethod
+    def pods_path(namespace: str | None, name: str | None = None) -> str:
+        base = f"/api/v1/namespaces/{quote(namespace)}/pods" if namespace else "/api/v1/pods"
+        return f"{base}/{quote(name)}" if name else base
+
+    async def list_pods(self, namespace: str | None, *, label_selector: str, limit: int,
+                        continue_token: str | None = None) -> Page:
+        """One page of a paginated LIST. The first page is served from etcd (a consistent
+        read), later pages from the same snapshot via the continue token; an expired
+        token raises `Gone`."""
+        data = await self.request_json("GET", self.pods_path(namespace), query={
+            "labelSelector": label_selector or None, "limit": limit,
+            "continue": continue_token}, client_timeout=aiohttp.ClientTimeout(total=120))
+        meta = data.get("metadata") or {}
+        items = data.get("items") or []
+        if not isinstance(items, list):
+            raise KubeError(200, "LIST response: items is not a list")
+        return Page(items=items, resource_version=str(meta.get("resourceVersion") or ""),
+                    continue_token=meta.get("continue") or None)
+
+    async def watch_pods(self, namespace: str | None, *, label_selector: str,
+                         resource_version: str, timeout_seconds: int,
+                         read_timeout: float) -> AsyncIterator[WatchEvent | MalformedEvent]:
+        """Stream watch events from `resource_version` with bookmarks.
+
+        Ends normally when the server closes the stream (its `timeout_seconds` elapsed);
+        raises `Gone` on 410, `WatchStalled` after `read_timeout` of silence and
+        `KubeError` on transport errors. A malformed line is yielded as a
+        `MalformedEvent` instance (not raised), so one bad line never ends the stream."""
+        query = {"watch": "true", "allowWatchBookmarks": "true",
+                 "resourceVersion": resource_version, "timeoutSeconds": timeout_seconds,
+                 "labelSelector": label_selector or None}
+        # No total timeout: the server ends the stream; silence is caught per read.
+        response = await self.request(
+            "GET", self.pods_path(namespace), query=query,
+            client_timeout=aiohttp.ClientTimeout(total=None, sock_connect=30,
+                                                 sock_read=read_timeout))
+        try:
+            async for line in _lines(response.content, read_timeout):
+                try:
+                    yield decode_event(line)
+                except MalformedEvent as bad:
+                    yield bad
+        finally:
+            response.release()
+
+    async def patch_pod(self, namespace: str, name: str, patch: JSON | list[JSON], *,
+                        content_type: str = "application/strategic-merge-patch+json") -> JSON:
+        return await self.request_json("PATCH", self.pods_path(namespace, name), body=patch,
+                                       content_type=content_type)
+
+
+class MalformedEvent(KubeError):
+    """A watch line that is not a well-formed event; the stream itself is still usable."""
+
+
+def decode_event(line: bytes) -> WatchEvent:
+    """Decode one watch line. ERROR events raise (`Gone` for 410), malformed lines raise
+    `MalformedEvent`; nothing else escapes."""
+    try:
+        data = json.loads(line)
+    except (ValueError, RecursionError) as exc:
+        raise MalformedEvent(0, f"watch line is not JSON ({len(line)} bytes)") from exc
+    if not isinstance(data, dict):
+        raise MalformedEvent(0, "watch line is not an object")
+    kind = data.get("type")
+    obj = data.get("object")
+    if not isinstance(kind, str) or not isinstance(obj, dict):
+        raise MalformedEvent(0, "watch event without type or object")
+    if kind == "ERROR":
+        code = obj.get("code")
+        message = str(obj.get("message") or obj.get("reason") or "watch error")
+        if code == 410 or obj.get("reason") in ("Expired", "Gone"):
+            raise Gone(410, message)
+        raise KubeError(code if isinstance(code, int) else 0, message)
+    return WatchEvent(kind, obj)
+
+
+async def _lines(stream: aiohttp.StreamReader, read_timeout: float) -> AsyncIterator[bytes]:
+    """Split a byte stream into lines of any length (aiohttp's readline caps at 128 KiB).
+
+    Partial lines are kept as a list of chunks, so a multi-megabyte line costs one join."""
+    parts: list[bytes] = []
+    pending = 0
+    while True:
+        try:
+            chunk = await stream.readany()
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise WatchStalled(0, f"watch stream silent for {read_timeout:g}s") from exc
+        except aiohttp.ClientError as exc:
+            raise KubeError(0, f"watch stream broke: {type(exc).__name__}: {exc}") from exc
+        if not chunk:
+            tail = b"".join(parts)
+            if tail.strip():
+                yield tail
+            return
+        start = 0
+        while (end := chunk.find(b"\n", start)) != -1:
+            if parts:
+                parts.append(chunk[start:end])
+                line = b"".join(parts)
+                parts.clear()
+                pending = 0
+            else:
+                line = chunk[start:end]
+            if line:
+                yield line
+            start = end + 1
+        if start < len(chunk):
+            parts.append(chunk[start:])
+            pending += len(chunk) - start
+            if pending > _MAX_LINE:
+                raise KubeError(0, f"watch line longer than {_MAX_LINE} bytes")
