@@ -1,0 +1,378 @@
+"""Start, find and stop a real kube-apiserver (with embedded etcd) on loopback.
+
+Contract:
+
+* `start(workdir)` returns only when the server answers ``/readyz`` with 200, as the admin
+  user; otherwise it raises `ApiServerError` whose message includes the tail of the server's
+  log, and leaves no process behind.
+* Everything a testbed owns lives in its ``workdir``: ``state/`` (etcd data, certificates,
+  keys; removed by `ApiServer.stop`), ``kubeconfig`` (admin, token auth; removed by stop),
+  ``admin-token`` and ``apiserver.log`` (kept for post-mortems). Two testbeds in two workdirs
+  run side by side; a second `start` in a workdir whose server still runs is refused.
+* The admin token belongs to group system:masters. The server authorizes with RBAC, so any
+  other identity (a service account, an impersonated user) gets only what RBAC grants it.
+* By default the server dies with the process that started it (it watches its parent), so a
+  killed test run leaves nothing listening. ``detached=True`` lets it outlive its starter;
+  `attach(workdir)` finds it again and its `stop` ends it.
+* `ApiServer.from_kubeconfig(path)` describes an existing cluster instead; its `stop` ends
+  nothing (it only removes files the handle itself wrote).
+
+Only the standard library is used, except that reading a YAML kubeconfig needs PyYAML.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import ssl
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from testbed.build import ensure_binaries
+
+DEFAULT_START_TIMEOUT = 180.0
+"""Seconds to wait for /readyz. A cold start on 2 busy cores takes 10-30 s."""
+STOP_TIMEOUT = 20.0
+"""Seconds between SIGTERM and SIGKILL."""
+_PORT_RACE_ATTEMPTS = 3
+_LOG_TAIL_LINES = 40
+
+
+class ApiServerError(RuntimeError):
+    """The API server could not be started, reached or described."""
+
+
+@dataclass(frozen=True)
+class ApiServer:
+    """How to reach one API server as its admin, and how to stop it if this handle owns it."""
+
+    url: str
+    """Base URL, e.g. ``https://127.0.0.1:40123`` (no trailing slash)."""
+    token: str | None
+    """Admin bearer token; None if the kubeconfig authenticates otherwise."""
+    ca_file: Path | None
+    """PEM bundle that verifies the server; None means the system's trust store."""
+    kubeconfig: Path
+    """A kubeconfig for the admin, usable by kubectl and by Sniffer."""
+    kubectl: Path | None = None
+    """A kubectl binary matching the server, if known."""
+    pid: int | None = None
+    """The server's process id when this machine runs it."""
+    etcd_url: str | None = None
+    """etcd's client URL (its JSON gateway answers ``POST /v3/kv/compaction``), if exposed."""
+    client_cert: Path | None = None
+    """Client certificate, for kubeconfigs that authenticate with one."""
+    client_key: Path | None = None
+    insecure: bool = False
+    """Skip server certificate verification (only if the kubeconfig says so)."""
+    workdir: Path | None = None
+    """The testbed's directory, for servers started by `start`."""
+    _process: subprocess.Popen[bytes] | None = field(default=None, repr=False, compare=False)
+    _owned_paths: tuple[Path, ...] = field(default=(), repr=False, compare=False)
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A client TLS context that trusts this server (and presents the client cert, if any)."""
+        ctx = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
+        if self.insecure:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        if self.client_cert:
+            ctx.load_cert_chain(str(self.client_cert), str(self.client_key or self.client_cert))
+        return ctx
+
+    def headers(self) -> dict[str, str]:
+        """Authentication headers for the admin."""
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def kubectl_command(self, *args: str) -> list[str]:
+        """argv running this handle's kubectl against this server as the admin.
+
+        The caller must make sure `kubectl` is set (it is for servers from `start`).
+        """
+        if self.kubectl is None:
+            raise ApiServerError("no kubectl known for this API server")
+        return [str(self.kubectl), f"--kubeconfig={self.kubeconfig}", *args]
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """End the server if this handle owns it (SIGTERM, then SIGKILL), and remove its state.
+
+        Idempotent. A handle from `from_kubeconfig` ends nothing.
+        """
+        if self._process is not None:
+            _terminate_child(self._process, timeout)
+        elif self.pid is not None:
+            _terminate_pid(self.pid, timeout)
+        for path in self._owned_paths:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+    @classmethod
+    def from_kubeconfig(cls, path: Path | str, *, kubectl: Path | None = None,
+                        context: str | None = None) -> ApiServer:
+        """Describe the cluster of a kubeconfig's current (or given) context.
+
+        Supports token and client-certificate auth, file or inline (``*-data``) credentials.
+        Inline data is written to a private temporary directory that `stop` removes.
+        """
+        return _from_kubeconfig(Path(path), kubectl=kubectl, context=context)
+
+
+def start(workdir: Path, *, token: str | None = None, kubectl: Path | None = None,
+          apiserver_binary: Path | None = None, extra_args: Sequence[str] = (),
+          detached: bool = False, timeout: float = DEFAULT_START_TIMEOUT) -> ApiServer:
+    """Start a testbed API server whose files live in ``workdir`` and wait until it is ready.
+
+    ``token`` is the admin bearer token (a random one if None). Binaries default to
+    `testbed.build.ensure_binaries()` (which may build them: minutes, once). ``extra_args``
+    are appended to kube-apiserver's flags. The caller must call `ApiServer.stop`.
+    """
+    workdir = Path(workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    state = workdir / "state"
+    running = _running_pid(state)
+    if running is not None:
+        raise ApiServerError(f"a testbed API server (pid {running}) already runs in {workdir}")
+    if apiserver_binary is None or kubectl is None:
+        built = ensure_binaries()
+        apiserver_binary = apiserver_binary or built.apiserver
+        kubectl = kubectl or built.kubectl
+    token = token or secrets.token_urlsafe(32)
+    token_file = workdir / "admin-token"
+    token_file.write_text(token + "\n")
+    token_file.chmod(0o600)
+
+    for attempt in range(1, _PORT_RACE_ATTEMPTS + 1):
+        shutil.rmtree(state, ignore_errors=True)
+        log_path = workdir / "apiserver.log"
+        argv = [str(apiserver_binary), f"--data-dir={state}", f"--admin-token-file={token_file}"]
+        if not detached:
+            argv.append("--exit-with-parent")
+        if extra_args:
+            argv += ["--", *extra_args]
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                    start_new_session=detached)
+        try:
+            endpoints = _wait_ready(proc, state, token, log_path, timeout)
+        except _PortTaken:
+            if attempt == _PORT_RACE_ATTEMPTS:
+                raise ApiServerError(f"ports kept being taken by other processes:\n"
+                                     f"{_tail(log_path)}") from None
+            continue
+        except BaseException:
+            _terminate_child(proc, STOP_TIMEOUT)
+            raise
+        kubeconfig = workdir / "kubeconfig"
+        _write_kubeconfig(kubeconfig, endpoints["url"], Path(endpoints["ca_file"]), token)
+        return ApiServer(
+            url=endpoints["url"], token=token, ca_file=Path(endpoints["ca_file"]),
+            kubeconfig=kubeconfig, kubectl=kubectl, pid=proc.pid,
+            etcd_url=endpoints.get("etcd_url"), workdir=workdir,
+            _process=None if detached else proc, _owned_paths=(state, kubeconfig))
+    raise AssertionError("unreachable")
+
+
+def attach(workdir: Path, *, kubectl: Path | None = None) -> ApiServer:
+    """Find the server `start` left running in ``workdir`` (e.g. with ``detached=True``).
+
+    Raises `ApiServerError` if none runs there. The returned handle's `stop` ends it.
+    """
+    workdir = Path(workdir).resolve()
+    state = workdir / "state"
+    pid = _running_pid(state)
+    if pid is None:
+        raise ApiServerError(f"no testbed API server runs in {workdir}")
+    endpoints = json.loads((state / "endpoints.json").read_text())
+    token = (workdir / "admin-token").read_text().strip()
+    return ApiServer(
+        url=endpoints["url"], token=token, ca_file=Path(endpoints["ca_file"]),
+        kubeconfig=workdir / "kubeconfig", kubectl=kubectl, pid=pid,
+        etcd_url=endpoints.get("etcd_url"), workdir=workdir,
+        _owned_paths=(state, workdir / "kubeconfig"))
+
+
+class _PortTaken(Exception):
+    pass
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], state: Path, token: str, log_path: Path,
+                timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    endpoints: dict[str, Any] | None = None
+    last_error = "endpoints.json not written yet"
+    while time.monotonic() < deadline:
+        code = proc.poll()
+        if code is not None:
+            tail = _tail(log_path)
+            if "address already in use" in tail:
+                raise _PortTaken()
+            raise ApiServerError(f"the API server exited with code {code} before it was "
+                                 f"ready; last lines of {log_path}:\n{tail}")
+        if endpoints is None:
+            with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
+                endpoints = json.loads((state / "endpoints.json").read_text())
+        if endpoints is not None and Path(endpoints["ca_file"]).exists():
+            try:
+                if _readyz(endpoints["url"], Path(endpoints["ca_file"]), token):
+                    return endpoints
+                last_error = "/readyz not ok yet"
+            except (OSError, ssl.SSLError) as e:
+                last_error = f"/readyz: {e}"
+        time.sleep(0.2)
+    raise ApiServerError(f"the API server was not ready after {timeout:.0f}s ({last_error}); "
+                         f"last lines of {log_path}:\n{_tail(log_path)}")
+
+
+def _readyz(url: str, ca_file: Path, token: str) -> bool:
+    ctx = ssl.create_default_context(cafile=str(ca_file))
+    req = urllib.request.Request(f"{url}/readyz", headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(req, context=ctx, timeout=5) as resp:
+            return bool(resp.status == 200)
+    except urllib.error.HTTPError:
+        return False  # 500 while post-start hooks (RBAC bootstrap, ...) are still running
+
+
+def _running_pid(state: Path) -> int | None:
+    try:
+        pid = int(json.loads((state / "endpoints.json").read_text())["pid"])
+    except (FileNotFoundError, json.JSONDecodeError, KeyError, ValueError):
+        return None
+    return pid if _alive(pid) else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited, not yet reaped) still accepts signal 0.
+    with contextlib.suppress(OSError):
+        if Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z":
+            return False
+    return True
+
+
+def _terminate_child(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _terminate_pid(pid: int, timeout: float) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + timeout
+        time.sleep(0.1)
+
+
+def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _write_kubeconfig(path: Path, url: str, ca_file: Path, token: str) -> None:
+    # JSON strings are valid YAML scalars, so json.dumps quotes values safely.
+    q = json.dumps
+    text = f"""apiVersion: v1
+kind: Config
+clusters:
+- name: testbed
+  cluster:
+    server: {q(url)}
+    certificate-authority: {q(str(ca_file))}
+users:
+- name: testbed-admin
+  user:
+    token: {q(token)}
+contexts:
+- name: testbed
+  context:
+    cluster: testbed
+    user: testbed-admin
+current-context: testbed
+"""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.chmod(0o600)
+    tmp.replace(path)
+
+
+def _from_kubeconfig(path: Path, *, kubectl: Path | None, context: str | None) -> ApiServer:
+    try:
+        import yaml  # only needed here; the rest of the launcher is stdlib only
+    except ImportError as e:  # pragma: no cover - PyYAML is a project dependency
+        raise ApiServerError("reading a kubeconfig needs PyYAML") from e
+    path = path.expanduser().resolve()
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ApiServerError(f"cannot read kubeconfig {path}: {e}") from e
+
+    def named(section: str, name: str) -> dict[str, Any]:
+        for item in config.get(section) or []:
+            if item.get("name") == name:
+                return dict(item.get(section[:-1]) or {})
+        raise ApiServerError(f"kubeconfig {path}: no {section[:-1]} named {name!r}")
+
+    ctx_name = context or config.get("current-context")
+    if not ctx_name:
+        raise ApiServerError(f"kubeconfig {path}: no current-context")
+    ctx = named("contexts", ctx_name)
+    cluster = named("clusters", ctx["cluster"])
+    user = named("users", ctx["user"]) if ctx.get("user") else {}
+    base = path.parent
+    scratch: Path | None = None
+
+    def credential(file_key: str, data_key: str, source: dict[str, Any]) -> Path | None:
+        nonlocal scratch
+        if source.get(file_key):
+            return (base / source[file_key]).resolve()
+        if source.get(data_key):
+            if scratch is None:
+                scratch = Path(tempfile.mkdtemp(prefix="sniffer-kubeconfig-"))
+            out = scratch / file_key
+            out.write_bytes(base64.b64decode(source[data_key]))
+            return out
+        return None
+
+    token = user.get("token")
+    if not token and user.get("tokenFile"):
+        token = (base / user["tokenFile"]).read_text().strip()
+    return ApiServer(
+        url=str(cluster["server"]).rstrip("/"), token=token,
+        ca_file=credential("certificate-authority", "certificate-authority-data", cluster),
+        kubeconfig=path, kubectl=kubectl,
+        client_cert=credential("client-certificate", "client-certificate-data", user),
+        client_key=credential("client-key", "client-key-data", user),
+        insecure=bool(cluster.get("insecure-skip-tls-verify")),
+        _owned_paths=(scratch,) if scratch else ())
