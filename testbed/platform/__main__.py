@@ -37,6 +37,7 @@ def _write_ready(path: Path, url: str) -> None:
 
 async def serve(host: str, port: int, db: Path, token_file: Path, ready_file: Path | None) -> None:
     store = Store.open(db)
+    store.start_checkpointer()
     runner = web.AppRunner(
         build_app(store, token_file), access_log=None, handle_signals=False,
         shutdown_timeout=5.0,

@@ -35,7 +35,16 @@ from .wire import (
 
 STORE: web.AppKey[Store] = web.AppKey("store", Store)
 FAULTS: web.AppKey[faults.Faults] = web.AppKey("faults", faults.Faults)
-STATS: web.AppKey[Counter[str]] = web.AppKey("stats", Counter)
+
+
+class RequestStats:
+    """Requests answered, by status code (``"reset"`` for injected connection resets)."""
+
+    def __init__(self) -> None:
+        self.by_status: Counter[str] = Counter()
+
+
+STATS: web.AppKey[RequestStats] = web.AppKey("stats", RequestStats)
 RECEIVED_AT = "received_at"
 
 DECISION_STATUS: dict[Decision, int] = {
@@ -89,7 +98,7 @@ def _run_id(request: web.Request) -> str:
 @web.middleware
 async def _statistics(request: web.Request, handler: Handler) -> web.StreamResponse:
     request[RECEIVED_AT] = now()
-    stats = request.app[STATS]
+    stats = request.app[STATS].by_status
     try:
         response = await handler(request)
     except Invalid as exc:
@@ -198,7 +207,7 @@ async def get_stats(request: web.Request) -> web.Response:
     return _json(
         {
             "runs_by_state": store.counts_by_state(),
-            "requests_by_status": dict(request.app[STATS]),
+            "requests_by_status": dict(request.app[STATS].by_status),
             "faults_injected": dict(request.app[FAULTS].injected),
             "last_update_seq": store.last_seq(),
         }
@@ -223,7 +232,7 @@ def build_app(store: Store, token_file: Path, fault_state: faults.Faults | None 
     )
     app[STORE] = store
     app[FAULTS] = fault_state
-    app[STATS] = Counter()
+    app[STATS] = RequestStats()
     app.router.add_post("/api/v1/runs", create_run)
     app.router.add_get("/api/v1/runs", list_runs)
     app.router.add_get("/api/v1/runs/{run_id}", get_run)

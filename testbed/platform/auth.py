@@ -17,7 +17,7 @@ import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from aiohttp import web
+from aiohttp import typedefs, web
 
 PUBLIC_PATHS = frozenset({"/healthz"})
 
@@ -68,7 +68,7 @@ def unauthorized(message: str) -> web.Response:
     )
 
 
-def middleware(tokens: TokenFile) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def middleware(tokens: TokenFile) -> typedefs.Middleware:
     @web.middleware
     async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path in PUBLIC_PATHS:

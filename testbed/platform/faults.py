@@ -25,6 +25,7 @@ Promises:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import random
 import socket
@@ -34,7 +35,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from aiohttp import web
+from aiohttp import typedefs, web
 
 from .wire import Invalid, parse_number_fields
 
@@ -137,10 +138,8 @@ def _reset(request: web.Request) -> web.Response:
         return web.Response(status=499)
     sock = transport.get_extra_info("socket")
     if sock is not None:
-        try:
+        with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        except OSError:
-            pass
     transport.abort()
     return web.Response(status=499)
 
@@ -152,7 +151,9 @@ def _error(status: int, code: str, message: str, retry_after: float) -> web.Resp
     )
 
 
-async def _drip(request: web.Request, response: web.Response, duration_s: float) -> web.StreamResponse:
+async def _drip(
+    request: web.Request, response: web.Response, duration_s: float
+) -> web.StreamResponse:
     body = response.body
     data = body if isinstance(body, bytes) else b""
     stream = web.StreamResponse(status=response.status, headers=response.headers)
@@ -170,7 +171,7 @@ async def _drip(request: web.Request, response: web.Response, duration_s: float)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def middleware(faults: Faults) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def middleware(faults: Faults) -> typedefs.Middleware:
     """Build the aiohttp middleware that injects ``faults`` into ``/api/v1`` calls."""
 
     @web.middleware

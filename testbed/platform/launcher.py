@@ -223,7 +223,9 @@ class PlatformServer:
             "POST", f"/api/v1/runs/{urllib.parse.quote(run_id, safe='')}/cancel"
         )[1]
 
-    def list_runs(self, states: tuple[str, ...] = (), page_size: int = 1000) -> list[dict[str, Any]]:
+    def list_runs(
+        self, states: tuple[str, ...] = (), page_size: int = 1000
+    ) -> list[dict[str, Any]]:
         runs: list[dict[str, Any]] = []
         after: str | None = None
         while True:

@@ -16,12 +16,16 @@ Promises:
   other runs change meanwhile.
 
 The store is used from one thread (the server's event loop); each call is a few tens of
-microseconds, so it runs inline rather than in an executor.
+microseconds, so it runs inline rather than in an executor. The one slow operation, the
+WAL checkpoint (it fsyncs the database), runs in a background thread with its own
+connection once :meth:`Store.start_checkpointer` was called, so a write never waits for a
+disk flush.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -72,6 +76,39 @@ _COLUMNS = (
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM runs"
 
 
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA busy_timeout=5000")
+    return conn
+
+
+class _Checkpointer(threading.Thread):
+    """Runs ``PRAGMA wal_checkpoint(PASSIVE)`` every ``interval_s`` on its own connection.
+
+    PASSIVE never blocks writers; sqlite3 releases the GIL while it works.
+    """
+
+    def __init__(self, path: Path, interval_s: float) -> None:
+        super().__init__(name="sqlite-checkpointer", daemon=True)
+        self._path = path
+        self._interval_s = interval_s
+        self._stopping = threading.Event()
+
+    def run(self) -> None:
+        conn = _connect(self._path)
+        try:
+            while not self._stopping.wait(self._interval_s):
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.join(timeout=10)
+
+
 class AlreadyExists(Exception):
     """A run with this id exists already; ``run`` is its current JSON."""
 
@@ -101,21 +138,30 @@ class Store:
     left open between calls).
     """
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
         self._conn = conn
+        self._path = path
+        self._checkpointer: _Checkpointer | None = None
 
     @classmethod
     def open(cls, path: Path | str) -> Store:
-        conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA busy_timeout=5000")
+        conn = _connect(Path(path))
         conn.executescript(_SCHEMA)
-        return cls(conn)
+        return cls(conn, Path(path))
+
+    def start_checkpointer(self, interval_s: float = 0.5) -> None:
+        """Move WAL checkpoints off the calling thread (call once; :meth:`close` stops it)."""
+        if self._checkpointer is not None:
+            raise RuntimeError("checkpointer already started")
+        self._conn.execute("PRAGMA wal_autocheckpoint=0")
+        self._checkpointer = _Checkpointer(self._path, interval_s)
+        self._checkpointer.start()
 
     def close(self) -> None:
-        """Checkpoint the WAL and close the connection."""
+        """Stop the checkpointer, checkpoint the WAL and close the connection."""
         try:
+            if self._checkpointer is not None:
+                self._checkpointer.stop()
             self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
             self._conn.close()

@@ -171,7 +171,7 @@ class PatchBody:
     pod_namespace: str | None = None
 
 
-_PATCH_FIELDS = frozenset(PatchBody.__slots__)  # type: ignore[attr-defined]
+_PATCH_FIELDS = frozenset(PatchBody.__slots__)
 
 
 def parse_patch(raw: Any) -> PatchBody:
