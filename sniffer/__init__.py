@@ -1,0 +1,1 @@
+"""Sniffer's shared core: pod projection, state derivation, Kubernetes and platform clients."""

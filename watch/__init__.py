@@ -1,0 +1,1 @@
+"""The watcher: reflector, store, work queue, rate limiters, controller, finalizers, leader."""
