@@ -1,0 +1,95 @@
+"""Sniffer's pod finalizer: no outcome can vanish with its pod.
+
+Contract (the Kubernetes Job controller's pod-tracking technique, KEP-2307):
+* `ensure(pod)` adds ``sniffer.io/outcome`` to a live, tracked, not-yet-terminal pod.
+  A pod that is already being deleted cannot gain a finalizer (the API forbids it);
+  such a pod is reported from its last view like any other.
+* `release(pod)` removes it. Callers must only release once the platform has
+  acknowledged a terminal state for the pod's run, or the pod stopped being tracked,
+  or the run is unknown to the platform: the finalizer never outlives its purpose.
+* Both are idempotent strategic-merge patches without a resourceVersion precondition,
+  so they never conflict with the kubelet or other controllers touching the pod; a pod
+  that is already gone counts as done.
+* `remove_all` is the uninstall path (`sniffer finalizers remove`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from sniffer.kube import Conflict, KubeClient, NotFound
+from sniffer.podview import OUTCOME_FINALIZER as FINALIZER
+from sniffer.podview import PodView
+
+log = logging.getLogger(__name__)
+
+
+class Finalizers:
+    """Adds and removes Sniffer's finalizer on pods."""
+
+    def __init__(self, kube: KubeClient, *, enabled: bool) -> None:
+        self._kube = kube
+        self.enabled = enabled
+        """When False, `ensure` does nothing; `release` still removes leftovers."""
+
+    async def ensure(self, pod: PodView) -> bool:
+        """Add the finalizer if missing; True if a patch was sent."""
+        if not self.enabled or FINALIZER in pod.finalizers or pod.deletion_timestamp:
+            return False
+        try:
+            await self._kube.patch_pod(pod.namespace, pod.name, {
+                "metadata": {"uid": pod.uid, "finalizers": [FINALIZER]}})
+        except (NotFound, Conflict):
+            # Gone, or the name now belongs to a new pod (the uid precondition failed).
+            return False
+        return True
+
+    async def release(self, pod: PodView) -> bool:
+        """Remove the finalizer if present; True if a patch was sent."""
+        if FINALIZER not in pod.finalizers:
+            return False
+        try:
+            await self._kube.patch_pod(pod.namespace, pod.name, {
+                "metadata": {"$deleteFromPrimitiveList/finalizers": [FINALIZER]}})
+        except NotFound:
+            return False
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class RemovalReport:
+    scanned: int
+    removed: int
+    failed: int
+
+
+async def remove_all(kube: KubeClient, *, namespaces: tuple[str, ...], label_selector: str,
+                     page_size: int = 500) -> RemovalReport:
+    """Remove Sniffer's finalizer from every tracked pod (uninstall). Pods whose outcome
+    was not yet recorded lose that protection; run `sniffer reconcile` first."""
+    scanned = removed = failed = 0
+    for namespace in namespaces or (None,):
+        token: str | None = None
+        while True:
+            page = await kube.list_pods(namespace, label_selector=label_selector,
+                                        limit=page_size, continue_token=token)
+            for obj in page.items:
+                scanned += 1
+                meta = obj.get("metadata") or {}
+                if FINALIZER not in (meta.get("finalizers") or []):
+                    continue
+                try:
+                    await kube.patch_pod(str(meta.get("namespace")), str(meta.get("name")), {
+                        "metadata": {"$deleteFromPrimitiveList/finalizers": [FINALIZER]}})
+                    removed += 1
+                except NotFound:
+                    pass
+                except Exception as exc:  # report and continue: uninstall must make progress
+                    failed += 1
+                    log.error("could not remove finalizer", extra={
+                        "pod": f"{meta.get('namespace')}/{meta.get('name')}", "error": str(exc)})
+            token = page.continue_token
+            if token is None:
+                break
+    return RemovalReport(scanned=scanned, removed=removed, failed=failed)

@@ -1,0 +1,209 @@
+"""The reflector: keeps the `PodStore` equal to the API server's view of tracked pods.
+
+Contract (client-go's Reflector, in asyncio):
+* LIST (paginated with limit/continue), `replace` the store, then WATCH from the list's
+  resourceVersion with bookmarks and a server timeout randomised in
+  [watch_timeout_min_s, watch_timeout_max_s], so many replicas don't relist in step.
+* Every change (including deletions seen only as absences from a relist) is reported
+  once through `on_change(key)` after the store has it.
+* 410 Gone, at open or mid-stream, relists; so does an expired continue token.
+  A stream that ends normally, or goes silent for `read_timeout_s` (half-open), is
+  reopened from the last resourceVersion seen (bookmarks advance it), without a relist.
+* Errors back off exponentially with full jitter, capped; a success resets the backoff.
+* A malformed object or line is logged and counted, then skipped; it never ends the loop.
+* One loop per namespace (or one for all namespaces); `run()` returns only when
+  cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from sniffer.kube import Gone, KubeClient, KubeError, MalformedEvent, WatchStalled
+from sniffer.podview import MalformedPod, PodView, project
+from watch.store import PodStore
+
+log = logging.getLogger(__name__)
+
+
+class ReflectorMetrics(Protocol):
+    """What the reflector reports; `sniffer.telemetry` implements it."""
+
+    def event(self, kind: str) -> None: ...
+    def relist(self, cause: str) -> None: ...
+    def watch_restart(self, cause: str) -> None: ...
+    def malformed(self, where: str) -> None: ...
+
+
+class _NoMetrics:
+    def event(self, kind: str) -> None:
+        pass
+
+    def relist(self, cause: str) -> None:
+        pass
+
+    def watch_restart(self, cause: str) -> None:
+        pass
+
+    def malformed(self, where: str) -> None:
+        pass
+
+
+class Backoff:
+    """Exponential backoff with full jitter: delay n is uniform in [0, min(cap, base·2ⁿ)]."""
+
+    def __init__(self, base: float = 0.5, cap: float = 30.0,
+                 rng: random.Random | None = None) -> None:
+        self._base, self._cap, self._failures = base, cap, 0
+        self._rng = rng or random.Random()
+
+    def next(self) -> float:
+        ceiling = min(self._cap, self._base * (2 ** self._failures))
+        self._failures = min(self._failures + 1, 30)
+        return self._rng.uniform(ceiling / 2, ceiling)
+
+    def reset(self) -> None:
+        self._failures = 0
+
+
+class Reflector:
+    """Lists and watches tracked pods into a store. Constructing starts nothing."""
+
+    def __init__(self, kube: KubeClient, store: PodStore, on_change: Callable[[str], None], *,
+                 namespaces: tuple[str, ...], label_selector: str, page_size: int = 500,
+                 watch_timeout_s: tuple[int, int] = (300, 600), read_timeout_s: float = 120.0,
+                 metrics: ReflectorMetrics | None = None,
+                 rng: random.Random | None = None) -> None:
+        self._kube = kube
+        self._store = store
+        self._on_change = on_change
+        self._namespaces: tuple[str | None, ...] = namespaces or (None,)
+        self._selector = label_selector
+        self._page_size = page_size
+        self._watch_timeout_s = watch_timeout_s
+        self._read_timeout_s = read_timeout_s
+        self._metrics: ReflectorMetrics = metrics or _NoMetrics()
+        self._rng = rng or random.Random()
+        self._started = False
+        self.last_event_at = time.monotonic()
+        """Monotonic time of the last line or list page received; /healthz reads it."""
+
+    @property
+    def namespaces(self) -> tuple[str | None, ...]:
+        return self._namespaces
+
+    async def run(self) -> None:
+        """Run one list+watch loop per namespace until cancelled. Call once."""
+        if self._started:
+            raise RuntimeError("Reflector.run() called twice")
+        self._started = True
+        async with asyncio.TaskGroup() as group:
+            for namespace in self._namespaces:
+                group.create_task(self._loop(namespace), name=f"reflector:{namespace or '*'}")
+
+    async def _loop(self, namespace: str | None) -> None:
+        backoff = Backoff(rng=self._rng)
+        resource_version: str | None = None
+        cause = "initial"
+        while True:
+            try:
+                if resource_version is None:
+                    resource_version = await self._relist(namespace, cause)
+                    backoff.reset()
+                resource_version = await self._watch(namespace, resource_version)
+                backoff.reset()
+                self._metrics.watch_restart("timeout")
+            except Gone as exc:
+                log.info("resourceVersion expired, relisting",
+                         extra={"namespace": namespace, "error": exc.message})
+                resource_version, cause = None, "expired"
+                self._metrics.watch_restart("expired")
+            except WatchStalled as exc:
+                log.warning("watch stream stalled, reopening",
+                            extra={"namespace": namespace, "error": exc.message})
+                self._metrics.watch_restart("stalled")
+                await asyncio.sleep(backoff.next())
+            except KubeError as exc:
+                delay = backoff.next()
+                log.warning("list/watch failed, retrying",
+                            extra={"namespace": namespace, "error": str(exc),
+                                   "retry_in_s": round(delay, 3)})
+                self._metrics.watch_restart("error")
+                if resource_version is None:
+                    cause = "error"
+                await asyncio.sleep(delay)
+
+    async def _relist(self, namespace: str | None, cause: str) -> str:
+        """Paginated LIST, then replace the store; returns the list's resourceVersion."""
+        pods: list[PodView] = []
+        token: str | None = None
+        while True:
+            page = await self._kube.list_pods(namespace, label_selector=self._selector,
+                                              limit=self._page_size, continue_token=token)
+            self.last_event_at = time.monotonic()
+            for obj in page.items:
+                pod = self._project(obj, "list")
+                if pod is not None:
+                    pods.append(pod)
+            token = page.continue_token
+            if token is None:
+                break
+        changed = self._store.replace(namespace, pods, now=time.time())
+        self._metrics.relist(cause)
+        log.info("listed pods", extra={"namespace": namespace, "pods": len(pods),
+                                       "changed": len(changed), "cause": cause,
+                                       "resource_version": page.resource_version})
+        for key in changed:
+            self._on_change(key)
+        return page.resource_version
+
+    async def _watch(self, namespace: str | None, resource_version: str) -> str:
+        """Consume one watch stream; returns the last resourceVersion seen."""
+        low, high = self._watch_timeout_s
+        stream = self._kube.watch_pods(
+            namespace, label_selector=self._selector, resource_version=resource_version,
+            timeout_seconds=self._rng.randint(low, high), read_timeout=self._read_timeout_s)
+        async for event in stream:
+            self.last_event_at = time.monotonic()
+            if isinstance(event, MalformedEvent):
+                self._metrics.malformed("watch_line")
+                log.warning("skipping malformed watch line", extra={"error": event.message})
+                continue
+            self._metrics.event(event.type)
+            if event.type == "BOOKMARK":
+                rv = (event.object.get("metadata") or {}).get("resourceVersion")
+                if isinstance(rv, str) and rv:
+                    resource_version = rv
+                continue
+            pod = self._project(event.object, "watch")
+            if pod is None:
+                continue
+            resource_version = pod.resource_version or resource_version
+            if event.type == "DELETED":
+                changed = self._store.delete(pod, now=time.time())
+            elif event.type in ("ADDED", "MODIFIED"):
+                changed = self._store.upsert(pod)
+            else:
+                self._metrics.malformed("event_type")
+                log.warning("skipping watch event of unknown type",
+                            extra={"event_type": event.type[:40]})
+                continue
+            if changed:
+                self._on_change(pod.key)
+        return resource_version
+
+    def _project(self, obj: dict[str, object], where: str) -> PodView | None:
+        try:
+            return project(obj)
+        except MalformedPod as exc:
+            self._metrics.malformed("pod")
+            meta = obj.get("metadata")
+            name = meta.get("name") if isinstance(meta, dict) else None
+            log.warning("skipping malformed pod", extra={
+                "where": where, "pod": str(name)[:253] if name else None, "error": str(exc)})
+            return None

@@ -1,0 +1,135 @@
+"""The pod cache: the latest projection of every tracked pod, keyed ``namespace/name``.
+
+Contract:
+* `get(key)` returns the newest `PodView` the reflector delivered, or, for a pod that
+  was deleted, its last known view (a *tombstone*) until the handler calls
+  `forget_tombstone`: a deletion never loses the pod's final state before it was handled.
+* `replace(namespace, pods)` (a relist) makes the cache equal to the list for that
+  namespace; pods that vanished become tombstones, so deletions during a watch gap are
+  seen. It returns every key whose content changed, for the caller to enqueue.
+* Updates are applied in the order the reflector delivers them; an older
+  resourceVersion never overwrites a newer one (a relist can race a late watch event).
+* Readiness: `wait_synced()` returns once every watched namespace has been listed once.
+* Single-threaded asyncio use only; no method awaits, so each call is atomic.
+
+Invariants:
+* a key is in `_pods` iff the pod exists in the last list or was added/modified since;
+* a key is in `_tombstones` iff it was deleted and its deletion is not handled yet;
+* a key is never in both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Collection, Iterable, Iterator
+
+from sniffer.podview import PodView
+
+
+def _rv(pod: PodView) -> int:
+    try:
+        return int(pod.resource_version)
+    except ValueError:
+        return -1
+
+
+class PodStore:
+    """The watcher's cache of tracked pods."""
+
+    def __init__(self, namespaces: Collection[str | None]) -> None:
+        self._pods: dict[str, PodView] = {}
+        self._tombstones: dict[str, PodView] = {}
+        self._unsynced: set[str | None] = set(namespaces)
+        self._synced = asyncio.Event()
+        if not self._unsynced:
+            self._synced.set()
+
+    # --- reads -------------------------------------------------------------------------
+
+    def get(self, key: str) -> PodView | None:
+        """The live pod, else its tombstone, else None."""
+        return self._pods.get(key) or self._tombstones.get(key)
+
+    def is_deleted(self, key: str) -> bool:
+        return key in self._tombstones
+
+    def __len__(self) -> int:
+        """Live pods cached (tombstones excluded); informational."""
+        return len(self._pods)
+
+    def __iter__(self) -> Iterator[PodView]:
+        return iter(list(self._pods.values()))
+
+    def all_keys(self) -> list[str]:
+        """Live and tombstoned keys: everything a handler may still need to look at."""
+        return [*self._pods, *self._tombstones]
+
+    @property
+    def tombstones(self) -> int:
+        return len(self._tombstones)
+
+    # --- writes from the reflector ------------------------------------------------------
+
+    def upsert(self, pod: PodView) -> bool:
+        """Store `pod`; True if it changed anything (a newer resourceVersion)."""
+        key = pod.key
+        current = self._pods.get(key)
+        if current is not None and current.uid == pod.uid and _rv(current) >= _rv(pod) >= 0:
+            return False
+        self._pods[key] = pod
+        self._tombstones.pop(key, None)
+        return True
+
+    def delete(self, pod: PodView, *, now: float) -> bool:
+        """Record a deletion; the last view becomes a tombstone. True if it was cached."""
+        key = pod.key
+        cached = self._pods.pop(key, None)
+        if cached is not None and cached.uid != pod.uid:
+            # The DELETED event is for an older incarnation; keep the live pod.
+            self._pods[key] = cached
+            return False
+        last = pod if cached is None or _rv(pod) >= _rv(cached) else cached
+        if last.deletion_timestamp is None:
+            last = dataclasses.replace(last, deletion_timestamp=now)
+        self._tombstones[key] = last
+        return True
+
+    def replace(self, namespace: str | None, pods: Iterable[PodView], *, now: float) -> list[str]:
+        """Make the cache equal to a fresh LIST of `namespace` (None: all namespaces).
+
+        Returns the keys that changed: new or updated pods, and vanished pods (which
+        become tombstones with their last known view)."""
+        changed: list[str] = []
+        seen: set[str] = set()
+        for pod in pods:
+            seen.add(pod.key)
+            if self.upsert(pod):
+                changed.append(pod.key)
+        prefix = None if namespace is None else namespace + "/"
+        for key in [k for k in self._pods if k not in seen
+                    and (prefix is None or k.startswith(prefix))]:
+            self.delete(self._pods[key], now=now)
+            changed.append(key)
+        self.mark_synced(namespace)
+        return changed
+
+    def forget_tombstone(self, key: str, pod: PodView) -> None:
+        """The handler finished with deleted `pod`; drop its tombstone if unchanged."""
+        if self._tombstones.get(key) is pod:
+            del self._tombstones[key]
+
+    # --- readiness ------------------------------------------------------------------------
+
+    def mark_synced(self, namespace: str | None) -> None:
+        self._unsynced.discard(namespace)
+        if not self._unsynced:
+            self._synced.set()
+
+    @property
+    def has_synced(self) -> bool:
+        return self._synced.is_set()
+
+    async def wait_synced(self) -> None:
+        """Return once every namespace has been listed once (client-go's HasSynced)."""
+        await self._synced.wait()
