@@ -1,0 +1,373 @@
+"""Pod → workload state: one pure function, `derive`.
+
+Contract:
+
+* `derive(pod, now=, policy=, cancel_requested=)` returns a `Derived` or an `Underivable`
+  (a value, never an exception: the caller must handle both, and the type checker makes it);
+  it raises nothing for any `PodView`, does no I/O and reads no clock but `now`.
+* Pod phase Succeeded or Failed always gives a terminal state.
+* A terminal result does not depend on `now`: deriving again later gives the same value
+  (time rules report the moment they fired, not the moment they were evaluated).
+* `recheck_after` is set iff a time rule may still fire for this pod: after that many
+  seconds (> 0) the caller must derive again even if the pod did not change.
+* `Underivable` is returned for phase Unknown or a phase this module does not know; the
+  caller keeps the last state and waits for the next event (the reconciler is the backstop).
+
+Rules, in order (the Kubernetes shapes they cover are in tests/test_states.py):
+
+1. Deletion requested (`deletionTimestamp`) before a terminal phase: *cancelled* "Cancelled"
+   if cancel was requested (the pod annotation, when `policy.cancel_annotation`, or the
+   `cancel_requested` argument from the platform run); else notebooks and apps are
+   *cancelled* "Stopped" unless a DisruptionTarget condition says they were disrupted
+   (*failed* with its reason); jobs are *failed* with the DisruptionTarget reason or
+   "Deleted". `finished_at` is when the deletion was requested (deletionTimestamp minus
+   the grace period). A pod that reached a terminal phase *because of* that deletion (its
+   containers finished at or after the request) still gets the cancelled outcome: the
+   store may coalesce the Terminating update away.
+2. Succeeded → *succeeded* "Completed", exit code 0.
+3. Failed → *failed*; reason: status.reason (Evicted, DeadlineExceeded, ...), else the
+   DisruptionTarget reason, else the failed container's terminated reason (OOMKilled,
+   Error, ...), else "Failed". The failed container is the main container that failed
+   first (earliest finish; spec order breaks ties), else the failed init container.
+4. Running → *running*, unless a main container's start problem fires a failure rule.
+5. Pending → *queued* with the most specific reason: the PodScheduled reason
+   (Unschedulable, SchedulingGated), "Scheduling", "Initializing" (init containers or
+   sidecars still starting), a container's waiting reason (ContainerCreating,
+   PodInitializing, ImagePullBackOff, ...); failure rules apply as for Running.
+
+Failure rules for a waiting container (init, sidecar or main):
+
+* InvalidImageName fails at once: the image reference can never be pulled.
+* ErrImagePull, ImagePullBackOff, ErrImageNeverPull, CreateContainerConfigError,
+  CreateContainerError, RunContainerError, PreStartHookError, PostStartHookError fail after
+  `image_pull_failure_after_s`, counted from the later of the pod's start (else creation)
+  and the container's last termination: a missing Secret or a registry outage can heal.
+* CrashLoopBackOff fails once `restart_count >= crashloop_failure_restarts`, or once the
+  crash loop is `crashloop_failure_after_s` old. One snapshot shows only the last run, so
+  the age is a lower bound: from the start of the last run if it was shorter than the
+  limit (it was part of the loop), else from its end. A wrong terminal state cannot be
+  undone, so the rule errs towards waiting.
+* With `pending_failure_after_s` set, a pod still Pending that long after creation fails
+  with its pending reason (stuck unschedulable, stuck ContainerCreating, ...).
+
+`started_at` is status.startTime, else the earliest main container start; None while
+queued. `finished_at` of a terminal state is the latest container finish, else the latest
+status transition; for time rules, the moment the rule fired.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from sniffer.podview import ContainerView, PodView, WorkloadKind
+
+
+class WorkloadState(StrEnum):
+    """A platform run's state. It only moves forward: queued < running < terminal."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in _TERMINAL
+
+    @property
+    def rank(self) -> int:
+        """0 queued, 1 running, 2 any terminal state."""
+        return _RANK[self]
+
+
+_TERMINAL = frozenset({WorkloadState.SUCCEEDED, WorkloadState.FAILED, WorkloadState.CANCELLED})
+_RANK = {state: (2 if state in _TERMINAL else 0 if state is WorkloadState.QUEUED else 1)
+         for state in WorkloadState}
+
+
+def advances(current: WorkloadState, proposed: WorkloadState) -> bool:
+    """True iff moving from `current` to `proposed` goes forward (rank strictly rises).
+
+    Equal ranks never advance: running → running is no change, and one terminal state
+    never replaces another."""
+    return proposed.rank > current.rank
+
+
+@dataclass(frozen=True, slots=True)
+class StatePolicy:
+    """The time and count limits of the failure rules; see the module docstring."""
+
+    image_pull_failure_after_s: float = 300.0
+    """A container that cannot pull its image (or be created) this long is failed."""
+    crashloop_failure_restarts: int = 5
+    """A container in CrashLoopBackOff with this many restarts is failed."""
+    crashloop_failure_after_s: float = 600.0
+    """A container crash-looping this long (a lower bound, see above) is failed."""
+    pending_failure_after_s: float | None = None
+    """A pod Pending this long after creation is failed; None never fails it."""
+    cancel_annotation: bool = True
+    """Honour the pod annotation `sniffer.io/cancel-requested: "true"`."""
+
+    def __post_init__(self) -> None:
+        for name in ("image_pull_failure_after_s", "crashloop_failure_after_s",
+                     "pending_failure_after_s"):
+            value = getattr(self, name)
+            if value is not None and not value >= 0:
+                raise ValueError(f"StatePolicy.{name}: must be >= 0 (got {value!r})")
+        if self.crashloop_failure_restarts < 1:
+            raise ValueError("StatePolicy.crashloop_failure_restarts: must be >= 1 "
+                             f"(got {self.crashloop_failure_restarts!r})")
+
+
+@dataclass(frozen=True, slots=True)
+class Derived:
+    """The workload state a pod shows, with what the platform records about it."""
+
+    state: WorkloadState
+    reason: str | None = None
+    message: str | None = None
+    exit_code: int | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    recheck_after: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Underivable:
+    """The pod shows no usable state (e.g. phase Unknown); keep the last known one."""
+
+    reason: str
+    message: str
+
+
+Derivation = Derived | Underivable
+
+IMMEDIATE_FAILURES = frozenset({"InvalidImageName"})
+TIMED_FAILURES = frozenset({
+    "ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "CreateContainerConfigError",
+    "CreateContainerError", "RunContainerError", "PreStartHookError", "PostStartHookError",
+})
+CRASHLOOP = "CrashLoopBackOff"
+_PROBLEMS = IMMEDIATE_FAILURES | TIMED_FAILURES | {CRASHLOOP}
+_DISRUPTION = "DisruptionTarget"
+Q, R, S, F, C = (WorkloadState.QUEUED, WorkloadState.RUNNING, WorkloadState.SUCCEEDED,
+                 WorkloadState.FAILED, WorkloadState.CANCELLED)
+
+
+def derive(pod: PodView, *, now: float, policy: StatePolicy,
+           cancel_requested: bool = False) -> Derivation:
+    """The workload state `pod` shows at time `now` (epoch seconds).
+
+    `cancel_requested` is the platform run's cancel flag; the caller passes it so a
+    cancel is honoured even when the pod annotation was never written."""
+    cancel = cancel_requested or (policy.cancel_annotation and pod.cancel_requested)
+    if pod.deletion_timestamp is not None:
+        deleted = _deleted(pod, cancel)
+        if pod.phase not in ("Succeeded", "Failed"):
+            return deleted
+        if deleted.state is C and _ended_by_deletion(pod):
+            return deleted
+    if pod.phase == "Succeeded":
+        return Derived(S, "Completed", None, 0, _started_at(pod), _finished_at(pod))
+    if pod.phase == "Failed":
+        return _failed(pod)
+    if pod.phase == "Running":
+        return _active(pod, now, policy, R, None)
+    if pod.phase == "Pending":
+        return _active(pod, now, policy, Q, _pending_reason(pod))
+    return Underivable("PhaseUnknown" if pod.phase == "Unknown" else "UnrecognisedPhase",
+                       f"pod phase {pod.phase[:40]!r} says nothing about the workload")
+
+
+# --- terminal outcomes --------------------------------------------------------------------
+
+
+def _deleted(pod: PodView, cancel: bool) -> Derived:
+    assert pod.deletion_timestamp is not None
+    requested = pod.deletion_timestamp - (pod.deletion_grace_period_s or 0)
+    disruption = pod.condition(_DISRUPTION)
+    disrupted = disruption is not None and disruption.status == "True"
+    main = [c for c in pod.containers if c.state == "terminated"]
+    exit_code = main[0].exit_code if main else None
+    started = _started_at(pod) if pod.phase != "Pending" else _earliest_main_start(pod)
+    if cancel:
+        return Derived(C, "Cancelled", "cancel requested; pod deleted", exit_code, started,
+                       requested)
+    if disrupted and disruption is not None:
+        return Derived(F, disruption.reason or _DISRUPTION, disruption.message, exit_code,
+                       started, requested)
+    if pod.kind is not WorkloadKind.JOB:
+        return Derived(C, "Stopped", f"{pod.kind.value} stopped; pod deleted", exit_code,
+                       started, requested)
+    return Derived(F, "Deleted", "pod deleted before it finished", exit_code, started,
+                   requested)
+
+
+def _ended_by_deletion(pod: PodView) -> bool:
+    """The pod reached its terminal phase no earlier than its deletion was requested."""
+    assert pod.deletion_timestamp is not None
+    requested = pod.deletion_timestamp - (pod.deletion_grace_period_s or 0)
+    ended = _latest((c.finished_at for c in pod.containers), None)
+    return ended is None or ended >= requested
+
+
+def _failed(pod: PodView) -> Derived:
+    culprit = _first_failure(c for c in pod.containers if not c.sidecar)
+    if culprit is None:
+        culprit = _first_failure(c for c in pod.init_containers if not c.sidecar)
+    disruption = pod.condition(_DISRUPTION)
+    if disruption is not None and disruption.status != "True":
+        disruption = None
+    reason = pod.reason or (disruption.reason if disruption else None)
+    message = pod.message or (disruption.message if disruption else None)
+    if culprit is not None:
+        reason, message = reason or culprit[1], message or culprit[3]
+    return Derived(F, reason or "Failed", message, culprit[2] if culprit else None,
+                   _started_at(pod), _finished_at(pod))
+
+
+def _first_failure(
+        containers: Iterable[ContainerView]) -> tuple[float, str, int, str | None] | None:
+    """(finished_at, reason, exit code, message) of the container that failed first."""
+    failures: list[tuple[float, str, int, str | None]] = []
+    for c in containers:
+        if c.state == "terminated" and c.exit_code:
+            failures.append((_or_inf(c.finished_at), c.reason or "Error", c.exit_code,
+                             c.message))
+        elif c.state != "terminated" and c.last is not None and c.last.exit_code:
+            failures.append((_or_inf(c.last.finished_at), c.last.reason or "Error",
+                             c.last.exit_code, None))
+    # min() keeps the first of equal finish times, i.e. spec order breaks ties.
+    return min(failures, key=lambda f: f[0]) if failures else None
+
+
+# --- active pods: running or queued, and the failure rules --------------------------------
+
+
+def _active(pod: PodView, now: float, policy: StatePolicy, state: WorkloadState,
+            reason: str | None) -> Derived:
+    """Running or queued, unless a failure rule fires; the earliest rule to fire decides."""
+    candidates = [c for c in pod.init_containers if state is Q or c.sidecar]
+    candidates.extend(pod.containers)
+    if state is Q:
+        message = _pending_message(pod)
+    else:
+        problem = next((c for c in candidates if c.state == "waiting" and c.reason in _PROBLEMS),
+                       None)
+        reason, message = (problem.reason, problem.message) if problem else (None, None)
+    started = _started_at(pod) if state is R else None
+    fired: tuple[float, str, str | None] | None = None  # (at, reason, message)
+    recheck: float | None = None
+    for c in candidates:
+        if c.state != "waiting" or c.reason is None:
+            continue
+        at = _fails_at(pod, c, policy)
+        if at is None:
+            continue
+        if at <= now:
+            if fired is None or at < fired[0]:
+                fired = (at, c.reason, f"container {c.name}: {c.message or c.reason}")
+        else:
+            recheck = at - now if recheck is None else min(recheck, at - now)
+    if state is Q and policy.pending_failure_after_s is not None:
+        at = pod.created_at + policy.pending_failure_after_s
+        if at <= now:
+            if fired is None or at < fired[0]:
+                fired = (at, reason or "Pending",
+                         f"pending for over {policy.pending_failure_after_s:g} s: "
+                         f"{message or reason}")
+        else:
+            recheck = at - now if recheck is None else min(recheck, at - now)
+    if fired is not None:
+        return Derived(F, fired[1], fired[2], None, started, fired[0])
+    return Derived(state, reason, message, None, started, None, recheck)
+
+
+def _fails_at(pod: PodView, c: ContainerView, policy: StatePolicy) -> float | None:
+    """When the rule for waiting container `c` fires, or None if no rule applies."""
+    anchor = pod.start_time if pod.start_time is not None else pod.created_at
+    if c.reason in IMMEDIATE_FAILURES:
+        return pod.changed_at if pod.changed_at is not None else anchor
+    if c.reason in TIMED_FAILURES:
+        if c.last is not None and c.last.finished_at is not None:
+            anchor = max(anchor, c.last.finished_at)
+        return anchor + policy.image_pull_failure_after_s
+    if c.reason != CRASHLOOP:
+        return None
+    last = c.last
+    if c.restart_count >= policy.crashloop_failure_restarts:
+        if last is not None and last.finished_at is not None:
+            return last.finished_at
+        return pod.changed_at if pod.changed_at is not None else anchor
+    if last is None or last.finished_at is None:
+        return None
+    limit = policy.crashloop_failure_after_s
+    began = last.finished_at
+    if last.started_at is not None and last.finished_at - last.started_at < limit:
+        began = last.started_at
+    return began + limit
+
+
+def _pending_reason(pod: PodView) -> str:
+    scheduled = pod.condition("PodScheduled")
+    if scheduled is not None and scheduled.status != "True":
+        return scheduled.reason or "Unschedulable"
+    for c in pod.init_containers:
+        if c.sidecar:
+            if c.state == "waiting" and c.reason in _PROBLEMS:
+                return c.reason or "Initializing"
+            if not (c.state == "running" and c.started):
+                return "Initializing"
+        elif not (c.state == "terminated" and c.exit_code == 0):
+            if c.state == "waiting" and c.reason in _PROBLEMS:
+                return c.reason or "Initializing"
+            return "Initializing"
+    waiting = [c.reason for c in pod.containers if c.state == "waiting" and c.reason]
+    problems = [r for r in waiting if r in _PROBLEMS]
+    if problems or waiting:
+        return (problems or waiting)[0]
+    if scheduled is None and not pod.containers:
+        return "Scheduling"
+    return "ContainerCreating"
+
+
+def _pending_message(pod: PodView) -> str | None:
+    scheduled = pod.condition("PodScheduled")
+    if scheduled is not None and scheduled.status != "True" and scheduled.message:
+        return scheduled.message
+    for c in (*pod.init_containers, *pod.containers):
+        if c.state == "waiting" and c.reason in _PROBLEMS and c.message:
+            return f"container {c.name}: {c.message}"
+    return None
+
+
+# --- times -------------------------------------------------------------------------------
+
+
+def _or_inf(value: float | None) -> float:
+    return float("inf") if value is None else value
+
+
+def _latest(values: Iterable[float | None], default: float | None) -> float | None:
+    present = [v for v in values if v is not None]
+    return max(present) if present else default
+
+
+def _earliest_main_start(pod: PodView) -> float | None:
+    starts = [t for c in pod.containers if not c.sidecar
+              for t in (c.started_at, c.last.started_at if c.last else None) if t is not None]
+    return min(starts) if starts else None
+
+
+def _started_at(pod: PodView) -> float | None:
+    return pod.start_time if pod.start_time is not None else _earliest_main_start(pod)
+
+
+def _finished_at(pod: PodView) -> float | None:
+    """The latest main container finish, else the latest init container finish, else the
+    latest status transition."""
+    return _latest((c.finished_at for c in pod.containers),
+                   _latest((c.finished_at for c in pod.init_containers), pod.changed_at))
