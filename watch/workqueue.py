@@ -1,0 +1,325 @@
+"""A work queue of keys with client-go's workqueue semantics, for asyncio.
+
+Contract (the guarantees of client-go's `workqueue/doc.go`, plus delays and rate limits):
+
+* Fair: keys are handed out in the order they were first added (FIFO); waiting `get`
+  calls are served in the order they started waiting.
+* Stingy: a key is never handed out while it is being processed; a key added while it is
+  processed is processed once more after `done`, however often it was added meanwhile.
+* Coalescing: adding a key that is already waiting is a no-op (it keeps its place).
+* Delays: `add_after(key, delay)` adds the key once `delay` seconds of loop time have
+  passed (at once if `delay <= 0`); of several pending delays for one key the earliest wins.
+  Delays are driven by `loop.call_at` callbacks (one timer for the earliest delay): the
+  constructor starts no task and the queue never owns one.
+* Rate limits: `add_rate_limited(key)` delays the key by what the rate limiter says;
+  `forget(key)` resets its history, `num_requeues(key)` reads it.
+* Shutdown: after `shut_down()` adds and delayed adds are ignored, pending delays are
+  dropped, `get` still hands out waiting keys and raises `ShutDown` once none is left;
+  keys in flight finish normally (a re-added one is still processed again).
+  `shut_down_with_drain(timeout)` also waits until no key is waiting or in flight.
+* Metrics: every add, get, done and retry is reported to a `QueueMetrics` (no-op by
+  default); unfinished work is reported when the owner calls `update_unfinished_work()`.
+* Single event loop only: calls must come from the loop's thread. `add`, `get_nowait`,
+  `done` and `shut_down` never await, so each is atomic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import time
+from collections import deque
+from collections.abc import Callable, Hashable
+from typing import Generic, Protocol, TypeVar
+
+from watch.ratelimit import RateLimiter, default_controller_rate_limiter
+
+K = TypeVar("K", bound=Hashable)
+
+# The loop may run a timer callback up to its clock's resolution early.
+_EARLY = time.get_clock_info("monotonic").resolution
+
+
+class ShutDown(Exception):
+    """The queue is shut down and has no key left to hand out."""
+
+
+class QueueMetrics(Protocol):
+    """client-go's workqueue metric set for one queue (the telemetry module implements it).
+
+    Durations are seconds."""
+
+    def add(self) -> None:
+        """A key was added (not counted when it coalesced): `workqueue_adds_total`."""
+
+    def depth(self, depth: int) -> None:
+        """Keys waiting now: `workqueue_depth`."""
+
+    def get(self, queued_s: float) -> None:
+        """A key was handed out after waiting `queued_s`: `workqueue_queue_duration`."""
+
+    def done(self, work_s: float) -> None:
+        """A key was processed for `work_s`: `workqueue_work_duration`."""
+
+    def retry(self) -> None:
+        """A delayed or rate-limited add: `workqueue_retries_total`."""
+
+    def unfinished_work(self, seconds: float) -> None:
+        """Sum of the time keys in flight have been processed: `unfinished_work_seconds`."""
+
+    def longest_running_processor(self, seconds: float) -> None:
+        """Age of the longest-running key in flight: `longest_running_processor_seconds`."""
+
+
+class NoopQueueMetrics:
+    """Reports nothing."""
+
+    def add(self) -> None:
+        pass
+
+    def depth(self, depth: int) -> None:
+        pass
+
+    def get(self, queued_s: float) -> None:
+        pass
+
+    def done(self, work_s: float) -> None:
+        pass
+
+    def retry(self) -> None:
+        pass
+
+    def unfinished_work(self, seconds: float) -> None:
+        pass
+
+    def longest_running_processor(self, seconds: float) -> None:
+        pass
+
+
+class WorkQueue(Generic[K]):
+    """A rate-limiting, delaying work queue of hashable keys.
+
+    Invariants (checked by tests/test_workqueue.py):
+    * a key is in `_queue` iff it is in `_dirty` and not in `_processing`; `_queue` holds
+      no key twice;
+    * a key is in `_added_at` iff it is in `_dirty`;
+    * a key is in `_waiting` iff a heap entry `(_waiting[key], _, key)` exists (other
+      heap entries for the key are stale and skipped); `_waiting` is empty once shut down;
+    * `_timer` is scheduled iff `_waiting` is not empty, for its earliest time.
+    """
+
+    def __init__(self, rate_limiter: RateLimiter[K] | None = None, *,
+                 metrics: QueueMetrics | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """`clock` times metrics only; delays run on the event loop's clock."""
+        self._limiter: RateLimiter[K] = (
+            rate_limiter if rate_limiter is not None else default_controller_rate_limiter())
+        self._metrics: QueueMetrics = metrics if metrics is not None else NoopQueueMetrics()
+        self._clock = clock
+        self._queue: deque[K] = deque()
+        self._dirty: set[K] = set()
+        self._processing: dict[K, float] = {}  # key -> when it was handed out
+        self._added_at: dict[K, float] = {}
+        self._getters: deque[asyncio.Future[None]] = deque()
+        self._waiting: dict[K, float] = {}  # key -> loop time it is due
+        self._heap: list[tuple[float, int, K]] = []
+        self._seq = itertools.count()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._shutting_down = False
+        self._drained = asyncio.Event()
+
+    # --- adding --------------------------------------------------------------------------
+
+    def add(self, key: K) -> None:
+        """Mark `key` as needing processing. Ignored after shutdown."""
+        if self._shutting_down or key in self._dirty:
+            return
+        # No await between check and mutation.
+        self._dirty.add(key)
+        self._added_at[key] = self._clock()
+        self._metrics.add()
+        if key not in self._processing:
+            self._queue.append(key)
+            self._metrics.depth(len(self._queue))
+            self._wake_one()
+
+    def add_after(self, key: K, delay: float) -> None:
+        """Add `key` once `delay` seconds have passed. Ignored after shutdown.
+
+        Caller duty: call from the event loop's thread (a positive delay schedules a
+        `loop.call_at` callback)."""
+        if self._shutting_down:
+            return
+        self._metrics.retry()
+        if delay <= 0:
+            self.add(key)
+            return
+        loop = asyncio.get_running_loop()
+        due = loop.time() + delay
+        if key in self._waiting and self._waiting[key] <= due:
+            return
+        self._waiting[key] = due
+        heapq.heappush(self._heap, (due, next(self._seq), key))
+        if self._timer is None or due < self._timer_at:
+            self._schedule(loop, due)
+
+    def add_rate_limited(self, key: K, *, at_least: float = 0.0) -> None:
+        """Add `key` after the delay the rate limiter sets, or `at_least` seconds if that is
+        longer (a server's Retry-After); counts one retry of it. Ignored after shutdown."""
+        if self._shutting_down:
+            return
+        self.add_after(key, max(self._limiter.when(key), at_least))
+
+    def forget(self, key: K) -> None:
+        """Reset `key`'s retry history. Call it when the key was processed successfully
+        (or given up on); it does not remove the key from the queue."""
+        self._limiter.forget(key)
+
+    def num_requeues(self, key: K) -> int:
+        """Rate-limited retries of `key` since it was last forgotten."""
+        return self._limiter.num_requeues(key)
+
+    # --- processing ----------------------------------------------------------------------
+
+    async def get(self) -> K:
+        """Wait for the next key and mark it in flight.
+
+        Caller duty: call `done(key)` exactly once for every key returned, even when
+        processing fails. Raises `ShutDown` once the queue is shut down and empty.
+        Cancelling a waiting `get` loses no key."""
+        while not self._queue:
+            if self._shutting_down:
+                raise ShutDown
+            getter = asyncio.get_running_loop().create_future()
+            self._getters.append(getter)
+            try:
+                await getter
+            except BaseException:
+                getter.cancel()
+                if getter in self._getters:
+                    self._getters.remove(getter)
+                if self._queue and not getter.cancelled():
+                    self._wake_one()  # pass the wake-up this getter consumed on
+                raise
+        return self._take()
+
+    def get_nowait(self) -> K:
+        """The next key, marked in flight, without waiting (same duty as `get`).
+
+        Raises `asyncio.QueueEmpty` if none is waiting, `ShutDown` if shut down and empty."""
+        if self._queue:
+            return self._take()
+        if self._shutting_down:
+            raise ShutDown
+        raise asyncio.QueueEmpty
+
+    def done(self, key: K) -> None:
+        """Mark `key` processed. If it was added meanwhile, it is queued again.
+
+        Caller duty: call exactly once per key `get` returned. Raises ValueError for a
+        key that is not in flight."""
+        started = self._processing.pop(key, None)
+        if started is None:
+            raise ValueError(f"done({key!r}): the key is not being processed")
+        self._metrics.done(self._clock() - started)
+        if key in self._dirty:
+            self._queue.append(key)
+            self._metrics.depth(len(self._queue))
+            self._wake_one()
+        self._check_drained()
+
+    def __len__(self) -> int:
+        """Keys waiting to be handed out (not those in flight or delayed); informational
+        only: it may change before the caller acts on it."""
+        return len(self._queue)
+
+    def update_unfinished_work(self) -> None:
+        """Report unfinished work and the longest-running key in flight to the metrics.
+
+        Caller duty: call it periodically (client-go does every 500 ms) or from an
+        observable-gauge callback; the queue starts no task to do it."""
+        now = self._clock()
+        ages = [now - started for started in self._processing.values()]
+        self._metrics.unfinished_work(sum(ages))
+        self._metrics.longest_running_processor(max(ages, default=0.0))
+
+    # --- shutdown ------------------------------------------------------------------------
+
+    def shut_down(self) -> None:
+        """Stop taking work: ignore adds, drop pending delays, let waiting `get` calls
+        finish (with a key, or `ShutDown`). Idempotent."""
+        self._shutting_down = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._waiting.clear()
+        self._heap.clear()
+        while self._getters:
+            getter = self._getters.popleft()
+            if not getter.done():
+                getter.set_result(None)
+        self._check_drained()
+
+    @property
+    def shutting_down(self) -> bool:
+        return self._shutting_down
+
+    async def shut_down_with_drain(self, timeout: float) -> bool:  # noqa: ASYNC109 (client-go API)
+        """Shut down, then wait up to `timeout` seconds until every waiting key was handed
+        out and every key in flight is done. True iff drained; False on timeout (workers
+        must still be running `get`/`done` for the queue to drain)."""
+        self.shut_down()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._drained.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    # --- internals -----------------------------------------------------------------------
+
+    def _take(self) -> K:
+        # No await between the caller's check of `_queue` and this mutation.
+        key = self._queue.popleft()
+        now = self._clock()
+        self._processing[key] = now
+        self._dirty.discard(key)
+        self._metrics.get(now - self._added_at.pop(key, now))
+        self._metrics.depth(len(self._queue))
+        return key
+
+    def _wake_one(self) -> None:
+        while self._getters:
+            getter = self._getters.popleft()
+            if not getter.done():
+                getter.set_result(None)
+                return
+
+    def _check_drained(self) -> None:
+        if self._shutting_down and not self._queue and not self._processing:
+            self._drained.set()
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop, due: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = loop.call_at(due, self._on_timer)
+        self._timer_at = due
+
+    def _on_timer(self) -> None:
+        """Add every key whose delay has passed; re-arm for the next one."""
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        while self._heap:
+            due, _, key = self._heap[0]
+            if self._waiting.get(key) != due:
+                heapq.heappop(self._heap)  # stale: superseded by an earlier delay
+                continue
+            if due > now + _EARLY:
+                self._schedule(loop, due)
+                return
+            heapq.heappop(self._heap)
+            del self._waiting[key]
+            self.add(key)
