@@ -28,6 +28,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import Enum
 from typing import Protocol
 
@@ -324,7 +325,7 @@ class Controller:
         update = StateUpdate(
             run_id=pod.run_id, state=derived.state.value, reason=derived.reason,
             message=derived.message, exit_code=derived.exit_code,
-            started_at=derived.started_at, finished_at=derived.finished_at,
+            started_at=_utc(derived.started_at), finished_at=_utc(derived.finished_at),
             pod_uid=pod.uid, pod_name=pod.name, pod_namespace=pod.namespace)
         links = _links(pod.traceparent)
         with tracer.start_as_current_span(
@@ -411,6 +412,10 @@ class Controller:
             return None
         self._acked[pod.run_id] = acked = Acked.of(run)
         return acked
+
+
+def _utc(epoch: float | None) -> datetime | None:
+    return None if epoch is None else datetime.fromtimestamp(epoch, UTC)
 
 
 def _links(traceparent: str | None) -> list[Link]:

@@ -1,0 +1,148 @@
+"""The `sniffer` command.
+
+Subcommands:
+* ``sniffer watch``: the long-running watcher (Deployment).
+* ``sniffer reconcile``: one level-triggered repair pass (CronJob, or ad hoc).
+* ``sniffer finalizers remove``: strip Sniffer's finalizer from every tracked pod
+  (uninstall).
+* ``sniffer testbed up|status|down|simulate``: the local test bed (development only).
+
+Contract: configuration errors print one message naming each bad field and exit 2
+before anything starts; SIGTERM and SIGINT stop a command cleanly (exit 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from config import ConfigError, Settings, load_settings
+from sniffer.logs import setup_logging
+
+log = logging.getLogger("sniffer")
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="PATH",
+                   help="YAML settings file (default: $SNIFFER_CONFIG; see config/default.yaml)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sniffer",
+        description="Keeps a job platform's workload states in step with Kubernetes pods.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    w = sub.add_parser("watch", help="watch pods and update the platform (long-running)")
+    _add_config(w)
+    r = sub.add_parser("reconcile", help="one pass that repairs every mismatch")
+    _add_config(r)
+    r.add_argument("--dry-run", action="store_true", help="report, write nothing")
+    r.add_argument("--only", nargs="+", metavar="RUN_ID", help="repair only these runs")
+    r.add_argument("--output", choices=("table", "json"), default="table")
+    f = sub.add_parser("finalizers", help="manage Sniffer's pod finalizers")
+    fsub = f.add_subparsers(dest="action", required=True)
+    rm = fsub.add_parser("remove", help="remove Sniffer's finalizer from all tracked pods")
+    _add_config(rm)
+    t = sub.add_parser("testbed", help="local test bed: API server, platform, simulator",
+                       add_help=False)
+    t.add_argument("args", nargs=argparse.REMAINDER)
+    return parser
+
+
+def _settings(args: argparse.Namespace, *, require_platform: bool = True) -> Settings:
+    return load_settings(args.config, require_platform=require_platform)
+
+
+def run_until_signalled(main: Callable[[asyncio.Event], Coroutine[Any, Any, int]]) -> int:
+    """Run `main(stop)` with SIGTERM/SIGINT setting `stop` (a second signal is ignored:
+    the shutdown is bounded anyway)."""
+
+    async def runner() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            return await main(stop)
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+    return asyncio.run(runner())
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["testbed"]:
+        from testbed.cli import main as testbed_main  # development only; lazily imported
+        return testbed_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    try:
+        settings = _settings(args, require_platform=args.command != "finalizers")
+    except ConfigError as exc:
+        print(f"sniffer: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(settings.telemetry.log_level, settings.telemetry.log_format)
+    if args.command == "watch":
+        return _watch(settings)
+    if args.command == "reconcile":
+        from reconcile.app import run_reconcile
+        return run_until_signalled(lambda stop: run_reconcile(
+            settings, stop, dry_run=args.dry_run, only=tuple(args.only or ()),
+            output=args.output))
+    if args.command == "finalizers":
+        return run_until_signalled(lambda stop: _remove_finalizers(settings))
+    raise AssertionError(args.command)
+
+
+def _watch(settings: Settings) -> int:
+    from watch.app import Watcher
+    from watch.leader import LeadershipLost
+
+    if not check_token_file(settings):
+        return 2
+    try:
+        return run_until_signalled(lambda stop: Watcher(settings).run(stop))
+    except BaseExceptionGroup as group:
+        if group.subgroup(LeadershipLost) is None:
+            raise
+        log.error("exiting after losing the lease; a restart rejoins as a standby")
+        return 1
+
+
+def check_token_file(settings: Settings) -> bool:
+    """The platform token must come from a readable file (a Secret mount)."""
+    path = Path(settings.platform.token_file)
+    if path.is_file() and os.access(path, os.R_OK):
+        return True
+    print(f"sniffer: platform.token_file: {path} is not a readable file", file=sys.stderr)
+    return False
+
+
+async def _remove_finalizers(settings: Settings) -> int:
+    from sniffer.kube import KubeClient
+    from watch.finalizers import remove_all
+
+    kube = await KubeClient.connect(kubeconfig=settings.kube.kubeconfig,
+                                    context=settings.kube.context,
+                                    verify_tls=settings.kube.verify_tls)
+    try:
+        report = await remove_all(kube, namespaces=settings.kube.namespaces,
+                                  label_selector=settings.kube.label_selector,
+                                  page_size=settings.kube.page_size)
+    finally:
+        await kube.close()
+    print(f"scanned {report.scanned} tracked pods, removed {report.removed} finalizers, "
+          f"{report.failed} failures")
+    return 1 if report.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""`sniffer watch`: wires the watcher together and owns its lifecycle.
+
+Contract:
+* Start order: health server → reflector (every replica keeps a warm cache) and leader
+  election → once synced *and* elected: seed, enqueue every cached pod, start workers.
+  `/readyz` turns ready when the cache is synced, on leader and standby alike.
+* Shutdown order, on `stop` (SIGTERM): stop taking work (shut the queue) → let in-flight
+  updates finish, up to `shutdown.drain_timeout_s` → cancel workers, reflector and
+  elector → release the lease (a standby takes over at once) → close the health
+  server and the clients. Cleanup awaits are shielded and bounded, so a second signal
+  or a hung server cannot skip the lease release or hang the exit.
+* Losing the lease stops all writes at once (the elector fences them) and ends `run`
+  with `LeadershipLost`; the process exits non-zero and its Deployment restarts it as a
+  standby, as client-go controllers do.
+* `run` returns 0 after a clean stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from config.settings import Settings
+from sniffer.kube import KubeClient
+from sniffer.platform import PlatformClient
+from sniffer.states import StatePolicy
+from watch.controller import Controller, ControllerMetrics
+from watch.finalizers import Finalizers
+from watch.health import HealthServer
+from watch.leader import LeaderElector
+from watch.ratelimit import (
+    BucketRateLimiter,
+    ItemExponentialFailureRateLimiter,
+    MaxOfRateLimiter,
+)
+from watch.reflector import Reflector, ReflectorMetrics
+from watch.store import PodStore
+from watch.workqueue import QueueMetrics, WorkQueue
+
+log = logging.getLogger(__name__)
+_CLEANUP_TIMEOUT_S = 5.0
+
+
+@dataclass(slots=True)
+class WatchMetrics:
+    """The metric sinks the watcher reports to (all optional; telemetry provides them)."""
+
+    reflector: ReflectorMetrics | None = None
+    controller: ControllerMetrics | None = None
+    queue: QueueMetrics | None = None
+
+
+def identity(settings: Settings) -> str:
+    return (settings.leader.identity or os.environ.get("POD_NAME")
+            or f"{socket.gethostname()}-{secrets.token_hex(3)}")
+
+
+def state_policy(settings: Settings) -> StatePolicy:
+    s = settings.states
+    return StatePolicy(image_pull_failure_after_s=s.image_pull_failure_after_s,
+                       crashloop_failure_restarts=s.crashloop_failure_restarts,
+                       crashloop_failure_after_s=s.crashloop_failure_after_s,
+                       pending_failure_after_s=s.pending_failure_after_s)
+
+
+class Watcher:
+    """One `sniffer watch` process. Constructing starts nothing; `run()` does, once."""
+
+    def __init__(self, settings: Settings, *, metrics: WatchMetrics | None = None,
+                 on_leader_change: Callable[[bool], None] | None = None,
+                 observe: Callable[[Watcher], None] | None = None) -> None:
+        self.settings = settings
+        self._metrics = metrics or WatchMetrics()
+        self._on_leader_change = on_leader_change
+        self._observe = observe
+        self.health_port: int | None = None
+        self.store: PodStore | None = None
+        self.controller: Controller | None = None
+        self.queue: WorkQueue[str] | None = None
+        self.elector: LeaderElector | None = None
+        self._started = False
+
+    async def run(self, stop: asyncio.Event) -> int:
+        if self._started:
+            raise RuntimeError("Watcher.run() called twice")
+        self._started = True
+        s = self.settings
+        token_file = Path(s.platform.token_file)
+        if not s.platform.verify_tls:
+            log.warning("TLS verification of the platform is OFF (platform.verify_tls=false)")
+        kube = await KubeClient.connect(kubeconfig=s.kube.kubeconfig, context=s.kube.context,
+                                        verify_tls=s.kube.verify_tls,
+                                        pool_size=max(8, len(s.kube.namespaces) * 2 + 8))
+        platform = PlatformClient(s.platform.url, token_file, timeout=s.platform.timeout_s,
+                                  max_connections=s.platform.max_connections,
+                                  verify_tls=s.platform.verify_tls,
+                                  ca_file=Path(s.platform.ca_file) if s.platform.ca_file
+                                  else None)
+        try:
+            return await self._run(stop, kube, platform)
+        finally:
+            await _bounded(platform.close(), "closing the platform client")
+            await _bounded(kube.close(), "closing the Kubernetes client")
+
+    async def _run(self, stop: asyncio.Event, kube: KubeClient,
+                   platform: PlatformClient) -> int:
+        s = self.settings
+        w = s.workers
+        limiter: MaxOfRateLimiter[str] = MaxOfRateLimiter(
+            ItemExponentialFailureRateLimiter(base_delay=w.base_delay_s, max_delay=w.max_delay_s),
+            BucketRateLimiter(qps=w.qps, burst=w.burst))
+        self.queue = queue = WorkQueue[str](limiter, metrics=self._metrics.queue)
+        self.store = store = PodStore(s.kube.namespaces or (None,))
+        elector = None
+        if s.leader.enabled:
+            elector = LeaderElector(
+                kube, name=s.leader.lease_name, namespace=s.leader.lease_namespace,
+                identity=identity(s), lease_duration_s=s.leader.lease_duration_s,
+                renew_deadline_s=s.leader.renew_deadline_s,
+                retry_period_s=s.leader.retry_period_s, on_change=self._on_leader_change)
+        self.elector = elector
+        self.controller = controller = Controller(
+            store=store, queue=queue, platform=platform,
+            finalizers=Finalizers(kube, enabled=s.finalizers.enabled),
+            policy=state_policy(s), workers=w.count, max_retries=w.max_retries,
+            is_leader=(lambda: elector.is_leader) if elector else (lambda: True),
+            metrics=self._metrics.controller)
+        reflector = Reflector(
+            kube, store, controller.on_change, namespaces=s.kube.namespaces,
+            label_selector=s.kube.label_selector, page_size=s.kube.page_size,
+            watch_timeout_s=(s.kube.watch_timeout_min_s, s.kube.watch_timeout_max_s),
+            read_timeout_s=s.kube.read_timeout_s, metrics=self._metrics.reflector)
+        health = HealthServer(
+            host=s.health.host, port=s.health.port, ready=lambda: store.has_synced,
+            checks={"reflector": lambda: _reflector_check(reflector, s.kube.read_timeout_s),
+                    "workers": lambda: _worker_check(controller)},
+            info=lambda: {"leader": elector.is_leader if elector else True,
+                          "cached_pods": len(store), "queue_depth": len(queue)})
+        if s.health.port:
+            await health.start()
+            self.health_port = health.port
+        if self._observe is not None:
+            self._observe(self)
+        log.info("sniffer watch starting", extra={
+            "namespaces": list(s.kube.namespaces) or "all", "workers": w.count,
+            "finalizers": s.finalizers.enabled, "leader_election": s.leader.enabled,
+            "identity": elector.identity if elector else None})
+        try:
+            async with asyncio.TaskGroup() as group:
+                reflecting = group.create_task(reflector.run(), name="reflector")
+                electing = group.create_task(elector.run(), name="elector") if elector else None
+                working = group.create_task(self._work(store, elector, controller),
+                                            name="controller")
+                await stop.wait()
+                log.info("stopping: no new work; draining in-flight updates",
+                         extra={"drain_timeout_s": s.shutdown.drain_timeout_s,
+                                "queue_depth": len(queue)})
+                drained = await queue.shut_down_with_drain(s.shutdown.drain_timeout_s)
+                if not drained:
+                    log.warning("drain deadline passed; cancelling in-flight updates")
+                for task in (working, reflecting, electing):
+                    if task is not None:
+                        task.cancel()
+        finally:
+            if elector is not None:
+                await _bounded(elector.release(), "releasing the lease")
+            await _bounded(health.stop(), "stopping the health server")
+        log.info("sniffer watch stopped")
+        return 0
+
+    @staticmethod
+    async def _work(store: PodStore, elector: LeaderElector | None,
+                    controller: Controller) -> None:
+        await store.wait_synced()
+        log.info("pod cache synced", extra={"cached_pods": len(store)})
+        if elector is not None:
+            await elector.wait_leader()
+        await controller.run()
+
+
+def _reflector_check(reflector: Reflector, read_timeout_s: float) -> str | None:
+    silent = time.monotonic() - reflector.last_event_at
+    # The reflector reopens a silent stream after read_timeout_s; twice that means stuck.
+    if silent > 2 * read_timeout_s + 60:
+        return f"no list or watch data for {silent:.0f}s"
+    return None
+
+
+def _worker_check(controller: Controller) -> str | None:
+    busy = controller.longest_busy_s()
+    return f"a handler has been running for {busy:.0f}s" if busy > 300 else None
+
+
+async def _bounded(awaitable: Awaitable[object], what: str) -> None:
+    """Await cleanup shielded from cancellation and bounded in time."""
+    task = asyncio.ensure_future(awaitable)
+    try:
+        await asyncio.wait_for(asyncio.shield(task), _CLEANUP_TIMEOUT_S)
+    except TimeoutError:
+        log.warning("cleanup timed out", extra={"step": what})
+        task.cancel()
+    except asyncio.CancelledError:
+        await asyncio.wait_for(task, _CLEANUP_TIMEOUT_S)
+        raise
+    except Exception as exc:
+        log.warning("cleanup failed", extra={"step": what, "error": str(exc)})
