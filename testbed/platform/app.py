@@ -143,7 +143,10 @@ async def list_runs(request: web.Request) -> web.Response:
 async def patch_run(request: web.Request) -> web.Response:
     run_id = _run_id(request)
     body = parse_patch(await _body(request))
-    outcome = request.app[STORE].patch_run(run_id, body, request[RECEIVED_AT])
+    traceparent = request.headers.get("traceparent")
+    outcome = request.app[STORE].patch_run(
+        run_id, body, request[RECEIVED_AT], traceparent[:128] if traceparent else None
+    )
     if outcome is None:
         return _not_found(run_id)
     status = DECISION_STATUS[outcome.decision]

@@ -10,7 +10,8 @@ Promises:
 * ``version`` starts at 1 and grows by exactly 1 per applied change (state change or first
   cancel request). ``updated_at`` changes iff ``version`` does.
 * The update log holds exactly one row per applied state change, with ``seq`` strictly
-  increasing in commit order and ``received_at`` the time the request arrived.
+  increasing in commit order, ``received_at`` the time the request arrived and
+  ``traceparent`` the request's W3C trace context header (None if it had none).
 * Listing is keyset-paginated on ``id`` (runs are never deleted and ids never change), so a
   run that matches the filter during a whole listing is returned exactly once, however the
   other runs change meanwhile.
@@ -64,7 +65,8 @@ CREATE TABLE IF NOT EXISTS updates (
     from_state  TEXT NOT NULL,
     to_state    TEXT NOT NULL,
     received_at REAL NOT NULL,
-    version     INTEGER NOT NULL
+    version     INTEGER NOT NULL,
+    traceparent TEXT
 );
 """
 
@@ -210,7 +212,8 @@ class Store:
 
     def updates(self, since: int, limit: int) -> list[dict[str, Any]]:
         rows = self._conn.execute(
-            "SELECT seq, run_id, from_state, to_state, received_at, version FROM updates"
+            "SELECT seq, run_id, from_state, to_state, received_at, version, traceparent"
+            " FROM updates"
             " WHERE seq > ? ORDER BY seq LIMIT ?",
             (since, limit),
         ).fetchall()
@@ -223,8 +226,9 @@ class Store:
                 "received_at": received_at,
                 "received_at_rfc3339": format_time(received_at),
                 "version": version,
+                "traceparent": traceparent,
             }
-            for seq, run_id, from_state, to_state, received_at, version in rows
+            for seq, run_id, from_state, to_state, received_at, version, traceparent in rows
         ]
 
     def last_seq(self) -> int:
@@ -282,7 +286,9 @@ class Store:
         assert updated is not None
         return updated
 
-    def patch_run(self, run_id: str, body: PatchBody, received_at: float) -> PatchOutcome | None:
+    def patch_run(
+        self, run_id: str, body: PatchBody, received_at: float, traceparent: str | None = None
+    ) -> PatchOutcome | None:
         """Evaluate and maybe apply a PATCH in one transaction; None if the run is unknown.
 
         When a run enters ``running`` without ``started_at``, or a terminal state without
@@ -325,9 +331,11 @@ class Store:
                 f"UPDATE runs SET {assignments} WHERE id = ?", (*changes.values(), run_id)
             )
             conn.execute(
-                "INSERT INTO updates (run_id, from_state, to_state, received_at, version)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (run_id, run["state"], body.state, received_at, changes["version"]),
+                "INSERT INTO updates"
+                " (run_id, from_state, to_state, received_at, version, traceparent)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (run_id, run["state"], body.state, received_at, changes["version"],
+                 traceparent),
             )
             run.update(changes)
         return PatchOutcome(Decision.APPLY, run)
