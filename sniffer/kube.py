@@ -164,7 +164,8 @@ class KubeClient:
         url = self.host + path
         if query:
             url += "?" + urlencode({k: v for k, v in query.items() if v is not None})
-        data = body if isinstance(body, (bytes, str)) or body is None else json.dumps(body)
+        # The REST client serialises JSON bodies itself (for any *json content type).
+        data = body
         for attempt in (1, 2):
             try:
                 resp = await self._api.rest_client.request(

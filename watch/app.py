@@ -162,7 +162,11 @@ class Watcher:
                 log.info("stopping: no new work; draining in-flight updates",
                          extra={"drain_timeout_s": s.shutdown.drain_timeout_s,
                                 "queue_depth": len(queue)})
-                drained = await queue.shut_down_with_drain(s.shutdown.drain_timeout_s)
+                if controller.running:
+                    drained = await queue.shut_down_with_drain(s.shutdown.drain_timeout_s)
+                else:  # a standby has nothing in flight; its queued keys are the leader's job
+                    queue.shut_down()
+                    drained = True
                 if not drained:
                     log.warning("drain deadline passed; cancelling in-flight updates")
                 for task in (working, reflecting, electing):

@@ -192,6 +192,11 @@ class Controller:
         return max((now - t for t in self._busy.values()), default=0.0)
 
     @property
+    def running(self) -> bool:
+        """True once `run()` started the workers (this replica leads)."""
+        return self._started
+
+    @property
     def acked_runs(self) -> int:
         return len(self._acked)
 

@@ -1,0 +1,164 @@
+"""`sniffer testbed ...`: a local test bed in the current folder (development only).
+
+Contract:
+* ``up`` starts a real kube-apiserver (with embedded etcd) and the reference Platform
+  in the background, waits until both answer, writes ``.testbed/kubeconfig`` and
+  ``.testbed/env`` (shell exports) and prints the exports. Ports are free ones, and all
+  state lives under ``.testbed/`` of the current folder, so two folders can each run a
+  testbed at once. A second ``up`` in the same folder is refused while one runs.
+* ``status`` says what runs (exit 0 when both answer, 1 otherwise).
+* ``down`` stops everything ``up`` started and removes its state.
+* ``simulate ...`` runs the pod simulator against this testbed (options: ``--help``).
+
+`.testbed/env` exports KUBECONFIG, SNIFFER_PLATFORM_URL, SNIFFER_PLATFORM_TOKEN_FILE and
+SNIFFER_KUBECTL. The platform token is exported as a file path, never as a value:
+Sniffer reads tokens only from files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from testbed import apiserver
+from testbed.build import ensure_binaries
+from testbed.platform.launcher import launch
+
+DEFAULT_DIR = Path(".testbed")
+
+
+def _paths(root: Path) -> dict[str, Path]:
+    return {"kube": root / "kube", "platform": root / "platform", "env": root / "env",
+            "state": root / "testbed.json", "kubeconfig": root / "kubeconfig"}
+
+
+def up(root: Path) -> int:
+    p = _paths(root)
+    if p["state"].exists() and _platform_alive(json.loads(p["state"].read_text())):
+        print(f"a testbed already runs in {root}; `sniffer testbed down` first", file=sys.stderr)
+        return 1
+    binaries = ensure_binaries()
+    print("starting kube-apiserver ...", file=sys.stderr)
+    kube = apiserver.start(p["kube"], detached=True, kubectl=binaries.kubectl)
+    print("starting the reference platform ...", file=sys.stderr)
+    try:
+        platform = launch(p["platform"])
+    except Exception:
+        kube.stop()
+        raise
+    shutil.copyfile(kube.kubeconfig, p["kubeconfig"])
+    p["kubeconfig"].chmod(0o600)
+    state = {"apiserver_url": kube.url, "apiserver_pid": kube.pid,
+             "platform_url": platform.url, "platform_pid": platform.pid,
+             "platform_token_file": str(platform.token_file.resolve()),
+             "kubectl": str(binaries.kubectl)}
+    p["state"].write_text(json.dumps(state, indent=2))
+    exports = {
+        "KUBECONFIG": str(p["kubeconfig"].resolve()),
+        "SNIFFER_PLATFORM_URL": platform.url,
+        "SNIFFER_PLATFORM_TOKEN_FILE": state["platform_token_file"],
+        "SNIFFER_KUBECTL": str(binaries.kubectl),
+    }
+    text = "".join(f"export {k}={v}\n" for k, v in exports.items())
+    p["env"].write_text(text)
+    print(text, end="")
+    print(f"# testbed up: `source {p['env']}`, then `$SNIFFER_KUBECTL get pods -A`",
+          file=sys.stderr)
+    return 0
+
+
+def status(root: Path) -> int:
+    p = _paths(root)
+    if not p["state"].exists():
+        print(f"no testbed in {root}")
+        return 1
+    state = json.loads(p["state"].read_text())
+    kube_ok = _alive(state["apiserver_pid"])
+    platform_ok = _platform_alive(state)
+    print(f"kube-apiserver  {state['apiserver_url']}  pid {state['apiserver_pid']}  "
+          f"{'running' if kube_ok else 'NOT RUNNING'}")
+    print(f"platform        {state['platform_url']}  pid {state['platform_pid']}  "
+          f"{'running' if platform_ok else 'NOT RUNNING'}")
+    return 0 if kube_ok and platform_ok else 1
+
+
+def down(root: Path) -> int:
+    p = _paths(root)
+    if p["state"].exists():
+        state = json.loads(p["state"].read_text())
+        _terminate(int(state["platform_pid"]))
+    try:
+        apiserver.attach(p["kube"]).stop()
+    except apiserver.ApiServerError:
+        pass
+    shutil.rmtree(root, ignore_errors=True)
+    print(f"testbed in {root} stopped and removed", file=sys.stderr)
+    return 0
+
+
+def simulate(root: Path, argv: list[str]) -> int:
+    env_file = _paths(root)["env"]
+    if env_file.exists():
+        for line in env_file.read_text().splitlines():
+            key, _, value = line.removeprefix("export ").partition("=")
+            os.environ.setdefault(key, value)
+    from testbed.simulator.__main__ import main as simulator_main
+    return simulator_main(argv)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _platform_alive(state: dict[str, object]) -> bool:
+    try:
+        with urllib.request.urlopen(f"{state['platform_url']}/healthz", timeout=2) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
+def _terminate(pid: int, timeout: float = 10.0) -> None:
+    if not _alive(pid):
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="sniffer testbed", description=__doc__.split("\n")[0])
+    parser.add_argument("--dir", type=Path, default=DEFAULT_DIR,
+                        help="state folder (default: ./.testbed)")
+    sub = parser.add_subparsers(dest="action", required=True)
+    sub.add_parser("up", help="start the API server and the platform in the background")
+    sub.add_parser("status", help="show what runs")
+    sub.add_parser("down", help="stop everything and remove the state")
+    sim = sub.add_parser("simulate", help="run the pod simulator", add_help=False)
+    sim.add_argument("rest", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    root: Path = args.dir
+    if args.action == "up":
+        root.mkdir(parents=True, exist_ok=True)
+        return up(root)
+    if args.action == "status":
+        return status(root)
+    if args.action == "down":
+        return down(root)
+    return simulate(root, args.rest)
