@@ -35,9 +35,9 @@ from typing import Protocol
 from opentelemetry import trace
 from opentelemetry.trace import Link, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from sniffer.platform import (
-    Outcome as PlatformOutcome,
-)
+
+from sniffer.kube import KubeError
+from sniffer.platform import Outcome as PlatformOutcome
 from sniffer.platform import (
     PlatformClient,
     PlatformRejected,
@@ -45,8 +45,6 @@ from sniffer.platform import (
     Run,
     StateUpdate,
 )
-
-from sniffer.kube import KubeError
 from sniffer.podview import PodView
 from sniffer.states import Derived, StatePolicy, Underivable, WorkloadState, derive
 from watch.finalizers import Finalizers
@@ -172,6 +170,8 @@ class Controller:
         """key → wall time a not-yet-handled change was first observed (freshness)."""
         self._busy: dict[str, float] = {}
         self._started = False
+        self.handled = 0
+        """Keys handled so far (any outcome); informational, for tests and the demo."""
 
     # --- wiring ------------------------------------------------------------------------
 
@@ -257,6 +257,7 @@ class Controller:
 
     def _finish(self, key: str, outcome: Outcome) -> None:
         """The one place an outcome becomes a queue operation and a metric label."""
+        self.handled += 1
         result = outcome.result
         if result is Result.RETRY and self._queue.num_requeues(key) >= self._max_retries:
             result = Result.DROP

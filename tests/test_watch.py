@@ -1,0 +1,195 @@
+"""`sniffer watch` end to end: a real kube-apiserver, the reference platform over HTTP.
+
+Each test drives pods the way a kubelet would and checks what the platform ends up
+with: the right state, reason and exit code, nothing lost, nothing sent twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from sniffer.kube import KubeClient
+from sniffer.podview import OUTCOME_FINALIZER
+from testbed.apiserver import ApiServer
+from testbed.platform.launcher import AdminError, PlatformServer
+from tests.fixtures.watcher import Pods, eventually, running_watcher, settings_for, watcher_env
+
+
+@pytest.fixture
+async def kube(apiserver: ApiServer) -> AsyncIterator[KubeClient]:
+    client = await KubeClient.connect(kubeconfig=str(apiserver.kubeconfig))
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+def new_id():
+    """Run ids short enough for a label value (63 bytes)."""
+    return lambda: f"run-{uuid.uuid4().hex[:16]}"
+
+
+@pytest.fixture
+def pods(kube: KubeClient, namespace: str) -> Pods:
+    return Pods(kube, namespace)
+
+
+def run_state(platform: PlatformServer, run_id: str) -> str | None:
+    try:
+        run = platform.get_run(run_id)
+    except AdminError:  # e.g. during an injected outage
+        return None
+    return None if run is None else run["state"]
+
+
+async def test_job_lifecycle_reaches_the_platform_and_the_finalizer_follows_it(
+        apiserver, platform, namespace, pods, new_id):
+    run_id = new_id()
+    platform.create_run(run_id, pod_namespace=namespace, pod_name="job-1")
+    await pods.create("job-1", run_id)
+    async with running_watcher(settings_for(watcher_env(apiserver, platform, namespace))):
+        await eventually(lambda: pods.finalizers("job-1"))
+        assert await pods.finalizers("job-1") == [OUTCOME_FINALIZER]
+        await pods.running("job-1")
+        await eventually(lambda: run_state(platform, run_id) == "running")
+        await pods.succeeded("job-1")
+        await eventually(lambda: run_state(platform, run_id) == "succeeded")
+        await eventually(lambda: _no_finalizer(pods, "job-1"))
+    run = platform.get_run(run_id)
+    assert run["exit_code"] == 0
+    assert run["started_at"] is not None and run["finished_at"] is not None
+    assert run["pod_uid"] is not None
+    assert [u["to_state"] for u in platform.updates() if u["run_id"] == run_id] == [
+        "running", "succeeded"]
+
+
+async def _no_finalizer(pods: Pods, name: str) -> bool:
+    finalizers = await pods.finalizers(name)
+    return finalizers is None or OUTCOME_FINALIZER not in finalizers
+
+
+async def test_oom_killed_container_is_reported_failed_with_reason_and_exit_code(
+        apiserver, platform, namespace, pods, new_id):
+    run_id = new_id()
+    platform.create_run(run_id, pod_namespace=namespace, pod_name="oom")
+    await pods.create("oom", run_id)
+    async with running_watcher(settings_for(watcher_env(apiserver, platform, namespace))):
+        await pods.running("oom")
+        await pods.terminated("oom", exit_code=137, reason="OOMKilled")
+        await eventually(lambda: run_state(platform, run_id) == "failed")
+    run = platform.get_run(run_id)
+    assert (run["reason"], run["exit_code"]) == ("OOMKilled", 137)
+
+
+@pytest.mark.parametrize("finalizers", ["true", "false"])
+async def test_pod_deleted_the_instant_it_finishes_still_reports_its_outcome(
+        apiserver, platform, namespace, pods, new_id, finalizers):
+    run_id = new_id()
+    platform.create_run(run_id, pod_namespace=namespace, pod_name="quick")
+    await pods.create("quick", run_id)
+    env = watcher_env(apiserver, platform, namespace, SNIFFER_FINALIZERS_ENABLED=finalizers)
+    async with running_watcher(settings_for(env)):
+        if finalizers == "true":
+            await eventually(lambda: pods.finalizers("quick"))
+        await pods.running("quick")
+        await pods.terminated("quick", exit_code=3, reason="Error")
+        await pods.delete("quick", grace_s=0)
+        await eventually(lambda: run_state(platform, run_id) in ("failed", "succeeded"))
+        # With the finalizer the pod stays until the outcome is recorded, then goes.
+        await eventually(lambda: _gone(pods, "quick"))
+    run = platform.get_run(run_id)
+    assert (run["state"], run["reason"], run["exit_code"]) == ("failed", "Error", 3)
+
+
+async def _gone(pods: Pods, name: str) -> bool:
+    return await pods.get(name) is None
+
+
+async def test_finalizer_holds_a_pod_deleted_while_the_watcher_is_down_until_reported(
+        apiserver, platform, namespace, pods, new_id):
+    run_id = new_id()
+    platform.create_run(run_id, pod_namespace=namespace, pod_name="held")
+    await pods.create("held", run_id)
+    env = watcher_env(apiserver, platform, namespace)
+    async with running_watcher(settings_for(env)):
+        await eventually(lambda: pods.finalizers("held"))
+        await pods.running("held")
+        await eventually(lambda: run_state(platform, run_id) == "running")
+    # Watcher down: the pod finishes and is deleted (pod GC, a user, node loss).
+    await pods.succeeded("held")
+    await pods.delete("held", grace_s=0)
+    assert await pods.get("held") is not None, "the finalizer must hold the pod"
+    async with running_watcher(settings_for(env)):
+        await eventually(lambda: run_state(platform, run_id) == "succeeded")
+        await eventually(lambda: _gone(pods, "held"))
+
+
+async def test_cancel_on_the_platform_then_deletion_reports_cancelled(
+        apiserver, platform, namespace, pods, new_id):
+    run_id = new_id()
+    platform.create_run(run_id, kind="notebook", pod_namespace=namespace, pod_name="nb")
+    await pods.create("nb", run_id, kind="notebook")
+    async with running_watcher(settings_for(watcher_env(apiserver, platform, namespace))):
+        await pods.running("nb")
+        await eventually(lambda: run_state(platform, run_id) == "running")
+        platform.cancel_run(run_id)
+        await pods.delete("nb", grace_s=30)
+        await eventually(lambda: run_state(platform, run_id) == "cancelled")
+    assert platform.get_run(run_id)["reason"] == "Cancelled"
+
+
+async def test_platform_outage_delays_updates_but_loses_none(
+        apiserver, platform, namespace, pods, new_id):
+    names = [f"o-{i}" for i in range(20)]
+    ids = {}
+    for name in names:
+        ids[name] = new_id()
+        platform.create_run(ids[name], pod_namespace=namespace, pod_name=name)
+        await pods.create(name, ids[name])
+    env = watcher_env(apiserver, platform, namespace, SNIFFER_WORKERS_MAX_DELAY_S="1")
+    async with running_watcher(settings_for(env)):
+        platform.set_faults(outage_s=3)
+        await asyncio.gather(*(pods.running(n) for n in names))
+        await asyncio.gather(*(pods.succeeded(n) for n in names[:10]))
+        await eventually(lambda: all(run_state(platform, ids[n]) == "succeeded"
+                                     for n in names[:10]))
+        await eventually(lambda: all(run_state(platform, ids[n]) == "running"
+                                     for n in names[10:]))
+    assert platform.stats()["requests_by_status"].get("503", 0) > 0, \
+        "the outage never answered a request, so nothing was tested"
+
+
+async def test_restart_over_finished_pods_sends_no_redundant_updates(
+        apiserver, platform, namespace, pods, new_id):
+    names = [f"done-{i}" for i in range(300)]
+    ids = {n: new_id() for n in names}
+    sem = asyncio.Semaphore(32)
+
+    async def make(name: str) -> None:
+        async with sem:
+            platform.create_run(ids[name], pod_namespace=namespace, pod_name=name)
+            await pods.create(name, ids[name])
+
+    await asyncio.gather(*(make(n) for n in names))
+    env = watcher_env(apiserver, platform, namespace)
+    async with running_watcher(settings_for(env)):
+        async def finish(name: str) -> None:
+            async with sem:
+                await pods.running(name)
+                await pods.succeeded(name)
+        await asyncio.gather(*(finish(n) for n in names))
+        await eventually(lambda: all(run_state(platform, ids[n]) == "succeeded"
+                                     for n in names))
+    before = platform.updates()
+    async with running_watcher(settings_for(env)) as watcher:
+        await eventually(lambda: watcher.controller is not None
+                         and watcher.controller.running)
+        await eventually(lambda: watcher.controller.handled >= len(names)
+                         and len(watcher.queue) == 0
+                         and watcher.controller.longest_busy_s() == 0)
+    assert platform.updates()[len(before):] == []
