@@ -18,6 +18,7 @@ Sniffer reads tokens only from files.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -94,10 +95,8 @@ def down(root: Path) -> int:
     if p["state"].exists():
         state = json.loads(p["state"].read_text())
         _terminate(int(state["platform_pid"]))
-    try:
+    with contextlib.suppress(apiserver.ApiServerError):
         apiserver.attach(p["kube"]).stop()
-    except apiserver.ApiServerError:
-        pass
     shutil.rmtree(root, ignore_errors=True)
     print(f"testbed in {root} stopped and removed", file=sys.stderr)
     return 0
