@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: all install testbed test lint unit demo bench bench-quick clean
+.PHONY: all install testbed test lint unit demo bench bench-quick clean lock
 
 all: test
 
@@ -32,6 +32,16 @@ unit: $(STAMP)
 
 demo: install testbed
 	$(PY) -m testbed.demo
+
+# The hashed lock files the Dockerfile installs from: pyproject.toml's runtime
+# dependencies (requirements.lock) and its build backend (requirements-build.lock).
+# Existing pins are kept; add UV_ARGS=--upgrade to move transitive pins forward.
+LOCK := $(VENV)/bin/uv pip compile --quiet --generate-hashes --python-version 3.11 \
+	--python-platform linux --custom-compile-command "make lock" $(UV_ARGS)
+lock: $(STAMP)
+	$(LOCK) pyproject.toml -o requirements.lock
+	$(PY) -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")' \
+	  | $(LOCK) - -o requirements-build.lock
 
 clean:
 	rm -rf $(VENV) .testbed .pytest_cache .mypy_cache .ruff_cache
