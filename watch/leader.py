@@ -128,6 +128,9 @@ class LeaderElector:
             self._observed, self._observed_at = observed, now_mono
         duration = float(spec.get("leaseDurationSeconds") or self._duration)
         if holder and holder != self.identity and now_mono < self._observed_at + duration:
+            if self._renewed_at is not None:
+                # Someone else holds it now: stop writing at once, not at the deadline.
+                self._renewed_at = None
             return False  # held by someone else and not expired on our clock
         transitions = int(spec.get("leaseTransitions") or 0)
         new_spec = {
