@@ -11,7 +11,8 @@ Contract:
   names, finalizers) are interned, so a cache of many pods holds one copy of each.
 * Messages are cut to `MESSAGE_LIMIT` characters.
 * Containers come in spec order (statuses for names absent from the spec follow, in status
-  order); only the conditions in `KEPT_CONDITIONS` are kept, in status order.
+  order); of the conditions only PodScheduled, Ready and DisruptionTarget are kept (the
+  last of each type, if the status repeats one).
 * An absent `status.phase` reads as "Pending" (the API server sets it when the pod is created).
 * An unknown `sniffer.io/kind` value or an invalid run id is malformed; an invalid
   `sniffer.io/traceparent` is ignored (trace context is advisory), giving None.
@@ -37,7 +38,7 @@ TRACEPARENT_ANNOTATION = "sniffer.io/traceparent"
 OUTCOME_FINALIZER = "sniffer.io/outcome"
 
 MESSAGE_LIMIT = 256
-KEPT_CONDITIONS = frozenset({"PodScheduled", "Ready", "DisruptionTarget"})
+KEPT_CONDITIONS = ("PodScheduled", "Ready", "DisruptionTarget")
 RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][-A-Za-z0-9_.]{0,62}")
 
 ContainerStateKind = Literal["waiting", "running", "terminated"]
@@ -71,13 +72,23 @@ class ConditionView:
 
 
 @dataclass(frozen=True, slots=True)
+class Termination:
+    """A container's previous run (`lastState.terminated`), known after a restart."""
+
+    reason: str | None
+    exit_code: int
+    started_at: float | None
+    finished_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class ContainerView:
     """One container's status. `state` is None when the status names no state.
 
-    `reason`/`message` belong to the current waiting or terminated state; `exit_code` and
-    `finished_at` are set iff `state == "terminated"`; the `last_*` fields describe
-    `lastState.terminated` (the previous run, set after a restart); `sidecar` is True iff
-    this is an init container with `restartPolicy: Always` (a native sidecar)."""
+    `reason`/`message` belong to the current waiting or terminated state; `exit_code` is
+    set iff `state == "terminated"`; `last` is the previous run (None before a restart, as
+    for CrashLoopBackOff or OOMKilled restarts); `sidecar` is True iff this is an init
+    container with `restartPolicy: Always` (a native sidecar)."""
 
     name: str
     ready: bool
@@ -89,10 +100,7 @@ class ContainerView:
     exit_code: int | None
     started_at: float | None
     finished_at: float | None
-    last_reason: str | None
-    last_exit_code: int | None
-    last_started_at: float | None
-    last_finished_at: float | None
+    last: Termination | None
     sidecar: bool
 
 
@@ -100,6 +108,9 @@ class ContainerView:
 class PodView:
     """The cached projection of one pod.
 
+    `scheduled`, `ready` and `disruption` are the PodScheduled, Ready and DisruptionTarget
+    conditions (None when absent; `conditions` lists those present). `containers` are the
+    main containers, `init_containers` the init containers including native sidecars.
     `changed_at` is the latest transition time the status carries (any condition's
     lastTransitionTime, any container's startedAt/finishedAt), None if it carries none;
     `deletion_grace_period_s` is metadata.deletionGracePeriodSeconds, so the moment the
@@ -122,7 +133,9 @@ class PodView:
     deletion_grace_period_s: int | None
     finalizers: tuple[str, ...]
     restart_policy: str
-    conditions: tuple[ConditionView, ...]
+    scheduled: ConditionView | None
+    ready: ConditionView | None
+    disruption: ConditionView | None
     containers: tuple[ContainerView, ...]
     init_containers: tuple[ContainerView, ...]
     changed_at: float | None
@@ -132,10 +145,15 @@ class PodView:
         """The cache key, "namespace/name"."""
         return f"{self.namespace}/{self.name}"
 
+    @property
+    def conditions(self) -> tuple[ConditionView, ...]:
+        """The kept conditions: PodScheduled, Ready, DisruptionTarget, those present."""
+        return tuple(c for c in (self.scheduled, self.ready, self.disruption) if c is not None)
+
     def condition(self, type_: str) -> ConditionView | None:
         """The kept condition of that type, or None."""
-        for cond in self.conditions:
-            if cond.type == type_:
+        for cond in (self.scheduled, self.ready, self.disruption):
+            if cond is not None and cond.type == type_:
                 return cond
         return None
 
@@ -155,7 +173,7 @@ def _kind_name(value: object) -> str:
     return "null" if value is None else type(value).__name__
 
 
-@lru_cache(maxsize=1024)
+@lru_cache(maxsize=256)
 def _parse_rfc3339(text: str) -> float:
     """Seconds since the epoch; ValueError if `text` is not RFC 3339. Cached, so pods
     stamped in the same second share one float object."""
@@ -299,6 +317,21 @@ def _condition(raw: object, field: str, times: list[float]) -> ConditionView | N
     )
 
 
+def _termination(raw: object, field: str) -> Termination | None:
+    detail = _map(raw, field)
+    if not detail:
+        return None
+    exit_code = _int(detail.get("exitCode"), f"{field}.exitCode")
+    if exit_code is None:
+        raise MalformedPod(f"{field}.exitCode: required, got nothing")
+    return Termination(
+        reason=_intern(detail.get("reason"), f"{field}.reason"),
+        exit_code=exit_code,
+        started_at=_time(detail.get("startedAt"), f"{field}.startedAt"),
+        finished_at=_time(detail.get("finishedAt"), f"{field}.finishedAt"),
+    )
+
+
 def _container(raw: object, field: str, sidecars: frozenset[str],
                times: list[float]) -> ContainerView:
     cs = _map(raw, field, required=True)
@@ -327,11 +360,8 @@ def _container(raw: object, field: str, sidecars: frozenset[str],
                 raise MalformedPod(f"{sub}.exitCode: required, got nothing")
             finished_at = _time(detail.get("finishedAt"), f"{sub}.finishedAt")
         break
-    last_field = f"{field}.lastState.terminated"
-    last = _map(_map(cs.get("lastState"), f"{field}.lastState").get("terminated"), last_field)
-    last_exit_code = _int(last.get("exitCode"), f"{last_field}.exitCode")
-    if last and last_exit_code is None:
-        raise MalformedPod(f"{last_field}.exitCode: required, got nothing")
+    last = _termination(_map(cs.get("lastState"), f"{field}.lastState").get("terminated"),
+                        f"{field}.lastState.terminated")
     times.extend(t for t in (started_at, finished_at) if t is not None)
     return ContainerView(
         name=name,
@@ -344,10 +374,7 @@ def _container(raw: object, field: str, sidecars: frozenset[str],
         exit_code=exit_code,
         started_at=started_at,
         finished_at=finished_at,
-        last_reason=_intern(last.get("reason"), f"{last_field}.reason"),
-        last_exit_code=last_exit_code,
-        last_started_at=_time(last.get("startedAt"), f"{last_field}.startedAt"),
-        last_finished_at=_time(last.get("finishedAt"), f"{last_field}.finishedAt"),
+        last=last,
         sidecar=name in sidecars,
     )
 
@@ -410,9 +437,10 @@ def project(obj: object) -> PodView:
         raise MalformedPod("metadata.creationTimestamp: required, got nothing")
 
     times: list[float] = []
-    conditions = tuple(
-        view for i, raw in enumerate(_list(status.get("conditions"), "status.conditions"))
-        if (view := _condition(raw, f"status.conditions[{i}]", times)) is not None)
+    kept: dict[str, ConditionView] = {}
+    for i, raw in enumerate(_list(status.get("conditions"), "status.conditions")):
+        if (view := _condition(raw, f"status.conditions[{i}]", times)) is not None:
+            kept[view.type] = view
     order, _ = _spec_order(spec, "containers")
     init_order, sidecars = _spec_order(spec, "initContainers")
     containers = _containers(status, "containerStatuses", order, frozenset(), times)
@@ -437,7 +465,9 @@ def project(obj: object) -> PodView:
                                      "metadata.deletionGracePeriodSeconds", minimum=0),
         finalizers=_finalizers(meta.get("finalizers")),
         restart_policy=_intern(spec.get("restartPolicy"), "spec.restartPolicy") or "Always",
-        conditions=conditions,
+        scheduled=kept.get("PodScheduled"),
+        ready=kept.get("Ready"),
+        disruption=kept.get("DisruptionTarget"),
         containers=containers,
         init_containers=init_containers,
         changed_at=max(times) if times else None,

@@ -188,7 +188,7 @@ def derive(pod: PodView, *, now: float, policy: StatePolicy,
 def _deleted(pod: PodView, cancel: bool) -> Derived:
     assert pod.deletion_timestamp is not None
     requested = pod.deletion_timestamp - (pod.deletion_grace_period_s or 0)
-    disruption = pod.condition(_DISRUPTION)
+    disruption = pod.disruption
     disrupted = disruption is not None and disruption.status == "True"
     main = [c for c in pod.containers if c.state == "terminated"]
     exit_code = main[0].exit_code if main else None
@@ -218,7 +218,7 @@ def _failed(pod: PodView) -> Derived:
     culprit = _first_failure(c for c in pod.containers if not c.sidecar)
     if culprit is None:
         culprit = _first_failure(c for c in pod.init_containers if not c.sidecar)
-    disruption = pod.condition(_DISRUPTION)
+    disruption = pod.disruption
     if disruption is not None and disruption.status != "True":
         disruption = None
     reason = pod.reason or (disruption.reason if disruption else None)
@@ -312,7 +312,7 @@ def _fails_at(pod: PodView, c: ContainerView, policy: StatePolicy) -> float | No
 
 
 def _pending_reason(pod: PodView) -> str:
-    scheduled = pod.condition("PodScheduled")
+    scheduled = pod.scheduled
     if scheduled is not None and scheduled.status != "True":
         return scheduled.reason or "Unschedulable"
     for c in pod.init_containers:
@@ -335,7 +335,7 @@ def _pending_reason(pod: PodView) -> str:
 
 
 def _pending_message(pod: PodView) -> str | None:
-    scheduled = pod.condition("PodScheduled")
+    scheduled = pod.scheduled
     if scheduled is not None and scheduled.status != "True" and scheduled.message:
         return scheduled.message
     for c in (*pod.init_containers, *pod.containers):
