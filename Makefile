@@ -33,6 +33,22 @@ unit: $(STAMP)
 demo: install testbed
 	$(PY) -m testbed.demo
 
+# Benchmarks (bench/): Sniffer side by side with its peers on one testbed. `bench` is the
+# full run (about 30 minutes on 2 cores; BENCH_ARGS="--help" lists its options);
+# `bench-quick` is the seconds-long smoke run of every scenario and peer that asserts
+# every run ended right, never a speed. The bench extra adds kopf, psutil, matplotlib.
+BENCH_STAMP := $(VENV)/.bench-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	@rm -f $(VENV)/.bench-* && touch $@
+
+bench: $(BENCH_STAMP) testbed
+	$(PY) -m bench $(BENCH_ARGS)
+
+bench-quick: $(BENCH_STAMP) testbed
+	$(PY) -m bench --quick $(BENCH_ARGS)
+
 # The hashed lock files the Dockerfile installs from: pyproject.toml's runtime
 # dependencies (requirements.lock) and its build backend (requirements-build.lock).
 # Existing pins are kept; add UV_ARGS=--upgrade to move transitive pins forward.
