@@ -1,0 +1,210 @@
+"""The reconciler's judgement: a snapshot of both sides → the typed list of what is wrong.
+
+Contract:
+* `diff(snapshot, now=, policy=, grace_period_s=)` is pure: no I/O, no clock but `now`, no
+  logging. The same input gives the same list, sorted by (run id, pod key, kind), whatever
+  the order of the input.
+* Pods are judged with `sniffer.states.derive`, the watcher's own function, with the run's
+  cancel flag, so the watcher and the reconciler never disagree about a pod.
+* It never proposes a write to a terminal run, nor a state that does not advance the run
+  (`sniffer.states.advances`: the rank strictly rises).
+* One run gets at most one proposed state (`target`): the pod bound to it speaks for it
+  (`run.pod_uid`); an unbound run is spoken for by the pod its record names, else by its
+  oldest pod.
+* Kinds, and what the reconciler does about each:
+
+  - `pod_ahead`: a non-terminal run whose pod shows a state further along → write
+    `target` (and, if that is terminal, release the pod's finalizer).
+  - `pod_lost`: a non-terminal run with no pod at all, older than the grace period
+    (a fresh run may not have its pod yet), whose pod would live in the listed scope
+    → write failed "PodLost" / "pod lost", or cancelled "Cancelled" when cancel was
+    requested.
+  - `finalizer_left`: a terminal run whose pod still carries Sniffer's finalizer →
+    release it (the platform acknowledged the outcome; the finalizer has done its job).
+  - `orphan_pod`: a pod whose run id the platform does not know → reported, never touched.
+  - `underivable`: a pod of an open run whose state cannot be derived (phase Unknown), or
+    a pod that could not be projected at all → reported.
+  - `uid_mismatch`: a pod of an open run bound to another pod uid → reported. Such a
+    run is never judged lost either: a human decides which pod is the run's.
+
+* Applying every proposed repair to the snapshot and judging again finds nothing
+  repairable (tests/test_reconcile_diff.py checks it with hypothesis).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from reconcile.snapshot import BadPod, Snapshot
+from sniffer.platform import Run
+from sniffer.podview import OUTCOME_FINALIZER, PodView
+from sniffer.states import (
+    Derived,
+    StatePolicy,
+    Underivable,
+    WorkloadState,
+    advances,
+    derive,
+)
+
+POD_LOST_REASON = "PodLost"
+POD_LOST_MESSAGE = "pod lost"
+CANCELLED_REASON = "Cancelled"
+CANCELLED_LOST_MESSAGE = "cancel requested; pod lost"
+
+
+class MismatchKind(StrEnum):
+    POD_AHEAD = "pod_ahead"
+    POD_LOST = "pod_lost"
+    FINALIZER_LEFT = "finalizer_left"
+    ORPHAN_POD = "orphan_pod"
+    UNDERIVABLE = "underivable"
+    UID_MISMATCH = "uid_mismatch"
+
+    @property
+    def repairable(self) -> bool:
+        """True iff the reconciler acts on this kind (the others are only reported)."""
+        return self in _REPAIRABLE
+
+
+_REPAIRABLE = frozenset({MismatchKind.POD_AHEAD, MismatchKind.POD_LOST,
+                         MismatchKind.FINALIZER_LEFT})
+
+
+@dataclass(frozen=True, slots=True)
+class PodRef:
+    """Which pod a mismatch is about. `uid` is None when only the run's record names it."""
+
+    namespace: str
+    name: str
+    uid: str | None
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Mismatch:
+    """One thing that is wrong, and the repair it calls for.
+
+    `target` is set iff the kind is pod_ahead or pod_lost (the state to write);
+    `release_finalizer` is True iff the repair ends by removing Sniffer's finalizer from
+    `pod` (finalizer_left, or pod_ahead to a terminal state of a pod that carries it).
+    `run_state` is the run's state in the snapshot, None iff the platform does not know
+    the run (or, for a malformed pod, its run id could not be read)."""
+
+    kind: MismatchKind
+    run_id: str | None
+    run_state: WorkloadState | None
+    pod: PodRef | None
+    detail: str
+    target: Derived | None = None
+    release_finalizer: bool = False
+
+    @property
+    def sort_key(self) -> tuple[str, str, str]:
+        return (self.run_id or "", self.pod.key if self.pod else "", self.kind.value)
+
+
+def diff(snapshot: Snapshot, *, now: float, policy: StatePolicy,
+         grace_period_s: float) -> list[Mismatch]:
+    """Every mismatch in `snapshot` at time `now` (epoch seconds); see the module docstring."""
+    pods_by_run: dict[str, list[PodView]] = {}
+    for pod in snapshot.pods:
+        if pod.run_id is not None:
+            pods_by_run.setdefault(pod.run_id, []).append(pod)
+    out = [_bad(bad, snapshot) for bad in snapshot.bad_pods]
+    for run_id, pods in pods_by_run.items():
+        out.extend(_judge_pods(run_id, pods, snapshot, now, policy))
+    with_bad_pods = {bad.run_id for bad in snapshot.bad_pods}
+    for run in snapshot.runs.values():
+        if run.id in pods_by_run or run.id in with_bad_pods:
+            continue
+        lost = _judge_missing(run, snapshot.scope, now, grace_period_s)
+        if lost is not None:
+            out.append(lost)
+    out.sort(key=lambda m: m.sort_key)
+    return out
+
+
+def _ref(pod: PodView) -> PodRef:
+    return PodRef(pod.namespace, pod.name, pod.uid)
+
+
+def _state(run: Run) -> WorkloadState:
+    return WorkloadState(run.state)
+
+
+def _bad(bad: BadPod, snapshot: Snapshot) -> Mismatch:
+    run = snapshot.runs.get(bad.run_id) if bad.run_id else None
+    return Mismatch(MismatchKind.UNDERIVABLE, bad.run_id, _state(run) if run else None,
+                    PodRef(bad.namespace, bad.name, bad.uid or None),
+                    f"pod object unusable: {bad.error}")
+
+
+def _judge_pods(run_id: str, pods: list[PodView], snapshot: Snapshot, now: float,
+                policy: StatePolicy) -> Iterable[Mismatch]:
+    if run_id in snapshot.unknown_run_ids:
+        return [Mismatch(MismatchKind.ORPHAN_POD, run_id, None, _ref(pod),
+                         f"the platform has no run {run_id}") for pod in pods]
+    run = snapshot.runs.get(run_id)
+    if run is None:  # not open and not worth a read (see reconcile.snapshot)
+        return []
+    state = _state(run)
+    if state.is_terminal:
+        return [Mismatch(MismatchKind.FINALIZER_LEFT, run_id, state, _ref(pod),
+                         f"run is {state.value}; pod still carries {OUTCOME_FINALIZER}",
+                         release_finalizer=True)
+                for pod in pods if OUTCOME_FINALIZER in pod.finalizers]
+    out: list[Mismatch] = []
+    if run.pod_uid:
+        for pod in pods:
+            if pod.uid != run.pod_uid:
+                out.append(Mismatch(MismatchKind.UID_MISMATCH, run_id, state, _ref(pod),
+                                    f"run is bound to pod uid {run.pod_uid}, "
+                                    f"not to this pod ({pod.uid})"))
+        speaker = next((pod for pod in pods if pod.uid == run.pod_uid), None)
+    else:
+        speaker = min(pods, key=lambda p: (
+            (p.namespace, p.name) != (run.pod_namespace, run.pod_name),
+            p.created_at, p.namespace, p.name))
+    if speaker is None:
+        return out
+    derived = derive(speaker, now=now, policy=policy, cancel_requested=run.cancel_requested)
+    if isinstance(derived, Underivable):
+        out.append(Mismatch(MismatchKind.UNDERIVABLE, run_id, state, _ref(speaker),
+                            f"{derived.reason}: {derived.message}"))
+    elif advances(state, derived.state):
+        because = f" ({derived.reason})" if derived.reason else ""
+        out.append(Mismatch(
+            MismatchKind.POD_AHEAD, run_id, state, _ref(speaker),
+            f"pod shows {derived.state.value}{because}; platform has {state.value}",
+            target=derived,
+            release_finalizer=(derived.state.is_terminal
+                               and OUTCOME_FINALIZER in speaker.finalizers)))
+    return out
+
+
+def _judge_missing(run: Run, scope: tuple[str, ...], now: float,
+                   grace_period_s: float) -> Mismatch | None:
+    state = _state(run)
+    if state.is_terminal:
+        return None
+    if scope and run.pod_namespace not in scope:
+        return None  # its pod would live where this pass did not look
+    age = now - run.created_at.timestamp()
+    if age < grace_period_s:
+        return None
+    if run.cancel_requested:
+        target = Derived(WorkloadState.CANCELLED, CANCELLED_REASON, CANCELLED_LOST_MESSAGE)
+    else:
+        target = Derived(WorkloadState.FAILED, POD_LOST_REASON, POD_LOST_MESSAGE)
+    pod = (PodRef(run.pod_namespace, run.pod_name, run.pod_uid)
+           if run.pod_namespace and run.pod_name else None)
+    cancel = "; cancel requested" if run.cancel_requested else ""
+    return Mismatch(MismatchKind.POD_LOST, run.id, state, pod,
+                    f"no pod for a {state.value} run created {age:.0f}s ago "
+                    f"(grace {grace_period_s:g}s){cancel}", target=target)

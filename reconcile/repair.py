@@ -1,0 +1,436 @@
+"""Repairs: re-read, judge again, write conditionally; one mismatch at a time, many at once.
+
+Contract:
+* `Repairer.repair_all(mismatches, stop)` returns one `RepairResult` per mismatch, in
+  input order, running at most `concurrency` repairs at once. One repair's failure never
+  stops the others: every error becomes a FAILED result naming it.
+* Never makes things worse. Right before a write, the pod and then the run are read
+  again and judged again with the same pure `diff`; only what that fresh judgement asks
+  for is written, with ``expected_state`` = the state just read. A change made after the
+  snapshot (by the watcher, another pass, a user) is never overwritten or regressed, and
+  a terminal run is never written (the diff never proposes it; the platform refuses it).
+* 409/412 (or an "already had that state" answer) mean someone else moved the run
+  between our read and our write: read and judge once more, and write once more if still
+  needed; if nothing is left to do, or the second write is refused too, the result is
+  SKIPPED_RACE.
+* A fresh judgement of a *different* kind than planned is not acted on (except a left
+  finalizer, which is always safe to release): the pod or the run changed meaningfully
+  since the snapshot, and the next pass judges it with a full re-read.
+* Pod lost: the re-read lists the run's pods by label in its namespace (a new pod may
+  have appeared under another name), not just a GET of the name the run records.
+* Finalizer release (finalizer_left, and after a terminal write for a pod that carries
+  it): a strategic-merge patch with the pod's uid as precondition; idempotent, and a pod
+  that is gone or was replaced under the same name is left alone.
+* Report-only kinds are REPORTED and never acted on. A dry run reads and writes nothing:
+  repairable mismatches are PLANNED.
+* Stop: once `stop` is set no repair starts (NOT_ATTEMPTED); in-flight ones get
+  `drain_timeout_s`, then are cancelled (INTERRUPTED: the write may or may not have
+  landed; the next pass finds out, as every write is idempotent).
+* Transient errors (platform 408/429/5xx and transport errors, Kubernetes transport
+  errors, 429 and 5xx) are retried `retries` times with doubling backoff from
+  `retry_delay_s` (a Retry-After is honoured up to `max_retry_delay_s`), then FAILED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Protocol
+
+from opentelemetry import trace
+
+from reconcile.diff import Mismatch, MismatchKind, diff
+from reconcile.snapshot import BadPod, Snapshot
+from sniffer.kube import JSON, Conflict, KubeClient, KubeError, NotFound, Page
+from sniffer.platform import (
+    Outcome,
+    PlatformError,
+    PlatformUnavailable,
+    Run,
+    StateUpdate,
+    UpdateResult,
+)
+from sniffer.podview import OUTCOME_FINALIZER, RUN_ID_LABEL, MalformedPod, PodView, project
+from sniffer.states import StatePolicy
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer("sniffer.reconcile")
+
+
+class RepairOutcome(StrEnum):
+    REPAIRED = "repaired"
+    """A write landed: the run was moved forward and/or a finalizer was removed."""
+    ALREADY_CONSISTENT = "already_consistent"
+    """The re-read showed nothing left to do (or something else, for the next pass)."""
+    SKIPPED_RACE = "skipped_race"
+    """Someone else moved the run between our read and our write; we did not write."""
+    FAILED = "failed"
+    REPORTED = "reported"
+    """A report-only kind: nothing is ever done about it automatically."""
+    PLANNED = "planned"
+    """Dry run: what would have been done."""
+    NOT_ATTEMPTED = "not_attempted"
+    """The pass was stopped before this repair started."""
+    INTERRUPTED = "interrupted"
+    """The pass was stopped while this repair was in flight."""
+
+
+SKIPPED = frozenset({RepairOutcome.ALREADY_CONSISTENT, RepairOutcome.SKIPPED_RACE})
+
+
+@dataclass(frozen=True, slots=True)
+class RepairResult:
+    """What became of one mismatch. `action` says, for a human, what was (or would be)
+    done; `error` is set iff FAILED."""
+
+    mismatch: Mismatch
+    outcome: RepairOutcome
+    action: str
+    error: str | None = None
+
+
+class PodAccess(Protocol):
+    """The part of `sniffer.kube.KubeClient` repairs need."""
+
+    async def list_pods(self, namespace: str | None, *, label_selector: str, limit: int,
+                        continue_token: str | None = None) -> Page: ...
+
+    async def request_json(self, method: str, path: str, **kw: object) -> JSON: ...
+
+    async def patch_pod(self, namespace: str, name: str, patch: JSON | list[JSON], *,
+                        content_type: str = ...) -> JSON: ...
+
+
+class RunWriter(Protocol):
+    """The part of `sniffer.platform.PlatformClient` repairs need."""
+
+    async def get_run(self, run_id: str) -> Run | None: ...
+
+    async def update_state(self, update: StateUpdate, *, expected_state: str | None = None,
+                           expected_version: int | None = None) -> UpdateResult: ...
+
+
+Hook = Callable[[Mismatch], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class RepairHooks:
+    """Test seams: awaited at fixed points of every repair (None: nothing)."""
+
+    before_reread: Hook | None = None
+    """After the snapshot and diff, before the re-read (a change here must be seen)."""
+    before_write: Hook | None = None
+    """After the re-read, before the conditional write (a change here must be refused)."""
+
+
+class _Race(Exception):
+    """The platform refused our write because the run moved (409/412/unchanged)."""
+
+    def __init__(self, run: Run | None) -> None:
+        super().__init__("run moved")
+        self.run = run
+
+
+class Repairer:
+    """Carries out the repairs one pass planned. Constructing starts nothing."""
+
+    def __init__(self, kube: PodAccess, platform: RunWriter, *, policy: StatePolicy,
+                 grace_period_s: float, scope: tuple[str, ...], label_selector: str,
+                 concurrency: int, drain_timeout_s: float = 10.0, retries: int = 2,
+                 retry_delay_s: float = 0.5, max_retry_delay_s: float = 5.0,
+                 clock: Callable[[], float] = time.time,
+                 hooks: RepairHooks | None = None) -> None:
+        self._kube = kube
+        self._platform = platform
+        self._policy = policy
+        self._grace = grace_period_s
+        self._scope = scope
+        self._selector = label_selector
+        self._concurrency = max(1, concurrency)
+        self._drain_timeout_s = drain_timeout_s
+        self._retries = retries
+        self._retry_delay_s = retry_delay_s
+        self._max_retry_delay_s = max_retry_delay_s
+        self._clock = clock
+        self._hooks = hooks or RepairHooks()
+
+    # --- many -----------------------------------------------------------------------------
+
+    async def repair_all(self, mismatches: Sequence[Mismatch], stop: asyncio.Event, *,
+                         dry_run: bool = False) -> list[RepairResult]:
+        """One result per mismatch, in order (see the module docstring for `stop`)."""
+        results: list[RepairResult | None] = [None] * len(mismatches)
+        todo: list[int] = []
+        for i, m in enumerate(mismatches):
+            if not m.kind.repairable:
+                results[i] = RepairResult(m, RepairOutcome.REPORTED,
+                                          "none: reported for a human")
+            elif dry_run:
+                results[i] = RepairResult(m, RepairOutcome.PLANNED, "would " + _plan(m))
+            else:
+                todo.append(i)
+        pending = iter(todo)
+
+        async def worker() -> None:
+            for i in pending:  # shared iterator; no await between the stop check and use
+                m = mismatches[i]
+                if stop.is_set():
+                    results[i] = RepairResult(m, RepairOutcome.NOT_ATTEMPTED,
+                                              "none: the pass was stopped first")
+                    continue
+                results[i] = await self.repair(m)
+
+        async def workers() -> None:
+            async with asyncio.TaskGroup() as group:
+                for n in range(min(self._concurrency, len(todo))):
+                    group.create_task(worker(), name=f"reconcile-repair-{n}")
+
+        if todo:
+            await self._run_until_stopped(workers(), stop)
+        return [r if r is not None else RepairResult(
+                    mismatches[i], RepairOutcome.INTERRUPTED,
+                    "unknown: stopped while in flight; the next pass finds out")
+                for i, r in enumerate(results)]
+
+    async def _run_until_stopped(self, work: Awaitable[None], stop: asyncio.Event) -> None:
+        """Shutdown order: stop starting repairs (the workers check `stop`) → let in-flight
+        ones finish for `drain_timeout_s` → cancel them."""
+        task = asyncio.ensure_future(work)
+        stopped = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if not task.done():
+                log.warning("stop requested: no new repairs; draining in-flight ones",
+                            extra={"drain_timeout_s": self._drain_timeout_s})
+                try:
+                    await asyncio.wait_for(asyncio.shield(task), self._drain_timeout_s)
+                except TimeoutError:
+                    log.warning("drain deadline passed; cancelling in-flight repairs")
+        finally:
+            stopped.cancel()
+            if not task.done():
+                task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
+
+    # --- one ------------------------------------------------------------------------------
+
+    async def repair(self, m: Mismatch) -> RepairResult:
+        """Repair one repairable mismatch; never raises for the repair's own errors."""
+        with tracer.start_as_current_span(
+                "sniffer.reconcile.repair",
+                attributes={"sniffer.run_id": m.run_id or "", "sniffer.mismatch": m.kind.value,
+                            **({"k8s.namespace.name": m.pod.namespace,
+                                "k8s.pod.name": m.pod.name} if m.pod else {})}) as span:
+            result = await self._repair_with_retries(m)
+            span.set_attribute("sniffer.repair.outcome", result.outcome.value)
+            if result.error:
+                span.set_status(trace.StatusCode.ERROR, result.error)
+        log.log(logging.ERROR if result.outcome is RepairOutcome.FAILED else logging.INFO,
+                "repair %s", result.outcome.value,
+                extra={"run_id": m.run_id, "mismatch": m.kind.value,
+                       "pod": m.pod.key if m.pod else None, "action": result.action,
+                       "error": result.error})
+        return result
+
+    async def _repair_with_retries(self, m: Mismatch) -> RepairResult:
+        delay = self._retry_delay_s
+        for attempt in range(self._retries + 1):
+            try:
+                return await self._repair_once(m)
+            except (PlatformUnavailable, KubeError) as exc:
+                if not _transient(exc) or attempt == self._retries:
+                    return _failed(m, exc)
+                wait = delay
+                if isinstance(exc, PlatformUnavailable) and exc.retry_after is not None:
+                    wait = max(wait, exc.retry_after)
+                await asyncio.sleep(min(wait, self._max_retry_delay_s))
+                delay *= 2
+            except PlatformError as exc:
+                return _failed(m, exc)
+            except Exception as exc:  # one bad object must never end the pass
+                log.exception("repair failed unexpectedly", extra={"run_id": m.run_id})
+                return _failed(m, exc)
+        raise AssertionError("unreachable")
+
+    async def _repair_once(self, m: Mismatch) -> RepairResult:
+        assert m.run_id is not None
+        for attempt in (1, 2):
+            if self._hooks.before_reread is not None:
+                await self._hooks.before_reread(m)
+            run, fresh = await self._rejudge(m)
+            now = _pick(m, fresh)
+            if now is None:
+                seen = _describe(run, fresh)
+                if attempt == 1:
+                    return RepairResult(m, RepairOutcome.ALREADY_CONSISTENT,
+                                        f"none: re-read shows {seen}")
+                return RepairResult(m, RepairOutcome.SKIPPED_RACE,
+                                    f"none: moved by another writer; {seen}")
+            assert run is not None
+            if self._hooks.before_write is not None:
+                await self._hooks.before_write(now)
+            try:
+                return await self._apply(now, run)
+            except _Race as race:
+                log.info("run moved between re-read and write; judging again",
+                         extra={"run_id": m.run_id,
+                                "state": race.run.state if race.run else None})
+        return RepairResult(m, RepairOutcome.SKIPPED_RACE,
+                            "none: refused twice, the run keeps moving; next pass")
+
+    async def _apply(self, m: Mismatch, run: Run) -> RepairResult:
+        done: list[str] = []
+        if m.target is not None:
+            assert m.run_id is not None
+            t = m.target
+            pod = m.pod if m.kind is MismatchKind.POD_AHEAD else None
+            update = StateUpdate(
+                run_id=m.run_id, state=t.state.value, reason=t.reason, message=t.message,
+                exit_code=t.exit_code, started_at=_utc(t.started_at),
+                finished_at=_utc(t.finished_at), pod_uid=pod.uid if pod else None,
+                pod_name=pod.name if pod else None,
+                pod_namespace=pod.namespace if pod else None)
+            result = await self._platform.update_state(update, expected_state=run.state)
+            if result.outcome is Outcome.NOT_FOUND:
+                return RepairResult(m, RepairOutcome.FAILED, "none",
+                                    "the platform no longer knows the run")
+            if result.outcome is not Outcome.APPLIED:
+                raise _Race(result.run)
+            because = f" ({t.reason})" if t.reason else ""
+            done.append(f"set {t.state.value}{because}, was {run.state}")
+        if m.release_finalizer and m.pod is not None and await self._release(m.pod.namespace,
+                                                                              m.pod.name,
+                                                                              m.pod.uid):
+            done.append(f"removed finalizer {OUTCOME_FINALIZER}")
+        if not done:
+            return RepairResult(m, RepairOutcome.ALREADY_CONSISTENT,
+                                "none: the pod is gone or was replaced")
+        return RepairResult(m, RepairOutcome.REPAIRED, "; ".join(done))
+
+    async def _release(self, namespace: str, name: str, uid: str | None) -> bool:
+        """Remove Sniffer's finalizer from this very pod (uid precondition); True if a
+        patch landed, False if the pod is gone or is another pod now."""
+        meta: JSON = {"$deleteFromPrimitiveList/finalizers": [OUTCOME_FINALIZER]}
+        if uid:
+            meta["uid"] = uid
+        try:
+            await self._kube.patch_pod(namespace, name, {"metadata": meta})
+        except (NotFound, Conflict):
+            return False
+        return True
+
+    # --- the re-read ------------------------------------------------------------------
+
+    async def _rejudge(self, m: Mismatch) -> tuple[Run | None, list[Mismatch]]:
+        """Read the pod(s), then the run, and judge them with the pass's own rules."""
+        assert m.run_id is not None
+        pods: list[PodView] = []
+        bad: list[BadPod] = []
+        namespaces: tuple[str | None, ...] = ()
+        if m.kind is MismatchKind.POD_LOST:
+            # A pod may have appeared under any name: list by label, in the namespace the
+            # run names (the diff only judges runs lost whose namespace is in scope).
+            namespaces = (m.pod.namespace,) if m.pod else (self._scope or (None,))
+            for namespace in namespaces:
+                await self._list_run_pods(namespace, m.run_id, pods, bad)
+        elif m.pod is not None:
+            await self._get_pod(m.pod.namespace, m.pod.name, m.pod.uid, pods, bad)
+        run = await self._platform.get_run(m.run_id)
+        if (run is not None and run.pod_namespace and None not in namespaces
+                and namespaces and run.pod_namespace not in namespaces):
+            return run, []  # the run names another namespace now; the next pass looks there
+        snapshot = Snapshot(
+            pods=tuple(pods), bad_pods=tuple(bad), runs={run.id: run} if run else {},
+            unknown_run_ids=frozenset() if run else frozenset({m.run_id}), scope=self._scope)
+        return run, diff(snapshot, now=self._clock(), policy=self._policy,
+                         grace_period_s=self._grace)
+
+    async def _list_run_pods(self, namespace: str | None, run_id: str, pods: list[PodView],
+                             bad: list[BadPod]) -> None:
+        selector = f"{self._selector},{RUN_ID_LABEL}={run_id}" if self._selector else (
+            f"{RUN_ID_LABEL}={run_id}")
+        token: str | None = None
+        while True:
+            page = await self._kube.list_pods(namespace, label_selector=selector, limit=100,
+                                              continue_token=token)
+            for obj in page.items:
+                _project(obj, pods, bad)
+            token = page.continue_token
+            if token is None:
+                return
+
+    async def _get_pod(self, namespace: str, name: str, uid: str | None,
+                       pods: list[PodView], bad: list[BadPod]) -> None:
+        try:
+            obj = await self._kube.request_json("GET", KubeClient.pods_path(namespace, name))
+        except NotFound:
+            return
+        meta = obj.get("metadata")
+        if uid and isinstance(meta, dict) and meta.get("uid") != uid:
+            return  # the name belongs to another pod now
+        _project(obj, pods, bad)
+
+
+def _project(obj: object, pods: list[PodView], bad: list[BadPod]) -> None:
+    try:
+        pods.append(project(obj))
+    except MalformedPod as exc:
+        meta = obj.get("metadata") if isinstance(obj, dict) else None
+        meta = meta if isinstance(meta, dict) else {}
+        bad.append(BadPod(str(meta.get("namespace") or ""), str(meta.get("name") or ""),
+                          str(meta.get("uid") or ""), None, exc.reason))
+
+
+def _pick(planned: Mismatch, fresh: list[Mismatch]) -> Mismatch | None:
+    """The fresh mismatch to act on: same run, same pod, and the planned kind (or a left
+    finalizer, always safe to release)."""
+    allowed = (planned.kind, MismatchKind.FINALIZER_LEFT)
+    for m in fresh:
+        if m.run_id != planned.run_id or m.kind not in allowed:
+            continue
+        if planned.pod is not None and m.pod is not None and planned.kind is not \
+                MismatchKind.POD_LOST and m.pod.uid != planned.pod.uid:
+            continue
+        return m
+    return None
+
+
+def _describe(run: Run | None, fresh: list[Mismatch]) -> str:
+    what = "no run" if run is None else f"run {run.state}"
+    others = [m.kind.value for m in fresh]
+    return what + (f", now {', '.join(others)} (left for the next pass)" if others else "")
+
+
+def _plan(m: Mismatch) -> str:
+    parts = []
+    if m.target is not None:
+        because = f" ({m.target.reason})" if m.target.reason else ""
+        parts.append(f"set {m.target.state.value}{because}")
+    if m.release_finalizer:
+        parts.append(f"remove finalizer {OUTCOME_FINALIZER}")
+    return "; ".join(parts)
+
+
+def _transient(exc: Exception) -> bool:
+    if isinstance(exc, PlatformUnavailable):
+        return True
+    return isinstance(exc, KubeError) and (exc.status == 0 or exc.status == 429
+                                           or exc.status >= 500)
+
+
+def _failed(m: Mismatch, exc: Exception) -> RepairResult:
+    return RepairResult(m, RepairOutcome.FAILED, "none", f"{type(exc).__name__}: {exc}")
+
+
+def _utc(epoch: float | None) -> datetime | None:
+    return None if epoch is None else datetime.fromtimestamp(epoch, UTC)
