@@ -26,6 +26,7 @@ from .rules import Decision
 from .store import AlreadyExists, Store
 from .wire import (
     Invalid,
+    check_query,
     check_run_id,
     now,
     parse_create,
@@ -93,6 +94,12 @@ def _run_id(request: web.Request) -> str:
     return check_run_id("id", request.match_info["run_id"])
 
 
+_QUERY_PARAMS: dict[str, frozenset[str]] = {
+    "GET /api/v1/runs": frozenset({"state", "limit", "after"}),
+    "GET /admin/updates": frozenset({"since", "limit"}),
+}
+
+
 # -- middlewares ------------------------------------------------------------------------
 
 @web.middleware
@@ -100,6 +107,11 @@ async def _statistics(request: web.Request, handler: Handler) -> web.StreamRespo
     request[RECEIVED_AT] = now()
     stats = request.app[STATS].by_status
     try:
+        if request.query and request.match_info.http_exception is None:
+            resource = request.match_info.route.resource
+            template = resource.canonical if resource is not None else request.path
+            allowed = _QUERY_PARAMS.get(f"{request.method} {template}", frozenset())
+            check_query(request.query.keys(), allowed)
         response = await handler(request)
     except Invalid as exc:
         response = _json(exc.body(), 400)

@@ -203,7 +203,7 @@ def middleware(faults: Faults) -> typedefs.Middleware:
             return response
         if cfg.malformed_rate > 0 and rng.random() < cfg.malformed_rate:
             faults.count("malformed")
-            response.body = cfg.malformed_body.encode()
+            response.body = cfg.malformed_body.encode("utf-8", "surrogatepass")
         if cfg.slow_drip_ms > 0:
             faults.count("slow_drip")
             return await _drip(request, response, cfg.slow_drip_ms / 1000)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -93,6 +94,10 @@ def _opt_str(body: dict[str, Any], field: str, max_len: int) -> str | None:
         raise Invalid(field, "must be a string or null")
     if len(value) > max_len:
         raise Invalid(field, f"longer than {max_len} characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise Invalid(field, "is not valid Unicode (lone surrogate)") from None
     return value
 
 
@@ -100,6 +105,8 @@ def _opt_int(body: dict[str, Any], field: str, minimum: int, maximum: int) -> in
     value = body.get(field)
     if value is None:
         return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON does not tell 3 from 3.0
     if isinstance(value, bool) or not isinstance(value, int):
         raise Invalid(field, "must be an integer or null")
     if not minimum <= value <= maximum:
@@ -138,12 +145,8 @@ _CREATE_FIELDS = frozenset({"id", "kind", "pod_namespace", "pod_name"})
 def parse_create(raw: Any) -> CreateBody:
     body = _object(raw)
     _reject_unknown(body, _CREATE_FIELDS)
-    run_id = body.get("id")
-    if run_id is not None:
-        run_id = check_run_id("id", run_id)
+    run_id = check_run_id("id", body["id"]) if "id" in body else None
     kind = body.get("kind", "job")
-    if kind is None:
-        kind = "job"
     if kind not in KINDS:
         raise Invalid("kind", f"must be one of {', '.join(KINDS)}")
     return CreateBody(
@@ -226,7 +229,16 @@ def parse_list_query(states: list[str], limit: str | None, after: str | None) ->
             raise Invalid("limit", "must be between 1 and 1000")
     if after is not None and after == "":
         after = None
+    if after is not None and len(after) > MAX_NAME:
+        raise Invalid("after", f"longer than {MAX_NAME} characters")
     return ListQuery(states=tuple(wanted), limit=size, after=after)
+
+
+def check_query(names: Iterable[str], allowed: frozenset[str]) -> None:
+    """Reject a query parameter the endpoint does not define, naming it."""
+    for name in names:
+        if name not in allowed:
+            raise Invalid(name, "unknown query parameter")
 
 
 def _opt_number(
