@@ -175,9 +175,9 @@ def derive(pod: PodView, *, now: float, policy: StatePolicy,
     if pod.phase == "Failed":
         return _failed(pod)
     if pod.phase == "Running":
-        return _active(pod, now, policy, R, None)
+        return _active(pod, now, policy, R)
     if pod.phase == "Pending":
-        return _active(pod, now, policy, Q, _pending_reason(pod))
+        return _active(pod, now, policy, Q)
     return Underivable("PhaseUnknown" if pod.phase == "Unknown" else "UnrecognisedPhase",
                        f"pod phase {pod.phase[:40]!r} says nothing about the workload")
 
@@ -247,42 +247,45 @@ def _first_failure(
 # --- active pods: running or queued, and the failure rules --------------------------------
 
 
-def _active(pod: PodView, now: float, policy: StatePolicy, state: WorkloadState,
-            reason: str | None) -> Derived:
-    """Running or queued, unless a failure rule fires; the earliest rule to fire decides."""
-    candidates = [c for c in pod.init_containers if state is Q or c.sidecar]
-    candidates.extend(pod.containers)
+@dataclass(frozen=True, slots=True)
+class _Rule:
+    """A failure rule that applies to the pod: it fires at `at` with this outcome."""
+
+    at: float
+    reason: str
+    message: str | None
+    exit_code: int | None
+
+
+def _active(pod: PodView, now: float, policy: StatePolicy, state: WorkloadState) -> Derived:
+    """Running or queued, unless a failure rule fired; then the earliest rule decides."""
+    watched = [c for c in pod.init_containers if state is Q or c.sidecar]
+    watched.extend(pod.containers)
+    problem = next((c for c in watched if c.state == "waiting" and c.reason in _PROBLEMS),
+                   None)
     if state is Q:
+        reason: str | None = _pending_reason(pod)
         message = _pending_message(pod)
     else:
-        problem = next((c for c in candidates if c.state == "waiting" and c.reason in _PROBLEMS),
-                       None)
         reason, message = (problem.reason, problem.message) if problem else (None, None)
-    started = _started_at(pod) if state is R else None
-    fired: tuple[float, str, str | None] | None = None  # (at, reason, message)
-    recheck: float | None = None
-    for c in candidates:
-        if c.state != "waiting" or c.reason is None:
-            continue
-        at = _fails_at(pod, c, policy)
-        if at is None:
-            continue
-        if at <= now:
-            if fired is None or at < fired[0]:
-                fired = (at, c.reason, f"container {c.name}: {c.message or c.reason}")
-        else:
-            recheck = at - now if recheck is None else min(recheck, at - now)
+    rules = []
+    for c in watched:
+        at = _fails_at(pod, c, policy) if c.state == "waiting" else None
+        if at is not None and c.reason is not None:
+            exit_code = c.last.exit_code if c.last and c.reason == CRASHLOOP else None
+            rules.append(_Rule(at, c.reason, f"container {c.name}: {c.message or c.reason}",
+                               exit_code))
     if state is Q and policy.pending_failure_after_s is not None:
-        at = pod.created_at + policy.pending_failure_after_s
-        if at <= now:
-            if fired is None or at < fired[0]:
-                fired = (at, reason or "Pending",
-                         f"pending for over {policy.pending_failure_after_s:g} s: "
-                         f"{message or reason}")
-        else:
-            recheck = at - now if recheck is None else min(recheck, at - now)
-    if fired is not None:
-        return Derived(F, fired[1], fired[2], None, started, fired[0])
+        rules.append(_Rule(pod.created_at + policy.pending_failure_after_s,
+                           reason or "Pending",
+                           f"pending for over {policy.pending_failure_after_s:g} s: "
+                           f"{message or reason}", None))
+    started = _started_at(pod) if state is R else None
+    fired = [rule for rule in rules if rule.at <= now]
+    if fired:
+        first = min(fired, key=lambda rule: rule.at)  # the first of equals: spec order
+        return Derived(F, first.reason, first.message, first.exit_code, started, first.at)
+    recheck = min((rule.at - now for rule in rules), default=None)
     return Derived(state, reason, message, None, started, None, recheck)
 
 
