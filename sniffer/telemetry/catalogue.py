@@ -1,0 +1,193 @@
+"""The metric and span catalogue: every instrument Sniffer registers, in one table.
+
+Contract:
+* `METRICS` is the single source of each instrument's name, kind, unit, attribute keys and
+  meaning; the code creates instruments only through `instrument()` below, with a name
+  from this table, so what is exported is what is listed. docs/telemetry.md repeats the
+  table for readers, and tests/test_telemetry_docs.py keeps the two in step.
+* `SPANS` lists every span name Sniffer's code starts (the platform client's spans are
+  named ``"{method} {route}"``, as HTTP semantic conventions ask).
+* Names follow OpenTelemetry conventions: dotted, lower case, the unit in ``unit`` and never
+  in the name; units are UCUM (``s`` for durations, ``{thing}`` annotations for counts).
+  Attribute keys reuse semantic-convention keys where one exists (``http.*``,
+  ``url.template``, ``error.type``, ``k8s.*``) and are namespaced ``sniffer.*`` otherwise.
+* Kinds are data-model kinds: ``counter`` (a monotonic sum), ``gauge`` and ``histogram``.
+  Whether the code observes a value (observable instrument) or records it is an
+  implementation choice, not part of the catalogue.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Kind = Literal["counter", "gauge", "histogram"]
+Component = Literal["watch", "reconcile", "both"]
+
+# Seconds: from a few milliseconds (one platform call) to many minutes (an outage).
+LATENCY_BUCKETS_S: tuple[float, ...] = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+    600.0, 1800.0)
+# A reconcile pass lists everything: seconds to minutes.
+PASS_BUCKETS_S: tuple[float, ...] = (
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Metric:
+    name: str
+    kind: Kind
+    unit: str
+    attributes: tuple[str, ...]
+    meaning: str
+    component: Component
+    buckets: tuple[float, ...] | None = None
+    """Explicit bucket boundaries (histograms only)."""
+
+
+def _m(name: str, kind: Kind, unit: str, attributes: tuple[str, ...], meaning: str,
+       component: Component, buckets: tuple[float, ...] | None = None) -> Metric:
+    if (kind == "histogram") != (buckets is not None):
+        raise ValueError(f"{name}: histograms, and only they, have buckets")
+    return Metric(name, kind, unit, attributes, meaning, component, buckets)
+
+
+METRICS: tuple[Metric, ...] = (
+    # -- reflector ------------------------------------------------------------------------
+    _m("sniffer.watch.events", "counter", "{event}", ("sniffer.watch.event.type",),
+       "Watch events received, by type (ADDED, MODIFIED, DELETED, BOOKMARK, ERROR).", "watch"),
+    _m("sniffer.watch.relists", "counter", "{relist}", ("sniffer.relist.cause",),
+       "Full LISTs of the pods, by cause (initial, gone = 410, expired continue token, ...).",
+       "watch"),
+    _m("sniffer.watch.restarts", "counter", "{restart}", ("sniffer.watch.restart.cause",),
+       "Watch streams reopened without a relist, by cause (timeout, stalled, error, ...).",
+       "watch"),
+    _m("sniffer.watch.malformed", "counter", "{object}", ("sniffer.malformed.where",),
+       "Malformed watch lines, events or pods that were skipped.", "watch"),
+    # -- work queue (client-go's workqueue metric set) -------------------------------------
+    _m("sniffer.queue.depth", "gauge", "{key}", (),
+       "Keys waiting in the work queue (not those in flight or delayed).", "watch"),
+    _m("sniffer.queue.adds", "counter", "{key}", (),
+       "Keys added to the work queue (an add that coalesced with a waiting key is not "
+       "counted).", "watch"),
+    _m("sniffer.queue.retries", "counter", "{key}", (),
+       "Rate-limited or delayed re-adds (retries after a transient failure, rechecks).",
+       "watch"),
+    _m("sniffer.queue.duration", "histogram", "s", (),
+       "Time a key waited in the queue before a worker took it.", "watch", LATENCY_BUCKETS_S),
+    _m("sniffer.queue.work_duration", "histogram", "s", (),
+       "Time a worker spent on one key (handler and platform call).", "watch",
+       LATENCY_BUCKETS_S),
+    _m("sniffer.queue.unfinished_work", "gauge", "s", (),
+       "Sum of how long the keys in flight have been processed so far (stuck workers "
+       "make it grow).", "watch"),
+    _m("sniffer.queue.longest_running_processor", "gauge", "s", (),
+       "How long the longest-running key in flight has been processed.", "watch"),
+    # -- controller -----------------------------------------------------------------------
+    _m("sniffer.handler.outcomes", "counter", "{outcome}", ("sniffer.outcome",),
+       "Handler results, one per processed key: done, requeue, requeue_after, retry, drop.",
+       "watch"),
+    _m("sniffer.changes.sent", "counter", "{change}", ("sniffer.state",),
+       "State changes sent to the platform (attempts, so retries count again), by the state "
+       "sent.", "watch"),
+    _m("sniffer.changes.acknowledged", "counter", "{change}", ("sniffer.state",),
+       "State changes the platform acknowledged (applied, or already had), by state.",
+       "watch"),
+    _m("sniffer.changes.dropped", "counter", "{change}", ("k8s.pod.phase", "error.type"),
+       "Changes given up after the retry limit (the reconciler repairs them), by the pod's "
+       "phase and the class of the last error.", "watch"),
+    _m("sniffer.change.latency", "histogram", "s", ("sniffer.state", "sniffer.latency.origin"),
+       "End to end: from the change (the pod status's transition time, else the time Sniffer "
+       "observed it: sniffer.latency.origin = status | observed) to the platform's "
+       "acknowledgement.", "watch", LATENCY_BUCKETS_S),
+    _m("sniffer.freshness", "gauge", "s", (),
+       "Age of the oldest change observed but not yet handled (0 when caught up): the "
+       "freshness SLO signal.", "watch"),
+    _m("sniffer.cache.pods", "gauge", "{pod}", (), "Tracked pods in the watcher's cache.",
+       "watch"),
+    _m("sniffer.cache.runs", "gauge", "{run}", (),
+       "Runs whose acknowledged state the watcher remembers.", "watch"),
+    _m("sniffer.finalizers.held", "gauge", "{pod}", (),
+       "Cached pods that carry Sniffer's finalizer (sniffer.io/outcome).", "watch"),
+    _m("sniffer.finalizer.operations", "counter", "{operation}",
+       ("sniffer.finalizer.operation",),
+       "Finalizers added to or removed from pods (operation = added | removed).", "watch"),
+    _m("sniffer.leader.status", "gauge", "1", (),
+       "1 while this replica holds the lease (or leader election is off), else 0.", "watch"),
+    _m("sniffer.runs.orphaned", "counter", "{pod}", (),
+       "Tracked pods whose run the platform does not know (not reported).", "watch"),
+    _m("sniffer.pods.underivable", "counter", "{pod}", (),
+       "Pods whose state could not be derived (left to the reconciler).", "watch"),
+    # -- platform client (both programs) ---------------------------------------------------
+    _m("sniffer.platform.request.duration", "histogram", "s",
+       ("http.request.method", "url.template", "http.response.status_code", "error.type"),
+       "Platform API calls: duration and outcome (status code; error.type for timeouts, "
+       "connection errors and error statuses).", "both", LATENCY_BUCKETS_S),
+    _m("sniffer.platform.updates", "counter", "{update}", ("sniffer.update.outcome",),
+       "Conditional state updates by result: applied, unchanged, conflict, "
+       "precondition_failed, not_found.", "both"),
+    # -- reconciler -----------------------------------------------------------------------
+    _m("sniffer.reconcile.duration", "histogram", "s", ("sniffer.reconcile.result",),
+       "Duration of one reconcile pass, by result (ok, failed, interrupted).", "reconcile",
+       PASS_BUCKETS_S),
+    _m("sniffer.reconcile.pods", "gauge", "{pod}", (),
+       "Tracked pods listed by the last pass.", "reconcile"),
+    _m("sniffer.reconcile.runs", "gauge", "{run}", (),
+       "Non-terminal runs listed by the last pass.", "reconcile"),
+    _m("sniffer.reconcile.mismatches", "counter", "{mismatch}", ("sniffer.mismatch.kind",),
+       "Mismatches found between pods and runs, by kind.", "reconcile"),
+    _m("sniffer.reconcile.repairs", "counter", "{repair}", ("sniffer.mismatch.kind",),
+       "Mismatches repaired, by kind.", "reconcile"),
+    _m("sniffer.reconcile.repair_failures", "counter", "{repair}",
+       ("sniffer.mismatch.kind", "error.type"),
+       "Repairs that failed, by kind and error class.", "reconcile"),
+    _m("sniffer.reconcile.last_success", "gauge", "s", (),
+       "Unix time at which the last successful pass ended.", "reconcile"),
+)
+
+BY_NAME: dict[str, Metric] = {m.name: m for m in METRICS}
+if len(BY_NAME) != len(METRICS):  # pragma: no cover - a typo in the table above
+    raise AssertionError("duplicate metric name in the catalogue")
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    name: str
+    kind: str
+    parent: str
+    attributes: tuple[str, ...]
+    meaning: str
+
+
+SPANS: tuple[Span, ...] = (
+    Span("sniffer.state_change", "INTERNAL", "root; linked to the pod's sniffer.io/traceparent",
+         ("sniffer.key", "sniffer.run_id", "sniffer.state.from", "sniffer.state.to",
+          "sniffer.attempt", "k8s.namespace.name", "k8s.pod.name", "k8s.pod.uid"),
+         "One state change sent by the watcher, around its platform call."),
+    Span("PATCH /api/v1/runs/{id}", "CLIENT", "sniffer.state_change or sniffer.reconcile.repair",
+         ("http.request.method", "url.template", "server.address", "server.port",
+          "http.response.status_code", "error.type"),
+         "The conditional state update; W3C traceparent goes to the platform."),
+    Span("GET /api/v1/runs/{id}", "CLIENT", "root, or a reconcile span",
+         ("http.request.method", "url.template", "server.address", "server.port",
+          "http.response.status_code", "error.type"),
+         "Read one run (watcher: a run not seen before; reconciler: re-read before a repair)."),
+    Span("GET /api/v1/runs", "CLIENT", "root (watcher seed) or sniffer.reconcile.list_runs",
+         ("http.request.method", "url.template", "server.address", "server.port",
+          "http.response.status_code", "error.type"),
+         "One page of the run listing."),
+    Span("POST /api/v1/runs", "CLIENT", "root",
+         ("http.request.method", "url.template", "server.address", "server.port",
+          "http.response.status_code", "error.type"),
+         "Create a run (tests and tools only)."),
+    Span("sniffer.reconcile.pass", "INTERNAL", "root: one trace per pass", (),
+         "One reconcile pass."),
+    Span("sniffer.reconcile.list_pods", "INTERNAL", "sniffer.reconcile.pass", (),
+         "List every tracked pod."),
+    Span("sniffer.reconcile.list_runs", "INTERNAL", "sniffer.reconcile.pass", (),
+         "List every non-terminal run."),
+    Span("sniffer.reconcile.diff", "INTERNAL", "sniffer.reconcile.pass", (),
+         "Compare the two listings (pure)."),
+    Span("sniffer.reconcile.repair", "INTERNAL", "sniffer.reconcile.pass", (),
+         "Re-read and repair one mismatch."),
+)
