@@ -23,6 +23,12 @@ _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"messa
 _SENSITIVE = ("token", "secret", "authorization", "password")
 
 
+def is_sensitive(field: str) -> bool:
+    """True iff a field of this name must be redacted (its name mentions a credential)."""
+    lowered = field.lower()
+    return any(s in lowered for s in _SENSITIVE)
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
@@ -39,7 +45,7 @@ class JsonFormatter(logging.Formatter):
         for key, value in vars(record).items():
             if key in _STANDARD or key.startswith("_"):
                 continue
-            out[key] = "[redacted]" if any(s in key.lower() for s in _SENSITIVE) else value
+            out[key] = "[redacted]" if is_sensitive(key) else value
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
         return json.dumps(out, default=str, ensure_ascii=False)
@@ -50,7 +56,7 @@ class TextFormatter(logging.Formatter):
         extras = {k: v for k, v in vars(record).items()
                   if k not in _STANDARD and not k.startswith("_")}
         for key in extras:
-            if any(s in key.lower() for s in _SENSITIVE):
+            if is_sensitive(key):
                 extras[key] = "[redacted]"
         line = f"{record.levelname[0]} {record.name}: {record.getMessage()}"
         if extras:
