@@ -26,7 +26,9 @@ Contract:
   size or mtime changes, and once more after a 401 (a rotated Secret mount). It never
   appears in a log record, an exception message or a ``repr``.
 * Each request carries W3C trace context (``opentelemetry.propagate.inject``) and runs in
-  a client span; both are no-ops until a tracer provider is configured.
+  a client span; both are no-ops until a tracer provider is configured. Each request's
+  duration and status (or transport error) and each update's `Outcome` are reported to
+  an optional :class:`PlatformMetrics`.
 * TLS certificates are verified unless ``verify_tls=False`` (logged as a warning);
   ``ca_file`` adds a CA bundle.
 """
@@ -46,8 +48,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
-from urllib.parse import quote
+from typing import Any, Protocol
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 from opentelemetry import propagate, trace
@@ -321,6 +323,27 @@ class _Token:
         return self._value != before
 
 
+class PlatformMetrics(Protocol):
+    """What the client reports; `sniffer.telemetry` implements it."""
+
+    def request(self, method: str, route: str, status: int | None, error: str | None,
+                seconds: float) -> None:
+        """One HTTP exchange ended: `status` None with `error` set for a timeout or a
+        transport failure."""
+
+    def update(self, outcome: str) -> None:
+        """A state update ended with this `Outcome` value."""
+
+
+class _NoMetrics:
+    def request(self, method: str, route: str, status: int | None, error: str | None,
+                seconds: float) -> None:
+        pass
+
+    def update(self, outcome: str) -> None:
+        pass
+
+
 class _State(enum.Enum):
     NEW = "new"
     OPEN = "open"
@@ -344,6 +367,7 @@ class PlatformClient:
         max_connections: int = 100,
         verify_tls: bool = True,
         ca_file: Path | str | None = None,
+        metrics: PlatformMetrics | None = None,
     ) -> None:
         base = base_url.rstrip("/")
         if base.endswith(API_PREFIX):
@@ -360,6 +384,11 @@ class PlatformClient:
         self._ca_file = Path(ca_file) if ca_file is not None else None
         self._session: aiohttp.ClientSession | None = None
         self._state = _State.NEW
+        self._metrics: PlatformMetrics = metrics or _NoMetrics()
+        parts = urlsplit(base)
+        self._server: dict[str, str | int] = {
+            "server.address": parts.hostname or "",
+            "server.port": parts.port or (443 if parts.scheme == "https" else 80)}
 
     def __repr__(self) -> str:
         return f"PlatformClient({self._base!r}, state={self._state.value})"
@@ -412,7 +441,7 @@ class PlatformClient:
         with _tracer.start_as_current_span(
             f"{method} {route}", kind=trace.SpanKind.CLIENT,
             attributes={"http.request.method": method, "url.template": route,
-                        "server.address": self._base},
+                        **self._server},
         ) as span:
             started = time.perf_counter()
             for attempt in (1, 2):
@@ -428,11 +457,15 @@ class PlatformClient:
                         retry_after = response.headers.get("Retry-After")
                 except TimeoutError:
                     span.set_attribute("error.type", "timeout")
+                    self._metrics.request(method, route, None, "timeout",
+                                          time.perf_counter() - started)
                     raise PlatformUnavailable(
                         f"{method} {route}: no complete answer within {self._timeout}s"
                     ) from None
                 except aiohttp.ClientError as exc:
                     span.set_attribute("error.type", type(exc).__name__)
+                    self._metrics.request(method, route, None, type(exc).__name__,
+                                          time.perf_counter() - started)
                     raise PlatformUnavailable(
                         f"{method} {route}: {type(exc).__name__}: {exc}"
                     ) from None
@@ -441,6 +474,7 @@ class PlatformClient:
                     continue
                 break
             span.set_attribute("http.response.status_code", status)
+            self._metrics.request(method, route, status, None, time.perf_counter() - started)
             log.debug("%s %s -> %d in %.1f ms", method, route, status,
                       (time.perf_counter() - started) * 1000)
         if status in (408, 429) or status >= 500:
@@ -527,6 +561,12 @@ class PlatformClient:
             "PATCH", f"{API_PREFIX}/runs/{_quote(update.run_id)}", body=body,
             route="/api/v1/runs/{id}",
         )
+        result = self._update_result(status, data, route)
+        self._metrics.update(result.outcome.value)
+        return result
+
+    @staticmethod
+    def _update_result(status: int, data: Any, route: str) -> UpdateResult:
         if status == 404:
             return UpdateResult(Outcome.NOT_FOUND, None, "not_found")
         if status == 200:
@@ -612,6 +652,7 @@ __all__ = [
     "Outcome",
     "PlatformClient",
     "PlatformError",
+    "PlatformMetrics",
     "PlatformRejected",
     "PlatformUnavailable",
     "Run",
