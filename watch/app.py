@@ -29,7 +29,7 @@ from pathlib import Path
 
 from config.settings import Settings
 from sniffer.kube import KubeClient
-from sniffer.platform import PlatformClient
+from sniffer.platform import PlatformClient, PlatformMetrics
 from sniffer.states import StatePolicy
 from watch.controller import Controller, ControllerMetrics
 from watch.finalizers import Finalizers
@@ -55,6 +55,7 @@ class WatchMetrics:
     reflector: ReflectorMetrics | None = None
     controller: ControllerMetrics | None = None
     queue: QueueMetrics | None = None
+    platform: PlatformMetrics | None = None
 
 
 def identity(settings: Settings) -> str:
@@ -102,7 +103,7 @@ class Watcher:
                                   max_connections=s.platform.max_connections,
                                   verify_tls=s.platform.verify_tls,
                                   ca_file=Path(s.platform.ca_file) if s.platform.ca_file
-                                  else None)
+                                  else None, metrics=self._metrics.platform)
         try:
             return await self._run(stop, kube, platform)
         finally:
