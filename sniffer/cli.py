@@ -21,10 +21,13 @@ import signal
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from config import ConfigError, Settings, load_settings
 from sniffer.logs import setup_logging
+
+if TYPE_CHECKING:
+    from sniffer.telemetry import Telemetry
 
 log = logging.getLogger("sniffer")
 
@@ -94,27 +97,49 @@ def main(argv: list[str] | None = None) -> int:
         return _watch(settings)
     if args.command == "reconcile":
         from reconcile.app import run_reconcile
-        return run_until_signalled(lambda stop: run_reconcile(
-            settings, stop, dry_run=args.dry_run, only=tuple(args.only or ()),
-            output=args.output))
+        telemetry = _telemetry("reconcile", settings)
+        try:
+            return run_until_signalled(lambda stop: run_reconcile(
+                settings, stop, dry_run=args.dry_run, only=tuple(args.only or ()),
+                output=args.output))
+        finally:
+            telemetry.shutdown()  # export everything before exit, after SIGTERM too
     if args.command == "finalizers":
         return run_until_signalled(lambda stop: _remove_finalizers(settings))
     raise AssertionError(args.command)
 
 
+def _telemetry(component: str, settings: Settings) -> Telemetry:
+    """OpenTelemetry from the OTEL_* variables; caller duty: `shutdown()` before exit."""
+    from sniffer.telemetry import setup_telemetry
+
+    return setup_telemetry(component, prometheus_port=settings.telemetry.prometheus_port)
+
+
 def _watch(settings: Settings) -> int:
-    from watch.app import Watcher
+    from sniffer.telemetry import WatchTelemetry
+    from watch.app import Watcher, WatchMetrics
     from watch.leader import LeadershipLost
 
     if not check_token_file(settings):
         return 2
+    telemetry = _telemetry("watch", settings)
+    metrics, observe = WatchMetrics(), None
+    if telemetry.metrics_on:
+        sinks = WatchTelemetry(telemetry.meter, leader_election=settings.leader.enabled)
+        metrics = WatchMetrics(reflector=sinks.reflector, controller=sinks.controller,
+                               queue=sinks.queue, platform=sinks.platform)
+        observe = sinks.observe
     try:
-        return run_until_signalled(lambda stop: Watcher(settings).run(stop))
+        return run_until_signalled(
+            lambda stop: Watcher(settings, metrics=metrics, observe=observe).run(stop))
     except BaseExceptionGroup as group:
         if group.subgroup(LeadershipLost) is None:
             raise
         log.error("exiting after losing the lease; a restart rejoins as a standby")
         return 1
+    finally:
+        telemetry.shutdown()  # the last spans and a final metric export
 
 
 def check_token_file(settings: Settings) -> bool:
