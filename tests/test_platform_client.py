@@ -7,13 +7,14 @@ import enum
 import logging
 import os
 import traceback
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
@@ -28,7 +29,7 @@ from sniffer.platform import (
     StateUpdate,
     parse_retry_after,
 )
-from testbed.platform.launcher import PlatformServer
+from testbed.platform.launcher import PlatformServer, launch
 
 
 @pytest.fixture
@@ -446,3 +447,49 @@ async def test_requests_carry_the_callers_w3c_trace_context(
     (entry,) = [e for e in platform.updates(since) if e["run_id"] == run_id]
     assert entry["traceparent"] is not None
     assert entry["traceparent"].split("-")[1] == f"{trace_id:032x}"
+
+
+# -- TLS -------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tls_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlatformServer]:
+    """A reference server speaking HTTPS with a certificate from a throwaway CA."""
+    workdir = tmp_path_factory.mktemp("tls-platform")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    ca.cert_pem.write_to_path(str(workdir / "ca.pem"))
+    cert.cert_chain_pems[0].write_to_path(str(workdir / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(workdir / "key.pem"))
+    server = launch(workdir, tls_cert=workdir / "cert.pem", tls_key=workdir / "key.pem",
+                    ca_file=workdir / "ca.pem")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def test_tls_certificates_are_verified_by_default(tls_platform: PlatformServer) -> None:
+    assert tls_platform.url.startswith("https://")
+    async with PlatformClient(tls_platform.url, tls_platform.token_file) as client:
+        with pytest.raises(PlatformUnavailable, match=r"(?i)certificate"):
+            await client.get_run("x")
+
+
+async def test_a_ca_file_makes_the_platform_certificate_trusted(
+    tls_platform: PlatformServer,
+) -> None:
+    assert tls_platform.ca_file is not None
+    async with PlatformClient(tls_platform.url, tls_platform.token_file,
+                              ca_file=tls_platform.ca_file) as client:
+        run = await client.create_run()
+        assert await client.get_run(run.id) == run
+
+
+async def test_turning_tls_verification_off_works_and_is_logged(
+    tls_platform: PlatformServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="sniffer.platform")
+    async with PlatformClient(tls_platform.url, tls_platform.token_file,
+                              verify_tls=False) as client:
+        assert await client.get_run("not-there") is None
+    assert "verification is OFF" in caplog.text

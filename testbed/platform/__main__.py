@@ -2,6 +2,7 @@
 
 Promises:
 
+* It serves HTTPS when given ``--tls-cert`` and ``--tls-key``, else plain HTTP.
 * When the server accepts connections it prints its URL on stdout and, with
   ``--ready-file``, atomically writes ``{"url": ..., "pid": ...}`` there (the file appears
   whole or not at all).
@@ -18,6 +19,7 @@ import json
 import logging
 import os
 import signal
+import ssl
 import sys
 from pathlib import Path
 
@@ -35,7 +37,18 @@ def _write_ready(path: Path, url: str) -> None:
     os.replace(tmp, path)
 
 
-async def serve(host: str, port: int, db: Path, token_file: Path, ready_file: Path | None) -> None:
+def _tls_context(cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
+    if cert is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+async def serve(
+    host: str, port: int, db: Path, token_file: Path, ready_file: Path | None,
+    tls: ssl.SSLContext | None = None,
+) -> None:
     store = Store.open(db)
     store.start_checkpointer()
     runner = web.AppRunner(
@@ -48,11 +61,13 @@ async def serve(host: str, port: int, db: Path, token_file: Path, ready_file: Pa
         loop.add_signal_handler(sig, stop.set)
     try:
         await runner.setup()
-        site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
+        site = web.TCPSite(
+            runner, host, port, backlog=1024, reuse_address=True, ssl_context=tls
+        )
         await site.start()
-        bound_host, bound_port = runner.addresses[0][:2]
-        url = f"http://{host if ':' not in host else f'[{host}]'}:{bound_port}"
-        del bound_host
+        bound_port = runner.addresses[0][1]
+        scheme = "https" if tls is not None else "http"
+        url = f"{scheme}://{host if ':' not in host else f'[{host}]'}:{bound_port}"
         print(url, flush=True)
         if ready_file is not None:
             _write_ready(ready_file, url)
@@ -75,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--token-file", type=Path, required=True,
                    help="file with the accepted bearer token(s), one per line")
     s.add_argument("--ready-file", type=Path, help="where to write {url, pid} when ready")
+    s.add_argument("--tls-cert", type=Path, help="serve HTTPS with this certificate (PEM)")
+    s.add_argument("--tls-key", type=Path, help="private key of --tls-cert (PEM)")
     s.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -83,7 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     if not args.token_file.is_file():
         parser.error(f"--token-file {args.token_file} does not exist")
-    asyncio.run(serve(args.host, args.port, args.db, args.token_file, args.ready_file))
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together")
+    tls = _tls_context(args.tls_cert, args.tls_key)
+    asyncio.run(serve(args.host, args.port, args.db, args.token_file, args.ready_file, tls))
     return 0
 
 

@@ -22,6 +22,7 @@ import json
 import os
 import secrets
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -56,6 +57,9 @@ class PlatformServer:
     db_path: Path
     url: str = ""
     pid: int = 0
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    ca_file: Path | None = None
     _process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     _log: Any = field(default=None, repr=False)
 
@@ -77,13 +81,16 @@ class PlatformServer:
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(_REPO_ROOT), env.get("PYTHONPATH", "")) if p
         )
+        command = [
+            sys.executable, "-m", "testbed.platform", "serve",
+            "--host", "127.0.0.1", "--port", str(port),
+            "--db", str(self.db_path), "--token-file", str(self.token_file),
+            "--ready-file", str(ready),
+        ]
+        if self.tls_cert is not None and self.tls_key is not None:
+            command += ["--tls-cert", str(self.tls_cert), "--tls-key", str(self.tls_key)]
         self._process = subprocess.Popen(
-            [
-                sys.executable, "-m", "testbed.platform", "serve",
-                "--host", "127.0.0.1", "--port", str(port),
-                "--db", str(self.db_path), "--token-file", str(self.token_file),
-                "--ready-file", str(ready),
-            ],
+            command,
             stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
             env=env, cwd=str(self.workdir),
         )
@@ -157,8 +164,13 @@ class PlatformServer:
         request.add_header("Authorization", f"Bearer {self.token}")
         if data is not None:
             request.add_header("Content-Type", "application/json")
+        context = None
+        if self.url.startswith("https:"):
+            context = ssl.create_default_context(
+                cafile=str(self.ca_file) if self.ca_file is not None else None
+            )
         try:
-            with urllib.request.urlopen(request, timeout=30) as response:
+            with urllib.request.urlopen(request, timeout=30, context=context) as response:
                 status, raw = response.status, response.read()
         except urllib.error.HTTPError as exc:
             status, raw = exc.code, exc.read()
@@ -240,11 +252,15 @@ class PlatformServer:
                 return runs
 
 
-def launch(workdir: Path, *, token: str | None = None, db: Path | None = None) -> PlatformServer:
+def launch(
+    workdir: Path, *, token: str | None = None, db: Path | None = None,
+    tls_cert: Path | None = None, tls_key: Path | None = None, ca_file: Path | None = None,
+) -> PlatformServer:
     """Start a server whose files live in ``workdir``; returns once it answers requests.
 
     ``token`` defaults to a random one; it is written to ``workdir/platform.token``
-    (mode 0600). ``db`` defaults to ``workdir/platform.db`` (reused if it exists).
+    (mode 0600). ``db`` defaults to ``workdir/platform.db`` (reused if it exists). With
+    ``tls_cert`` and ``tls_key`` it serves HTTPS; the helpers then trust ``ca_file``.
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -256,6 +272,7 @@ def launch(workdir: Path, *, token: str | None = None, db: Path | None = None) -
     server = PlatformServer(
         workdir=workdir, token=token, token_file=token_file,
         db_path=Path(db) if db is not None else workdir / "platform.db",
+        tls_cert=tls_cert, tls_key=tls_key, ca_file=ca_file,
     )
     server._start(0)
     return server
