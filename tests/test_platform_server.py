@@ -17,7 +17,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from testbed.platform.launcher import PlatformServer
+from testbed.platform.auth import RECHECK_S
+from testbed.platform.launcher import AdminError, PlatformServer
 
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
 RUN_FIELDS = {
@@ -139,6 +140,21 @@ async def test_an_unauthenticated_write_changes_nothing(api: Api, unique_run_id)
     )
     assert status == 401
     assert (await api.get(run_id))["state"] == "queued"
+
+
+def test_a_rotated_token_file_accepts_the_new_token_at_once_and_drops_the_old_one(
+    fresh_platform_server: PlatformServer,
+) -> None:
+    server = fresh_platform_server
+    old = server.token
+    server.token_file.write_text("rotated-token\n", encoding="utf-8")
+    server.token = "rotated-token"
+    assert server.stats()["runs_by_state"]["queued"] == 0
+    server.token = old
+    time.sleep(RECHECK_S + 0.1)
+    with pytest.raises(AdminError) as caught:
+        server.stats()
+    assert caught.value.status == 401
 
 
 # -- the state rules ---------------------------------------------------------------------

@@ -6,7 +6,9 @@ Promises:
   the token file; otherwise the answer is 401 with a JSON error (and nothing is done).
 * The token file holds one or more tokens, one per line (several allow an overlapping
   rotation). It is re-read when its inode, size or mtime changes, so rewriting or replacing
-  it rotates the accepted tokens without a restart.
+  it rotates the accepted tokens without a restart: a new token is accepted at once (an
+  unknown token triggers a check of the file), a removed one is refused within
+  :data:`RECHECK_S` seconds (a known token re-checks the file at most that often).
 * Tokens are compared in constant time and never logged or echoed.
 """
 
@@ -14,12 +16,14 @@ from __future__ import annotations
 
 import hmac
 import os
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import typedefs, web
 
 PUBLIC_PATHS = frozenset({"/healthz"})
+RECHECK_S = 1.0
 
 
 class TokenFile:
@@ -32,9 +36,11 @@ class TokenFile:
         self._path = path
         self._signature: tuple[int, int, int] | None = None
         self._tokens: tuple[bytes, ...] = ()
+        self._checked_at = 0.0
         self.refresh()
 
     def refresh(self) -> None:
+        self._checked_at = time.monotonic()
         try:
             st = os.stat(self._path)
         except OSError:
@@ -48,13 +54,17 @@ class TokenFile:
         )
         self._signature = signature
 
-    def accepts(self, presented: str) -> bool:
-        self.refresh()
-        candidate = presented.encode()
+    def _matches(self, candidate: bytes) -> bool:
         ok = False
         for token in self._tokens:
             ok |= hmac.compare_digest(candidate, token)
         return ok
+
+    def accepts(self, presented: str) -> bool:
+        candidate = presented.encode()
+        if time.monotonic() - self._checked_at >= RECHECK_S or not self._matches(candidate):
+            self.refresh()
+        return self._matches(candidate)
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
