@@ -59,8 +59,12 @@ class NotFound(KubeError):
     """404: the object does not exist."""
 
 
-class WatchStalled(KubeError):
-    """The watch stream was silent for longer than the read timeout (half-open)."""
+class Timeout(KubeError):
+    """The API server did not answer in time (connect, headers or body)."""
+
+
+class WatchStalled(Timeout):
+    """A watch was silent for longer than the read timeout (a half-open connection)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +176,9 @@ class KubeClient:
                     method, url, headers=await self._headers(content_type), body=data,
                     _request_timeout=client_timeout or aiohttp.ClientTimeout(total=60),
                 )
-            except (aiohttp.ClientError, TimeoutError) as exc:
+            except TimeoutError as exc:  # aiohttp's socket/connect timeouts subclass it
+                raise Timeout(0, f"{method} {path}: {type(exc).__name__}") from exc
+            except aiohttp.ClientError as exc:
                 raise KubeError(0, f"{method} {path}: {type(exc).__name__}: {exc}") from exc
             response: aiohttp.ClientResponse = resp.response
             if response.status < 400:
@@ -232,10 +238,13 @@ class KubeClient:
                  "resourceVersion": resource_version, "timeoutSeconds": timeout_seconds,
                  "labelSelector": label_selector or None}
         # No total timeout: the server ends the stream; silence is caught per read.
-        response = await self.request(
-            "GET", self.pods_path(namespace), query=query,
-            client_timeout=aiohttp.ClientTimeout(total=None, sock_connect=30,
-                                                 sock_read=read_timeout))
+        try:
+            response = await self.request(
+                "GET", self.pods_path(namespace), query=query,
+                client_timeout=aiohttp.ClientTimeout(total=None, sock_connect=read_timeout,
+                                                     sock_read=read_timeout))
+        except Timeout as exc:
+            raise WatchStalled(0, f"watch did not open within {read_timeout:g}s") from exc
         try:
             async for line in _lines(response.content, read_timeout):
                 try:

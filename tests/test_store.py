@@ -1,0 +1,73 @@
+"""The pod cache: newest wins, deletions keep the final state until handled, relists
+turn absences into deletions."""
+
+from __future__ import annotations
+
+from sniffer.podview import PodView, project
+from watch.store import PodStore
+
+
+def pod(name: str, rv: int, *, uid: str = "u1", phase: str = "Running",
+        ns: str = "a") -> PodView:
+    return project({"metadata": {"name": name, "namespace": ns, "uid": uid,
+                                 "resourceVersion": str(rv),
+                                 "creationTimestamp": "2026-01-01T00:00:00Z",
+                                 "labels": {"sniffer.io/run-id": f"run-{name}"}},
+                    "spec": {"containers": [{"name": "main"}]},
+                    "status": {"phase": phase}})
+
+
+def test_an_older_resource_version_never_overwrites_a_newer_one():
+    store = PodStore(("a",))
+    assert store.upsert(pod("p", 5, phase="Succeeded"))
+    assert not store.upsert(pod("p", 4, phase="Running"))
+    assert store.get("a/p").phase == "Succeeded"
+
+
+def test_a_recreated_pod_with_a_new_uid_replaces_the_old_one():
+    store = PodStore(("a",))
+    store.upsert(pod("p", 9, uid="old"))
+    assert store.upsert(pod("p", 3, uid="new"))
+    assert store.get("a/p").uid == "new"
+
+
+def test_deleted_pod_stays_readable_as_a_tombstone_until_forgotten():
+    store = PodStore(("a",))
+    store.upsert(pod("p", 1, phase="Running"))
+    store.delete(pod("p", 2, phase="Succeeded"), now=100.0)
+    tomb = store.get("a/p")
+    assert store.is_deleted("a/p") and tomb.phase == "Succeeded"
+    assert tomb.deletion_timestamp == 100.0
+    assert len(store) == 0
+    store.forget_tombstone("a/p", tomb)
+    assert store.get("a/p") is None
+
+
+def test_forgetting_a_stale_tombstone_keeps_the_newer_one():
+    store = PodStore(("a",))
+    store.delete(pod("p", 1), now=1.0)
+    old = store.get("a/p")
+    store.upsert(pod("p", 2, uid="u2"))
+    store.delete(pod("p", 3, uid="u2"), now=2.0)
+    store.forget_tombstone("a/p", old)
+    assert store.get("a/p") is not None
+
+
+def test_relist_reports_new_changed_and_vanished_pods_only_in_its_namespace():
+    store = PodStore(("a", "b"))
+    store.upsert(pod("same", 1))
+    store.upsert(pod("changes", 1))
+    store.upsert(pod("vanishes", 1))
+    store.upsert(pod("other-ns", 1, ns="b"))
+    changed = store.replace("a", [pod("same", 1), pod("changes", 2), pod("new", 3)], now=5.0)
+    assert sorted(changed) == ["a/changes", "a/new", "a/vanishes"]
+    assert store.is_deleted("a/vanishes")
+    assert store.get("b/other-ns") is not None and not store.is_deleted("b/other-ns")
+
+
+def test_synced_only_after_every_namespace_was_listed():
+    store = PodStore(("a", "b"))
+    store.replace("a", [], now=0.0)
+    assert not store.has_synced
+    store.replace("b", [], now=0.0)
+    assert store.has_synced
