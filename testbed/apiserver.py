@@ -105,6 +105,22 @@ class ApiServer:
             raise ApiServerError("no kubectl known for this API server")
         return [str(self.kubectl), f"--kubeconfig={self.kubeconfig}", *args]
 
+    def compact_etcd(self) -> int:
+        """Compact etcd at its current revision and return that revision.
+
+        Every older resourceVersion becomes unusable in etcd. The API server's watch cache
+        still serves its own window of events, so only a server started with
+        ``extra_args=["--watch-cache=false"]`` answers 410 Gone for them (a watch then gets an
+        ERROR event with code 410, an ``Exact`` list a 410 with reason Expired).
+        """
+        if self.etcd_url is None:
+            raise ApiServerError("this API server exposes no etcd URL to compact")
+        key = base64.b64encode(b"/").decode()
+        header = _post_json(f"{self.etcd_url}/v3/kv/range", {"key": key, "count_only": True})
+        revision = int(header["header"]["revision"])
+        _post_json(f"{self.etcd_url}/v3/kv/compaction", {"revision": revision, "physical": True})
+        return revision
+
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """End the server if this handle owns it (SIGTERM, then SIGKILL), and remove its state.
 
@@ -245,6 +261,16 @@ def _readyz(url: str, ca_file: Path, token: str) -> bool:
             return bool(resp.status == 200)
     except urllib.error.HTTPError:
         return False  # 500 while post-start hooks (RBAC bootstrap, ...) are still running
+
+
+def _post_json(url: str, body: dict[str, Any]) -> dict[str, Any]:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return dict(json.loads(resp.read()))
+    except (OSError, json.JSONDecodeError) as e:
+        raise ApiServerError(f"POST {url}: {e}") from e
 
 
 def _running_pid(state: Path) -> int | None:

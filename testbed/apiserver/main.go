@@ -15,6 +15,7 @@
 //   - A port given as 0 is picked free by this process. Picking and binding are not atomic;
 //     if another process wins the port, this one exits non-zero and the caller may retry.
 //   - SIGTERM or SIGINT shuts the API server down, then etcd; exit status 0 on a clean stop.
+//     With --exit-with-parent the same happens when the starting process goes away.
 //   - Arguments after "--" are appended to kube-apiserver's own flags and so override the
 //     defaults below (e.g. "-- --etcd-compaction-interval=10s").
 //   - etcd's client URL ("etcd_url") serves etcd's JSON gateway, so a test can force a
@@ -47,6 +48,7 @@ type settings struct {
 	securePort     int
 	etcdPort       int
 	etcdPeerPort   int
+	withParent     bool
 	extraArgs      []string
 }
 
@@ -58,6 +60,7 @@ func parseSettings(argv []string) (settings, error) {
 	fs.IntVar(&s.securePort, "secure-port", 0, "kube-apiserver HTTPS port on 127.0.0.1 (0 = pick a free one)")
 	fs.IntVar(&s.etcdPort, "etcd-port", 0, "etcd client port on 127.0.0.1 (0 = pick a free one)")
 	fs.IntVar(&s.etcdPeerPort, "etcd-peer-port", 0, "etcd peer port on 127.0.0.1 (0 = pick a free one)")
+	fs.BoolVar(&s.withParent, "exit-with-parent", false, "shut down when the starting process exits")
 	if err := fs.Parse(argv); err != nil {
 		return s, err
 	}
@@ -99,6 +102,9 @@ func run(argv []string) int {
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "kube-testbed:", err)
 		return 2
+	}
+	if s.withParent {
+		exitWithParent()
 	}
 	if err := os.MkdirAll(s.dataDir, 0o700); err != nil {
 		fmt.Fprintln(os.Stderr, "kube-testbed:", err)

@@ -16,7 +16,7 @@ import (
 func main() {
 	// -v is honoured while the command tree is built (plugins, .kuberc), i.e. before cobra
 	// parses flags, so it is applied by hand first.
-	_ = logs.GlogSetter(cmd.GetLogVerbosity(os.Args))
+	_, _ = logs.GlogSetter(cmd.GetLogVerbosity(os.Args))
 	if err := cli.RunNoErrOutput(cmd.NewDefaultKubectlCommand()); err != nil {
 		util.CheckErr(err)
 	}
