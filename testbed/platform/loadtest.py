@@ -3,8 +3,9 @@
 Starts a server in a temporary directory (or uses ``--url``/``--token-file``), creates
 ``--runs`` runs, then sends every run ``queued → running → succeeded`` as conditional
 PATCHes from ``--concurrency`` concurrent workers over a pooled aiohttp session, and prints
-one JSON line: applied updates, seconds, updates/s and latency percentiles. The load is
-bounded by ``--runs`` and only ever sent to the loopback server it was given.
+one JSON line: applied updates, seconds, updates/s, latency percentiles and, for a server
+it started, the server's CPU time per request. The load is bounded by ``--runs`` and only
+ever sent to the loopback server it was given.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -71,6 +73,16 @@ async def _run(url: str, token: str, runs: int, concurrency: int) -> dict[str, A
     }
 
 
+def _cpu_seconds(pid: int) -> float | None:
+    """User+system CPU time of a local process (Linux), or None if unreadable."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m testbed.platform.loadtest")
     parser.add_argument("--runs", type=int, default=5000)
@@ -83,7 +95,14 @@ def main(argv: list[str] | None = None) -> int:
         result = asyncio.run(_run(args.url, token, args.runs, args.concurrency))
     else:
         with tempfile.TemporaryDirectory() as tmp, launch(Path(tmp)) as server:
+            cpu_before = _cpu_seconds(server.pid)
             result = asyncio.run(_run(server.url, server.token, args.runs, args.concurrency))
+            cpu_after = _cpu_seconds(server.pid)
+        if cpu_before is not None and cpu_after is not None:
+            requests = args.runs * 3  # one create and two updates per run
+            result["server_cpu_us_per_request"] = round(
+                (cpu_after - cpu_before) / requests * 1e6, 1
+            )
     print(json.dumps(result))
     return 0
 
