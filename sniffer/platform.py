@@ -29,12 +29,15 @@ Contract:
   a client span; both are no-ops until a tracer provider is configured. Each request's
   duration and status (or transport error) and each update's `Outcome` are reported to
   an optional :class:`PlatformMetrics`.
+* ``timeout`` bounds one exchange (connect, send, the whole answer) from the moment one of
+  the ``max_connections`` slots is held; waiting for a free slot does not count.
 * TLS certificates are verified unless ``verify_tls=False`` (logged as a warning);
   ``ca_file`` adds a CA bundle.
 """
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import enum
 import json
@@ -384,6 +387,9 @@ class PlatformClient:
         self._ca_file = Path(ca_file) if ca_file is not None else None
         self._session: aiohttp.ClientSession | None = None
         self._state = _State.NEW
+        # One slot per pooled connection; the timeout starts once a slot is held, so
+        # waiting for a free connection never counts against a request's time budget.
+        self._slots = asyncio.Semaphore(max_connections)
         self._metrics: PlatformMetrics = metrics or _NoMetrics()
         parts = urlsplit(base)
         self._server: dict[str, str | int] = {
@@ -423,7 +429,7 @@ class PlatformClient:
             connector = aiohttp.TCPConnector(limit=self._max_connections, ssl=ssl_option)
             self._session = aiohttp.ClientSession(
                 connector=connector,
-                timeout=aiohttp.ClientTimeout(total=self._timeout),
+                timeout=aiohttp.ClientTimeout(total=None),
                 json_serialize=json.dumps,
             )
             self._state = _State.OPEN
@@ -449,7 +455,7 @@ class PlatformClient:
                            "Accept": "application/json"}
                 propagate.inject(headers)
                 try:
-                    async with session.request(
+                    async with self._slots, asyncio.timeout(self._timeout), session.request(
                         method, url, json=body, params=params, headers=headers
                     ) as response:
                         status = response.status

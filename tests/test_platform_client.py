@@ -273,6 +273,18 @@ async def test_a_body_slower_than_the_timeout_raises_unavailable(
     assert caught.value.status is None and caught.value.retry_after is None
 
 
+async def test_waiting_for_a_free_connection_does_not_count_against_the_timeout(
+    platform: PlatformServer, unique_run_id
+) -> None:
+    run_id = unique_run_id()
+    platform.create_run(run_id)
+    platform.set_faults(latency_ms=300)
+    async with PlatformClient(platform.url, platform.token_file, timeout=0.5,
+                              max_connections=1) as client:
+        runs = await asyncio.gather(*(client.get_run(run_id) for _ in range(3)))
+    assert all(run is not None and run.id == run_id for run in runs)
+
+
 async def test_a_refused_connection_raises_unavailable(platform: PlatformServer) -> None:
     async with PlatformClient("http://127.0.0.1:9", platform.token_file) as client:
         with pytest.raises(PlatformUnavailable):
