@@ -17,8 +17,9 @@ Contract:
   `ready()` returns once the initial list has been handled. A pod (by uid) is finished at
   most once; pods without a node, or on other nodes, are left alone. `run()` may be called
   once; cancelling it cancels the deletions in progress and waits for them.
-* Every write is reported to the optional `record` callback with the pod, the op
-  (``status`` or ``delete``), the shape and its `Accepted`.
+* Every write `finish_deletion` makes is reported to the optional `record` callback with
+  the pod, the op (``status`` or ``delete``), the shape and its `Accepted` (`apply`'s
+  callers record their own writes).
 """
 
 from __future__ import annotations
@@ -65,9 +66,7 @@ class Kubelet:
     async def apply(self, pod: JSON, shape: Shape, *, restarts: int = 0) -> Accepted:
         meta = pod["metadata"]
         status = render(shape, pod, time.time(), restarts=restarts)
-        accepted = await self._api.patch_status(meta["namespace"], meta["name"], status)
-        self._note(accepted.obj or pod, "status", shape, accepted)
-        return accepted
+        return await self._api.patch_status(meta["namespace"], meta["name"], status)
 
     async def finish_deletion(self, pod: JSON) -> Accepted | None:
         """Stop the containers of a pod being deleted, then delete it for good (grace 0).

@@ -233,7 +233,7 @@ CATALOGUE: dict[str, Lifecycle] = {lc.name: lc for lc in (
               _same(Expectation(_F, "CrashLoopBackOff", 1), SERVERS)),
     Lifecycle("flaky", "crashes once, recovers, keeps running until the user stops it",
               SERVERS,
-              (_START, *_crash_loop(1, 0.3), _status(Shape.RESTARTED, Wait.STEP),
+              (_START, *_crash_loop(1, 0.3), Step(Op.STATUS, Shape.RESTARTED, restarts=1),
                Step(Op.CANCEL, wait=Wait.RUN, share=0.7)),
               _same(_CANCELLED, SERVERS)),
 )}

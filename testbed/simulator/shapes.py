@@ -14,7 +14,8 @@ Contract:
   startedAt; container statuses come in spec order, init containers (regular and native
   sidecars, ``restartPolicy: Always``) in ``initContainerStatuses``.
 * Conditions are merged by type on the server, so a condition somebody else set (the
-  Eviction API's or the scheduler's DisruptionTarget) survives every kubelet shape.
+  Eviction API's or the scheduler's DisruptionTarget) survives every kubelet shape; their
+  ``reason`` and ``message`` are always sent (null when absent) so none goes stale.
 * Scheduler shapes (`Shape.UNSCHEDULABLE`, `Shape.DISRUPTION_TARGET`) carry only their one
   condition.
 * Containers answer SIGTERM as their restart policy suggests: a batch container (pod
@@ -246,12 +247,10 @@ def _conditions(facts: PodFacts, b: _Builder, phase: str, sandbox: bool,
     """The kubelet-owned conditions (status/generate.go), after any `extra` ones."""
     def cond(type_: str, ok: bool, reason: str | None = None,
              message: str | None = None) -> JSON:
-        out: JSON = {"type": type_, "status": "True" if ok else "False", "lastProbeTime": None}
-        if reason:
-            out["reason"] = reason
-        if message:
-            out["message"] = message
-        return out
+        # reason and message are always sent: null deletes a stale one (conditions merge
+        # field by field on the server).
+        return {"type": type_, "status": "True" if ok else "False", "reason": reason,
+                "message": message, "lastProbeTime": None}
 
     statuses = b.statuses
     main_started = any({"running", "terminated"} & set(statuses.get(c.name, {}).get("state", ()))
@@ -371,8 +370,10 @@ def render(shape: Shape, pod: Mapping[str, Any], now: float, *, restarts: int = 
         message = {Shape.DEADLINE_EXCEEDED: DEADLINE_MESSAGE,
                    Shape.EVICTED: eviction_message(main.name),
                    Shape.NODE_SHUTDOWN: SHUTDOWN_MESSAGE}[shape]
-        top = {"reason": {Shape.DEADLINE_EXCEEDED: "DeadlineExceeded", Shape.EVICTED: "Evicted",
-                          Shape.NODE_SHUTDOWN: "Terminated"}[shape], "message": message}
+        # The kubelet fails the pod itself (whatever the exit codes), then kills it.
+        reason = {Shape.DEADLINE_EXCEEDED: "DeadlineExceeded", Shape.EVICTED: "Evicted",
+                  Shape.NODE_SHUTDOWN: "Terminated"}[shape]
+        top = {"phase": "Failed", "reason": reason, "message": message}
         stop_all(137 if shape is Shape.EVICTED else kill)
         if shape is not Shape.DEADLINE_EXCEEDED:
             extra.append({"type": "DisruptionTarget", "status": "True",
@@ -420,9 +421,9 @@ def terminated_on_deletion(pod: Mapping[str, Any], now: float) -> JSON:
 
 def _status(facts: PodFacts, b: _Builder, sandbox: bool, terminal: bool, extra: list[JSON],
             top: JSON) -> JSON:
-    phase = _phase(facts, b, terminal)
+    phase = top.get("phase") or _phase(facts, b, terminal)
     node = _node_index(facts.node)
-    status: JSON = {"phase": phase, **top,
+    status: JSON = {**top, "phase": phase,
                     "conditions": _conditions(facts, b, phase, sandbox, extra),
                     "hostIP": f"10.0.0.{10 + node}", "hostIPs": [{"ip": f"10.0.0.{10 + node}"}],
                     "startTime": facts.status.get("startTime") or b.stamp,

@@ -44,13 +44,16 @@ class Plan:
     kind: Kind
     lifecycle: Lifecycle
     variant: str
-    node: str | None
-    """spec.nodeName at creation (None: left to the scheduler)."""
+    node: str
+    """The node the pod runs on (in spec.nodeName from creation iff the lifecycle starts
+    scheduled; otherwise the scheduler binds it there, if ever)."""
     steps: tuple[Step, ...]
     """The lifecycle's steps, start-up expanded."""
     waits: tuple[float, ...]
     """Seconds to wait before each step."""
     grace_period_s: int
+    termination_delay_s: float
+    """How long the kubelet takes to stop the containers once the pod is being deleted."""
 
     @property
     def has_init(self) -> bool:
@@ -92,12 +95,13 @@ def draw_plans(config: SimConfig, seed: int, prefix: str) -> list[Plan]:
         waits = tuple(0.0 if s.wait is Wait.NONE
                       else running * s.share if s.wait is Wait.RUN
                       else config.step_delay.sample(rng) for s in steps)
-        node = f"sim-node-{rng.randrange(config.nodes)}" if lifecycle.scheduled else None
+        node = f"sim-node-{rng.randrange(config.nodes)}"
         run_id = f"{prefix}-{index:05d}"
         plans.append(Plan(index=index, run_id=run_id, namespace=config.namespace,
                           pod_name=f"{kind.value}-{run_id}", kind=kind, lifecycle=lifecycle,
                           variant=variant, node=node, steps=steps, waits=waits,
-                          grace_period_s=config.grace_period_s))
+                          grace_period_s=config.grace_period_s,
+                          termination_delay_s=config.step_delay.sample(rng)))
     return plans
 
 
@@ -144,7 +148,7 @@ def pod_manifest(plan: Plan, traceparent: str) -> dict[str, Any]:
         inits.append({**_INIT, "env": [{"name": "RUN_ID", "value": plan.run_id}]})
     if inits:
         spec["initContainers"] = inits
-    if plan.node is not None:
+    if plan.lifecycle.scheduled:
         spec["nodeName"] = plan.node
     if (deadline := plan.active_deadline_s) is not None:
         spec["activeDeadlineSeconds"] = deadline
