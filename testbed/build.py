@@ -5,7 +5,8 @@ Contract:
 * `ensure_binaries()` returns a `Binaries` whose two paths exist and are executable:
   ``kube-testbed`` (embedded etcd + kube-apiserver) and ``kubectl``, both built from
   ``testbed/apiserver`` at the Kubernetes version its go.mod requires.
-* The cache key is a hash of go.mod, go.sum and every ``*.go`` file of that module; the
+* The cache key is a hash of go.mod, go.sum, every ``*.go`` file of that module and the
+  linker flags; the
   binaries live in ``<cache>/sniffer/testbed/<key>/bin/`` where ``<cache>`` is
   ``$SNIFFER_CACHE``, else ``$XDG_CACHE_HOME``, else ``~/.cache``. A present entry is used as
   is (no Go toolchain needed); changing any source selects a new entry.
@@ -60,7 +61,7 @@ def cache_root() -> Path:
 
 def source_key(module_dir: Path = MODULE_DIR) -> str:
     """A short hash of everything that determines the binaries' content."""
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(_ldflags(kubernetes_version(module_dir)).encode() + b"\0")
     sources = [module_dir / "go.mod", module_dir / "go.sum", *sorted(module_dir.rglob("*.go"))]
     for path in sources:
         # The relative path is hashed too, so moving code between files changes the key.

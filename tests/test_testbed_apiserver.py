@@ -25,6 +25,9 @@ from testbed.apiserver import ApiServer, ApiServerError, attach, start
 from testbed.build import kubernetes_version
 from tests.fixtures.kubehttp import JSON_PATCH, MERGE_PATCH, Kube, request_sync
 
+# Every test here needs the testbed, even those that start their own server.
+pytestmark = pytest.mark.testbed
+
 FINALIZER = "sniffer.dev/test-hold"
 
 
