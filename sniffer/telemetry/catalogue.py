@@ -111,7 +111,8 @@ METRICS: tuple[Metric, ...] = (
        "Cached pods that carry Sniffer's finalizer (sniffer.io/outcome).", "watch"),
     _m("sniffer.finalizer.operations", "counter", "{operation}",
        ("sniffer.finalizer.operation",),
-       "Finalizers added to or removed from pods (operation = added | removed).", "watch"),
+       "Finalizer patches sent: added to or removed from a pod (idempotent patches; one "
+       "may repeat while the cache lags).", "watch"),
     _m("sniffer.leader.status", "gauge", "1", (),
        "1 while this replica holds the lease (or leader election is off), else 0.", "watch"),
     _m("sniffer.runs.orphaned", "counter", "{pod}", (),
