@@ -26,7 +26,7 @@ import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime
 from enum import StrEnum
 from functools import lru_cache
 from typing import Literal
@@ -76,6 +76,7 @@ class Termination:
     """A container's previous run (`lastState.terminated`), known after a restart."""
 
     reason: str | None
+    message: str | None
     exit_code: int
     started_at: float | None
     finished_at: float | None
@@ -160,13 +161,13 @@ class PodView:
 
 # --- field readers: each raises MalformedPod naming the field ---------------------------
 
-_RFC3339 = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})")
-_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_RFC3339 = re.compile(r"(\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2})(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})")
+_TRACEPARENT = re.compile(
+    r"(?P<version>[0-9a-f]{2})-(?P<trace>[0-9a-f]{32})-(?P<parent>[0-9a-f]{16})-[0-9a-f]{2}"
+    r"(?P<more>-.*)?", re.DOTALL)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _STATE_KINDS: tuple[ContainerStateKind, ...] = ("terminated", "running", "waiting")
 _KINDS = {kind.value: kind for kind in WorkloadKind}
-_FINALIZER_TUPLES: dict[tuple[str, ...], tuple[str, ...]] = {}
 
 
 def _kind_name(value: object) -> str:
@@ -180,19 +181,12 @@ def _parse_rfc3339(text: str) -> float:
     m = _RFC3339.fullmatch(text)
     if m is None:
         raise ValueError(text)
-    year, month, day, hour, minute, second = (int(g) for g in m.group(1, 2, 3, 4, 5, 6))
-    offset = m.group(8)
-    tz: timezone = UTC
-    if offset not in ("Z", "z"):
-        hours, minutes = int(offset[1:3]), int(offset[4:6])
-        if hours > 23 or minutes > 59:
-            raise ValueError(text)
-        sign = -1 if offset[0] == "-" else 1
-        tz = timezone(sign * timedelta(hours=hours, minutes=minutes))
-    # A leap second (":60") is read as ":59".
-    moment = datetime(year, month, day, hour, minute, 59 if second == 60 else second, tzinfo=tz)
+    base, fraction, offset = m.groups()
+    if base.endswith("60"):
+        base = base[:-2] + "59"  # a leap second reads as :59
+    # fromisoformat checks the ranges (month 13, offset +24:00, ...).
+    moment = datetime.fromisoformat(base + ("+00:00" if offset in "Zz" else offset))
     seconds = (moment - _EPOCH).total_seconds()
-    fraction = m.group(7)
     return seconds + float(fraction) if fraction else seconds
 
 
@@ -232,10 +226,9 @@ def _str(value: object, field: str) -> str | None:
 
 
 def _required_str(value: object, field: str) -> str:
-    text = _str(value, field)
-    if not text:
-        raise MalformedPod(f"{field}: required, got {'empty string' if text == '' else 'nothing'}")
-    return text
+    if text := _str(value, field):
+        return text
+    raise MalformedPod(f"{field}: required, got {'nothing' if value is None else 'empty'}")
 
 
 def _intern(value: object, field: str) -> str | None:
@@ -269,31 +262,18 @@ def _bool(value: object, field: str) -> bool:
 
 
 def _traceparent(value: str | None) -> str | None:
-    """The W3C traceparent if valid (version-00 fields), else None."""
-    if value is None or len(value) < 55 or (len(value) > 55 and value[55] != "-"):
+    """The W3C traceparent's version-00 fields if valid, else None."""
+    m = _TRACEPARENT.fullmatch(value or "")
+    if (m is None or m["version"] == "ff" or (m["version"] == "00" and m["more"])
+            or m["trace"] == "0" * 32 or m["parent"] == "0" * 16):
         return None
-    m = _TRACEPARENT.fullmatch(value, 0, 55)
-    if m is None:
-        return None
-    version, trace_id, parent_id, _flags = m.groups()
-    if version == "ff" or (version == "00" and len(value) != 55):
-        return None
-    if trace_id == "0" * 32 or parent_id == "0" * 16:
-        return None
-    return value[:55]
+    return m.string[:55]
 
 
-def _finalizers(value: object) -> tuple[str, ...]:
-    names = tuple(sys.intern(_required_str(item, f"metadata.finalizers[{i}]"))
-                  for i, item in enumerate(_list(value, "metadata.finalizers")))
-    if len(names) > 4:
-        return names
-    shared = _FINALIZER_TUPLES.get(names)
-    if shared is None:
-        if len(_FINALIZER_TUPLES) >= 256:
-            return names
-        shared = _FINALIZER_TUPLES[names] = names
-    return shared
+@lru_cache(maxsize=64)
+def _shared(names: tuple[str, ...]) -> tuple[str, ...]:
+    """One tuple object per distinct finalizer list: most pods carry the same one."""
+    return names
 
 
 # --- the projection -------------------------------------------------------------------
@@ -317,15 +297,13 @@ def _condition(raw: object, field: str, times: list[float]) -> ConditionView | N
     )
 
 
-def _termination(raw: object, field: str) -> Termination | None:
-    detail = _map(raw, field)
-    if not detail:
-        return None
+def _termination(detail: Mapping[str, object], field: str) -> Termination:
     exit_code = _int(detail.get("exitCode"), f"{field}.exitCode")
     if exit_code is None:
         raise MalformedPod(f"{field}.exitCode: required, got nothing")
     return Termination(
         reason=_intern(detail.get("reason"), f"{field}.reason"),
+        message=_message(detail.get("message"), f"{field}.message"),
         exit_code=exit_code,
         started_at=_time(detail.get("startedAt"), f"{field}.startedAt"),
         finished_at=_time(detail.get("finishedAt"), f"{field}.finishedAt"),
@@ -336,45 +314,28 @@ def _container(raw: object, field: str, sidecars: frozenset[str],
                times: list[float]) -> ContainerView:
     cs = _map(raw, field, required=True)
     name = sys.intern(_required_str(cs.get("name"), f"{field}.name"))
-    state_field = f"{field}.state"
-    state_map = _map(cs.get("state"), state_field)
-    kind: ContainerStateKind | None = None
-    reason = message = None
-    exit_code = None
-    started_at = finished_at = None
-    for candidate in _STATE_KINDS:
-        detail = state_map.get(candidate)
-        if detail is None:
-            continue
-        sub = f"{state_field}.{candidate}"
-        detail = _map(detail, sub)
-        kind = candidate
-        if candidate != "running":
-            reason = _intern(detail.get("reason"), f"{sub}.reason")
-            message = _message(detail.get("message"), f"{sub}.message")
-        if candidate != "waiting":
-            started_at = _time(detail.get("startedAt"), f"{sub}.startedAt")
-        if candidate == "terminated":
-            exit_code = _int(detail.get("exitCode"), f"{sub}.exitCode")
-            if exit_code is None:
-                raise MalformedPod(f"{sub}.exitCode: required, got nothing")
-            finished_at = _time(detail.get("finishedAt"), f"{sub}.finishedAt")
-        break
-    last = _termination(_map(cs.get("lastState"), f"{field}.lastState").get("terminated"),
-                        f"{field}.lastState.terminated")
-    times.extend(t for t in (started_at, finished_at) if t is not None)
+    states = _map(cs.get("state"), f"{field}.state")
+    kind = next((k for k in _STATE_KINDS if states.get(k) is not None), None)
+    sub = f"{field}.state.{kind}"
+    detail = _map(states.get(kind) if kind else None, sub)
+    ended = _termination(detail, sub) if kind == "terminated" else None
+    started_at = ended.started_at if ended else _time(detail.get("startedAt"), f"{sub}.startedAt")
+    last_field = f"{field}.lastState.terminated"
+    last_state = _map(_map(cs.get("lastState"), f"{field}.lastState").get("terminated"),
+                      last_field)
+    times.extend(t for t in (started_at, ended.finished_at if ended else None) if t is not None)
     return ContainerView(
         name=name,
         ready=_bool(cs.get("ready"), f"{field}.ready"),
         started=_bool(cs.get("started"), f"{field}.started"),
         restart_count=_int(cs.get("restartCount"), f"{field}.restartCount", minimum=0) or 0,
         state=kind,
-        reason=reason,
-        message=message,
-        exit_code=exit_code,
+        reason=ended.reason if ended else _intern(detail.get("reason"), f"{sub}.reason"),
+        message=ended.message if ended else _message(detail.get("message"), f"{sub}.message"),
+        exit_code=ended.exit_code if ended else None,
         started_at=started_at,
-        finished_at=finished_at,
-        last=last,
+        finished_at=ended.finished_at if ended else None,
+        last=_termination(last_state, last_field) if last_state else None,
         sidecar=name in sidecars,
     )
 
@@ -463,7 +424,9 @@ def project(obj: object) -> PodView:
         deletion_timestamp=_time(meta.get("deletionTimestamp"), "metadata.deletionTimestamp"),
         deletion_grace_period_s=_int(meta.get("deletionGracePeriodSeconds"),
                                      "metadata.deletionGracePeriodSeconds", minimum=0),
-        finalizers=_finalizers(meta.get("finalizers")),
+        finalizers=_shared(tuple(
+            sys.intern(_required_str(item, f"metadata.finalizers[{i}]"))
+            for i, item in enumerate(_list(meta.get("finalizers"), "metadata.finalizers")))),
         restart_policy=_intern(spec.get("restartPolicy"), "spec.restartPolicy") or "Always",
         scheduled=kept.get("PodScheduled"),
         ready=kept.get("Ready"),

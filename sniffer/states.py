@@ -29,7 +29,8 @@ Rules, in order (the Kubernetes shapes they cover are in tests/test_states.py):
    DisruptionTarget reason, else the failed container's terminated reason (OOMKilled,
    Error, ...), else "Failed". The failed container is the main container that failed
    first (earliest finish; spec order breaks ties), else the failed init container.
-4. Running → *running*, unless a main container's start problem fires a failure rule.
+4. Running → *running* (with the first waiting container's problem as reason, e.g.
+   CrashLoopBackOff), unless a failure rule fired for a main or sidecar container.
 5. Pending → *queued* with the most specific reason: the PodScheduled reason
    (Unschedulable, SchedulingGated), "Scheduling", "Initializing" (init containers or
    sidecars still starting), a container's waiting reason (ContainerCreating,
@@ -51,8 +52,10 @@ Failure rules for a waiting container (init, sidecar or main):
   with its pending reason (stuck unschedulable, stuck ContainerCreating, ...).
 
 `started_at` is status.startTime, else the earliest main container start; None while
-queued. `finished_at` of a terminal state is the latest container finish, else the latest
-status transition; for time rules, the moment the rule fired.
+queued (and for a pod deleted while Pending, unless a main container had started).
+`finished_at` of a terminal state is the latest main container finish, else the latest
+init container finish, else the latest status transition; for time rules, the moment
+the rule fired; for deletions, the moment the deletion was requested.
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from sniffer.podview import ContainerView, PodView, WorkloadKind
+from sniffer.podview import ConditionView, ContainerView, PodView, WorkloadKind
 
 
 class WorkloadState(StrEnum):
@@ -165,11 +168,13 @@ def derive(pod: PodView, *, now: float, policy: StatePolicy,
     cancel is honoured even when the pod annotation was never written."""
     cancel = cancel_requested or (policy.cancel_annotation and pod.cancel_requested)
     if pod.deletion_timestamp is not None:
-        deleted = _deleted(pod, cancel)
+        requested = pod.deletion_timestamp - (pod.deletion_grace_period_s or 0)
+        deleted = _deleted(pod, cancel, requested)
         if pod.phase not in ("Succeeded", "Failed"):
             return deleted
-        if deleted.state is C and _ended_by_deletion(pod):
-            return deleted
+        ended = _latest((c.finished_at for c in pod.containers), None)
+        if deleted.state is C and (ended is None or ended >= requested):
+            return deleted  # the deletion ended the pod: the terminal phase is its echo
     if pod.phase == "Succeeded":
         return Derived(S, "Completed", None, 0, _started_at(pod), _finished_at(pod))
     if pod.phase == "Failed":
@@ -185,18 +190,16 @@ def derive(pod: PodView, *, now: float, policy: StatePolicy,
 # --- terminal outcomes --------------------------------------------------------------------
 
 
-def _deleted(pod: PodView, cancel: bool) -> Derived:
-    assert pod.deletion_timestamp is not None
-    requested = pod.deletion_timestamp - (pod.deletion_grace_period_s or 0)
-    disruption = pod.disruption
-    disrupted = disruption is not None and disruption.status == "True"
-    main = [c for c in pod.containers if c.state == "terminated"]
-    exit_code = main[0].exit_code if main else None
+def _deleted(pod: PodView, cancel: bool, requested: float) -> Derived:
+    """The outcome of a deletion requested at `requested` (see rule 1)."""
+    disruption = _disruption(pod)
+    ended = [c for c in pod.containers if c.state == "terminated"]
+    exit_code = ended[0].exit_code if ended else None
     started = _started_at(pod) if pod.phase != "Pending" else _earliest_main_start(pod)
     if cancel:
         return Derived(C, "Cancelled", "cancel requested; pod deleted", exit_code, started,
                        requested)
-    if disrupted and disruption is not None:
+    if disruption is not None:
         return Derived(F, disruption.reason or _DISRUPTION, disruption.message, exit_code,
                        started, requested)
     if pod.kind is not WorkloadKind.JOB:
@@ -206,21 +209,17 @@ def _deleted(pod: PodView, cancel: bool) -> Derived:
                    requested)
 
 
-def _ended_by_deletion(pod: PodView) -> bool:
-    """The pod reached its terminal phase no earlier than its deletion was requested."""
-    assert pod.deletion_timestamp is not None
-    requested = pod.deletion_timestamp - (pod.deletion_grace_period_s or 0)
-    ended = _latest((c.finished_at for c in pod.containers), None)
-    return ended is None or ended >= requested
+def _disruption(pod: PodView) -> ConditionView | None:
+    """The DisruptionTarget condition if it is True."""
+    cond = pod.disruption
+    return cond if cond is not None and cond.status == "True" else None
 
 
 def _failed(pod: PodView) -> Derived:
     culprit = _first_failure(c for c in pod.containers if not c.sidecar)
     if culprit is None:
         culprit = _first_failure(c for c in pod.init_containers if not c.sidecar)
-    disruption = pod.disruption
-    if disruption is not None and disruption.status != "True":
-        disruption = None
+    disruption = _disruption(pod)
     reason = pod.reason or (disruption.reason if disruption else None)
     message = pod.message or (disruption.message if disruption else None)
     if culprit is not None:
@@ -239,7 +238,7 @@ def _first_failure(
                              c.message))
         elif c.state != "terminated" and c.last is not None and c.last.exit_code:
             failures.append((_or_inf(c.last.finished_at), c.last.reason or "Error",
-                             c.last.exit_code, None))
+                             c.last.exit_code, c.last.message))
     # min() keeps the first of equal finish times, i.e. spec order breaks ties.
     return min(failures, key=lambda f: f[0]) if failures else None
 
