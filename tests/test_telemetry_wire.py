@@ -443,3 +443,142 @@ def test_the_platform_token_appears_in_no_exported_span_metric_or_log(
         assert token not in text
     for headers in watched.receiver.headers:
         assert token not in json.dumps(headers)
+
+
+# -- sniffer reconcile: one trace per pass, everything exported at exit ---------------------
+
+@dataclass
+class ReconcileSession:
+    namespace: str
+    receiver: OtlpReceiver
+    program: Program
+    exit_code: int
+    report: dict[str, Any]
+    token: str
+    run_ids: dict[str, str]
+
+
+def _advance(platform: PlatformServer, run_id: str, *states: str) -> None:
+    current = "queued"
+    for state in states:
+        status, body = platform.patch_run(run_id, state=state, expected_state=current)
+        assert status == 200, body
+        current = state
+
+
+@pytest.fixture(scope="module")
+def reconciled(apiserver: ApiServer, platform_server: PlatformServer,
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReconcileSession]:
+    """One `sniffer reconcile` pass over three mismatches: two pods ahead of their runs
+    (running, succeeded) and a running run whose pod is gone."""
+    if not platform_server.running:
+        platform_server.restart()
+    platform_server.clear_faults()
+    namespace = create_namespace(apiserver, "telemetry-reconcile")
+    receiver = OtlpReceiver().start()
+    salt = secrets.token_hex(3)
+    run_ids = {name: f"tel-rec-{salt}-{name}" for name in ("ahead-running", "ahead-done",
+                                                            "lost")}
+    for name in ("ahead-running", "ahead-done"):
+        platform_server.create_run(run_ids[name], pod_namespace=namespace, pod_name=name)
+        make_tracked_pod(apiserver, namespace, name, run_ids[name], new_traceparent()[0])
+    set_status(apiserver, namespace, "ahead-running", Shape.RUNNING)
+    set_status(apiserver, namespace, "ahead-done", Shape.RUNNING)
+    set_status(apiserver, namespace, "ahead-done", Shape.SUCCEEDED)
+    platform_server.create_run(run_ids["lost"], pod_namespace=namespace, pod_name="lost")
+    _advance(platform_server, run_ids["lost"], "running")
+    env = sniffer_env(apiserver, platform_server, namespace, receiver.endpoint,
+                      SNIFFER_RECONCILE_GRACE_PERIOD_S="0", OTEL_LOGS_EXPORTER="otlp")
+    program = Program(["reconcile", "--output", "json"], env,
+                      tmp_path_factory.mktemp("sniffer-reconcile"))
+    try:
+        exit_code = program.proc.wait(120)
+        report = json.loads(program.stdout)
+        yield ReconcileSession(namespace, receiver, program, exit_code, report,
+                               platform_server.token, run_ids)
+    finally:
+        if program.proc.poll() is None:
+            program.proc.kill()
+            program.proc.wait()
+        receiver.stop()
+        _purge_namespace(apiserver, namespace)
+
+
+def test_reconcile_pass_repairs_and_exits_zero(reconciled: ReconcileSession) -> None:
+    assert reconciled.exit_code == 0, reconciled.program.stderr[-3000:]
+    assert reconciled.report["repaired"] == {"pod_ahead": 2, "pod_lost": 1,
+                                             "finalizer_left": 0}
+    assert reconciled.receiver.errors == []
+
+
+def test_reconcile_pass_is_one_trace_with_child_spans(reconciled: ReconcileSession) -> None:
+    spans = reconciled.receiver.spans()
+    passes = [s for s in spans if s.name == "sniffer.reconcile.pass"]
+    assert len(passes) == 1
+    root = passes[0]
+    assert root.parent_span_id == ""
+    assert root.attributes["sniffer.repaired"] == 3
+    trace = [s for s in spans if s.trace_id == root.trace_id]
+    children = sorted(s.name for s in trace if s.parent_span_id == root.span_id)
+    assert children == ["sniffer.reconcile.diff", "sniffer.reconcile.list_pods",
+                        "sniffer.reconcile.list_runs"] + ["sniffer.reconcile.repair"] * 3
+    for repair in (s for s in trace if s.name == "sniffer.reconcile.repair"):
+        calls = [s.name for s in trace if s.parent_span_id == repair.span_id]
+        assert "PATCH /api/v1/runs/{id}" in calls, calls
+    list_runs = next(s for s in trace if s.name == "sniffer.reconcile.list_runs")
+    assert [s.name for s in trace if s.parent_span_id == list_runs.span_id][:1] == [
+        "GET /api/v1/runs"]
+    # Every span of the process belongs to the pass.
+    assert {s.trace_id for s in spans} == {root.trace_id}
+    assert {s.resource["service.name"] for s in spans} == {"sniffer-reconcile"}
+
+
+def test_reconcile_metrics_count_mismatches_and_repairs_by_kind(
+        reconciled: ReconcileSession) -> None:
+    r = reconciled.receiver
+    assert _total(r, "sniffer.reconcile.mismatches", **{"sniffer.mismatch.kind": "pod_ahead"}) \
+        == 2
+    assert _total(r, "sniffer.reconcile.mismatches", **{"sniffer.mismatch.kind": "pod_lost"}) \
+        == 1
+    assert _total(r, "sniffer.reconcile.repairs", **{"sniffer.mismatch.kind": "pod_ahead"}) == 2
+    assert _total(r, "sniffer.reconcile.repairs", **{"sniffer.mismatch.kind": "pod_lost"}) == 1
+    assert _total(r, "sniffer.reconcile.repair_failures") == 0
+    assert _total(r, "sniffer.reconcile.pods") == 2
+    assert _total(r, "sniffer.reconcile.runs") >= 3
+    (duration,) = r.latest("sniffer.reconcile.duration")
+    assert (duration.count, duration.unit) == (1, "s")
+    assert duration.attributes == {"sniffer.reconcile.result": "ok"}
+    (last,) = r.latest("sniffer.reconcile.last_success")
+    assert last.unit == "s" and abs(last.value - time.time()) < 300
+    assert _total(r, "sniffer.platform.updates", **{"sniffer.update.outcome": "applied"}) == 3
+    for point in r.metrics():
+        metric = BY_NAME[point.name]
+        assert metric.component in ("reconcile", "both") and point.unit == metric.unit
+
+
+def test_reconcile_exports_no_token(reconciled: ReconcileSession) -> None:
+    for body in reconciled.receiver.raw:
+        assert reconciled.token.encode() not in body
+    for text in (reconciled.program.stderr, reconciled.program.stdout):
+        assert reconciled.token not in text
+
+
+def test_reconcile_stopped_by_sigterm_still_exports_its_pass(
+        apiserver: ApiServer, platform_server: PlatformServer, namespace: str,
+        tmp_path: Path) -> None:
+    receiver = OtlpReceiver().start()
+    platform_server.set_faults(latency_ms=30_000)  # the run listing hangs
+    try:
+        env = sniffer_env(apiserver, platform_server, namespace, receiver.endpoint)
+        program = Program(["reconcile"], env, tmp_path)
+        program.wait_for_log(lambda r: r.get("message") == "listing" and
+                             r.get("phase") == "runs")
+        assert program.terminate() == 3, program.stderr[-3000:]
+    finally:
+        platform_server.clear_faults()
+        receiver.stop()
+    (root,) = [s for s in receiver.spans() if s.name == "sniffer.reconcile.pass"]
+    assert root.attributes["sniffer.interrupted"] is True
+    (duration,) = receiver.latest("sniffer.reconcile.duration")
+    assert duration.attributes == {"sniffer.reconcile.result": "interrupted"}
+    assert receiver.latest("sniffer.reconcile.last_success") == []

@@ -141,7 +141,8 @@ METRICS: tuple[Metric, ...] = (
        "Mismatches repaired, by kind.", "reconcile"),
     _m("sniffer.reconcile.repair_failures", "counter", "{repair}",
        ("sniffer.mismatch.kind", "error.type"),
-       "Repairs that failed, by kind and error class.", "reconcile"),
+       "Repairs that failed, by kind (lookup: a run that could not be read) and error "
+       "class.", "reconcile"),
     _m("sniffer.reconcile.last_success", "gauge", "s", (),
        "Unix time at which the last successful pass ended.", "reconcile"),
 )

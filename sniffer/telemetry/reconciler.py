@@ -1,18 +1,20 @@
-"""The reconciler's metrics: one pass per process, so everything is reported at exit.
+"""The reconciler's metrics: one pass per process, recorded from the pass's report.
 
 Contract:
-* `ReconcileTelemetry` records what a pass found and did; `reconcile.app` calls it (or hands
-  it the pass's report through `record_report`). It holds no reference to reconcile's types:
-  the report is read by attribute names (duck typing), documented on `record_report`.
+* `ReconcileTelemetry.record_pass(report)` records one `reconcile.report.PassReport` (read
+  by attribute, so this core module does not import reconcile): pods and runs listed,
+  mismatches and repairs by kind, failed repairs by kind and error class (a run that could
+  not be read counts as kind ``lookup``), the pass duration by result (ok, failed,
+  interrupted: the report's exit code 0, 1, 3) and, for an ok pass, the time it ended.
 * The gauges (`sniffer.reconcile.pods`, `.runs`, `.last_success`) report nothing until a
-  pass sets them, so a failed pass never reports a misleading zero or an epoch timestamp.
+  pass sets them, so a pass that failed to list never reports a misleading zero.
 * `platform` implements `sniffer.platform.PlatformMetrics` for the reconciler's client.
+* Everything is exported by the final flush at exit (`Telemetry.shutdown`).
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Mapping
+import re
 from typing import Any
 
 from opentelemetry.metrics import Meter
@@ -20,12 +22,21 @@ from opentelemetry.metrics import Meter
 from sniffer.telemetry.instruments import Registry
 from sniffer.telemetry.pipeline import PlatformTelemetry
 
+RESULTS = {0: "ok", 1: "failed", 3: "interrupted"}
+_ERROR_CLASS = re.compile(r"([A-Za-z_][A-Za-z0-9_]*): ")
+
+
+def error_type(error: str | None) -> str:
+    """The exception class that leads an error text ("PlatformUnavailable: ..."), else
+    ``other``: a bounded attribute value from free text."""
+    match = _ERROR_CLASS.match(error or "")
+    return match.group(1) if match else "other"
+
 
 class ReconcileTelemetry:
-    def __init__(self, meter: Meter, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, meter: Meter) -> None:
         registry = Registry(meter)
         self.registry = registry
-        self._clock = clock
         self.platform = PlatformTelemetry(registry)
         self._duration = registry.histogram("sniffer.reconcile.duration",
                                             keys=("sniffer.reconcile.result",))
@@ -39,44 +50,21 @@ class ReconcileTelemetry:
                                          keys=("sniffer.mismatch.kind", "error.type"))
         self._last_success = registry.value("sniffer.reconcile.last_success", initial=None)
 
-    def listed(self, *, pods: int | None = None, runs: int | None = None) -> None:
-        if pods is not None:
-            self._pods.set(pods)
-        if runs is not None:
-            self._runs.set(runs)
-
-    def mismatch(self, kind: str, n: int = 1) -> None:
-        self._mismatches.inc(kind, n)
-
-    def repaired(self, kind: str, n: int = 1) -> None:
-        self._repairs.inc(kind, n)
-
-    def repair_failed(self, kind: str, error_type: str, n: int = 1) -> None:
-        self._failures.inc((kind, error_type), n)
-
-    def pass_ended(self, result: str, seconds: float) -> None:
-        """One pass ended: ``result`` is ok, failed or interrupted."""
-        self._duration.record(seconds, result)
+    def record_pass(self, report: Any) -> None:
+        """Record one pass from its `PassReport` (see the module docstring)."""
+        result = RESULTS.get(report.exit_code, "failed")
+        self._duration.record(report.duration_s, result)
+        if report.error is None:  # the listings succeeded
+            self._pods.set(report.pods_listed)
+            self._runs.set(report.runs_listed)
+        for kind, n in report.mismatches_by_kind.items():
+            self._mismatches.inc(kind, n)  # zeros too: every kind has a series
+        for kind, n in report.repaired_by_kind.items():
+            self._repairs.inc(kind, n)
+        for r in report.results:
+            if r.outcome.value == "failed":
+                self._failures.inc((r.mismatch.kind.value, error_type(r.error)))
+        for error in report.lookup_errors.values():
+            self._failures.inc(("lookup", error_type(error)))
         if result == "ok":
-            self._last_success.set(self._clock())
-
-    def record_report(self, report: Any, *, result: str, seconds: float) -> None:
-        """Record a pass's report object: ``pods_listed``/``runs_listed`` (ints),
-        ``found``/``repaired`` (kind → count mappings) and ``failed`` (kind → count, or
-        (kind, error type) → count). Missing attributes are skipped."""
-        self.listed(pods=getattr(report, "pods_listed", None),
-                    runs=getattr(report, "runs_listed", None))
-        for kind, n in _counts(getattr(report, "found", None)):
-            self.mismatch(str(kind), n)
-        for kind, n in _counts(getattr(report, "repaired", None)):
-            self.repaired(str(kind), n)
-        for key, n in _counts(getattr(report, "failed", None)):
-            kind, error = key if isinstance(key, tuple) else (key, "other")
-            self.repair_failed(str(kind), str(error), n)
-        self.pass_ended(result, seconds)
-
-
-def _counts(value: Any) -> list[tuple[Any, int]]:
-    if isinstance(value, Mapping):
-        return [(k, int(n)) for k, n in value.items() if n]
-    return []
+            self._last_success.set(report.started_at + report.duration_s)
