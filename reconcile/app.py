@@ -68,7 +68,7 @@ from reconcile.repair import PodAccess, Repairer, RepairHooks, RepairOutcome, Ru
 from reconcile.report import PassReport, render_json, render_table
 from reconcile.snapshot import PodLister, RunReader, Snapshot, take
 from sniffer.kube import KubeClient, KubeError
-from sniffer.platform import PlatformClient, PlatformError
+from sniffer.platform import PlatformClient, PlatformError, PlatformMetrics
 from sniffer.podview import RUN_ID_PATTERN
 from sniffer.states import StatePolicy
 
@@ -199,9 +199,20 @@ async def _unless_stopped(work: Awaitable[T], stop: asyncio.Event) -> T | None:
     return None if task.cancelled() else task.result()
 
 
+class PassMetrics(Protocol):
+    """What `run_reconcile` reports; `sniffer.telemetry.ReconcileTelemetry` implements it."""
+
+    @property
+    def platform(self) -> PlatformMetrics: ...
+
+    def record_pass(self, report: PassReport) -> None: ...
+
+
 async def run_reconcile(settings: Settings, stop: asyncio.Event, *, dry_run: bool,
-                        only: tuple[str, ...], output: str) -> int:
-    """One pass for `sniffer reconcile`; returns the process exit code."""
+                        only: tuple[str, ...], output: str,
+                        metrics: PassMetrics | None = None) -> int:
+    """One pass for `sniffer reconcile`; returns the process exit code. The pass's report
+    (and each platform call) goes to `metrics` too."""
     for run_id in only:
         if RUN_ID_PATTERN.fullmatch(run_id) is None:
             print(f"sniffer: --only: not a valid run id: {run_id[:80]!r}", file=sys.stderr)
@@ -218,10 +229,13 @@ async def run_reconcile(settings: Settings, stop: asyncio.Event, *, dry_run: boo
                               timeout=s.platform.timeout_s,
                               max_connections=s.platform.max_connections,
                               verify_tls=s.platform.verify_tls,
-                              ca_file=Path(s.platform.ca_file) if s.platform.ca_file else None)
+                              ca_file=Path(s.platform.ca_file) if s.platform.ca_file else None,
+                              metrics=metrics.platform if metrics else None)
     try:
         report = await Reconciler(s, kube=kube, platform=platform).run_pass(
             stop, dry_run=dry_run, only=only)
+        if metrics is not None:
+            metrics.record_pass(report)
     finally:
         await _bounded(platform.close(), "closing the platform client")
         await _bounded(kube.close(), "closing the Kubernetes client")
