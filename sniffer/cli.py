@@ -97,11 +97,13 @@ def main(argv: list[str] | None = None) -> int:
         return _watch(settings)
     if args.command == "reconcile":
         from reconcile.app import run_reconcile
+        from sniffer.telemetry import ReconcileTelemetry
         telemetry = _telemetry("reconcile", settings)
+        metrics = ReconcileTelemetry(telemetry.meter) if telemetry.metrics_on else None
         try:
             return run_until_signalled(lambda stop: run_reconcile(
                 settings, stop, dry_run=args.dry_run, only=tuple(args.only or ()),
-                output=args.output))
+                output=args.output, metrics=metrics))
         finally:
             telemetry.shutdown()  # export everything before exit, after SIGTERM too
     if args.command == "finalizers":
