@@ -278,6 +278,48 @@ async def test_earliest_delay_of_a_key_wins_and_the_later_one_is_dropped() -> No
     assert len(queue) == 0
 
 
+def check_delay_invariants(queue: WorkQueue[str]) -> None:
+    live = {(due, key) for due, _, key in queue._heap if queue._waiting.get(key) == due}
+    assert {key for _, key in live} == set(queue._waiting)
+    assert (queue._timer is not None) == bool(queue._waiting)
+    if queue._waiting:
+        assert queue._timer_at == min(queue._waiting.values())
+
+
+@pytest.mark.parametrize("seed", range(10))
+async def test_delayed_adds_each_arrive_once_in_due_order(seed: int) -> None:
+    rng = random.Random(seed)
+    queue = new_queue()
+    loop = asyncio.get_running_loop()
+    due: dict[str, float] = {}
+    for _ in range(40):
+        key, delay = rng.choice("abcdefgh"), rng.choice([0.0, 0.001, 0.005, 0.01, 0.02])
+        queue.add_after(key, delay)
+        if delay > 0:
+            assert queue._waiting[key] <= loop.time() + delay
+            due[key] = queue._waiting[key]
+        check_delay_invariants(queue)
+        while len(queue):  # keys added at once are handled right away
+            done_key = queue.get_nowait()
+            queue.done(done_key)
+        if rng.random() < 0.2:
+            await asyncio.sleep(0.003)
+            check_delay_invariants(queue)
+            for key in [k for k, d in due.items() if k not in queue._waiting]:
+                del due[key]  # it fired: it is waiting or was handled above
+            while len(queue):
+                queue.done(queue.get_nowait())
+    expected = sorted(due, key=due.__getitem__)
+    seen: list[str] = []
+    while len(seen) < len(expected):
+        key = await get(queue)
+        queue.done(key)
+        seen.append(key)
+        check_delay_invariants(queue)
+    assert seen == expected
+    assert not queue._waiting and queue._timer is None
+
+
 async def test_delayed_add_of_a_waiting_key_coalesces() -> None:
     queue = new_queue()
     queue.add("a")

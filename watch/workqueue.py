@@ -3,7 +3,7 @@
 Contract (the guarantees of client-go's `workqueue/doc.go`, plus delays and rate limits):
 
 * Fair: keys are handed out in the order they were first added (FIFO); waiting `get`
-  calls are served in the order they started waiting.
+  calls are woken in the order they started waiting.
 * Stingy: a key is never handed out while it is being processed; a key added while it is
   processed is processed once more after `done`, however often it was added meanwhile.
 * Coalescing: adding a key that is already waiting is a no-op (it keeps its place).
