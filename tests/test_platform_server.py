@@ -126,6 +126,16 @@ async def test_requests_without_a_valid_token_answer_401(api: Api, path: str) ->
     assert status == 401 and body["error"]["code"] == "unauthorized"
 
 
+async def test_auth_is_checked_before_the_request_itself(api: Api) -> None:
+    status, _, _ = await api.call("GET", "/api/v1/runs", params={"bogus": "1"},
+                                  token="wrong-token")
+    assert status == 401
+    status, _, _ = await api.call("PATCH", "/api/v1/runs/x", raw=b"{", token="wrong-token")
+    assert status == 401
+    status, body, _ = await api.call("GET", "/api/v1/runs", params={"bogus": "1"})
+    assert status == 400 and body["error"]["field"] == "bogus"
+
+
 async def test_healthz_needs_no_token(api: Api) -> None:
     async with api.session.get(api.server.url + "/healthz") as r:
         assert r.status == 200 and (await r.json()) == {"status": "ok"}

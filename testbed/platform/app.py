@@ -6,7 +6,8 @@ Promises:
   one store call, which is one SQLite transaction: nothing is ever half-written.
 * Each store decision maps to exactly one status code, in :data:`DECISION_STATUS`.
 * Middlewares, outermost first: request statistics → bearer auth → fault injection (API
-  paths only) → route. ``/admin`` and ``/healthz`` are never subject to faults.
+  paths only) → unknown query parameters refused → route. ``/admin`` and ``/healthz``
+  are never subject to faults.
 * Every ``/api/v1`` request's arrival time is taken before any injected latency, and that
   is the ``received_at`` the update log records.
 """
@@ -107,11 +108,6 @@ async def _statistics(request: web.Request, handler: Handler) -> web.StreamRespo
     request[RECEIVED_AT] = now()
     stats = request.app[STATS].by_status
     try:
-        if request.query and request.match_info.http_exception is None:
-            resource = request.match_info.route.resource
-            template = resource.canonical if resource is not None else request.path
-            allowed = _QUERY_PARAMS.get(f"{request.method} {template}", frozenset())
-            check_query(request.query.keys(), allowed)
         response = await handler(request)
     except Invalid as exc:
         response = _json(exc.body(), 400)
@@ -121,6 +117,17 @@ async def _statistics(request: web.Request, handler: Handler) -> web.StreamRespo
             response.headers["Allow"] = exc.headers["Allow"]
     stats["reset" if request.get(faults.RESET_MARK) else str(response.status)] += 1
     return response
+
+
+@web.middleware
+async def _known_query(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse query parameters the route does not define (400 naming the parameter)."""
+    if request.query and request.match_info.http_exception is None:
+        resource = request.match_info.route.resource
+        template = resource.canonical if resource is not None else request.path
+        allowed = _QUERY_PARAMS.get(f"{request.method} {template}", frozenset())
+        check_query(request.query.keys(), allowed)
+    return await handler(request)
 
 
 # -- /api/v1 --------------------------------------------------------------------------
@@ -242,6 +249,7 @@ def build_app(store: Store, token_file: Path, fault_state: faults.Faults | None 
             _statistics,
             auth.middleware(auth.TokenFile(token_file)),
             faults.middleware(fault_state),
+            _known_query,
         ],
         client_max_size=1024 * 1024,
     )
