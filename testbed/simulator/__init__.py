@@ -5,12 +5,11 @@ Public API: `simulate(kube, platform_url, token_file, config, progress=, records
 → `SimResult`; `SimConfig`; `Kubelet` (finishes graceful deletions of simulated nodes'
 pods); `Expectation`. The CLI is ``python -m testbed.simulator`` (`__main__.main`).
 
-Modules: `lifecycles` (pure catalogue and oracle), `shapes` and `kubestatus` (pure kubelet
-statuses),
-`workloads` (plans and pod manifests), `config` (SimConfig and option parsers),
-`kubeapi` / `runs` (timed, bounded, retried Kubernetes and platform calls), `kubelet`
-(status writes, graceful deletions), `records` (what happened and what to expect),
-`driver` (`simulate`), `__main__` (the CLI).
+Modules: `lifecycles` (pure catalogue and oracle), `shapes` and `kubestatus` (pure
+kubelet statuses), `workloads` (plans and pod manifests), `config` (SimConfig and option
+parsers), `kubeapi` / `runs` (timed, bounded, retried Kubernetes and platform calls),
+`kubelet` (status writes, graceful deletions), `records` (what happened and what to
+expect), `driver` (`simulate`), `__main__` (the CLI).
 """
 
 from testbed.simulator.config import Distribution, SimConfig
