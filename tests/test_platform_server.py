@@ -541,6 +541,19 @@ def test_a_restarted_server_has_every_committed_run_and_update(
     assert status == 200 and body["run"]["version"] == 3
 
 
+def test_the_server_announces_url_and_pid_and_exits_cleanly_on_sigterm(
+    fresh_platform_server: PlatformServer,
+) -> None:
+    server = fresh_platform_server
+    ready = json.loads((server.workdir / "platform.ready.json").read_text(encoding="utf-8"))
+    assert ready == {"url": server.url, "pid": server.pid}
+    assert server.url in server.log_path.read_text(encoding="utf-8").splitlines()
+    process = server._process
+    assert process is not None and process.pid == server.pid
+    server.stop()
+    assert process.returncode == 0
+
+
 # -- faults ------------------------------------------------------------------------------
 
 async def test_latency_delays_api_calls_but_never_admin_calls(
