@@ -499,6 +499,21 @@ async def test_kubelet_leaves_a_pod_with_a_foreign_finalizer_terminating_until_i
         await _eventually_gone(api, namespace, name)
 
 
+async def test_kubelet_never_overwrites_a_newer_status_when_two_finish_one_deletion(
+        api: PodApi, namespace: str) -> None:
+    pod = await _running_pod(api, namespace, finalizers=["example.com/hold"])
+    name = pod["metadata"]["name"]
+    terminating = (await api.delete(namespace, name, grace_s=30)).obj
+    assert terminating is not None
+    writes: list[Shape] = []
+    kubelets = [Kubelet(api, namespace, record=lambda p, op, shape, a: writes.append(shape))
+                for _ in range(2)]
+    await asyncio.gather(*(k.finish_deletion(terminating) for k in kubelets))
+    assert writes.count(Shape.TERMINATED_ON_DELETION) == 1
+    held = await api.get(namespace, name)
+    assert held is not None and held["status"]["phase"] == "Failed"
+
+
 async def test_kubelet_ignores_pods_that_are_not_on_its_nodes(api: PodApi,
                                                               namespace: str) -> None:
     plan = draw_plans(SimConfig(jobs=1, mix={"unschedulable": 1}, namespace=namespace),

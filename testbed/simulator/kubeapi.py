@@ -112,10 +112,17 @@ class PodApi:
             accepted = await self.call("GET", KubeClient.pods_path(ns, name))
             return accepted
 
-    async def patch_status(self, ns: str, name: str, status: JSON) -> Accepted:
-        """A strategic merge patch of the status subresource (conditions merge by type)."""
+    async def patch_status(self, ns: str, name: str, status: JSON, *, uid: str | None = None,
+                           resource_version: str | None = None) -> Accepted:
+        """A strategic merge patch of the status subresource (conditions merge by type);
+        with `uid` / `resource_version` it applies only to that pod / that version
+        (`Conflict` otherwise)."""
+        body: JSON = {"status": status}
+        meta = {k: v for k, v in (("uid", uid), ("resourceVersion", resource_version)) if v}
+        if meta:
+            body["metadata"] = meta
         return await self.call("PATCH", KubeClient.pods_path(ns, name) + "/status",
-                               body={"status": status}, content_type=STRATEGIC)
+                               body=body, content_type=STRATEGIC)
 
     async def annotate(self, ns: str, name: str, annotations: dict[str, str]) -> Accepted:
         return await self.call("PATCH", KubeClient.pods_path(ns, name),

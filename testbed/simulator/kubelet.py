@@ -7,10 +7,11 @@ Contract:
   it now is, which the caller passes to the next `apply`).
 * `Kubelet.finish_deletion(pod)` does what a kubelet does once a pod of its node carries a
   deletionTimestamp: after `termination_delay_s` it reports the containers stopped
-  (`Shape.TERMINATED_ON_DELETION`: terminal phase; skipped if the pod already is terminal),
-  then DELETEs it with ``gracePeriodSeconds=0`` and the pod's uid as precondition. The
-  object disappears once no finalizers remain. The kubelet never touches finalizers, so a
-  pod holding a finalizer stays Terminating until its owner removes it.
+  (`Shape.TERMINATED_ON_DELETION`: terminal phase; skipped if the pod already is terminal;
+  written only over the version it read, so a concurrent writer's newer status is re-read
+  rather than overwritten), then DELETEs it with ``gracePeriodSeconds=0`` and the pod's uid
+  as precondition. The object disappears once no finalizers remain. The kubelet never
+  touches finalizers, so a pod holding one stays Terminating until its owner removes it.
 * `Kubelet.run()` does this for every pod of the namespace bound to a node whose name starts
   with `node_prefix`, whoever deleted it: it lists (paginated), then watches from the list's
   resourceVersion (bookmarks on; relists on 410 Gone; rewatches after errors with backoff).
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 JSON = dict[str, Any]
 RecordFn = Callable[[JSON, str, Shape, Accepted], None]
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
+_CONFLICT_ATTEMPTS = 5
 
 
 class Kubelet:
@@ -77,19 +79,26 @@ class Kubelet:
         ns, name, uid = meta["namespace"], meta["name"], meta.get("uid")
         if self.termination_delay_s > 0:
             await asyncio.sleep(self.termination_delay_s)
-        if (pod.get("status") or {}).get("phase") not in TERMINAL_PHASES:
+        for _ in range(_CONFLICT_ATTEMPTS):
+            if (pod.get("status") or {}).get("phase") in TERMINAL_PHASES:
+                break
             status = render(Shape.TERMINATED_ON_DELETION, pod, time.time())
             try:
-                accepted = await self._api.patch_status(ns, name, status)
+                # Preconditions: this very pod (uid), as we read it (resourceVersion); a
+                # newer version (another writer, another kubelet) is re-read first.
+                accepted = await self._api.patch_status(
+                    ns, name, status, uid=uid,
+                    resource_version=(pod.get("metadata") or {}).get("resourceVersion"))
             except KubeError as e:
-                if e.status == 404:
-                    return None
-                raise
-            if accepted.obj is not None:
-                got = accepted.obj["metadata"].get("uid")
-                if uid and got and got != uid:
-                    return None  # the name now belongs to another pod; not ours to touch
+                if e.status not in (404, 409):
+                    raise
+                latest = await self._api.get(ns, name)
+                if latest is None or (uid and latest["metadata"].get("uid") != uid):
+                    return None  # gone, or the name now belongs to another pod
+                pod = latest
+                continue
             self._note(accepted.obj or pod, "status", Shape.TERMINATED_ON_DELETION, accepted)
+            break
         try:
             final = await self._api.delete(ns, name, grace_s=0, uid=uid)
         except Conflict:
@@ -203,3 +212,5 @@ class Kubelet:
         except KubeError as e:
             log.warning("simulated kubelet: cannot finish deleting %s: %s",
                         pod["metadata"].get("name"), e)
+        except Exception:
+            log.exception("simulated kubelet: bug while deleting %s", pod["metadata"].get("name"))
