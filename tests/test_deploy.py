@@ -14,7 +14,9 @@ What these tests show:
   the testbed judges them in a namespace that enforces it.
 * RBAC is sufficient and minimal: applied for real, `sniffer watch` runs with a
   TokenRequest token of its own ServiceAccount and moves a run from running to
-  succeeded (finalizer and Lease included), and what neither program may do is refused.
+  succeeded (finalizer and Lease included), `sniffer reconcile` repairs a missed outcome
+  as its own, and what neither program may do is refused: by RBAC, and for pod patches
+  beyond Sniffer's finalizer by the base's ValidatingAdmissionPolicy.
 """
 
 from __future__ import annotations
@@ -487,7 +489,8 @@ def test_the_image_venv_from_the_lock_file_runs_sniffer(image_venv: Path, tmp_pa
 
 # -- RBAC: sufficient and minimal ------------------------------------------------------------
 
-RBAC_KINDS = ("ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding")
+RBAC_KINDS = ("ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding",
+              "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
 
 
 def free_port() -> int:
@@ -527,10 +530,9 @@ class InstalledRbac:
             input=json.dumps({"apiVersion": "v1", "kind": "List", "items": self.applied}))
 
     def remove(self) -> None:
-        cluster = [o for o in self.applied if o["kind"].startswith("Cluster")]
-        for obj in cluster:
-            run(self.apiserver.kubectl_command(
-                "delete", obj["kind"].lower(), obj["metadata"]["name"], "--ignore-not-found"))
+        cluster = [o for o in self.applied if "namespace" not in o["metadata"]]
+        run(self.apiserver.kubectl_command("delete", "--ignore-not-found", "-f", "-"),
+            input=json.dumps({"apiVersion": "v1", "kind": "List", "items": cluster}))
         for name in self.extra:
             _purge_namespace(self.apiserver, name)
 
@@ -713,6 +715,44 @@ async def test_the_watcher_does_its_job_as_its_own_service_account(
         await admin.close()
     text = log.read_text()
     assert "403" not in text and "forbidden" not in text.lower(), text
+
+
+async def test_the_service_accounts_may_patch_nothing_but_their_finalizer(
+        rbac: InstalledRbac, apiserver: ApiServer, tmp_path: Path):
+    jobs = watched_namespaces(rbac, tmp_path)[:1] or [f"t-jobs-{uuid.uuid4().hex[:6]}"]
+    if jobs[0] not in rbac.extra:
+        ensure_namespace(apiserver, jobs[0])
+        rbac.extra.append(jobs[0])
+    admin = await KubeClient.connect(kubeconfig=str(apiserver.kubeconfig))
+    try:
+        await Pods(admin, jobs[0]).create("victim", "run-1")
+    finally:
+        await admin.close()
+
+    def patch(kubeconfig: Path, body: Obj) -> subprocess.CompletedProcess[str]:
+        return run([kubectl_path(), f"--kubeconfig={kubeconfig}", "patch", "pod", "victim",
+                    "-n", jobs[0], "--type=merge", "-p", json.dumps(body)], check=False)
+
+    for sa in ("sniffer-watch", "sniffer-reconcile"):
+        kc = rbac.kubeconfig(sa, tmp_path / f"{sa}.kubeconfig")
+        # The policy takes effect once the API server has loaded it: wait for the refusal.
+        # Each attempt must change something: a no-op patch is rightly allowed.
+        def relabel(kc: Path = kc) -> subprocess.CompletedProcess[str] | None:
+            body = {"metadata": {"labels": {"sniffer.io/run-id": uuid.uuid4().hex}}}
+            proc = patch(kc, body)
+            return proc if proc.returncode != 0 and "Forbidden" in proc.stderr else None
+
+        refusal = await eventually(relabel)
+        assert "only add or remove its own finalizer" in refusal.stderr
+        for body in ({"metadata": {"annotations": {"x": "y"}}},
+                     {"metadata": {"finalizers": ["example.com/other"]}},
+                     {"spec": {"activeDeadlineSeconds": 1}}):
+            proc = patch(kc, body)
+            assert proc.returncode != 0 and "Forbidden" in proc.stderr, (body, proc.stdout)
+        added = patch(kc, {"metadata": {"finalizers": ["sniffer.io/outcome"]}})
+        assert added.returncode == 0, added.stderr
+        removed = patch(kc, {"metadata": {"finalizers": None}})
+        assert removed.returncode == 0, removed.stderr
 
 
 async def _has_finalizer(pods: Pods, name: str, *, present: bool = True) -> bool:
