@@ -96,21 +96,28 @@ class Watcher:
         token_file = Path(s.platform.token_file)
         if not s.platform.verify_tls:
             log.warning("TLS verification of the platform is OFF (platform.verify_tls=false)")
+        # One connection per worker (finalizer patches) plus one per watch stream.
         kube = await KubeClient.connect(kubeconfig=s.kube.kubeconfig, context=s.kube.context,
                                         verify_tls=s.kube.verify_tls,
-                                        pool_size=max(8, len(s.kube.namespaces) * 2 + 8))
+                                        pool_size=s.workers.count + len(s.kube.namespaces) + 4)
+        # The lease gets its own connections: renewals must never queue behind a burst of
+        # finalizer patches, or a busy leader would lose its lease.
+        lease_kube = await KubeClient.connect(kubeconfig=s.kube.kubeconfig,
+                                              context=s.kube.context,
+                                              verify_tls=s.kube.verify_tls, pool_size=2)
         platform = PlatformClient(s.platform.url, token_file, timeout=s.platform.timeout_s,
                                   max_connections=s.platform.max_connections,
                                   verify_tls=s.platform.verify_tls,
                                   ca_file=Path(s.platform.ca_file) if s.platform.ca_file
                                   else None, metrics=self._metrics.platform)
         try:
-            return await self._run(stop, kube, platform)
+            return await self._run(stop, kube, lease_kube, platform)
         finally:
             await _bounded(platform.close(), "closing the platform client")
             await _bounded(kube.close(), "closing the Kubernetes client")
+            await _bounded(lease_kube.close(), "closing the lease client")
 
-    async def _run(self, stop: asyncio.Event, kube: KubeClient,
+    async def _run(self, stop: asyncio.Event, kube: KubeClient, lease_kube: KubeClient,
                    platform: PlatformClient) -> int:
         s = self.settings
         w = s.workers
@@ -122,7 +129,7 @@ class Watcher:
         elector = None
         if s.leader.enabled:
             elector = LeaderElector(
-                kube, name=s.leader.lease_name, namespace=s.leader.lease_namespace,
+                lease_kube, name=s.leader.lease_name, namespace=s.leader.lease_namespace,
                 identity=identity(s), lease_duration_s=s.leader.lease_duration_s,
                 renew_deadline_s=s.leader.renew_deadline_s,
                 retry_period_s=s.leader.retry_period_s, on_change=self._on_leader_change)
