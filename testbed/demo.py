@@ -30,6 +30,7 @@ import sys
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -124,7 +125,8 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def progress_line(label: str, platform: PlatformServer, watcher: LiveWatcher):
+def progress_line(label: str, platform: PlatformServer,
+                  watcher: LiveWatcher) -> Callable[[Progress], None]:
     shown = [0.0]
 
     def show(p: Progress) -> None:

@@ -222,7 +222,7 @@ def test_null_times_are_none() -> None:
     view = project(raw)
     assert view.start_time is None
     assert view.condition("Ready") is not None
-    assert view.condition("Ready").last_transition is None  # type: ignore[union-attr]
+    assert view.condition("Ready").last_transition is None
 
 
 def test_repeated_strings_are_shared_between_pods() -> None:
@@ -240,7 +240,7 @@ def test_messages_are_cut_to_the_limit() -> None:
     raw["status"]["conditions"][2]["message"] = "y" * 300
     view = project(raw)
     assert view.message == "x" * MESSAGE_LIMIT
-    assert view.condition("Ready").message == "y" * MESSAGE_LIMIT  # type: ignore[union-attr]
+    assert view.condition("Ready").message == "y" * MESSAGE_LIMIT
 
 
 def test_only_scheduling_readiness_and_disruption_conditions_are_kept() -> None:

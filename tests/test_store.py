@@ -36,6 +36,7 @@ def test_deleted_pod_stays_readable_as_a_tombstone_until_forgotten():
     store.upsert(pod("p", 1, phase="Running"))
     store.delete(pod("p", 2, phase="Succeeded"), now=100.0)
     tomb = store.get("a/p")
+    assert tomb is not None
     assert store.is_deleted("a/p") and tomb.phase == "Succeeded"
     assert tomb.deletion_timestamp == 100.0
     assert len(store) == 0
@@ -47,6 +48,7 @@ def test_forgetting_a_stale_tombstone_keeps_the_newer_one():
     store = PodStore(("a",))
     store.delete(pod("p", 1), now=1.0)
     old = store.get("a/p")
+    assert old is not None
     store.upsert(pod("p", 2, uid="u2"))
     store.delete(pod("p", 3, uid="u2"), now=2.0)
     store.forget_tombstone("a/p", old)

@@ -190,6 +190,6 @@ async def test_restart_over_finished_pods_sends_no_redundant_updates(
         await eventually(lambda: watcher.controller is not None
                          and watcher.controller.running)
         await eventually(lambda: watcher.controller.handled >= len(names)
-                         and len(watcher.queue) == 0
+                         and len(watcher.queue or ()) == 0
                          and watcher.controller.longest_busy_s() == 0)
     assert platform.updates()[len(before):] == []
