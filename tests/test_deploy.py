@@ -130,8 +130,9 @@ def container_env(objs: list[Obj], workload: Obj, tmp: Path) -> tuple[dict[str, 
     fields = {"metadata.name": "pod-0", "metadata.namespace": workload["metadata"]["namespace"],
               "metadata.uid": "uid-0", "spec.nodeName": "node-0"}
     for var in container.get("env", []):
-        if "value" in var:
-            env[var["name"]] = var["value"]
+        if "value" in var:  # $(NAME) expands to an earlier variable, as the kubelet does
+            env[var["name"]] = re.sub(r"\$\((\w+)\)",
+                                      lambda m: env.get(m.group(1), m.group(0)), var["value"])
         else:
             env[var["name"]] = fields.get(var["valueFrom"]["fieldRef"]["fieldPath"], "x")
     (volume,) = [v for v in spec["volumes"] if "configMap" in v]
@@ -628,6 +629,11 @@ def test_each_service_account_gets_what_it_needs_and_nothing_more(
                 f"{sa} may {verb} pods/{sub}"
 
 
+def _get_text(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return str(resp.read().decode())
+
+
 def _get_ok(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2) as resp:
@@ -651,7 +657,10 @@ def run_as(rbac: InstalledRbac, workload: Obj, kubeconfig: Path, platform: Platf
         "SNIFFER_PLATFORM_TOKEN_FILE": str(platform.token_file),
         "POD_NAME": f"{workload['metadata']['name']}-{uuid.uuid4().hex[:5]}",
         "POD_NAMESPACE": home,
-        "OTEL_SDK_DISABLED": "true",
+        # Telemetry stays on (a Prometheus endpoint where the overlay has one); nothing
+        # is exported over OTLP, as the testbed has no collector.
+        "OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none",
+        "OTEL_LOGS_EXPORTER": "none",
     })
     if "SNIFFER_LEADER_LEASE_NAMESPACE" in env:
         env["SNIFFER_LEADER_LEASE_NAMESPACE"] = home
@@ -705,6 +714,12 @@ async def test_the_watcher_does_its_job_as_its_own_service_account(
         await pods.succeeded("job-1")
         await eventually(lambda: (platform.get_run(run_id) or {}).get("state") == "succeeded")
         await eventually(lambda: _has_finalizer(pods, "job-1", present=False))
+        if "SNIFFER_TELEMETRY_PROMETHEUS_PORT" in env:  # components/prometheus
+            url = f"http://127.0.0.1:{env['SNIFFER_TELEMETRY_PROMETHEUS_PORT']}/metrics"
+            scraped = await asyncio.to_thread(_get_text, url)
+            (tmp_path / "metrics.txt").write_text(scraped)
+            assert re.search(r"^sniffer_changes_acknowledged\w*\{[^}]*\} [1-9]", scraped, re.M), \
+                scraped
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(proc.wait, 90) == 0, log.read_text()
         assert lease_holder(apiserver, home) is None  # released on the way out
