@@ -10,7 +10,8 @@ loaded 2-core machine); a watcher under load makes several metric calls per even
   atomic and ~0.1 µs) and hands them to the SDK histogram in batches: whenever a buffer
   reaches `DRAIN_AT` samples, and before every collection (the registry's observable
   callback drains first, and the SDK collects synchronous instruments only after all
-  callbacks ran), so no sample is lost or late, at shutdown either.
+  callbacks ran), so no sample is lost or late, at shutdown either. This moves the SDK's
+  per-sample cost off the event loop, not out of the process.
 * `Value` is a float set by the owner and observed by an ObservableGauge.
 
 Contract:
@@ -34,7 +35,9 @@ from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from sniffer.telemetry.catalogue import BY_NAME, Metric
 
 MAX_SERIES = 64
-DRAIN_AT = 4096
+DRAIN_AT = 65536
+"""Samples one series buffers before the hot path hands them to the SDK itself (~2 MiB):
+above ~1000 samples/s per series with the default 60 s export interval."""
 OTHER = "other"
 
 Attrs = dict[str, Any]

@@ -128,8 +128,10 @@ def _version() -> str:
         return "0+unknown"
 
 
-def build_resource(component: str, environ: Mapping[str, str]) -> Resource:
-    """Sniffer's defaults, overridden by OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME."""
+def build_resource(component: str) -> Resource:
+    """Sniffer's defaults, overridden by OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME
+    (read from the process environment, as the SDK does)."""
+    environ = os.environ
     from_env = OTELResourceDetector().detect().attributes
     defaults: dict[str, Any] = {
         "service.name": f"sniffer-{component}",
@@ -232,16 +234,15 @@ def _bounded(steps: list[tuple[str, Callable[[], object]]], deadline: float) -> 
 
 
 def setup_telemetry(component: str, *, prometheus_port: int | None = None,
-                    environ: Mapping[str, str] | None = None,
                     install_globals: bool = True,
                     extra_readers: tuple[MetricReader, ...] = ()) -> Telemetry:
-    """Build the providers for `component` ("watch" or "reconcile"); see the module
-    docstring. `extra_readers` (tests) are added to the meter provider."""
-    env = os.environ if environ is None else environ
-    decided = plan(env, prometheus_port)
+    """Build the providers for `component` ("watch" or "reconcile") from the process
+    environment; see the module docstring. `extra_readers` (tests) are added to the meter
+    provider; `install_globals=False` (tests) leaves the global providers alone."""
+    decided = plan(os.environ, prometheus_port)
     for warning in decided.warnings:
         log.warning(warning)
-    resource = build_resource(component, env)
+    resource = build_resource(component)
     if decided.disabled:
         log.info("telemetry disabled (OTEL_SDK_DISABLED=true)")
         return Telemetry(component, decided, resource, None, None, None, None, None, None)
