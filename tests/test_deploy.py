@@ -811,3 +811,50 @@ async def test_the_reconciler_does_its_job_as_its_own_service_account(
         await admin.close()
     for output in (dry.stdout + dry.stderr, real.stdout + real.stderr):
         assert "403" not in output and "forbidden" not in output.lower(), output
+
+
+# -- the deploy guide ------------------------------------------------------------------------
+
+def test_the_deploy_guide_commands_work_as_written(apiserver: ApiServer, tmp_path: Path):
+    """docs/deploy.md's `sh testbed` blocks, in order, with the dev overlay: prepare,
+    deploy, start an ad-hoc reconcile, then uninstall, which must release the finalizer
+    of a tracked pod and delete everything the overlay created."""
+    blocks = re.findall(r"```sh testbed\n(.*?)```", (REPO / "docs" / "deploy.md").read_text(),
+                        re.S)
+    assert len(blocks) >= 5
+    token = tmp_path / "platform-token"
+    token.write_text("not-a-real-token\n")
+    env = {"PATH": f"{kubectl_path().parent}:{Path(sys.executable).parent}:"
+                   f"{os.environ.get('PATH', '/usr/bin:/bin')}",
+           "KUBECONFIG": str(apiserver.kubeconfig), "HOME": str(tmp_path),
+           "TOKEN_FILE": str(token)}
+    pod_path = "/api/v1/namespaces/jobs-dev/pods"
+    try:
+        for block in blocks[:-1]:
+            run(["bash", "-euo", "pipefail", "-c", block], env=env, cwd=REPO)
+        created = request_sync(apiserver, "POST", pod_path, {
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "guide-pod", "labels": {"sniffer.io/run-id": "guide-run"},
+                         "finalizers": ["sniffer.io/outcome"]},
+            "spec": {"containers": [{"name": "main", "image": "registry.local/work:1"}]}})
+        assert created.status == 201, created.body
+        jobs = request_sync(apiserver, "GET", "/apis/batch/v1/namespaces/sniffer-dev/jobs")
+        assert any(j["metadata"]["name"].startswith("sniffer-reconcile-manual-")
+                   for j in jobs.body["items"])
+        scaled = request_sync(apiserver, "GET",
+                              "/apis/apps/v1/namespaces/sniffer-dev/deployments/sniffer-watch")
+        assert scaled.body["spec"]["replicas"] == 0
+        out = run(["bash", "-euo", "pipefail", "-c", blocks[-1]], env=env, cwd=REPO).stdout
+        assert "removed 1 finalizers" in out, out
+        pod = request_sync(apiserver, "GET", f"{pod_path}/guide-pod").body
+        assert not pod["metadata"].get("finalizers")
+        for path in ("/apis/apps/v1/namespaces/sniffer-dev/deployments/sniffer-watch",
+                     "/apis/rbac.authorization.k8s.io/v1/clusterroles/sniffer-watch-pods",
+                     "/api/v1/namespaces/sniffer-dev/secrets/sniffer-platform-token"):
+            assert request_sync(apiserver, "GET", path).status == 404, path
+    finally:
+        run(apiserver.kubectl_command("delete", "-k", str(KUSTOMIZE / "overlays" / "dev"),
+                                      "--ignore-not-found"), check=False)
+        request_sync(apiserver, "PATCH", f"{pod_path}/guide-pod",
+                     {"metadata": {"finalizers": None}}, content_type=MERGE_PATCH)
+        request_sync(apiserver, "DELETE", pod_path, params={"gracePeriodSeconds": 0})
