@@ -198,7 +198,7 @@ class _Driver:
         if step.op is Op.BIND:
             accepted = await self.api.bind(ns, name, plan.node)
             self._change(run, "bind", "scheduler", Shape.SCHEDULED, expect, accepted)
-            return _bound(pod, plan.node)
+            return await self.api.get(ns, name)  # the kubelet reads the bound pod
         if step.op is Op.CANCEL:
             accepted = await self.runs.cancel(plan.run_id)
             self._change(run, "run-cancel", "user", Shape.RUN_CANCEL_REQUESTED, run.state,
@@ -206,26 +206,32 @@ class _Driver:
             accepted = await self.api.annotate(ns, name, {CANCEL_ANNOTATION: "true"})
             self._change(run, "annotate", "platform", Shape.CANCEL_ANNOTATED, run.state,
                          accepted)
-            return await self._delete(run, accepted.obj or pod, expect, "platform",
-                                      self.config.grace_period_s)
+            await self._delete(run, expect, "platform", self.config.grace_period_s)
+            return None
         if step.op is Op.DELETE:
-            return await self._delete(run, pod, expect, "admin", self.config.grace_period_s)
+            await self._delete(run, expect, "admin", self.config.grace_period_s)
+            return None
         if step.op is Op.PREEMPT:
+            # The scheduler marks the victim (the platform still shows it running), then
+            # deletes it with the pod's own grace period.
             accepted = await self.kubelet.apply(pod, Shape.DISRUPTION_TARGET)
-            self._change(run, "status", "scheduler", Shape.DISRUPTION_TARGET,
-                         expected_state(plan.lifecycle, Step(Op.STATUS, Shape.DISRUPTION_TARGET),
-                                        plan.kind, run.state), accepted)
-            return await self._delete(run, accepted.obj or pod, expect, "scheduler", None)
+            self._change(run, "status", "scheduler", Shape.DISRUPTION_TARGET, run.state,
+                         accepted)
+            await self._delete(run, expect, "scheduler", None)
+            return None
         if step.op is Op.EVICT:
             accepted = await self.api.evict(ns, name, grace_s=None)
             self._change(run, "evict", "eviction-api", Shape.EVICTING, expect, accepted)
-            await asyncio.sleep(plan.termination_delay_s)
-            await self.kubelet.finish_deletion(pod)
+            evicted = await self.api.get(ns, name)  # the kubelet sees it Terminating
+            if evicted is not None:
+                await asyncio.sleep(plan.termination_delay_s)
+                await self.kubelet.finish_deletion(evicted)
             return None
         raise ValueError(f"cannot play step {step.op.value}")
 
-    async def _delete(self, run: _Run, pod: JSON, expect: State, actor: str,
-                      grace_s: int | None) -> JSON | None:
+    async def _delete(self, run: _Run, expect: State, actor: str,
+                      grace_s: int | None) -> None:
+        """Delete the pod (as `actor`); a kubelet then stops it and deletes it for good."""
         plan = run.plan
         accepted = await self.api.delete(plan.namespace, plan.pod_name, grace_s=grace_s)
         obj = accepted.obj
@@ -235,10 +241,9 @@ class _Driver:
         self._change(run, "delete", actor, Shape.DELETED if gone else Shape.TERMINATING, expect,
                      accepted)
         if obj is None or at_once:
-            return None  # gone, or only finalizers hold it: nothing left for a kubelet
+            return  # gone, or only finalizers hold it: nothing left for a kubelet
         await asyncio.sleep(plan.termination_delay_s)
         await self.kubelet.finish_deletion(obj)
-        return None
 
     def progress(self) -> Progress:
         counters = self.api.counters
@@ -247,10 +252,6 @@ class _Driver:
                         created=self.created, running=self.running,
                         finished=self.finished, errors=errors,
                         requests=counters.kube_requests + counters.platform_requests)
-
-
-def _bound(pod: JSON, node: str) -> JSON:
-    return {**pod, "spec": {**(pod.get("spec") or {}), "nodeName": node}}
 
 
 async def _report(driver: _Driver, progress: ProgressFn, every: float) -> None:
