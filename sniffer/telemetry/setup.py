@@ -34,8 +34,9 @@ Contract:
 * A Prometheus scrape endpoint (``/metrics``, text format, via
   opentelemetry-exporter-prometheus and prometheus_client) is served on
   ``telemetry.prometheus_port`` when set (0 picks a free port: see `prometheus_port`).
-* `shutdown(timeout_s)` flushes spans, metrics and logs, then shuts the providers down,
-  within ``timeout_s`` in total even if a collector hangs; it is idempotent.
+* `shutdown()` flushes spans, metrics and logs, then shuts the providers down, within
+  `flush_budget_s` in total (the configured export timeouts) even if a collector hangs;
+  it is idempotent.
 """
 
 from __future__ import annotations
@@ -176,9 +177,11 @@ class Telemetry:
         """True iff some reader collects metrics (else sinks would only cost)."""
         return self.meter_provider is not None
 
-    def shutdown(self, timeout_s: float = 5.0) -> bool:
-        """Flush everything, then shut down, within `timeout_s`. True iff it all finished
-        in time. Idempotent; safe from any thread."""
+    def shutdown(self, timeout_s: float | None = None) -> bool:
+        """Flush everything, then shut down, within `timeout_s` (default `flush_budget_s`).
+        True iff it all finished in time. Idempotent; safe from any thread."""
+        if timeout_s is None:
+            timeout_s = flush_budget_s(self.plan, os.environ)
         with self._lock:
             if self._closed:
                 return True
@@ -210,6 +213,23 @@ class Telemetry:
             server = self._prometheus_server
             steps.append(("stopping the Prometheus endpoint", server.shutdown))
         return _bounded(steps, deadline)
+
+
+def flush_budget_s(decided: Plan, environ: Mapping[str, str]) -> float:
+    """How long the flush at exit may take: the export timeouts of the signals that are
+    exported (``OTEL_BSP_EXPORT_TIMEOUT``, ``OTEL_METRIC_EXPORT_TIMEOUT``,
+    ``OTEL_BLRP_EXPORT_TIMEOUT``, in ms; 10 s each when unset), 2 s at least and 60 s at
+    most. Keep the pods' terminationGracePeriodSeconds above drain + this."""
+    total = 0.0
+    for on, var in ((decided.traces, "OTEL_BSP_EXPORT_TIMEOUT"),
+                    (decided.metrics, "OTEL_METRIC_EXPORT_TIMEOUT"),
+                    (decided.logs, "OTEL_BLRP_EXPORT_TIMEOUT")):
+        if on:
+            try:
+                total += float(environ.get(var, "10000")) / 1000
+            except ValueError:
+                total += 10.0
+    return min(60.0, max(2.0, total))
 
 
 def _bounded(steps: list[tuple[str, Callable[[], object]]], deadline: float) -> bool:
