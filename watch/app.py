@@ -150,7 +150,8 @@ class Watcher:
             checks={"reflector": lambda: _reflector_check(reflector, s.kube.read_timeout_s),
                     "workers": lambda: _worker_check(controller)},
             info=lambda: {"leader": elector.is_leader if elector else True,
-                          "cached_pods": len(store), "queue_depth": len(queue)})
+                          "cached_pods": len(store), "queue_depth": len(queue),
+                          "tombstones": store.tombstones, "tasks": len(asyncio.all_tasks())})
         if s.health.port:
             await health.start()
             self.health_port = health.port
