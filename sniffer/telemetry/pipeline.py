@@ -57,6 +57,8 @@ class Snapshot:
     freshness_s: float = 0.0
     acked_runs: int = 0
     leader: bool = False
+    unfinished_work_s: float = 0.0
+    longest_running_s: float = 0.0
 
 
 def error_class(reason: str) -> str:
@@ -131,8 +133,10 @@ class _Queue:
         self._retries = registry.counts("sniffer.queue.retries")
         self._queued = registry.histogram("sniffer.queue.duration")
         self._work = registry.histogram("sniffer.queue.work_duration")
-        self._unfinished = registry.value("sniffer.queue.unfinished_work")
-        self._longest = registry.value("sniffer.queue.longest_running_processor")
+        # Reported by the queue when the sampler asks it (update_unfinished_work); the
+        # gauges read them through the snapshot (see WatchTelemetry).
+        self.unfinished_s = 0.0
+        self.longest_s = 0.0
 
     def add(self) -> None:
         self._adds.inc()
@@ -150,10 +154,10 @@ class _Queue:
         self._retries.inc()
 
     def unfinished_work(self, seconds: float) -> None:
-        self._unfinished.current = seconds
+        self.unfinished_s = seconds
 
     def longest_running_processor(self, seconds: float) -> None:
-        self._longest.current = seconds
+        self.longest_s = seconds
 
 
 class _Controller:
@@ -217,7 +221,9 @@ class WatchTelemetry:
                 ("sniffer.cache.pods", lambda s: s.cached_pods),
                 ("sniffer.cache.runs", lambda s: s.acked_runs),
                 ("sniffer.finalizers.held", lambda s: s.finalizers_held),
-                ("sniffer.leader.status", lambda s: int(s.leader))):
+                ("sniffer.leader.status", lambda s: int(s.leader)),
+                ("sniffer.queue.unfinished_work", lambda s: s.unfinished_work_s),
+                ("sniffer.queue.longest_running_processor", lambda s: s.longest_running_s)):
             registry.gauge(name, self._observer(read))
 
     def _observer(self, read: Any) -> Any:
@@ -246,14 +252,15 @@ class WatchTelemetry:
             pods = len(store)
             held = sum(1 for pod in store if OUTCOME_FINALIZER in pod.finalizers)
         if queue is not None:
-            queue.update_unfinished_work()  # reports through self.queue
+            queue.update_unfinished_work()  # reports to self.queue, synchronously
         freshness, acked = 0.0, 0
         if controller is not None:
             freshness = controller.oldest_unhandled_age()
             acked = controller.acked_runs
         # Without leader election every replica writes, so it counts as the leader.
         leader = bool(elector.is_leader) if elector is not None else True
-        return Snapshot(pods, held, freshness, acked, leader)
+        return Snapshot(pods, held, freshness, acked, leader, self.queue.unfinished_s,
+                        self.queue.longest_s)
 
     def snapshot(self) -> Snapshot:
         """A recent snapshot, taken on the event loop (any thread may call)."""
