@@ -26,6 +26,7 @@ from testbed.simulator.lifecycles import (
     CRASHLOOP_FAILURE_RESTARTS,
     DEFAULT_MIX,
     TERMINAL,
+    Expectation,
     Kind,
     Op,
     Shape,
@@ -33,6 +34,7 @@ from testbed.simulator.lifecycles import (
     Step,
     expand,
     expected_state,
+    under_policy,
 )
 from testbed.simulator.records import Change, SimResult, read_jsonl
 from testbed.simulator.shapes import render
@@ -95,6 +97,20 @@ def test_start_up_has_an_init_step_only_for_pods_with_init_containers() -> None:
     assert plain == [Shape.CONTAINER_CREATING, Shape.RUNNING, Shape.SUCCEEDED]
     assert init == [Shape.CONTAINER_CREATING, Shape.INIT_RUNNING, Shape.RUNNING,
                     Shape.SUCCEEDED]
+
+
+def test_a_known_stuck_pull_rule_makes_image_pulls_outlast_it_and_fail() -> None:
+    image_pull = CATALOGUE["image-pull"]
+    assert under_policy(image_pull, image_pull_failure_after_s=None) is image_pull
+    assert under_policy(CATALOGUE["oom"], image_pull_failure_after_s=5) is CATALOGUE["oom"]
+    stuck = under_policy(image_pull, image_pull_failure_after_s=5)
+    assert stuck.outcome(Kind.JOB) == Expectation(State.FAILED, None, None)
+    assert [s.op for s in stuck.steps][-1] is Op.DELETE
+    config = SimConfig(jobs=3, mix={"image-pull": 1}, image_pull_failure_after_s=5,
+                       duration=Distribution("fixed", 1))
+    for plan in draw_plans(config, 1, "p"):
+        assert plan.waits[-1] == 6  # the rule's 5 s plus the drawn duration
+        assert plan.lifecycle.outcome(plan.kind).state is State.FAILED
 
 
 def test_plans_are_reproducible_from_the_seed_and_follow_the_mix() -> None:
@@ -171,8 +187,10 @@ def test_mix_parses_weights_and_names_an_unknown_lifecycle() -> None:
 def test_cli_options_build_the_config() -> None:
     args = build_parser().parse_args([
         "--jobs", "20", "--rate", "5", "--duration", "exp:2", "--mix", "oom=1,flaky=2",
-        "--seed", "4", "--namespace", "ns1", "--delete-finished", "--concurrency", "8"])
+        "--seed", "4", "--namespace", "ns1", "--delete-finished", "--concurrency", "8",
+        "--image-pull-failure-after", "2.5"])
     config = config_from(args)
+    assert config.image_pull_failure_after_s == 2.5
     assert (config.jobs, config.rate, config.seed, config.namespace) == (20, 5.0, 4, "ns1")
     assert config.duration == Distribution("exp", 2)
     assert dict(config.mix) == {"oom": 1, "flaky": 2}
@@ -436,6 +454,19 @@ async def test_each_lifecycle_writes_the_statuses_kubernetes_really_produces(
     for run_id, expectation in result.expected.items():
         last = [c for c in result.changes if c.run_id == run_id][-1]
         assert last.expect == expectation.state.value
+
+
+async def test_image_pulls_stay_stuck_past_a_known_platform_rule_then_get_reaped(
+        kube: KubeClient, namespace: str, platform: PlatformServer) -> None:
+    config = fast_config(jobs=2, seed=3, namespace=namespace, mix={"image-pull": 1},
+                         image_pull_failure_after_s=0.5)
+    result = await simulate(kube, platform.url, platform.token_file, config)
+    assert not result.errors and all(e.state is State.FAILED for e in result.expected.values())
+    for run_id in result.expected:
+        changes = [c for c in result.changes if c.run_id == run_id]
+        backoff = next(c for c in changes if c.shape == Shape.IMAGE_PULL_BACKOFF)
+        reap = next(c for c in changes if c.op == "delete")
+        assert reap.actor == "platform" and reap.sent_at - backoff.accepted_at >= 0.5
 
 
 async def _running_pod(api: PodApi, namespace: str, *, kind: str = "cancelled",

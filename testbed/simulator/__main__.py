@@ -88,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nodes", type=int, default=3, help="simulated nodes (default 3)")
     p.add_argument("--run-prefix", default=None,
                    help="run ids are PREFIX-nnnnn (default sim-<random>)")
+    p.add_argument("--image-pull-failure-after", type=float, default=None, metavar="S",
+                   help="the platform fails stuck image pulls after S seconds (Sniffer's "
+                   "states.image_pull_failure_after_s): image-pull pods then stay stuck past "
+                   "it and are expected to fail; by default users cancel them first")
     p.add_argument("--quiet", action="store_true", help="no progress line")
     p.add_argument("--list-lifecycles", action="store_true",
                    help="print the lifecycle catalogue and exit")
@@ -105,7 +109,8 @@ def config_from(args: argparse.Namespace) -> SimConfig:
                      step_delay=args.step_delay, seed=args.seed, namespace=args.namespace,
                      delete_finished=args.delete_finished, concurrency=args.concurrency,
                      grace_period_s=args.grace_period, nodes=args.nodes,
-                     run_prefix=args.run_prefix, **extra)  # type: ignore[arg-type]
+                     run_prefix=args.run_prefix,
+                     image_pull_failure_after_s=args.image_pull_failure_after, **extra)  # type: ignore[arg-type]
 
 
 class ProgressLine:

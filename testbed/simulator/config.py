@@ -160,6 +160,10 @@ class SimConfig:
     """Run ids are ``<prefix>-<n>``, pod names ``<kind>-<prefix>-<n>``; None: random."""
     progress_interval_s: float = 1.0
     """Seconds between progress callbacks."""
+    image_pull_failure_after_s: float | None = None
+    """The platform's stuck-image-pull rule (Sniffer: states.image_pull_failure_after_s),
+    if the oracle should count on it: image-pull pods then stay stuck past it and are
+    expected to fail. None: users cancel them first (see lifecycles.under_policy)."""
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ValueError:
@@ -182,6 +186,10 @@ class SimConfig:
             raise bad("run_prefix", "must be lowercase alphanumerics and '-', at most 30")
         if not self.progress_interval_s > 0:
             raise bad("progress_interval_s", "must be > 0")
+        if self.image_pull_failure_after_s is not None and not (
+                math.isfinite(self.image_pull_failure_after_s)
+                and self.image_pull_failure_after_s >= 0):
+            raise bad("image_pull_failure_after_s", "must be seconds >= 0")
         try:
             check_mix(self.mix)
         except ValueError as e:

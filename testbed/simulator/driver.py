@@ -209,7 +209,7 @@ class _Driver:
             await self._delete(run, expect, "platform", self.config.grace_period_s)
             return None
         if step.op is Op.DELETE:
-            await self._delete(run, expect, "admin", self.config.grace_period_s)
+            await self._delete(run, expect, step.actor or "admin", self.config.grace_period_s)
             return None
         if step.op is Op.PREEMPT:
             # The scheduler marks the victim (the platform still shows it running), then

@@ -19,8 +19,9 @@ Contract:
   None means the lifecycle does not determine one (a deletion: whether the platform sees
   the containers' exit codes depends on which pod update it sees first).
 * The oracle assumes the platform's time-based failure rules (stuck image pulls, long
-  crash loops, stuck pending pods) do not fire: keep durations under a minute. It assumes
-  a crash loop fails the run at `CRASHLOOP_FAILURE_RESTARTS` restarts.
+  crash loops, stuck pending pods) do not fire: keep durations under a minute, or tell it
+  the stuck-image-pull rule (`under_policy`). It assumes a crash loop fails the run at
+  `CRASHLOOP_FAILURE_RESTARTS` restarts.
 * `DEFAULT_MIX` gives every lifecycle a positive weight; its weights add up to 100.
 """
 
@@ -111,7 +112,9 @@ class Expectation:
 
     state: State
     reason: str | None
+    """None: the lifecycle does not fix the reason."""
     exit_code: int | None
+    """None: the lifecycle does not fix the exit code."""
 
     def to_json(self) -> dict[str, object]:
         return {"state": self.state.value, "reason": self.reason, "exit_code": self.exit_code}
@@ -125,6 +128,10 @@ class Step:
     share: float = 1.0
     restarts: int = 0
     """For crash-loop shapes: the container's restartCount after this step."""
+    extra_s: float = 0.0
+    """Seconds added to the wait (a platform timeout the step must outlast)."""
+    actor: str | None = None
+    """Who makes the change, when not the op's usual actor (a reaping platform deletes)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,7 +237,8 @@ CATALOGUE: dict[str, Lifecycle] = {lc.name: lc for lc in (
               SERVERS,
               # The platform's runtime reaps the pod a whole duration after the last crash,
               # time for the platform to have recorded the failure.
-              (_START, *_crash_loop(_LOOPS, 1 / _LOOPS), Step(Op.DELETE, wait=Wait.RUN)),
+              (_START, *_crash_loop(_LOOPS, 1 / _LOOPS),
+               Step(Op.DELETE, wait=Wait.RUN, actor="platform")),
               _same(Expectation(_F, "CrashLoopBackOff", 1), SERVERS)),
     Lifecycle("flaky", "crashes once, recovers, keeps running until the user stops it",
               SERVERS,
@@ -313,6 +321,29 @@ def expected_state(lifecycle: Lifecycle, step: Step, kind: Kind, before: State) 
     if step.op in (Op.BIND, Op.START):
         return State.QUEUED
     return outcome.state
+
+
+def under_policy(lifecycle: Lifecycle, *,
+                 image_pull_failure_after_s: float | None) -> Lifecycle:
+    """The lifecycle as played against a platform whose stuck-image-pull rule is known.
+
+    With ``image_pull_failure_after_s`` set, ``image-pull`` pods stay in ImagePullBackOff
+    that long plus their drawn duration (so the rule has fired, whatever the load), are
+    expected to fail (reason ErrImagePull or ImagePullBackOff: whichever the rule saw, so
+    not fixed), and are then reaped by the platform's runtime. Other lifecycles, and
+    ``image-pull`` without a known rule (the user cancels it first), are unchanged."""
+    if lifecycle.name != "image-pull" or image_pull_failure_after_s is None:
+        return lifecycle
+    if not image_pull_failure_after_s >= 0:
+        raise ValueError(f"image_pull_failure_after_s must be >= 0, "
+                         f"got {image_pull_failure_after_s!r}")
+    return Lifecycle(
+        lifecycle.name, "its image cannot be pulled; the platform fails it, then reaps it",
+        lifecycle.kinds,
+        (_status(Shape.CONTAINER_CREATING, Wait.STEP), _status(Shape.ERR_IMAGE_PULL, Wait.STEP),
+         _status(Shape.IMAGE_PULL_BACKOFF, Wait.STEP),
+         Step(Op.DELETE, wait=Wait.RUN, extra_s=image_pull_failure_after_s, actor="platform")),
+        _same(Expectation(_F, None, None), lifecycle.kinds), broken_image=True)
 
 
 def check_mix(mix: Mapping[str, float]) -> None:

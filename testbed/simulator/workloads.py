@@ -25,7 +25,15 @@ from typing import Any
 
 from sniffer.podview import KIND_LABEL, RUN_ID_LABEL, TRACEPARENT_ANNOTATION
 from testbed.simulator.config import SimConfig
-from testbed.simulator.lifecycles import CATALOGUE, Kind, Lifecycle, Step, Wait, expand
+from testbed.simulator.lifecycles import (
+    CATALOGUE,
+    Kind,
+    Lifecycle,
+    Step,
+    Wait,
+    expand,
+    under_policy,
+)
 
 LIFECYCLE_LABEL = "sim.sniffer.io/lifecycle"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "sniffer-simulator"}
@@ -85,16 +93,17 @@ def draw_plans(config: SimConfig, seed: int, prefix: str) -> list[Plan]:
            if w > 0 and any(config.kinds.get(k, 0) > 0 for k in CATALOGUE[name].kinds)}
     plans = []
     for index in range(config.jobs):
-        lifecycle = CATALOGUE[_pick(rng, mix)]
+        lifecycle = under_policy(CATALOGUE[_pick(rng, mix)],
+                                 image_pull_failure_after_s=config.image_pull_failure_after_s)
         kind = _pick(rng, {k: config.kinds.get(k, 0) for k in lifecycle.kinds})
         variant = _pick(rng, dict(zip(VARIANTS, _VARIANT_WEIGHTS, strict=True)))
         if lifecycle.needs_init and "init" not in variant:
             variant = "init"
         steps = expand(lifecycle, has_init=variant != "plain")
         running = config.duration.sample(rng)
-        waits = tuple(0.0 if s.wait is Wait.NONE
-                      else running * s.share if s.wait is Wait.RUN
-                      else config.step_delay.sample(rng) for s in steps)
+        waits = tuple(s.extra_s + (0.0 if s.wait is Wait.NONE
+                                   else running * s.share if s.wait is Wait.RUN
+                                   else config.step_delay.sample(rng)) for s in steps)
         node = f"sim-node-{rng.randrange(config.nodes)}"
         run_id = f"{prefix}-{index:05d}"
         plans.append(Plan(index=index, run_id=run_id, namespace=config.namespace,
