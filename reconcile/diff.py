@@ -164,8 +164,7 @@ def _judge_pods(run_id: str, pods: list[PodView], snapshot: Snapshot, now: float
         for pod in pods:
             if pod.uid != run.pod_uid:
                 out.append(Mismatch(MismatchKind.UID_MISMATCH, run_id, state, _ref(pod),
-                                    f"run is bound to pod uid {run.pod_uid}, "
-                                    f"not to this pod ({pod.uid})"))
+                                    f"run is bound to another pod (uid {run.pod_uid})"))
         speaker = next((pod for pod in pods if pod.uid == run.pod_uid), None)
     else:
         speaker = min(pods, key=lambda p: (

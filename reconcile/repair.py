@@ -235,11 +235,11 @@ class Repairer:
             span.set_attribute("sniffer.repair.outcome", result.outcome.value)
             if result.error:
                 span.set_status(trace.StatusCode.ERROR, result.error)
-        log.log(logging.ERROR if result.outcome is RepairOutcome.FAILED else logging.INFO,
-                "repair %s", result.outcome.value,
-                extra={"run_id": m.run_id, "mismatch": m.kind.value,
-                       "pod": m.pod.key if m.pod else None, "action": result.action,
-                       "error": result.error})
+            log.log(logging.ERROR if result.outcome is RepairOutcome.FAILED else logging.INFO,
+                    "repair %s", result.outcome.value,
+                    extra={"run_id": m.run_id, "mismatch": m.kind.value,
+                           "pod": m.pod.key if m.pod else None, "action": result.action,
+                           "error": result.error})
         return result
 
     async def _repair_with_retries(self, m: Mismatch) -> RepairResult:

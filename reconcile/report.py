@@ -153,8 +153,7 @@ _WIDEST_DETAIL = 72
 
 
 def render_table(report: PassReport) -> str:
-    rows = [(r.mismatch.run_id or "-", r.mismatch.kind.value,
-             r.mismatch.pod.key if r.mismatch.pod else "-",
+    rows = [(r.mismatch.run_id or "-", r.mismatch.kind.value, _pod(r),
              _cut(r.mismatch.detail), r.outcome.value,
              r.action if r.error is None else f"{r.action}: {r.error}")
             for r in report.results]
@@ -169,6 +168,13 @@ def render_table(report: PassReport) -> str:
         lines.append("")
     lines.extend(_summary(report))
     return "\n".join(lines)
+
+
+def _pod(r: RepairResult) -> str:
+    m = r.mismatch
+    if m.pod is None:
+        return "-"
+    return f"{m.pod.key} (missing)" if m.kind is MismatchKind.POD_LOST else m.pod.key
 
 
 def _cut(text: str) -> str:
