@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from sniffer.podview import OUTCOME_FINALIZER, RUN_ID_LABEL, TRACEPARENT_ANNOTATION
-from sniffer.telemetry.catalogue import BY_NAME
+from sniffer.telemetry.catalogue import BY_NAME, SPANS
 from testbed.apiserver import ApiServer
 from testbed.platform.launcher import PlatformServer
 from testbed.simulator.lifecycles import Shape
@@ -248,9 +248,11 @@ def watched(apiserver: ApiServer, platform_server: PlatformServer,
         def scraped_all() -> bool:
             nonlocal scraped
             scraped = urllib.request.urlopen(scrape_url, timeout=10).read().decode()
-            return 'sniffer_changes_acknowledged_total{' in scraped and re.search(
+            acked = re.search(
                 r'sniffer_changes_acknowledged_total\{[^}]*sniffer_state="succeeded"[^}]*\} '
-                + f"{PODS}.0", scraped) is not None
+                + f"{PODS}.0", scraped)
+            held = re.search(r"^sniffer_finalizers_held\{[^}]*\} 0\.0$", scraped, re.M)
+            return acked is not None and held is not None
 
         wait_for(scraped_all, "the scrape endpoint to show the acknowledgements")
         exit_code = program.terminate()
@@ -549,7 +551,7 @@ def test_reconcile_metrics_count_mismatches_and_repairs_by_kind(
     assert (duration.count, duration.unit) == (1, "s")
     assert duration.attributes == {"sniffer.reconcile.result": "ok"}
     (last,) = r.latest("sniffer.reconcile.last_success")
-    assert last.unit == "s" and abs(last.value - time.time()) < 300
+    assert last.unit == "s" and last.value is not None and abs(last.value - time.time()) < 300
     assert _total(r, "sniffer.platform.updates", **{"sniffer.update.outcome": "applied"}) == 3
     for point in r.metrics():
         metric = BY_NAME[point.name]
@@ -582,3 +584,15 @@ def test_reconcile_stopped_by_sigterm_still_exports_its_pass(
     (duration,) = receiver.latest("sniffer.reconcile.duration")
     assert duration.attributes == {"sniffer.reconcile.result": "interrupted"}
     assert receiver.latest("sniffer.reconcile.last_success") == []
+
+
+def test_every_exported_span_and_its_attributes_are_documented(
+        watched: WatchSession, reconciled: ReconcileSession) -> None:
+    documented = {s.name: set(s.attributes) for s in SPANS}
+    spans = watched.receiver.spans() + reconciled.receiver.spans()
+    for span in spans:
+        assert span.name in documented, span.name
+        assert set(span.attributes) <= documented[span.name], (span.name, span.attributes)
+    names = {s.name for s in spans}
+    assert {"sniffer.state_change", "PATCH /api/v1/runs/{id}", "GET /api/v1/runs",
+            "sniffer.reconcile.pass", "sniffer.reconcile.repair"} <= names

@@ -262,6 +262,13 @@ class WatchTelemetry:
         return Snapshot(pods, held, freshness, acked, leader, self.queue.unfinished_s,
                         self.queue.longest_s)
 
+    def final_sample(self) -> None:
+        """Take a last snapshot now, on the event loop, for the export at exit (after the
+        loop is gone the gauges report the last snapshot). Caller duty: call it on the
+        watcher's loop once `Watcher.run` returned."""
+        with self._lock:
+            self._last, self._last_at = self._sample_now(), time.monotonic()
+
     def snapshot(self) -> Snapshot:
         """A recent snapshot, taken on the event loop (any thread may call)."""
         with self._lock:
