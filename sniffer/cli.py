@@ -126,15 +126,21 @@ def _watch(settings: Settings) -> int:
     if not check_token_file(settings):
         return 2
     telemetry = _telemetry("watch", settings)
-    metrics, observe = WatchMetrics(), None
-    if telemetry.metrics_on:
-        sinks = WatchTelemetry(telemetry.meter, leader_election=settings.leader.enabled)
+    sinks = (WatchTelemetry(telemetry.meter, leader_election=settings.leader.enabled)
+             if telemetry.metrics_on else None)
+
+    async def watch(stop: asyncio.Event) -> int:
+        if sinks is None:
+            return await Watcher(settings).run(stop)
         metrics = WatchMetrics(reflector=sinks.reflector, controller=sinks.controller,
                                queue=sinks.queue, platform=sinks.platform)
-        observe = sinks.observe
+        try:
+            return await Watcher(settings, metrics=metrics, observe=sinks.observe).run(stop)
+        finally:
+            sinks.final_sample()  # the gauges' values for the export at exit
+
     try:
-        return run_until_signalled(
-            lambda stop: Watcher(settings, metrics=metrics, observe=observe).run(stop))
+        return run_until_signalled(watch)
     except BaseExceptionGroup as group:
         if group.subgroup(LeadershipLost) is None:
             raise
