@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ from testbed.simulator.lifecycles import (
 )
 from testbed.simulator.records import Change, SimResult, read_jsonl
 from testbed.simulator.shapes import render
-from testbed.simulator.workloads import draw_plans, new_traceparent, pod_manifest
+from testbed.simulator.workloads import draw_plans, new_traceparent, pod_manifest, quotas
 
 JSON = dict[str, Any]
 
@@ -123,6 +124,17 @@ def test_plans_are_reproducible_from_the_seed_and_follow_the_mix() -> None:
     assert len({p.run_id for p in first}) == 50
     assert all(p.variant != "plain" for p in draw_plans(
         SimConfig(jobs=20, mix={"init-error": 1}), 1, "p"))
+
+
+def test_the_mix_is_followed_exactly_and_every_lifecycle_plays_when_jobs_allow() -> None:
+    assert Counter(quotas({"a": 70, "b": 20, "c": 10}, 10)) == {"a": 7, "b": 2, "c": 1}
+    assert Counter(quotas({"a": 98, "b": 1, "c": 1}, 10)) == {"a": 8, "b": 1, "c": 1}
+    assert len(quotas({"a": 1, "b": 1, "c": 1}, 2)) == 2
+    assert quotas({"a": 1, "b": 0}, 3) == ["a", "a", "a"]
+    plans = draw_plans(SimConfig(jobs=len(CATALOGUE)), 1, "p")
+    assert {p.lifecycle.name for p in plans} == set(CATALOGUE)
+    thousand = Counter(p.lifecycle.name for p in draw_plans(SimConfig(jobs=1000), 1, "p"))
+    assert thousand == {name: 10 * w for name, w in DEFAULT_MIX.items()}
 
 
 def test_pod_manifest_is_a_tracked_realistic_pod() -> None:

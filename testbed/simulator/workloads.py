@@ -5,6 +5,9 @@ Contract:
 * `draw_plans(config, seed)` is pure: the same config and seed give the same plans (run
   ids, pod names, lifecycles, kinds, pod shapes and durations). Trace ids are the exception:
   `new_traceparent` is fresh on every call, as a real platform's would be.
+* The mix is followed exactly, not sampled: lifecycles get `quotas` of the jobs (largest
+  remainder; every lifecycle with a positive weight at least once when there are jobs
+  enough), in an order shuffled by the seed. Kinds, pod shapes and durations are drawn.
 * Run ids are ``<prefix>-<nnnnn>``, pod names ``<kind>-<prefix>-<nnnnn>``: valid run ids,
   label values and pod names.
 * `pod_manifest(plan)` is a realistic pod: labels ``sniffer.io/run-id`` and
@@ -86,14 +89,36 @@ def _pick(rng: random.Random, weights: dict[Any, float]) -> Any:
     return rng.choices(names, weights=[weights[n] for n in names])[0]
 
 
+def quotas(mix: dict[str, float], jobs: int) -> list[str]:
+    """`jobs` lifecycle names in the mix's proportions (largest remainder), each name with a
+    positive weight at least once when there are jobs enough; in mix order."""
+    names = [n for n, w in mix.items() if w > 0]
+    if not names or jobs <= 0:
+        return []
+    total = sum(mix[n] for n in names)
+    shares = {n: jobs * mix[n] / total for n in names}
+    counts = {n: math.floor(shares[n]) for n in names}
+    by_remainder = sorted(names, key=lambda n: (shares[n] - counts[n], mix[n]), reverse=True)
+    for n in by_remainder[:jobs - sum(counts.values())]:
+        counts[n] += 1
+    if jobs >= len(names):
+        for n in names:
+            if counts[n] == 0:  # take one from the most played
+                counts[max(names, key=lambda m: counts[m])] -= 1
+                counts[n] = 1
+    return [n for n in names for _ in range(counts[n])]
+
+
 def draw_plans(config: SimConfig, seed: int, prefix: str) -> list[Plan]:
     """The `config.jobs` workloads of a simulation, reproducibly from `seed`."""
     rng = random.Random(seed)
     mix = {name: w for name, w in config.mix.items()
            if w > 0 and any(config.kinds.get(k, 0) > 0 for k in CATALOGUE[name].kinds)}
+    names = quotas(mix, config.jobs)
+    rng.shuffle(names)
     plans = []
-    for index in range(config.jobs):
-        lifecycle = under_policy(CATALOGUE[_pick(rng, mix)],
+    for index, name in enumerate(names):
+        lifecycle = under_policy(CATALOGUE[name],
                                  image_pull_failure_after_s=config.image_pull_failure_after_s)
         kind = _pick(rng, {k: config.kinds.get(k, 0) for k in lifecycle.kinds})
         variant = _pick(rng, dict(zip(VARIANTS, _VARIANT_WEIGHTS, strict=True)))
