@@ -186,7 +186,7 @@ def _summary(report: PassReport) -> list[str]:
     only = f", only {len(report.only)} run(s)" if report.only else ""
     scope = ", ".join(report.scope) or "all namespaces"
     out = [f"pass{mode}: {report.pods_listed} tracked pods in {scope}{only}, "
-           f"{report.runs_listed} open runs listed, {report.runs_looked_up} runs read, "
+           f"{report.runs_listed} open runs listed, {report.runs_looked_up} read one by one, "
            f"{report.duration_s:.1f}s"]
     if report.error is not None:
         out.append(f"PASS FAILED: {report.error}")
@@ -199,7 +199,9 @@ def _summary(report: PassReport) -> list[str]:
         out.append(f"runs that could not be read: {len(report.lookup_errors)}")
     if report.interrupted:
         out.append("INTERRUPTED: the pass was stopped before it finished; run it again")
-    verdict = {0: "consistent" if not report.results else "ok",
+    reported = report.outcomes[RepairOutcome.REPORTED.value]
+    verdict = {0: "consistent" if not report.results else "ok" + (
+                   f", {reported} reported for a human" if reported else ""),
                1: "FAILED: see the rows marked failed", 3: "incomplete"}[report.exit_code]
     if report.error is not None:
         verdict = "FAILED: the pass could not list both sides"
