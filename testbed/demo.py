@@ -34,11 +34,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from config import load_settings
+from config import Settings, load_settings
 from sniffer.kube import KubeClient
 from sniffer.logs import JsonFormatter
 from testbed import apiserver as kube_testbed
 from testbed.build import ensure_binaries
+from testbed.jaeger import Jaeger, cached_jaeger
+from testbed.jaeger import start as start_jaeger
 from testbed.platform.launcher import PlatformServer, launch
 from testbed.simulator.config import SimConfig
 from testbed.simulator.driver import Progress, simulate
@@ -167,6 +169,41 @@ async def pods_by_phase(kube: KubeClient) -> Counter[str]:
             return phases
 
 
+def start_tracing(workdir: Path) -> Jaeger | None:
+    """Jaeger v2 from the testbed cache, if built (`python -m testbed.jaeger build`)."""
+    binary = cached_jaeger()
+    if binary is None:
+        say("   (no tracing backend: `python -m testbed.jaeger build` once adds Jaeger)")
+        return None
+    jaeger = start_jaeger(workdir / "jaeger", binary=binary)
+    say(f"   Jaeger v2 receives the watcher's traces at {jaeger.otlp_endpoint}")
+    return jaeger
+
+
+def show_a_trace(jaeger: Jaeger, updates: list[dict[str, Any]]) -> None:
+    """Look one run's state change up in Jaeger by the trace id the platform received."""
+    for update in reversed(updates):
+        parts = (update.get("traceparent") or "").split("-")
+        if len(parts) != 4:
+            continue
+        trace_id = parts[1]
+        deadline = time.monotonic() + 10
+        found = jaeger.trace(trace_id)
+        while found is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+            found = jaeger.trace(trace_id)
+        if found is None:
+            continue
+        names = [span["name"] for rs in found["result"]["resourceSpans"]
+                 for ss in rs["scopeSpans"] for span in ss["spans"]]
+        say(f"   trace of run {update['run_id']} ({update['from_state']} -> "
+            f"{update['to_state']}): {trace_id}, spans {sorted(names)}")
+        say(f"   look it up: curl {jaeger.query_url}/api/v3/traces/{trace_id}  "
+            "(the trace_id of any JSON log line works too)")
+        return
+    say("   no trace found in Jaeger")
+
+
 async def run_demo(jobs: int, paused_jobs: int, rate: float, workdir: Path) -> int:
     say("== Sniffer demo ==")
     say("1. Starting the testbed: a real kube-apiserver (built from Go modules once, then "
@@ -195,6 +232,22 @@ async def _scenario(server: kube_testbed.ApiServer, platform: PlatformServer,
     say(f"   API server {server.url}, platform {platform.url}; logs in {workdir}")
     env = watch_env(server, platform)
     s = load_settings(env=env)
+    jaeger = await asyncio.to_thread(start_tracing, workdir)
+    if jaeger is not None:
+        env.update({"OTEL_EXPORTER_OTLP_ENDPOINT": jaeger.otlp_endpoint,
+                    "OTEL_TRACES_EXPORTER": "otlp", "OTEL_METRICS_EXPORTER": "none",
+                    "OTEL_SDK_DISABLED": "false"})
+    try:
+        return await _scenario_traced(platform, kube, jobs, paused_jobs, rate, workdir,
+                                      env, s, jaeger)
+    finally:
+        if jaeger is not None:
+            jaeger.stop()
+
+
+async def _scenario_traced(platform: PlatformServer, kube: KubeClient, jobs: int,
+                           paused_jobs: int, rate: float, workdir: Path,
+                           env: dict[str, str], s: Settings, jaeger: Jaeger | None) -> int:
     watcher = LiveWatcher(env, workdir / "watch.log")
     sim = SimConfig(jobs=jobs, rate=rate, namespace=NAMESPACE, seed=7, run_prefix="live",
                     progress_interval_s=0.5)
@@ -252,6 +305,8 @@ async def _scenario(server: kube_testbed.ApiServer, platform: PlatformServer,
     for m in wrong[:10]:
         say(f"     {m.run_id}: expected {m.expected}, platform has {m.actual}")
     say(f"   runs that went backwards: {len(backwards)}")
+    if jaeger is not None:
+        await asyncio.to_thread(show_a_trace, jaeger, live_updates)
     if e2e:
         say(f"   end-to-end latency (live phase, {len(e2e)} updates): "
             f"p50 {percentile(e2e, 50) * 1000:.0f} ms, p99 {percentile(e2e, 99) * 1000:.0f} ms,"
