@@ -266,8 +266,9 @@ class WatchTelemetry:
         """Take a last snapshot now, on the event loop, for the export at exit (after the
         loop is gone the gauges report the last snapshot). Caller duty: call it on the
         watcher's loop once `Watcher.run` returned."""
-        with self._lock:
-            self._last, self._last_at = self._sample_now(), time.monotonic()
+        # No lock: a reader thread holding it may be waiting for this very loop.
+        snap = self._sample_now()
+        self._last, self._last_at = snap, time.monotonic()
 
     def snapshot(self) -> Snapshot:
         """A recent snapshot, taken on the event loop (any thread may call)."""
