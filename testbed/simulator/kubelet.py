@@ -32,7 +32,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from sniffer.kube import Conflict, Gone, KubeError, WatchEvent
+from sniffer.kube import Gone, KubeError, WatchEvent
 from testbed.simulator.kubeapi import Accepted, PodApi, backoff
 from testbed.simulator.lifecycles import Shape
 from testbed.simulator.shapes import render
@@ -101,7 +101,9 @@ class Kubelet:
             break
         try:
             final = await self._api.delete(ns, name, grace_s=0, uid=uid)
-        except Conflict:
+        except KubeError as e:
+            if e.status != 409:
+                raise
             return None  # uid precondition failed: a new pod took the name
         self._note(final.obj or pod, "delete", Shape.DELETED, final)
         self.finished += 1
