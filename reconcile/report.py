@@ -185,9 +185,12 @@ def _summary(report: PassReport) -> list[str]:
     mode = " (dry run: nothing written)" if report.dry_run else ""
     only = f", only {len(report.only)} run(s)" if report.only else ""
     scope = ", ".join(report.scope) or "all namespaces"
-    out = [f"pass{mode}: {report.pods_listed} tracked pods in {scope}{only}, "
-           f"{report.runs_listed} open runs listed, {report.runs_looked_up} read one by one, "
-           f"{report.duration_s:.1f}s"]
+    if report.error is not None or (report.interrupted and not report.results):
+        out = [f"pass{mode} in {scope}{only}: no snapshot, {report.duration_s:.1f}s"]
+    else:
+        out = [f"pass{mode}: {report.pods_listed} tracked pods in {scope}{only}, "
+               f"{report.runs_listed} open runs listed, {report.runs_looked_up} read one by "
+               f"one, {report.duration_s:.1f}s"]
     if report.error is not None:
         out.append(f"PASS FAILED: {report.error}")
     kinds = ", ".join(f"{k} {n}" for k, n in report.mismatches_by_kind.items() if n)

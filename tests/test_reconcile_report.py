@@ -77,3 +77,16 @@ def test_a_consistent_pass_prints_only_the_summary() -> None:
         "pass: 3 tracked pods in ns, 2 open runs listed, 0 read one by one, 1.5s",
         "mismatches: 0",
         "result: consistent (exit 0)"]
+
+
+def test_a_pass_that_could_not_list_claims_no_counts() -> None:
+    lines = render_table(report(error="PlatformUnavailable: 503")).splitlines()
+    assert lines[0] == "pass in ns: no snapshot, 1.5s"
+    assert lines[1] == "PASS FAILED: PlatformUnavailable: 503"
+    assert lines[-1] == "result: FAILED: the pass could not list both sides (exit 1)"
+
+
+def test_a_pass_stopped_while_listing_says_so() -> None:
+    lines = render_table(report(interrupted=True)).splitlines()
+    assert lines[0] == "pass in ns: no snapshot, 1.5s"
+    assert "INTERRUPTED" in lines[-2] and lines[-1] == "result: incomplete (exit 3)"
