@@ -156,6 +156,10 @@ TIMED_FAILURES = frozenset({
 CRASHLOOP = "CrashLoopBackOff"
 _PROBLEMS = IMMEDIATE_FAILURES | TIMED_FAILURES | {CRASHLOOP}
 _DISRUPTION = "DisruptionTarget"
+# A kubelet stops a deleted pod's containers within its grace period (30 s by default) and
+# then deletes it for good, which moves deletionTimestamp to that moment; containers that
+# ended within this window of it may have been stopped by the deletion.
+_STOP_WINDOW_S = 60.0
 Q, R, S, F, C = (WorkloadState.QUEUED, WorkloadState.RUNNING, WorkloadState.SUCCEEDED,
                  WorkloadState.FAILED, WorkloadState.CANCELLED)
 
@@ -172,8 +176,7 @@ def derive(pod: PodView, *, now: float, policy: StatePolicy,
         deleted = _deleted(pod, cancel, requested)
         if pod.phase not in ("Succeeded", "Failed"):
             return deleted
-        ended = _latest((c.finished_at for c in pod.containers), None)
-        if deleted.state is C and (ended is None or ended >= requested):
+        if _ended_by_deletion(pod, deleted, requested):
             return deleted  # the deletion ended the pod: the terminal phase is its echo
     if pod.phase == "Succeeded":
         return Derived(S, "Completed", None, 0, _started_at(pod), _finished_at(pod))
@@ -207,6 +210,29 @@ def _deleted(pod: PodView, cancel: bool, requested: float) -> Derived:
                        started, requested)
     return Derived(F, "Deleted", "pod deleted before it finished", exit_code, started,
                    requested)
+
+
+def _ended_by_deletion(pod: PodView, deleted: Derived, requested: float) -> bool:
+    """Whether the deletion, not the workload itself, brought the terminal phase.
+
+    Only asked when one view shows both (the watcher was down, or events coalesced).
+    Timestamps answer only one way: the kubelet's final grace-0 DELETE moves
+    deletionTimestamp to that moment, so containers that finished *after* `requested`
+    surely ended by the deletion, while "before" proves nothing."""
+    ended = _latest((c.finished_at for c in pod.containers), None)
+    if ended is not None and ended < requested - _STOP_WINDOW_S:
+        return False  # it had finished long before anyone deleted it
+    if deleted.reason == "Cancelled":
+        return True  # the user's cancel is the outcome they asked for
+    if ended is not None and ended >= requested:
+        return True
+    if pod.phase == "Failed" and pod.reason:
+        return False  # Evicted, DeadlineExceeded: the pod's own account of its end
+    if pod.kind is not WorkloadKind.JOB:
+        return True  # a server (restartPolicy Always) only ends by being stopped
+    # A disrupted job that failed was killed by the disruption; one that succeeded
+    # finished its work first.
+    return pod.phase == "Failed" and _disruption(pod) is not None
 
 
 def _disruption(pod: PodView) -> ConditionView | None:

@@ -419,6 +419,29 @@ CASES: dict[str, Case] = {
                                                                         8, 7203)]),
             kind="notebook", restart_policy="Always", deleted_at=7200),
         now=7210, expect={"state": C, "reason": "Stopped", "finished_at": T0 + 7200}),
+    # Seen only after the kubelet's final grace-0 DELETE, which moved deletionTimestamp to
+    # the moment the containers had stopped (deletionGracePeriodSeconds 0).
+    "preempted_notebook_seen_only_after_the_final_delete": Case(
+        pod(started_status("Succeeded", conditions=[SCHEDULED, cond(
+                "DisruptionTarget", "True", 470, "PreemptionByScheduler", "preempted")],
+                containerStatuses=[terminated("main", 0, "Completed", 8, 498)]),
+            kind="notebook", restart_policy="Always", deleted_at=500, grace=0),
+        now=501, expect={"state": F, "reason": "PreemptionByScheduler"}),
+    "cancelled_job_seen_only_after_the_final_delete": Case(
+        pod(started_status("Failed", containerStatuses=[terminated("main", 143, "Error",
+                                                                     8, 499)]),
+            deleted_at=500, grace=0), now=501, cancel_requested=True,
+        expect={"state": C, "reason": "Cancelled"}),
+    "preempted_job_seen_only_after_the_final_delete": Case(
+        pod(started_status("Failed", conditions=[SCHEDULED, cond(
+                "DisruptionTarget", "True", 470, "PreemptionByScheduler", "preempted")],
+                containerStatuses=[terminated("main", 143, "Error", 8, 498)]),
+            deleted_at=500, grace=0), now=501,
+        expect={"state": F, "reason": "PreemptionByScheduler"}),
+    "evicted_job_garbage_collected_soon_after": Case(
+        pod(started_status("Failed", reason="Evicted", message="low on memory",
+                           containerStatuses=[terminated("main", 137, "Error", 8, 480)]),
+            deleted_at=500, grace=0), now=501, expect={"state": F, "reason": "Evicted"}),
 }
 
 
