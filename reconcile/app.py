@@ -235,7 +235,10 @@ async def run_reconcile(settings: Settings, stop: asyncio.Event, *, dry_run: boo
         report = await Reconciler(s, kube=kube, platform=platform).run_pass(
             stop, dry_run=dry_run, only=only)
         if metrics is not None:
-            metrics.record_pass(report)
+            try:
+                metrics.record_pass(report)
+            except Exception:  # telemetry must never cost the report or the exit code
+                log.exception("could not record the pass's metrics")
     finally:
         await _bounded(platform.close(), "closing the platform client")
         await _bounded(kube.close(), "closing the Kubernetes client")
