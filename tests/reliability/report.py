@@ -1,0 +1,166 @@
+"""Results JSON (``python -m tests.reliability``) → the tables of docs/reliability.md.
+
+* `render(document)` is the whole Markdown document: how it was produced, the scenario
+  table (scenario, load, faults, outcome: lost / regressed / finalizers left, time to
+  consistency), the notes per scenario and, if present, the soak's table.
+* `summary(document)` is a short plain-text verdict for the terminal.
+* ``python -m tests.reliability.report RESULTS.json [OUT.md]`` re-renders saved results.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+INTRO = """# Reliability: the fault matrix
+
+Sniffer exists because the system before it dropped state changes. Each scenario below runs
+`sniffer watch` as real processes (finalizer mode on unless stated) against the testbed's
+kube-apiserver and the reference platform, drives at least 1,000 workloads through the
+simulator (its default mix of 16 lifecycles: successes, failures, OOM kills, evictions,
+preemptions, cancels, crash loops, deletions...), injects its faults on a schedule, and ends
+with the same checks (`tests/reliability/harness.py`):
+
+* **lost**: runs whose platform state, reason or exit code differs from what their pod
+  reached (`testbed.verdict.mismatches` against the simulator's expectations). The only
+  adjustment: a pod created *and* deleted while no watcher could see it, which never carried
+  the finalizer (an independent watch of the namespace says so), is honestly reported
+  "pod lost" by `sniffer reconcile` (column *pod lost*);
+* **regressed**: updates in the platform's update log that moved a run backwards
+  (`testbed.verdict.regressions`);
+* **finalizers left**: pods still carrying `sniffer.io/outcome` at the end;
+* no traceback or unhandled exception in any watcher log, and a clean exit (0) on SIGTERM;
+* the faults visibly happened (log lines, the platform's fault counters, reconcile reports);
+* **time to consistency**: from the end of the last fault to the platform update that made
+  the platform consistent (from its update log); *lag* is the same measured from the later
+  of the last fault's end and the last pod change, i.e. how long the platform trailed the
+  cluster once both the faults and the load were over.
+
+RBAC least privilege is checked on the API server by `tests/test_deploy.py` (sufficient and
+minimal permissions, can-i refusals); non-root and read-only root filesystem by the same
+module's restricted Pod Security dry run; tokens in outputs by `tests/test_security.py`.
+"""
+
+
+def _fmt(value: Any, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.1f}{unit}"
+    return f"{value}{unit}"
+
+
+def _when(epoch: float | None) -> str:
+    if not epoch:
+        return "?"
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(epoch))
+
+
+def scenario_table(results: list[dict[str, Any]]) -> list[str]:
+    lines = ["| scenario | load | faults | lost | regressed | finalizers left | pod lost "
+             "(reconcile) | time to consistency s | lag s | p99 latency ms | result |",
+             "|---|---|---|--:|--:|--:|--:|--:|--:|--:|---|"]
+    for r in results:
+        p99 = (r.get("latency_ms") or {}).get("p99")
+        lines.append(
+            f"| {r['scenario']} | {r['load']} | {r['faults']} | {r['lost']} | "
+            f"{r['regressed']} | {r['finalizers_left']} | {r['reported_as_pod_lost']} | "
+            f"{_fmt(r.get('time_to_consistency_s'))} | "
+            f"{_fmt(r.get('lag_after_last_change_s'))} | {_fmt(p99)} | "
+            f"{'pass' if r['ok'] else 'FAIL'} |")
+    return lines
+
+
+def _notes(r: dict[str, Any]) -> list[str]:
+    notes = list(r.get("notes") or [])
+    if r.get("dropped"):
+        notes.append(f"the watcher dropped {r['dropped']} change(s) after retries")
+    passes = r.get("reconcile_passes") or []
+    if passes:
+        killed = sum(1 for p in passes if p["killed"])
+        repaired = sum(sum((p.get("repaired") or {}).values()) for p in passes)
+        notes.append(f"{len(passes)} `sniffer reconcile` pass(es)"
+                     + (f", {killed} SIGKILLed mid-pass" if killed else "")
+                     + f", {repaired} repair(s) in total")
+    if not r.get("settled_by_watcher") and r.get("ok"):
+        notes.append("consistent only after `sniffer reconcile` (planned for this scenario)")
+    counts = r.get("log_counts") or {}
+    shown = {k: v for k, v in counts.items() if k in (
+        "stalled", "expired", "watch_errors", "conflicts", "dropped", "lease_lost")}
+    if shown:
+        notes.append("watcher log: " + ", ".join(f"{k} {v}" for k, v in sorted(shown.items())))
+    if r.get("platform_faults"):
+        notes.append("platform injected: " + ", ".join(
+            f"{k} {v}" for k, v in sorted(r["platform_faults"].items())))
+    if r.get("problems"):
+        notes.extend(f"**problem**: {p}" for p in r["problems"])
+    return notes
+
+
+def soak_table(soak: dict[str, Any]) -> list[str]:
+    lines = [f"Soak: {soak['minutes']:g} minutes, {soak['jobs_created']} jobs at "
+             f"{soak['rate']:g}/s steady, faults every {soak['fault_every_s']:g} s "
+             f"({', '.join(soak['fault_kinds'])}); {'pass' if soak['ok'] else 'FAIL'}.",
+             "",
+             "| watcher | measure | first quarter (median) | last quarter (median) | max | "
+             "verdict |", "|---|---|--:|--:|--:|---|"]
+    for row in soak["trends"]:
+        lines.append(f"| {row['watcher']} | {row['measure']} | {row['early']:g} | "
+                     f"{row['late']:g} | {row['max']:g} | {row['verdict']} |")
+    lines += ["", f"End of soak: lost {soak['lost']}, regressed {soak['regressed']}, "
+              f"finalizers left {soak['finalizers_left']}, tracebacks {soak['tracebacks']}."]
+    if soak.get("problems"):
+        lines += [f"* **problem**: {p}" for p in soak["problems"]]
+    return lines
+
+
+def render(document: dict[str, Any]) -> str:
+    results = document.get("scenarios") or []
+    out = [INTRO, "## Results", "",
+           f"Run {_when(document.get('started_at'))} on {document.get('machine', '?')}; "
+           f"suite `{document.get('suite')}`. Produced by:", "",
+           "```", document.get("command") or "python -m tests.reliability", "```", ""]
+    if results:
+        out += scenario_table(results)
+        out += ["", "### Notes per scenario", ""]
+        for r in results:
+            notes = _notes(r)
+            out.append(f"* **{r['scenario']}** ({r['duration_s']:.0f} s, "
+                       f"{r['runs_checked']} runs judged): " + ("; ".join(notes) or "-"))
+    if document.get("soak"):
+        out += ["", "## Soak", "", *soak_table(document["soak"])]
+    return "\n".join(out) + "\n"
+
+
+def summary(document: dict[str, Any]) -> str:
+    lines = []
+    for r in document.get("scenarios") or []:
+        lines.append(f"{'pass' if r['ok'] else 'FAIL'} {r['scenario']:32s} lost {r['lost']} "
+                     f"regressed {r['regressed']} finalizers left {r['finalizers_left']} "
+                     f"ttc {_fmt(r.get('time_to_consistency_s'), ' s')} "
+                     f"({r['duration_s']:.0f} s)")
+        lines.extend(f"     problem: {p}" for p in r.get("problems") or [])
+    soak = document.get("soak")
+    if soak:
+        lines.append(f"{'pass' if soak['ok'] else 'FAIL'} soak {soak['minutes']:g} min: "
+                     + "; ".join(f"{t['watcher']} {t['measure']} {t['verdict']}"
+                                 for t in soak["trends"]))
+        lines.extend(f"     problem: {p}" for p in soak.get("problems") or [])
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    document = json.loads(Path(argv[0]).read_text())
+    text = render(document)
+    if len(argv) > 1:
+        Path(argv[1]).write_text(text)
+    else:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,176 @@
+"""The soak: steady load for a long time with periodic faults; resources must stay flat.
+
+Contract:
+* `run_soak(config, bed, workdir)` runs one `Scenario` (so it ends with the same checks as
+  every other: lost, regressed, finalizers left, tracebacks, clean exit) whose drive is a
+  steady simulation — ``rate`` jobs per second for ``minutes``, every pod deleted the
+  moment it finishes, so the live population is steady as in production — beside a fault
+  cycle (a fault every ``fault_every_s``: watch streams cut, platform 500 and 429 bursts,
+  connection resets, slow-drip bodies, a 20 s platform outage) and a sampler.
+* Two replicas run (leader and standby, leader election on); every ``sample_every_s`` the
+  sampler reads each one's RSS (``/proc/<pid>/status`` VmRSS), open file descriptors
+  (``/proc/<pid>/fd``) and, from ``/healthz``, its asyncio task count, cached pods and
+  tombstones.
+* Flat means: after a warm-up (the first ``warmup_s``), the median of the last quarter of
+  the samples is at most the median of the first quarter plus a margin — RSS x1.25 + 8 MiB,
+  file descriptors +8, tasks +8, tombstones +50. The verdict is per watcher and measure.
+* Returns a JSON-able dict: the scenario `Result` fields, the samples and the trends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tests.reliability import faults
+from tests.reliability.harness import Bed, Ctx, Load, Scenario, WatcherProcess, run_scenario
+
+MEASURES = ("rss_mib", "fds", "tasks", "tombstones")
+MARGINS: dict[str, tuple[float, float]] = {
+    "rss_mib": (1.25, 8.0), "fds": (1.0, 8.0), "tasks": (1.0, 8.0), "tombstones": (1.0, 50.0)}
+
+
+@dataclass(frozen=True)
+class SoakConfig:
+    minutes: float = 15.0
+    rate: float = 5.0
+    fault_every_s: float = 75.0
+    sample_every_s: float = 10.0
+    warmup_s: float = 120.0
+
+
+FAULT_KINDS = ("watch streams cut", "platform 500 burst", "platform 429 burst",
+               "platform connection resets", "platform slow-drip bodies",
+               "platform outage 20 s")
+
+
+async def _fault(ctx: Ctx, n: int) -> None:
+    kind = FAULT_KINDS[n % len(FAULT_KINDS)]
+    if kind == "watch streams cut":
+        assert ctx.proxy is not None
+        async with ctx.fault(kind):
+            await asyncio.to_thread(ctx.proxy.cut)
+    elif kind == "platform 500 burst":
+        async with faults.platform_faults(ctx, kind, error_rate=0.35, error_status=500):
+            await asyncio.sleep(10)
+    elif kind == "platform 429 burst":
+        async with faults.platform_faults(ctx, kind, error_rate=0.35, error_status=429,
+                                          retry_after_s=0.5):
+            await asyncio.sleep(10)
+    elif kind == "platform connection resets":
+        async with faults.platform_faults(ctx, kind, reset_rate=0.25, reset_phase="after"):
+            await asyncio.sleep(10)
+    elif kind == "platform slow-drip bodies":
+        async with faults.platform_faults(ctx, kind, slow_drip_ms=2000):
+            await asyncio.sleep(10)
+    else:
+        async with ctx.fault(kind):
+            await asyncio.to_thread(ctx.platform.set_faults, outage_s=20)
+            try:
+                await asyncio.sleep(20)
+            finally:
+                await asyncio.to_thread(ctx.platform.clear_faults)
+
+
+def sample(watcher: WatcherProcess) -> dict[str, Any] | None:
+    pid = watcher.pid
+    if pid is None:
+        return None
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        rss_kib = int(next(line.split()[1] for line in status.splitlines()
+                           if line.startswith("VmRSS:")))
+        fds = len(os.listdir(f"/proc/{pid}/fd"))
+    except (OSError, StopIteration, ValueError):
+        return None
+    info = watcher.health() or {}
+    return {"t": time.time(), "watcher": watcher.name, "pid": pid,
+            "rss_mib": round(rss_kib / 1024, 1), "fds": fds, "tasks": info.get("tasks"),
+            "tombstones": info.get("tombstones"), "cached_pods": info.get("cached_pods"),
+            "leader": info.get("leader"), "queue_depth": info.get("queue_depth")}
+
+
+def trends(samples: list[dict[str, Any]], warmup_until: float) -> list[dict[str, Any]]:
+    """Per watcher (process) and measure: early vs late medians and the verdict."""
+    out = []
+    keys = sorted({(s["watcher"], s["pid"]) for s in samples})
+    for name, pid in keys:
+        mine = [s for s in samples if s["pid"] == pid and s["t"] >= warmup_until]
+        if len(mine) < 8:
+            continue
+        quarter = max(2, len(mine) // 4)
+        for measure in MEASURES:
+            values = [s[measure] for s in mine if isinstance(s.get(measure), int | float)]
+            if len(values) < 8:
+                continue
+            early = statistics.median(values[:quarter])
+            late = statistics.median(values[-quarter:])
+            factor, margin = MARGINS[measure]
+            flat = late <= early * factor + margin
+            out.append({"watcher": f"{name} (pid {pid})", "measure": measure,
+                        "early": round(early, 1), "late": round(late, 1),
+                        "max": round(max(values), 1), "samples": len(values),
+                        "verdict": "flat" if flat else "GROWS"})
+    return out
+
+
+async def run_soak(config: SoakConfig, bed: Bed, workdir: Path) -> dict[str, Any]:
+    samples: list[dict[str, Any]] = []
+    jobs = int(config.rate * config.minutes * 60)
+    started = time.time()
+
+    async def sampler(ctx: Ctx, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            for watcher in ctx.watchers.values():
+                point = await asyncio.to_thread(sample, watcher)
+                if point is not None:
+                    samples.append(point)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), config.sample_every_s)
+
+    async def fault_cycle(ctx: Ctx, stop: asyncio.Event) -> None:
+        n = 0
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), config.fault_every_s)
+            if stop.is_set():
+                return
+            await _fault(ctx, n)
+            n += 1
+
+    async def drive(ctx: Ctx) -> None:
+        stop = asyncio.Event()
+        simulation = ctx.start_simulation()
+        helpers = [asyncio.create_task(sampler(ctx, stop)),
+                   asyncio.create_task(fault_cycle(ctx, stop))]
+        try:
+            await simulation
+        finally:
+            stop.set()
+            await asyncio.gather(*helpers)
+            for watcher in ctx.watchers.values():  # one last sample after the load
+                point = await asyncio.to_thread(sample, watcher)
+                if point is not None:
+                    samples.append(point)
+
+    scenario = Scenario("soak", f"{config.minutes:g} min steady load, a fault every "
+                        f"{config.fault_every_s:g} s", Load(jobs, config.rate,
+                                                            delete_finished=True),
+                        drive=drive, replicas=2, proxy=True, settle_bound_s=300)
+    result = await run_scenario(scenario, bed, workdir)
+    found = trends(samples, started + config.warmup_s)
+    problems = list(result.problems)
+    problems += [f"{t['watcher']}: {t['measure']} grows ({t['early']:g} → {t['late']:g})"
+                 for t in found if t["verdict"] != "flat"]
+    if not found:
+        problems.append("too few resource samples to judge the trends")
+    return {**result.to_json(), "ok": not problems, "problems": problems,
+            "minutes": config.minutes, "rate": config.rate,
+            "fault_every_s": config.fault_every_s, "fault_kinds": list(FAULT_KINDS),
+            "samples": samples, "trends": found}
