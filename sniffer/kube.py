@@ -11,7 +11,8 @@ Contract:
   silent for ``read_timeout`` raises `WatchStalled`: a half-open connection cannot hang
   the caller. 410 Gone, at open or as an ERROR event mid-stream, raises `Gone`.
 * Errors are typed (`KubeError` and subclasses) and carry no credentials.
-* TLS verification is on unless the caller turns it off, and turning it off is logged.
+* TLS verification is on unless the caller (or the kubeconfig, with
+  ``insecure-skip-tls-verify``) turns it off, and turning it off is logged either way.
 """
 
 from __future__ import annotations
@@ -125,6 +126,10 @@ class KubeClient:
             log.warning("TLS verification of the Kubernetes API server is OFF "
                         "(kube.verify_tls=false); do not run like this in production")
             configuration.verify_ssl = False
+        elif not configuration.verify_ssl:
+            log.warning("TLS verification of the Kubernetes API server is OFF (the "
+                        "kubeconfig sets insecure-skip-tls-verify); do not run like this "
+                        "in production")
         return cls(configuration, kubeconfig=path, context=context, in_cluster=in_cluster)
 
     @staticmethod
