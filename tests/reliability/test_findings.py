@@ -29,6 +29,7 @@ from testbed.simulator.kubeapi import PodApi
 from testbed.simulator.kubelet import Kubelet
 from testbed.simulator.lifecycles import Kind, Shape
 from testbed.simulator.workloads import draw_plans, new_traceparent, pod_manifest
+from watch.store import PodStore
 
 # The kubelet reports the containers stopped, then deletes the pod for good this much
 # later (its status manager and the API round trips; seconds on a busy node).
@@ -46,10 +47,13 @@ async def kube(apiserver: ApiServer) -> AsyncIterator[KubeClient]:
 
 async def stopped_pod(kube: KubeClient, namespace: str, lifecycle: str, kind: Kind, *,
                       statuses: tuple[tuple[Shape, int], ...], cancel: bool = False,
-                      preempt: bool = False) -> dict[str, Any]:
+                      preempt: bool = False,
+                      seen: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Create the pod (holding Sniffer's finalizer, as the watcher would have added it),
     write `statuses`, then delete it gracefully and let the kubelet stop it. Returns the
-    object as the API server holds it at the end."""
+    object as the API server holds it at the end; `seen` collects every version (what a
+    watch replays)."""
+    seen = [] if seen is None else seen
     config = SimConfig(jobs=1, mix={lifecycle: 1}, kinds={kind: 1}, namespace=namespace,
                        run_prefix=f"find-{lifecycle}")
     plan = draw_plans(config, 1, config.run_prefix or "")[0]
@@ -57,27 +61,27 @@ async def stopped_pod(kube: KubeClient, namespace: str, lifecycle: str, kind: Ki
     kubelet = Kubelet(api, namespace)
     manifest = pod_manifest(plan, new_traceparent())
     manifest["metadata"]["finalizers"] = [OUTCOME_FINALIZER]
-    pod = _obj((await api.create_pod(manifest)).obj)
+    pod = _obj((await api.create_pod(manifest)).obj, seen)
     for shape, restarts in statuses:
-        pod = _obj((await kubelet.apply(pod, shape, restarts=restarts)).obj)
+        pod = _obj((await kubelet.apply(pod, shape, restarts=restarts)).obj, seen)
     if cancel:
         pod = _obj((await api.annotate(namespace, plan.pod_name,
-                                       {CANCEL_ANNOTATION: "true"})).obj)
+                                       {CANCEL_ANNOTATION: "true"})).obj, seen)
     if preempt:
-        pod = _obj((await kubelet.apply(pod, Shape.DISRUPTION_TARGET)).obj)
-    pod = _obj((await api.delete(namespace, plan.pod_name, grace_s=30)).obj)
+        pod = _obj((await kubelet.apply(pod, Shape.DISRUPTION_TARGET)).obj, seen)
+    pod = _obj((await api.delete(namespace, plan.pod_name, grace_s=30)).obj, seen)
     assert pod["metadata"]["deletionGracePeriodSeconds"] == 30
-    pod = _obj((await kubelet.apply(pod, Shape.TERMINATED_ON_DELETION)).obj)
+    pod = _obj((await kubelet.apply(pod, Shape.TERMINATED_ON_DELETION)).obj, seen)
     await asyncio.sleep(FINAL_DELETE_AFTER_S)
     await api.delete(namespace, plan.pod_name, grace_s=0, uid=pod["metadata"]["uid"])
-    final = await api.get(namespace, plan.pod_name)
-    assert final is not None, "the finalizer holds the pod"
+    final = _obj(await api.get(namespace, plan.pod_name), seen)
     assert final["metadata"]["deletionGracePeriodSeconds"] == 0
     return final
 
 
-def _obj(pod: dict[str, Any] | None) -> dict[str, Any]:
-    assert pod is not None
+def _obj(pod: dict[str, Any] | None, seen: list[dict[str, Any]]) -> dict[str, Any]:
+    assert pod is not None, "the finalizer holds the pod"
+    seen.append(pod)
     return pod
 
 
@@ -97,6 +101,20 @@ async def test_a_server_stopped_by_deletion_is_stopped_not_completed(
     assert judge(pod) == ("cancelled", "Stopped")
 
 
+async def test_a_job_stopped_by_deletion_is_failed_deleted_when_the_watch_replays_it(
+        kube: KubeClient, namespace: str) -> None:
+    seen: list[dict[str, Any]] = []
+    await stopped_pod(kube, namespace, "stopped", Kind.JOB, statuses=RUNNING, seen=seen)
+    store = PodStore((namespace,))
+    for obj in seen:  # a reopened watch delivers every version, in order
+        store.upsert(project(obj))
+    view = store.get(project(seen[-1]).key)
+    assert view is not None
+    derived = derive(view, now=time.time(), policy=StatePolicy())
+    assert isinstance(derived, Derived)
+    assert (derived.state.value, derived.reason) == ("failed", "Deleted")
+
+
 async def test_a_cancelled_job_is_cancelled_not_failed_with_its_sigterm_exit(
         kube: KubeClient, namespace: str) -> None:
     pod = await stopped_pod(kube, namespace, "cancelled", Kind.JOB, statuses=RUNNING,
@@ -111,11 +129,6 @@ async def test_a_preempted_server_is_failed_by_preemption_not_completed(
     assert judge(pod) == ("failed", "PreemptionByScheduler")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "open finding: sniffer.states.derive applies the deletion rule (1) before the crash-loop "
-    "failure rule, so a server reaped after its crash loop reached the restart limit is "
-    "reported cancelled/Stopped when the watcher first sees it after the deletion, but "
-    "failed/CrashLoopBackOff when it keeps up (docs/reliability.md, Findings)"))
 async def test_a_crash_loop_failure_before_the_deletion_stays_the_outcome(
         kube: KubeClient, namespace: str) -> None:
     """The crash loop reached `crashloop_failure_restarts` (the platform's failure rule,
