@@ -392,6 +392,22 @@ async def test_a_run_that_keeps_moving_is_skipped_not_forced(bed: Bed) -> None:
     assert bed.state(run_id)[:2] == ("cancelled", "Cancelled")
 
 
+async def test_a_repair_retries_through_a_platform_outage(bed: Bed) -> None:
+    run_id = new_run_id()
+    await bed.pod("p", run_id, "Failed", finalizer=False)
+    bed.run(run_id, "running", pod_name="p")
+
+    async def outage_right_before_the_write(m: Mismatch) -> None:
+        await asyncio.to_thread(bed.platform.set_faults, outage_s=1)
+
+    report = await bed.reconcile(
+        hooks=RepairHooks(before_write=once(outage_right_before_the_write)))
+
+    # 503 with Retry-After: waited, read and judged again, then written.
+    assert by_run(report) == {run_id: [(MismatchKind.POD_AHEAD, RepairOutcome.REPAIRED)]}
+    assert bed.state(run_id)[:2] == ("failed", "OOMKilled")
+
+
 async def test_reconcile_beside_a_running_watcher_never_regresses_a_run(
         bed: Bed) -> None:
     from watch.app import Watcher
