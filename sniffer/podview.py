@@ -140,6 +140,10 @@ class PodView:
     containers: tuple[ContainerView, ...]
     init_containers: tuple[ContainerView, ...]
     changed_at: float | None
+    deleted_while_active: bool = False
+    """History, not projection: the cache saw this pod deleting while still Pending or
+    Running, so its deletion came before any terminal phase it reaches. Set by the
+    store (`watch.store`), which sees the versions in order; `project` leaves it False."""
 
     @property
     def key(self) -> str:

@@ -174,8 +174,16 @@ def derive(pod: PodView, *, now: float, policy: StatePolicy,
     if pod.deletion_timestamp is not None:
         requested = pod.deletion_timestamp - (pod.deletion_grace_period_s or 0)
         deleted = _deleted(pod, cancel, requested)
+        if pod.phase in ("Pending", "Running"):
+            # A failure rule that had already fired when the deletion came (a crash loop
+            # past its limit, a stuck image pull) is the outcome; the deletion only reaped.
+            active = _active(pod, requested, policy, R if pod.phase == "Running" else Q)
+            return active if active.state is F else deleted
         if pod.phase not in ("Succeeded", "Failed"):
             return deleted
+        looped = _crash_loop_limit(pod, policy)
+        if looped is not None and deleted.reason != "Cancelled":
+            return looped  # it had already failed by the platform's rule when reaped
         if _ended_by_deletion(pod, deleted, requested):
             return deleted  # the deletion ended the pod: the terminal phase is its echo
     if pod.phase == "Succeeded":
@@ -219,13 +227,15 @@ def _ended_by_deletion(pod: PodView, deleted: Derived, requested: float) -> bool
     Timestamps answer only one way: the kubelet's final grace-0 DELETE moves
     deletionTimestamp to that moment, so containers that finished *after* `requested`
     surely ended by the deletion, while "before" proves nothing."""
+    if pod.deleted_while_active:
+        return True  # the cache saw the deletion arrive before the terminal phase
     ended = _latest((c.finished_at for c in pod.containers), None)
     if ended is not None and ended < requested - _STOP_WINDOW_S:
         return False  # it had finished long before anyone deleted it
     if deleted.reason == "Cancelled":
         return True  # the user's cancel is the outcome they asked for
-    if ended is not None and ended >= requested:
-        return True
+    if ended is not None and ended > requested:
+        return True  # (equal seconds prove nothing at one-second resolution)
     if pod.phase == "Failed" and pod.reason:
         return False  # Evicted, DeadlineExceeded: the pod's own account of its end
     if pod.kind is not WorkloadKind.JOB:
@@ -312,6 +322,18 @@ def _active(pod: PodView, now: float, policy: StatePolicy, state: WorkloadState)
         return Derived(F, first.reason, first.message, first.exit_code, started, first.at)
     recheck = min((rule.at - now for rule in rules), default=None)
     return Derived(state, reason, message, None, started, None, recheck)
+
+
+def _crash_loop_limit(pod: PodView, policy: StatePolicy) -> Derived | None:
+    """Failed by the crash-loop rule, judged from a stopped pod: a main container that
+    restarted at least `crashloop_failure_restarts` times after failing runs."""
+    for c in pod.containers:
+        last = c.last
+        if (c.restart_count >= policy.crashloop_failure_restarts and last is not None
+                and last.exit_code):
+            return Derived(F, CRASHLOOP, f"container {c.name}: restarted {c.restart_count} "
+                           "times", last.exit_code, _started_at(pod), last.finished_at)
+    return None
 
 
 def _fails_at(pod: PodView, c: ContainerView, policy: StatePolicy) -> float | None:

@@ -9,6 +9,10 @@ Contract:
   seen. It returns every key whose content changed, for the caller to enqueue.
 * Updates are applied in the order the reflector delivers them; an older
   resourceVersion never overwrites a newer one (a relist can race a late watch event).
+* The one piece of history kept: a pod once seen deleting while still Pending or
+  Running stays marked `deleted_while_active`, so a later terminal phase (the kubelet
+  stopping its containers) is known to be the deletion's echo even when the handler
+  only looks at the final view.
 * Readiness: `wait_synced()` returns once every watched namespace has been listed once.
 * Single-threaded asyncio use only; no method awaits, so each call is atomic.
 
@@ -25,6 +29,11 @@ import dataclasses
 from collections.abc import Collection, Iterable, Iterator
 
 from sniffer.podview import PodView
+
+
+def _deleted_while_active(pod: PodView) -> bool:
+    return pod.deleted_while_active or (
+        pod.deletion_timestamp is not None and pod.phase in ("Pending", "Running"))
 
 
 def _rv(pod: PodView) -> int:
@@ -75,8 +84,11 @@ class PodStore:
         """Store `pod`; True if it changed anything (a newer resourceVersion)."""
         key = pod.key
         current = self._pods.get(key)
-        if current is not None and current.uid == pod.uid and _rv(current) >= _rv(pod) >= 0:
-            return False
+        if current is not None and current.uid == pod.uid:
+            if _rv(current) >= _rv(pod) >= 0:
+                return False
+            if _deleted_while_active(current) and not pod.deleted_while_active:
+                pod = dataclasses.replace(pod, deleted_while_active=True)
         self._pods[key] = pod
         self._tombstones.pop(key, None)
         return True
