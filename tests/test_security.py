@@ -252,7 +252,7 @@ async def _tokens_scenario(ctx: Ctx) -> None:
         tmp.replace(ctx.platform.token_file)
         ctx.platform.token = new  # the admin helpers authenticate with the new one
     await simulation
-    await ctx.reconcile()
+    await ctx.reconcile(env={"SNIFFER_TELEMETRY_PROMETHEUS_PORT": ""})  # the watcher's
     ctx.extras["scraped"] = await asyncio.to_thread(_scrape, ctx.extras["prometheus_port"])
 
 
