@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: all install testbed test lint unit demo bench bench-quick clean lock
+.PHONY: all install testbed test test-jaeger lint unit demo bench bench-quick clean lock
 
 all: test
 
@@ -25,7 +25,12 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy .
 
 test: install testbed lint
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -m "not jaeger"
+
+# The trace read back from a real Jaeger; builds Jaeger (~15 min cold) when not cached.
+test-jaeger: install testbed
+	$(PY) -m testbed.jaeger build
+	$(VENV)/bin/pytest -q -m jaeger
 
 unit: $(STAMP)
 	$(VENV)/bin/pytest -q -m "not testbed"

@@ -1,15 +1,13 @@
 """A trace Sniffer exports can be read back from a real tracing backend (Jaeger v2).
 
 Jaeger is built from the Go module proxy like the API server, but its build is large
-(~15 minutes cold on 2 cores), so `make test` does not build it: the test runs when the
-binary is cached (``python -m testbed.jaeger build``), or when ``SNIFFER_TEST_JAEGER=1``
-(then a missing binary is built, and a failed build fails the test). Otherwise it is
-skipped, with that reason in pytest's summary.
+(~15 minutes cold on 2 cores), so this test carries the ``jaeger`` marker: `make test`
+deselects it and `make test-jaeger` runs it, building Jaeger first when its cache is
+cold. It never skips: without a Jaeger it can build, it fails.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,14 +20,13 @@ from testbed.jaeger import Jaeger, cached_jaeger, ensure_jaeger, start
 from testbed.platform.launcher import PlatformServer
 from tests.test_telemetry_wire import Program, sniffer_env
 
+pytestmark = pytest.mark.jaeger
+
 
 @pytest.fixture
 def jaeger(tmp_path: Path) -> Iterator[Jaeger]:
     binary = cached_jaeger()
     if binary is None:
-        if os.environ.get("SNIFFER_TEST_JAEGER") != "1":
-            pytest.skip("Jaeger is not built: run `python -m testbed.jaeger build` once "
-                        "(~15 min) or set SNIFFER_TEST_JAEGER=1")
         try:
             binary = ensure_jaeger()
         except BuildError as e:
