@@ -22,7 +22,7 @@ from typing import Any
 import psutil
 
 from bench import report
-from bench.cold import run_cold
+from bench.cold import run_catchup, run_cold
 from bench.env import Machine, Testbed, workdir_root
 from bench.gobuild import ensure_clientgo_peer
 from bench.kube import Kube
@@ -31,7 +31,7 @@ from bench.systems import SYSTEMS
 from bench.trial import Harness
 from testbed.build import ensure_binaries
 
-SCENARIOS = ("ceiling", "steady", "election", "slow", "cold")
+SCENARIOS = ("ceiling", "steady", "election", "slow", "catchup", "cold")
 DEFAULT_SYSTEMS = ["sniffer", "sniffer-finalizers", "client-go", "kopf", "baseline-serial"]
 _REPO = Path(__file__).resolve().parents[1]
 
@@ -61,6 +61,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cold-sizes", help="comma-separated pod counts for d+e "
                    "(default 10000,50000,100000)")
     p.add_argument("--keep", action="store_true", help="keep the testbed's directory")
+    p.add_argument("--slow-burst", action="store_true", help="also run the election-night "
+                   "burst with the slow platform (API-server-bound on small machines)")
+    p.add_argument("--profile", action="store_true", help="record py-spy profiles of the "
+                   "sniffer systems' measured windows into <out>/<stamp>-profiles/")
     return p.parse_args(argv)
 
 
@@ -78,7 +82,7 @@ async def _run(args: argparse.Namespace, tb: Testbed, workdir: Path) -> dict[str
     logdir = workdir / "logs"
     logdir.mkdir(parents=True, exist_ok=True)
     kube = Kube(tb.api, concurrency=256)
-    h = Harness(tb, kube, _say, logdir, parallel=args.quick)
+    h = Harness(tb, kube, _say, logdir, parallel=args.quick, profile_dir=args.profile_dir)
     doc: dict[str, Any] = {"ceiling": None}
     try:
         if "ceiling" in scenarios or not args.quick:
@@ -93,9 +97,14 @@ async def _run(args: argparse.Namespace, tb: Testbed, workdir: Path) -> dict[str
             await run_election(h, sizes, systems)
         if "slow" in scenarios:
             slow_systems = systems if args.quick else [
-                *systems[:1], "sniffer-w256", *[s for s in systems[1:]
-                                                if s != "sniffer-finalizers"]]
-            await run_slow(h, sizes, slow_systems, burst=not args.quick)
+                s for s in systems if s != "sniffer-finalizers"]
+            extra = () if args.quick or "sniffer" not in systems else ("sniffer-w256",)
+            await run_slow(h, sizes, slow_systems, burst=args.slow_burst, burst_extra=extra)
+        if "catchup" in scenarios:
+            catchup_systems = [s for s in systems if s != "sniffer-finalizers"]
+            if not args.quick and "sniffer" in systems:
+                catchup_systems.insert(1, "sniffer-w256")
+            await run_catchup(h, sizes, catchup_systems, workdir)
         if "cold" in scenarios:
             cold_systems = [s for s in systems if s != "sniffer-finalizers"]
             await run_cold(h, sizes, cold_systems, workdir)
@@ -111,7 +120,7 @@ def _failures(doc: dict[str, Any]) -> list[str]:
         if f["scenario"] == "idle":
             continue
         name = f"{f['scenario']} {f['system']} {f.get('params')}"
-        if f["scenario"] == "cold":
+        if f["scenario"] in ("cold", "catchup"):
             if not f["done"] or f["wrong"]:
                 problems.append(f"{name}: done={f['done']} wrong={f['wrong']} "
                                 f"{f['wrong_examples']}")
@@ -128,6 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.time()
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + ("-quick" if args.quick else "")
+    out = args.out / "quick" if args.quick else args.out
+    args.profile_dir = None
+    if args.profile:
+        args.profile_dir = out / f"{stamp}-profiles"
+        args.profile_dir.mkdir(parents=True, exist_ok=True)
     _say("building (cached): testbed binaries, client-go peer")
     ensure_binaries()
     ensure_clientgo_peer()
@@ -146,7 +160,6 @@ def main(argv: list[str] | None = None) -> int:
                machine={"cores": Machine.cores(),
                         "memory_gib": psutil.virtual_memory().total / 2**30,
                         "loadavg_start": load0, "loadavg_end": Machine.loadavg()})
-    out = args.out / "quick" if args.quick else args.out
     paths = report.write(doc, out)
     _say("wrote " + ", ".join(str(p) for p in paths))
     problems = _failures(doc)

@@ -132,20 +132,49 @@ async def _idle_rss(h: Harness, systems: list[str]) -> dict[str, int]:
     return idle
 
 
+async def run_catchup(h: Harness, sizes: Sizes, systems: list[str], workdir: Path) -> None:
+    """c (platform-bound): N pods finished while nothing watched, every run behind; each
+    system starts and catches up, at 0 ms and at +`slow_latency_ms` per platform call."""
+    namespace, prefix = h.next_names("catchup")
+    await h.kube.ensure_namespace(namespace)
+    plans = make_plans(sizes.catchup_jobs, namespace=namespace, prefix=prefix)
+    rec = Recorder()
+    h.say(f"c/catch-up: {len(plans)} finished pods, every run still 'running'")
+    await bulk(Player(h.kube, rec), plans, lambda plan: True, limit=64)
+    wrong = frozenset(rec.expect)
+    db = workdir / "catchup.db"
+    await asyncio.to_thread(_build_db, db, plans, rec.expect, set(wrong))
+    for latency in (0.0, sizes.slow_latency_ms):
+
+        async def one(system: str, latency: float = latency) -> None:
+            f = await _cold_trial(h, system, namespace, db, workdir, dict(rec.expect), wrong,
+                                  sizes.catchup_timeout_s, None, latency_ms=latency,
+                                  scenario="catchup")
+            f["params"] = {"pods": len(plans), "platform_latency_ms": latency}
+            h.results.append(f)
+            h.say(_cold_line(f))
+
+        await each(h, systems, one)
+
+
 async def _cold_trial(h: Harness, system: str, namespace: str, db: Path, workdir: Path,
                       expect: dict[str, Expectation], wrong: frozenset[str], limit_s: float,
-                      idle: int | None) -> dict[str, Any]:
+                      idle: int | None, *, latency_ms: float = 0.0,
+                      scenario: str = "cold") -> dict[str, Any]:
     pods = len(expect)
-    trial_dir = workdir / f"cold-{pods}-{system}"
+    trial_dir = workdir / f"{scenario}-{pods}-{system}-{latency_ms:g}"
     trial_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(db, trial_dir / "platform.db")
     platform = await asyncio.to_thread(launch, trial_dir, db=trial_dir / "platform.db")
     admin = Admin(platform.url, platform.token)
+    if latency_ms:
+        admin.set_latency(latency_ms)
     try:
         seq0 = admin.last_seq()
         req0, calls0 = admin.requests_total(), admin.calls
         to_fix = {run_id: expect[run_id] for run_id in wrong if run_id in expect}
-        h.say(f"d/cold {pods} pods {system}: {len(to_fix)} runs wrong on the platform")
+        h.say(f"{scenario} {pods} pods {system}: {len(to_fix)} runs wrong on the platform"
+              + (f", +{latency_ms:g} ms per platform call" if latency_ms else ""))
         running = SYSTEMS[system].start(h.target(namespace, platform.url, platform.token_file))
         t0 = running.started_at
         updates: list[dict[str, Any]] = []
@@ -181,9 +210,11 @@ async def _cold_trial(h: Harness, system: str, namespace: str, db: Path, workdir
         requests = admin.requests_total() - req0 - (admin.calls - calls0)
         runs = await asyncio.to_thread(admin.runs)
         n_wrong, examples = verify(expect, runs)
-        fix_times = [u["received_at"] for u in updates if u["run_id"] in to_fix]
+        fix_times = sorted(u["received_at"] for u in updates if u["run_id"] in to_fix)
+        span = fix_times[-1] - fix_times[0] if len(fix_times) > 1 else 0.0
         return {
-            "scenario": "cold", "system": system, "pods": pods,
+            "scenario": scenario, "system": system, "pods": pods,
+            "repair_rate_per_s": (len(fix_times) - 1) / span if span > 0 else None,
             "done": done, "timeout_s": limit_s,
             "ready_s": None if running.ready_at is None else running.ready_at - t0,
             "repaired_s": (max(fix_times) - t0) if fix_times and left == 0 else None,
@@ -204,7 +235,10 @@ def _cold_line(f: dict[str, Any]) -> str:
         return "-" if v is None else f"{v:.1f}s"
 
     per_pod = f["bytes_per_pod"]
-    return (f"  => cold {f['pods']} {f['system']}: {'done' if f['done'] else 'NOT DONE'}; "
+    rate = f["repair_rate_per_s"]
+    return (f"  => {f['scenario']} {f['pods']} {f['system']} {f.get('params', '')}: "
+            f"{'done' if f['done'] else 'NOT DONE'}; "
+            f"repairs {'-' if rate is None else f'{rate:.0f}/s'}, "
             f"ready {s(f['ready_s'])}, repaired {s(f['repaired_s'])}, quiet {s(f['quiet_s'])}, "
             f"{f['platform_requests']} requests / {f['platform_updates_applied']} applied, "
             f"cpu {f['cpu_s'] or 0:.1f}s, rss {f['rss_end'] / 2**20:.0f} MiB"

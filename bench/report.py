@@ -77,11 +77,24 @@ def cold_row(f: dict[str, Any]) -> str:
             f"{_num(f['bytes_per_pod'])} | {f['wrong']} |")
 
 
+CATCHUP_HEADER = ("| system | platform latency ms | runs behind | all repaired after s | "
+                  "repairs /s | platform requests | CPU s | wrong at end |\n"
+                  "|---|--:|--:|--:|--:|--:|--:|--:|")
+
+
+def catchup_row(f: dict[str, Any]) -> str:
+    done = "" if f["done"] else f" (not done in {f['timeout_s']:.0f} s)"
+    return (f"| {f['system']}{done} | {f['params']['platform_latency_ms']:g} | {f['pods']} | "
+            f"{_num(f['repaired_s'], '{:.1f}')} | {_num(f['repair_rate_per_s'])} | "
+            f"{f['platform_requests']} | {_num(f['cpu_s'], '{:.1f}')} | {f['wrong']} |")
+
+
 TITLES = {
     "steady": "a. Steady load at increasing rates",
     "election": "b. Election night",
     "slow": "c. Slow platform (+200 ms per call): steady load",
     "slow-burst": "c. Slow platform (+200 ms per call): election-night burst",
+    "catchup": "c. Slow platform: catching up on runs that are all behind",
     "cold": "d + e. Cold start and memory per cached pod",
 }
 
@@ -112,6 +125,11 @@ def markdown(doc: dict[str, Any], plots: list[str]) -> str:
         lines += [f"## {TITLES[scenario]}", "", TRIAL_HEADER]
         rows.sort(key=lambda f: (json.dumps(f["params"], sort_keys=True), _key(f)))
         lines += [trial_row(f) for f in rows]
+        lines.append("")
+    if by.get("catchup"):
+        lines += [f"## {TITLES['catchup']}", "", CATCHUP_HEADER]
+        lines += [catchup_row(f) for f in sorted(
+            by["catchup"], key=lambda f: (f["params"]["platform_latency_ms"], _key(f)))]
         lines.append("")
     if by.get("cold"):
         lines += [f"## {TITLES['cold']}", "", COLD_HEADER]
@@ -195,29 +213,35 @@ def _plots(doc: dict[str, Any], out: Path, stamp: str) -> list[str]:
 
     # Against platform latency: the same load at 0 and +200 ms.
     pairs = [("steady", "slow", "p99 latency, steady load (ms, log)", "p99"),
-             ("election", "slow-burst", "burst throughput (changes/s)", "throughput")]
+             ("catchup", "catchup", "catch-up throughput (repairs/s)", "rate")]
     slow_rows = [f for f in results if f["scenario"] == "slow"]
     if slow_rows:
         rate = slow_rows[0]["params"]["rate_jobs_per_s"]
         latency = slow_rows[0]["params"]["platform_latency_ms"]
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
         for ax, (fast, slow, ylabel, what) in zip(axes, pairs, strict=True):
-            for system in sorted({f["system"] for f in results if f["scenario"] == slow},
+            for system in sorted({f["system"] for f in results if f["scenario"] == slow
+                                  or (f["scenario"] == fast and what != "p99")},
                                  key=lambda s: _key({"system": s})):
-                def pick(scenario: str, system: str = system) -> dict[str, Any] | None:
+                def pick(scenario: str, ms: float, system: str = system
+                         ) -> dict[str, Any] | None:
                     for f in results:
-                        if f["scenario"] == scenario and f["system"] == system and (
-                                scenario not in ("steady", "slow")
-                                or f["params"]["rate_jobs_per_s"] == rate):
-                            return f
+                        if f["scenario"] != scenario or f["system"] != system:
+                            continue
+                        if scenario == "catchup" and f["params"]["platform_latency_ms"] != ms:
+                            continue
+                        if scenario in ("steady", "slow") and (
+                                f["params"]["rate_jobs_per_s"] != rate):
+                            continue
+                        return f
                     return None
 
                 xs, ys = [], []
-                for x, picked in ((0.0, pick(fast)), (latency, pick(slow))):
+                for x, picked in ((0.0, pick(fast, 0.0)), (latency, pick(slow, latency))):
                     if picked is None:
                         continue
                     y = (picked["latency_s"]["p99"] or 0) * 1000 if what == "p99" else (
-                        picked["throughput_per_s"] or 0)
+                        picked["repair_rate_per_s"] or 0)
                     xs.append(x)
                     ys.append(y)
                 ax.plot(xs, ys, "o-", label=system, color=COLORS.get(system))

@@ -46,21 +46,26 @@ class Sizes:
     cold_wrong: float
     drain_s: float
     cold_timeout_s: tuple[float, ...]
+    catchup_jobs: int
+    """Runs behind when a system starts, for the platform-bound catch-up (scenario c)."""
+    catchup_timeout_s: float
 
     @classmethod
     def quick_run(cls) -> Sizes:
         return cls(quick=True, ceiling_jobs=40, steady_rates=(10.0,), steady_s=2.0,
                    election_jobs=40, election_window_s=1.0, slow_rate=10.0,
                    slow_latency_ms=200.0, cold_sizes=(200,), cold_finished=0.9,
-                   cold_wrong=0.05, drain_s=30.0, cold_timeout_s=(45.0,))
+                   cold_wrong=0.05, drain_s=30.0, cold_timeout_s=(45.0,), catchup_jobs=50,
+                   catchup_timeout_s=45.0)
 
     @classmethod
     def full_run(cls) -> Sizes:
-        return cls(quick=False, ceiling_jobs=600, steady_rates=(), steady_s=20.0,
+        return cls(quick=False, ceiling_jobs=600, steady_rates=(), steady_s=15.0,
                    election_jobs=20_000, election_window_s=10.0, slow_rate=0.0,
                    slow_latency_ms=200.0, cold_sizes=(10_000, 50_000, 100_000),
                    cold_finished=0.9, cold_wrong=0.01, drain_s=60.0,
-                   cold_timeout_s=(90.0, 150.0, 240.0))
+                   cold_timeout_s=(60.0, 120.0, 180.0), catchup_jobs=3000,
+                   catchup_timeout_s=60.0)
 
     def scaled(self, ceiling: Ceiling) -> Sizes:
         """Full-run rates and burst size that this machine's API server can absorb."""
@@ -184,7 +189,8 @@ async def run_election(h: Harness, sizes: Sizes, systems: list[str], *,
     await each(h, systems, one)
 
 
-async def run_slow(h: Harness, sizes: Sizes, systems: list[str], *, burst: bool = True) -> None:
+async def run_slow(h: Harness, sizes: Sizes, systems: list[str], *, burst: bool = True,
+                   burst_extra: tuple[str, ...] = ()) -> None:
     rate, latency = sizes.slow_rate, sizes.slow_latency_ms
     jobs = max(1, int(rate * sizes.steady_s))
 
@@ -199,5 +205,6 @@ async def run_slow(h: Harness, sizes: Sizes, systems: list[str], *, burst: bool 
 
     await each(h, systems, one)
     if burst:
-        await run_election(h, sizes, systems, scenario="slow-burst", latency_ms=latency)
+        await run_election(h, sizes, [*systems[:1], *burst_extra, *systems[1:]],
+                           scenario="slow-burst", latency_ms=latency)
     await asyncio.to_thread(h.admin.set_latency, 0.0)

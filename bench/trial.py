@@ -22,12 +22,14 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from bench.env import Admin, Machine, Testbed
 from bench.kube import Kube
 from bench.load import PlatformLoad, Player, Recorder
 from bench.measure import match, percentiles, settled, verify
+from bench.profile import Profiler, flamegraph, summarise
 from bench.systems import SYSTEMS, Running, Target
 from testbed.simulator.workloads import Plan
 
@@ -44,6 +46,8 @@ class Harness:
     logdir: Any
     ready_timeout: float = 120.0
     parallel: bool = False
+    profile_dir: Path | None = None
+    """Where to write py-spy profiles of the sniffer systems' measured windows (None: off)."""
     """Run the systems of a scenario at once (quick runs: correctness only)."""
     _n: int = 0
     results: list[dict[str, Any]] = field(default_factory=list)
@@ -127,7 +131,19 @@ class Harness:
                 if left:
                     self.say(f"  {label}: setup not acknowledged for {left} runs; going on")
                 player.rec = Recorder()
-            figures = await self._measure(label, running, player, plans, load, drain_timeout)
+            profiler = None
+            if self.profile_dir is not None and system.startswith("sniffer"):
+                raw = self.profile_dir / f"{namespace}-{system}.txt"
+                profiler = Profiler.attach(running.proc.pid, raw)
+            try:
+                figures = await self._measure(label, running, player, plans, load,
+                                              drain_timeout)
+            finally:
+                if profiler is not None:
+                    path = await asyncio.to_thread(profiler.stop)
+                    if path is not None:
+                        figures_profile = _write_profile(path)
+                        self.say(f"  profile: {figures_profile}")
         finally:
             final = running.stop()
         figures.update(scenario=scenario, system=system, params=params,
@@ -168,6 +184,14 @@ class Harness:
             seq = await asyncio.to_thread(self.admin.last_seq)
             self.say(f"  {label}: {time.monotonic() - t0:4.0f}s  changes made "
                      f"{len(rec.changes)}  platform updates {seq - seq0}")
+
+
+def _write_profile(raw: Path) -> Path:
+    """Summary text and flame graph next to the raw stacks; returns the summary's path."""
+    summary = raw.with_name(raw.stem + "-summary.txt")
+    summary.write_text(summarise(raw))
+    flamegraph(raw, raw.with_suffix(".svg"))
+    return summary
 
 
 def _marks(tb: Testbed, running: Running) -> dict[str, float]:
