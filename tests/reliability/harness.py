@@ -563,25 +563,33 @@ def finalizers_left(pods: Iterable[Mapping[str, Any]], unfinished: set[str]) -> 
 class Judgement:
     wrong: list[str]
     pod_lost: int
+    awaiting_reconcile: int = 0
+    """Runs of pods deleted unseen that are still open: only the reconciler can tell."""
 
 
 def judge(expected: Mapping[str, Expectation], alternatives: Mapping[str, Expectation],
           allowed_reasons: Mapping[str, frozenset[str]],
-          runs: Mapping[str, Mapping[str, Any]]) -> Judgement:
-    """Mismatches after the honest adjustments (see the module docstring)."""
+          runs: Mapping[str, Mapping[str, Any]], *, before_reconcile: bool = False,
+          ) -> Judgement:
+    """Mismatches after the honest adjustments (see the module docstring). With
+    `before_reconcile`, open runs of pods deleted unseen are counted apart, not wrong."""
     wrong: list[str] = []
-    pod_lost = 0
+    pod_lost = awaiting = 0
     for m in mismatches(expected, runs):
         alt = alternatives.get(m.run_id)
         if alt is not None and not mismatches({m.run_id: alt}, runs):
             pod_lost += 1
+            continue
+        if (alt is not None and before_reconcile
+                and (runs.get(m.run_id) or {}).get("state") in ("queued", "running")):
+            awaiting += 1
             continue
         wrong.append(f"{m.run_id}: expected {m.expected}, platform has {m.actual}")
     for run_id, reasons in allowed_reasons.items():
         run = runs.get(run_id)
         if run is not None and run.get("reason") not in reasons:
             wrong.append(f"{run_id}: reason {run.get('reason')!r} not in {sorted(reasons)}")
-    return Judgement(wrong, pod_lost)
+    return Judgement(wrong, pod_lost, awaiting)
 
 
 def unseen_deletions(ctx: Ctx, finalized: set[str], present: set[str]) -> dict[str, str]:
@@ -767,25 +775,29 @@ async def _verdict(ctx: Ctx, result: Result, observer: PodObserver) -> None:
     expected.update({k: v for k, v in ctx.overrides.items() if k in expected})
     result.runs_checked = len(expected)
 
-    async def look() -> tuple[Judgement, list[str], dict[str, dict[str, Any]]]:
+    async def look(before_reconcile: bool) -> tuple[Judgement, list[str]]:
         runs = await _runs(ctx.platform)
         pods = await list_pods(ctx.kube, ctx.namespace)
         present = {str((p["metadata"].get("labels") or {}).get(RUN_ID_LABEL)) for p in pods}
         unseen = unseen_deletions(ctx, observer.finalized, present)
         alternatives = {run_id: _lost(runs.get(run_id)) for run_id in unseen}
-        verdict = judge(expected, alternatives, ctx.allowed_reasons, runs)
-        return verdict, finalizers_left(pods, unfinished), runs
+        verdict = judge(expected, alternatives, ctx.allowed_reasons, runs,
+                        before_reconcile=before_reconcile)
+        return verdict, finalizers_left(pods, unfinished)
 
-    async def settle(bound_s: float) -> tuple[Judgement, list[str], dict[str, Any]]:
+    async def settle(bound_s: float, before_reconcile: bool = False,
+                     ) -> tuple[Judgement, list[str]]:
         deadline = time.monotonic() + bound_s
         while True:
-            verdict, left, runs = await look()
+            verdict, left = await look(before_reconcile)
             if (not verdict.wrong and not left) or time.monotonic() > deadline:
-                return verdict, left, runs
+                return verdict, left
             await asyncio.sleep(POLL_S)
 
-    verdict, left, _ = await settle(scenario.settle_bound_s)
-    result.settled_by_watcher = not verdict.wrong and not left
+    verdict, left = await settle(scenario.settle_bound_s,
+                                 before_reconcile=scenario.reconcile_after)
+    result.settled_by_watcher = not verdict.wrong and not left and \
+        not verdict.awaiting_reconcile
     _, counts, _ = scan_logs(w.log_path for w in ctx.watchers.values())
     if scenario.reconcile_after or (not result.settled_by_watcher and counts.get("dropped")):
         if not scenario.reconcile_after:
@@ -793,7 +805,7 @@ async def _verdict(ctx: Ctx, result: Result, observer: PodObserver) -> None:
                              "retries; `sniffer reconcile` repairs them, as designed")
         await asyncio.sleep(5.5)  # runs must outlive the reconciler's 5 s grace period
         await ctx.reconcile()
-        verdict, left, _ = await settle(60.0)
+        verdict, left = await settle(60.0)
     result.lost = len(verdict.wrong)
     result.lost_examples = verdict.wrong[:10]
     result.reported_as_pod_lost = verdict.pod_lost
