@@ -562,16 +562,25 @@ def spawn(env: dict[str, str]) -> subprocess.Popen[str]:
                             cwd=REPO)
 
 
+# Linux counts the resident pages a child inherits at fork in its peak RSS, so the pass is
+# started by a small launcher process, not by this (big) test process.
+_LAUNCHER = """
+import json, os, subprocess, sys
+p = subprocess.Popen(sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+out = p.stdout.read()
+_, status, usage = os.wait4(p.pid, 0)
+print(json.dumps({"code": os.waitstatus_to_exitcode(status), "out": out.decode(),
+                  "max_rss_kib": usage.ru_maxrss}))
+"""
+
+
 def run_measured(env: dict[str, str]) -> tuple[int, str, float]:
     """Exit code, stdout and peak RSS (MiB) of one `sniffer reconcile --output json`."""
-    proc = subprocess.Popen([SNIFFER, "reconcile", "--output", "json"], env=cli_env(env),
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                            cwd=REPO)
-    assert proc.stdout is not None
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, out, usage.ru_maxrss / 1024
+    done = subprocess.run([sys.executable, "-c", _LAUNCHER, SNIFFER, "reconcile", "--output",
+                           "json"], env=cli_env(env), capture_output=True, text=True,
+                          check=True, cwd=REPO)
+    result = json.loads(done.stdout)
+    return result["code"], result["out"], result["max_rss_kib"] / 1024
 
 
 def cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
