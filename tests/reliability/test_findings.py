@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -24,11 +25,13 @@ from sniffer.kube import KubeClient
 from sniffer.podview import CANCEL_ANNOTATION, OUTCOME_FINALIZER, project
 from sniffer.states import Derived, StatePolicy, derive
 from testbed.apiserver import ApiServer
+from testbed.platform.launcher import PlatformServer
 from testbed.simulator.config import SimConfig
 from testbed.simulator.kubeapi import PodApi
 from testbed.simulator.kubelet import Kubelet
 from testbed.simulator.lifecycles import Kind, Shape
 from testbed.simulator.workloads import draw_plans, new_traceparent, pod_manifest
+from tests.fixtures.watcher import Pods, eventually, running_watcher, settings_for, watcher_env
 from watch.store import PodStore
 
 # The kubelet reports the containers stopped, then deletes the pod for good this much
@@ -139,3 +142,32 @@ async def test_a_crash_loop_failure_before_the_deletion_stays_the_outcome(
                             statuses=(*RUNNING, *loop))
     assert max(c.get("restartCount", 0) for c in pod["status"]["containerStatuses"]) >= 5
     assert judge(pod) == ("failed", "CrashLoopBackOff")
+
+
+# -- a busy pod during a platform outage ------------------------------------------------------
+
+async def test_a_busy_pods_outcome_survives_a_platform_outage(
+        apiserver: ApiServer, platform: PlatformServer, namespace: str,
+        kube: KubeClient) -> None:
+    """The matrix saw changes of busy pods "dropped after retries" during an outage: every
+    update re-adds the key at once and each failure counts against max_retries. Nothing is
+    lost, though: the first failure's Retry-After retry is still pending when the key is
+    dropped, and it delivers the outcome once the outage ends."""
+    pods = Pods(kube, namespace)
+    run_id = f"busy-{uuid.uuid4().hex[:10]}"
+    platform.create_run(run_id, pod_namespace=namespace, pod_name="busy")
+    await pods.create("busy", run_id)
+    env = watcher_env(apiserver, platform, namespace)
+    async with running_watcher(settings_for(env)):
+        await pods.running("busy")
+        await eventually(lambda: (platform.get_run(run_id) or {}).get("state") == "running")
+        platform.set_faults(outage_s=30)
+        await pods.succeeded("busy")
+        # Other controllers keep touching the finished pod (labels, annotations).
+        for i in range(16):
+            await kube.patch_pod(namespace, "busy",
+                                 {"metadata": {"annotations": {"example.com/seen": str(i)}}})
+            await asyncio.sleep(0.3)
+        await eventually(lambda: not platform.get_faults()["outage_s"], bound_s=60)
+        await eventually(lambda: (platform.get_run(run_id) or {}).get("state") == "succeeded",
+                         bound_s=60)
