@@ -67,6 +67,7 @@ from reconcile.diff import diff
 from reconcile.repair import PodAccess, Repairer, RepairHooks, RepairOutcome, RunWriter
 from reconcile.report import PassReport, render_json, render_table
 from reconcile.snapshot import PodLister, RunReader, Snapshot, take
+from sniffer.cleanup import bounded
 from sniffer.kube import KubeClient, KubeError
 from sniffer.platform import PlatformClient, PlatformError, PlatformMetrics
 from sniffer.podview import RUN_ID_PATTERN
@@ -74,7 +75,6 @@ from sniffer.states import StatePolicy
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("sniffer.reconcile")
-_CLEANUP_TIMEOUT_S = 5.0
 _UNFINISHED = (RepairOutcome.NOT_ATTEMPTED, RepairOutcome.INTERRUPTED)
 T = TypeVar("T")
 
@@ -240,22 +240,7 @@ async def run_reconcile(settings: Settings, stop: asyncio.Event, *, dry_run: boo
             except Exception:  # telemetry must never cost the report or the exit code
                 log.exception("could not record the pass's metrics")
     finally:
-        await _bounded(platform.close(), "closing the platform client")
-        await _bounded(kube.close(), "closing the Kubernetes client")
+        await bounded(platform.close(), "closing the platform client")
+        await bounded(kube.close(), "closing the Kubernetes client")
     print(render_json(report) if output == "json" else render_table(report), flush=True)
     return report.exit_code
-
-
-async def _bounded(awaitable: Awaitable[object], what: str) -> None:
-    """Await cleanup shielded from cancellation and bounded in time."""
-    task = asyncio.ensure_future(awaitable)
-    try:
-        await asyncio.wait_for(asyncio.shield(task), _CLEANUP_TIMEOUT_S)
-    except TimeoutError:
-        log.warning("cleanup timed out", extra={"step": what})
-        task.cancel()
-    except asyncio.CancelledError:
-        await asyncio.wait_for(task, _CLEANUP_TIMEOUT_S)
-        raise
-    except Exception as exc:
-        log.warning("cleanup failed", extra={"step": what, "error": str(exc)})

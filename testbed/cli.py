@@ -152,7 +152,7 @@ def main(argv: list[str]) -> int:
     sim = sub.add_parser("simulate", help="run the pod simulator", add_help=False)
     sim.add_argument("rest", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
-    root: Path = args.dir
+    root: Path = args.dir.resolve()  # children run in their own folders
     if args.action == "up":
         root.mkdir(parents=True, exist_ok=True)
         return up(root)

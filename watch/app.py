@@ -23,11 +23,12 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from config.settings import Settings
+from sniffer.cleanup import bounded
 from sniffer.kube import KubeClient
 from sniffer.platform import PlatformClient, PlatformMetrics
 from sniffer.states import StatePolicy
@@ -45,7 +46,6 @@ from watch.store import PodStore
 from watch.workqueue import QueueMetrics, WorkQueue
 
 log = logging.getLogger(__name__)
-_CLEANUP_TIMEOUT_S = 5.0
 
 
 @dataclass(slots=True)
@@ -113,9 +113,9 @@ class Watcher:
         try:
             return await self._run(stop, kube, lease_kube, platform)
         finally:
-            await _bounded(platform.close(), "closing the platform client")
-            await _bounded(kube.close(), "closing the Kubernetes client")
-            await _bounded(lease_kube.close(), "closing the lease client")
+            await bounded(platform.close(), "closing the platform client")
+            await bounded(kube.close(), "closing the Kubernetes client")
+            await bounded(lease_kube.close(), "closing the lease client")
 
     async def _run(self, stop: asyncio.Event, kube: KubeClient, lease_kube: KubeClient,
                    platform: PlatformClient) -> int:
@@ -183,8 +183,8 @@ class Watcher:
                         task.cancel()
         finally:
             if elector is not None:
-                await _bounded(elector.release(), "releasing the lease")
-            await _bounded(health.stop(), "stopping the health server")
+                await bounded(elector.release(), "releasing the lease")
+            await bounded(health.stop(), "stopping the health server")
         log.info("sniffer watch stopped")
         return 0
 
@@ -209,18 +209,3 @@ def _reflector_check(reflector: Reflector, read_timeout_s: float) -> str | None:
 def _worker_check(controller: Controller) -> str | None:
     busy = controller.longest_busy_s()
     return f"a handler has been running for {busy:.0f}s" if busy > 300 else None
-
-
-async def _bounded(awaitable: Awaitable[object], what: str) -> None:
-    """Await cleanup shielded from cancellation and bounded in time."""
-    task = asyncio.ensure_future(awaitable)
-    try:
-        await asyncio.wait_for(asyncio.shield(task), _CLEANUP_TIMEOUT_S)
-    except TimeoutError:
-        log.warning("cleanup timed out", extra={"step": what})
-        task.cancel()
-    except asyncio.CancelledError:
-        await asyncio.wait_for(task, _CLEANUP_TIMEOUT_S)
-        raise
-    except Exception as exc:
-        log.warning("cleanup failed", extra={"step": what, "error": str(exc)})
