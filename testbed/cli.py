@@ -149,8 +149,12 @@ def main(argv: list[str]) -> int:
     sub.add_parser("up", help="start the API server and the platform in the background")
     sub.add_parser("status", help="show what runs")
     sub.add_parser("down", help="stop everything and remove the state")
-    sim = sub.add_parser("simulate", help="run the pod simulator", add_help=False)
-    sim.add_argument("rest", nargs=argparse.REMAINDER)
+    sub.add_parser("simulate", help="run the pod simulator (its options: simulate --help)",
+                   add_help=False)
+    rest: list[str] = []
+    if "simulate" in argv:  # everything after it belongs to the simulator, options too
+        cut = argv.index("simulate") + 1
+        argv, rest = argv[:cut], argv[cut:]
     args = parser.parse_args(argv)
     root: Path = args.dir.resolve()  # children run in their own folders
     if args.action == "up":
@@ -160,4 +164,4 @@ def main(argv: list[str]) -> int:
         return status(root)
     if args.action == "down":
         return down(root)
-    return simulate(root, args.rest)
+    return simulate(root, rest)
