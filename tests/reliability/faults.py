@@ -179,17 +179,19 @@ async def restart(watcher: WatcherProcess, after_s: float) -> None:
     await watcher.wait_ready()
 
 
-async def kill_leader_with_standby(ctx: Ctx, at: float, restart_after_s: float = 2.0) -> None:
+async def kill_leader_with_standby(ctx: Ctx, at: float) -> None:
     """SIGKILL the leader; the standby must take over (no gap: its cache saw everything).
-    The killed replica comes back as a standby, as its Deployment would restart it."""
+    Once it has, the killed replica comes back as a standby, as its Deployment would
+    restart it."""
     await ctx.at(at)
     leader = await ctx.leader()
     async with ctx.fault(f"leader {leader.name} SIGKILLed, standby takes over"):
+        killed_at = time.time()
         await asyncio.to_thread(leader.kill)
-        restarting = asyncio.create_task(restart(leader, restart_after_s))
-        new = await ctx.leader()
-        ctx.notes.append(f"{new.name} took over from {leader.name}")
-        await restarting
+        new = await ctx.leader(other_than=leader)
+        ctx.notes.append(f"{new.name} took over from {leader.name} "
+                         f"{time.time() - killed_at:.1f} s after the kill")
+        await restart(leader, 0)
 
 
 async def kill_all_watchers(ctx: Ctx, at: float, restart_after_s: float = 3.0) -> None:

@@ -294,12 +294,28 @@ class PodObserver:
         self._namespace = namespace
         self.finalized: set[str] = set()
         self.events = 0
+        self.transitions: list[dict[str, Any]] = []
+        """Each time a pod gains or loses the finalizer, or goes: when, its phase, whether
+        it was being deleted, and who (managedFields) last wrote its finalizers."""
+        self._held: dict[str, bool] = {}
 
-    def _see(self, obj: Mapping[str, Any]) -> None:
+    def _see(self, obj: Mapping[str, Any], event: str = "LIST") -> None:
         meta = obj.get("metadata") or {}
         run_id = (meta.get("labels") or {}).get(RUN_ID_LABEL)
-        if run_id and OUTCOME_FINALIZER in (meta.get("finalizers") or ()):
+        if not run_id:
+            return
+        held = OUTCOME_FINALIZER in (meta.get("finalizers") or ())
+        if held:
             self.finalized.add(str(run_id))
+        if event == "DELETED" or self._held.get(str(run_id)) != held:
+            self._held[str(run_id)] = held
+            managers = [m.get("manager") for m in meta.get("managedFields") or ()
+                        if "f:finalizers" in json.dumps(m.get("fieldsV1") or {})]
+            self.transitions.append({
+                "t": time.time(), "run_id": run_id, "event": event, "finalizer": held,
+                "rv": meta.get("resourceVersion"),
+                "phase": (obj.get("status") or {}).get("phase"),
+                "deleting": bool(meta.get("deletionTimestamp")), "managers": managers})
 
     async def run(self) -> None:
         rv: str | None = None
@@ -325,7 +341,7 @@ class PodObserver:
                     new_rv = (event.object.get("metadata") or {}).get("resourceVersion")
                     rv = str(new_rv) if new_rv else rv
                     if event.type != "BOOKMARK":
-                        self._see(event.object)
+                        self._see(event.object, event.type)
             except Gone:
                 rv = None
             except KubeError:
@@ -454,11 +470,13 @@ class Ctx:
         self.watchers[name] = watcher
         return watcher
 
-    async def leader(self) -> WatcherProcess:
-        """The watcher that leads now (bounded wait)."""
+    async def leader(self, *, other_than: WatcherProcess | None = None) -> WatcherProcess:
+        """The watcher that leads now (bounded wait), optionally one but `other_than`."""
         deadline = time.monotonic() + READY_BOUND_S
         while True:
             for watcher in self.watchers.values():
+                if watcher is other_than:
+                    continue
                 info = await asyncio.to_thread(watcher.health)
                 if info and info.get("leader"):
                     return watcher
@@ -717,6 +735,7 @@ async def run_scenario(scenario: Scenario, bed: Bed | None, workdir: Path) -> Re
         if observer_task is not None:
             observer_task.cancel()
             await asyncio.gather(observer_task, return_exceptions=True)
+            _dump_jsonl(workdir / "finalizer-transitions.jsonl", observer.transitions)
         if ctx.proxy is not None:
             ctx.proxy.close()
         with contextlib.suppress(Exception):
@@ -733,6 +752,12 @@ async def run_scenario(scenario: Scenario, bed: Bed | None, workdir: Path) -> Re
         result.ok = not result.problems
         (workdir / "result.json").write_text(json.dumps(result.to_json(), indent=2))
     return result
+
+
+def _dump_jsonl(path: Path, items: Iterable[Mapping[str, Any]]) -> None:
+    with open(path, "w") as out:
+        for item in items:
+            out.write(json.dumps(item) + "\n")
 
 
 def _window_json(w: Window) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from tests.reliability import faults
 from tests.reliability.harness import Ctx, Load, Scenario, Step, scan_logs
 
 LOAD = Load(jobs=1000, rate=25)
-FAST_LEASE = {"SNIFFER_LEADER_LEASE_DURATION_S": "6", "SNIFFER_LEADER_RENEW_DEADLINE_S": "4",
+FAST_LEASE = {"SNIFFER_LEADER_LEASE_DURATION_S": "10", "SNIFFER_LEADER_RENEW_DEADLINE_S": "7",
               "SNIFFER_LEADER_RETRY_PERIOD_S": "1"}
 STUCK_LIFECYCLES = ("unschedulable", "image-pull")
 STUCK_REASONS = frozenset({"Unschedulable", "ErrImagePull", "ImagePullBackOff"})
@@ -185,8 +185,7 @@ async def process_kills(ctx: Ctx) -> None:
     gap = ctx.gap_begins("watchers stopped; load runs unwatched")
     await faults.stop_all_watchers(ctx)
     await simulation
-    await faults.reconcile_killed_and_rerun(ctx, kill_after_updates=30,
-                                            env={"SNIFFER_RECONCILE_CONCURRENCY": "4"})
+    await faults.reconcile_killed_and_rerun(ctx, kill_after_updates=30, env=AFTER_LOAD)
     for watcher in ctx.watchers.values():
         watcher.start()
     for watcher in ctx.watchers.values():
@@ -224,8 +223,7 @@ async def reconcile_killed(ctx: Ctx) -> None:
     await simulation
     await asyncio.to_thread(ctx.platform.set_faults, latency_ms=20)  # a pass long enough
     try:
-        await faults.reconcile_killed_and_rerun(
-            ctx, kill_after_updates=50, env={"SNIFFER_RECONCILE_CONCURRENCY": "4"})
+        await faults.reconcile_killed_and_rerun(ctx, kill_after_updates=50, env=AFTER_LOAD)
     finally:
         await asyncio.to_thread(ctx.platform.clear_faults)
     for watcher in ctx.watchers.values():
@@ -236,6 +234,11 @@ async def reconcile_killed(ctx: Ctx) -> None:
 
 async def gone_restart(ctx: Ctx) -> None:
     await faults.gone_after_compaction_and_restart(ctx, ctx.scenario.load.jobs // 2)
+
+
+# Passes after the load (runs at least 5.5 s old) use the short grace period again, so the
+# rerun judges every lost pod and the pass after it must find nothing.
+AFTER_LOAD = {"SNIFFER_RECONCILE_CONCURRENCY": "4", "SNIFFER_RECONCILE_GRACE_PERIOD_S": "5"}
 
 
 def _race_grace() -> dict[str, str]:
