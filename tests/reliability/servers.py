@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import secrets
 import shutil
 import signal
@@ -37,10 +38,22 @@ T = TypeVar("T")
 START_TIMEOUT_S = 180.0
 
 
+_PORTS = random.Random()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port free now, from below the kernel's ephemeral range (32768-60999 by
+    default): the kernel never hands these out for outgoing connections or ``bind(0)``,
+    so the port is still free when the child process binds it a moment later."""
+    for _ in range(200):
+        port = _PORTS.randrange(20000, 32000)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise OSError("no free loopback port in 20000-32000")
 
 
 class RestartableApiServer:
