@@ -138,6 +138,9 @@ class _NoMetrics:
 
 
 NON_TERMINAL = (WorkloadState.QUEUED.value, WorkloadState.RUNNING.value)
+# Shared by every run seeded as "not open": a cold start over 100,000 finished pods must
+# not cost 100,000 identical objects.
+_TERMINAL_UNKNOWN = Acked(None)
 # A pod created this long before the seed listing cannot belong to a run created after
 # it; creationTimestamp has one-second resolution, so keep a margin.
 _SEED_MARGIN_S = 5.0
@@ -405,7 +408,7 @@ class Controller:
             if pod.created_at < self._seed_time - _SEED_MARGIN_S:
                 # Not among the non-terminal runs, and older than the listing: the run is
                 # terminal (or unknown). Either way there is nothing to send.
-                acked = Acked(None)
+                acked = _TERMINAL_UNKNOWN
                 self._acked[pod.run_id] = acked
                 return acked
         return await self._refresh(pod)
