@@ -14,12 +14,14 @@ Contract:
   documented repair path) → the checks → SIGTERM the watchers → scan their logs.
 * The checks, the same for every scenario:
   - every run is in the state its pod reached: `testbed.verdict.mismatches` against the
-    simulator's expectations, adjusted only where the outcome is honestly unknowable:
-    a pod created *and* deleted while no watcher could see it, that never carried the
-    finalizer (an independent watch of the namespace says so), may also be reported as
-    "pod lost" by the reconciler (cancelled if its run had a cancel request); a scenario
-    that moves runs itself (409s) or sets state rules (stuck pods) states its own
-    expectations;
+    simulator's expectations, adjusted only where the outcome is honestly unknowable
+    (`gap_alternatives`): a pod created *and* deleted while no watcher could see it, that
+    never carried the finalizer (an independent watch of the namespace says so), may be
+    reported "pod lost" by the reconciler (cancelled if its run had a cancel request); a
+    pod whose deletion was requested and completed while no watcher could see it is
+    judged by state only (its final object no longer says whether the deletion ended
+    it). A scenario that moves runs itself (409s) or sets state rules (stuck pods)
+    states its own expectations;
   - no run went backwards (`testbed.verdict.regressions` over the platform's update log);
   - no pod keeps Sniffer's finalizer (a live, non-terminal pod of a run the simulator
     failed to finish may: it is still running);
@@ -46,7 +48,7 @@ import sys
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -158,6 +160,8 @@ class Result:
     lost_examples: list[str] = field(default_factory=list)
     reported_as_pod_lost: int = 0
     """Runs accepted as "pod lost": created and deleted unseen during a watcher gap."""
+    reason_unknowable: int = 0
+    """Runs judged by state only: their pod was deleted and gone within a watcher gap."""
     regressed: int = 0
     finalizers_left: int = 0
     tracebacks: int = 0
@@ -581,24 +585,33 @@ def finalizers_left(pods: Iterable[Mapping[str, Any]], unfinished: set[str]) -> 
 class Judgement:
     wrong: list[str]
     pod_lost: int
+    """Runs accepted as "pod lost": created and deleted unseen during a watcher gap."""
+    reason_unknowable: int = 0
+    """Runs in the right state whose reason was accepted unchecked: their pod's deletion
+    was requested and completed within a watcher gap (see `gap_alternatives`)."""
     awaiting_reconcile: int = 0
     """Runs of pods deleted unseen that are still open: only the reconciler can tell."""
 
 
-def judge(expected: Mapping[str, Expectation], alternatives: Mapping[str, Expectation],
+def judge(expected: Mapping[str, Expectation],
+          alternatives: Mapping[str, Sequence[Expectation]],
           allowed_reasons: Mapping[str, frozenset[str]],
           runs: Mapping[str, Mapping[str, Any]], *, before_reconcile: bool = False,
           ) -> Judgement:
     """Mismatches after the honest adjustments (see the module docstring). With
     `before_reconcile`, open runs of pods deleted unseen are counted apart, not wrong."""
     wrong: list[str] = []
-    pod_lost = awaiting = 0
+    pod_lost = unknowable = awaiting = 0
     for m in mismatches(expected, runs):
-        alt = alternatives.get(m.run_id)
-        if alt is not None and not mismatches({m.run_id: alt}, runs):
-            pod_lost += 1
+        alts = alternatives.get(m.run_id, ())
+        fits = [alt for alt in alts if not mismatches({m.run_id: alt}, runs)]
+        if fits:
+            if any(alt.reason in LOST_REASONS for alt in fits):
+                pod_lost += 1
+            else:
+                unknowable += 1
             continue
-        if (alt is not None and before_reconcile
+        if (any(alt.reason in LOST_REASONS for alt in alts) and before_reconcile
                 and (runs.get(m.run_id) or {}).get("state") in ("queued", "running")):
             awaiting += 1
             continue
@@ -607,27 +620,50 @@ def judge(expected: Mapping[str, Expectation], alternatives: Mapping[str, Expect
         run = runs.get(run_id)
         if run is not None and run.get("reason") not in reasons:
             wrong.append(f"{run_id}: reason {run.get('reason')!r} not in {sorted(reasons)}")
-    return Judgement(wrong, pod_lost, awaiting)
+    return Judgement(wrong, pod_lost, unknowable, awaiting)
 
 
-def unseen_deletions(ctx: Ctx, finalized: set[str], present: set[str]) -> dict[str, str]:
-    """Run ids whose pod never carried the finalizer, is gone, and was deleted during a
-    watcher gap → why (for the notes)."""
-    out: dict[str, str] = {}
+LOST_REASONS = frozenset({"PodLost", "Cancelled"})
+DELETION_SHAPES = frozenset({"terminating", "evicting", "deleted", "deleted-when-finished"})
+GONE_SHAPES = frozenset({"deleted", "deleted-when-finished"})
+
+
+def gap_alternatives(ctx: Ctx, finalized: set[str], present: set[str],
+                     runs: Mapping[str, Mapping[str, Any]]) -> dict[str, list[Expectation]]:
+    """What else the platform may honestly show for runs whose pod's end fell in a watcher
+    gap (no watcher could see it):
+
+    * the pod never carried the finalizer and was deleted in the gap, so it is gone
+      unseen: `sniffer reconcile` reports it "pod lost" (cancelled if cancel was asked);
+    * the pod's deletion was requested *and* completed in the gap: the first view anyone
+      gets is the final object, whose deletionTimestamp the kubelet's grace-0 DELETE has
+      moved past the containers' end, so it cannot tell "stopped by the deletion" from
+      "ended, then deleted": the state is judged, the reason and exit code are not.
+    """
+    out: dict[str, list[Expectation]] = {}
     gaps = [(g.start, g.end if g.end is not None else time.time()) for g in ctx.gaps]
     if not gaps:
         return out
     for sim in ctx.sims:
+        requested: dict[str, float] = {}
         gone: dict[str, float] = {}
         for c in sim.changes:
-            if c.shape in ("deleted", "deleted-when-finished"):
+            if c.shape in DELETION_SHAPES:
+                requested.setdefault(c.run_id, c.accepted_at)
+            if c.shape in GONE_SHAPES:
                 gone[c.run_id] = max(gone.get(c.run_id, 0.0), c.accepted_at)
         for run_id, at in gone.items():
-            if run_id in finalized or run_id in present or run_id not in sim.expected:
+            expectation = sim.expected.get(run_id)
+            if expectation is None:
                 continue
+            alts: list[Expectation] = []
             for start, end in gaps:
-                if start <= at <= end:
-                    out[run_id] = f"deleted at +{at - start:.1f}s into a gap"
+                if start <= at <= end and run_id not in finalized and run_id not in present:
+                    alts.append(_lost(runs.get(run_id)))
+                if start <= requested.get(run_id, at) and at <= end:
+                    alts.append(Expectation(expectation.state, None, None))
+            if alts:
+                out[run_id] = alts
     return out
 
 
@@ -804,8 +840,7 @@ async def _verdict(ctx: Ctx, result: Result, observer: PodObserver) -> None:
         runs = await _runs(ctx.platform)
         pods = await list_pods(ctx.kube, ctx.namespace)
         present = {str((p["metadata"].get("labels") or {}).get(RUN_ID_LABEL)) for p in pods}
-        unseen = unseen_deletions(ctx, observer.finalized, present)
-        alternatives = {run_id: _lost(runs.get(run_id)) for run_id in unseen}
+        alternatives = gap_alternatives(ctx, observer.finalized, present, runs)
         verdict = judge(expected, alternatives, ctx.allowed_reasons, runs,
                         before_reconcile=before_reconcile)
         return verdict, finalizers_left(pods, unfinished)
@@ -834,6 +869,7 @@ async def _verdict(ctx: Ctx, result: Result, observer: PodObserver) -> None:
     result.lost = len(verdict.wrong)
     result.lost_examples = verdict.wrong[:10]
     result.reported_as_pod_lost = verdict.pod_lost
+    result.reason_unknowable = verdict.reason_unknowable
     result.finalizers_left = len(left)
     if verdict.wrong:
         result.problems.append(f"{len(verdict.wrong)} run(s) not in the state their pod "

@@ -25,10 +25,14 @@ preemptions, cancels, crash loops, deletions...), injects its faults on a schedu
 with the same checks (`tests/reliability/harness.py`):
 
 * **lost**: runs whose platform state, reason or exit code differs from what their pod
-  reached (`testbed.verdict.mismatches` against the simulator's expectations). The only
-  adjustment: a pod created *and* deleted while no watcher could see it, which never carried
-  the finalizer (an independent watch of the namespace says so), is honestly reported
-  "pod lost" by `sniffer reconcile` (column *pod lost*);
+  reached (`testbed.verdict.mismatches` against the simulator's expectations). Two
+  adjustments, only for pods whose end fell in a *watcher gap* (every watcher killed,
+  stopped, or cut off from the API server): a pod created *and* deleted in the gap, which
+  never carried the finalizer (an independent watch of the namespace says so), is honestly
+  reported "pod lost" by `sniffer reconcile` (column *pod lost*); a pod whose deletion was
+  requested and completed in the gap is judged by state only (column *state only*: the
+  kubelet's final grace-0 DELETE moves `deletionTimestamp` past the containers' end, so the
+  object no longer says whether the deletion or the workload ended it);
 * **regressed**: updates in the platform's update log that moved a run backwards
   (`testbed.verdict.regressions`);
 * **finalizers left**: pods still carrying `sniffer.io/outcome` at the end;
@@ -61,13 +65,14 @@ def _when(epoch: float | None) -> str:
 
 def scenario_table(results: list[dict[str, Any]]) -> list[str]:
     lines = ["| scenario | load | faults | lost | regressed | finalizers left | pod lost "
-             "(reconcile) | time to consistency s | lag s | p99 latency ms | result |",
-             "|---|---|---|--:|--:|--:|--:|--:|--:|--:|---|"]
+             "(reconcile) | state only | time to consistency s | lag s | p99 latency ms | "
+             "result |", "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
     for r in results:
         p99 = (r.get("latency_ms") or {}).get("p99")
         lines.append(
             f"| {r['scenario']} | {r['load']} | {r['faults']} | {r['lost']} | "
             f"{r['regressed']} | {r['finalizers_left']} | {r['reported_as_pod_lost']} | "
+            f"{r.get('reason_unknowable', 0)} | "
             f"{_fmt(r.get('time_to_consistency_s'))} | "
             f"{_fmt(r.get('lag_after_last_change_s'))} | {_fmt(p99)} | "
             f"{'pass' if r['ok'] else 'FAIL'} |")
