@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import io
 import os
+import socket
 import subprocess
 import sys
 import typing
@@ -25,6 +26,7 @@ from hypothesis import strategies as st
 
 import sniffer.cli as cli
 from config.settings import Settings
+from testbed.apiserver import ApiServer
 
 REPO = Path(__file__).resolve().parents[1]
 HEADER = "sniffer: invalid configuration:"
@@ -158,3 +160,41 @@ def test_a_name_kubernetes_would_refuse_is_a_config_error(env: dict[str, str]) -
         code = cli.main(["watch"])
     field = next(iter(env)).removeprefix("SNIFFER_").lower().replace("_", ".", 1)
     assert_one_clear_error(code, stdout.getvalue(), stderr.getvalue(), field)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "open finding: a health or Prometheus port already in use ends `sniffer watch` with an "
+    "OSError traceback (exit 1) instead of one message naming health.port or "
+    "telemetry.prometheus_port"))
+@pytest.mark.parametrize("setting", ["SNIFFER_HEALTH_PORT", "SNIFFER_TELEMETRY_PROMETHEUS_PORT"])
+def test_a_port_in_use_is_one_clear_error(tmp_path: Path, setting: str,
+                                          apiserver: ApiServer) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env = clean_env(tmp_path, SNIFFER_HEALTH_HOST="127.0.0.1",
+                        SNIFFER_KUBE_KUBECONFIG=str(apiserver.kubeconfig),
+                        SNIFFER_LEADER_ENABLED="false",
+                        **{setting: str(taken.getsockname()[1])})
+        proc = subprocess.Popen([sys.executable, "-m", "sniffer.cli", "watch"], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                cwd=REPO)
+        try:
+            _, stderr = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:  # it started regardless of the port
+            proc.terminate()
+            _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 2, stderr[-2000:]
+    assert "Traceback" not in stderr
+    assert setting.removeprefix("SNIFFER_").lower().replace("_", ".", 1) in stderr
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "open finding: a kube.kubeconfig that does not exist (or is not a kubeconfig) ends "
+    "`sniffer watch` with the Kubernetes client's ConfigException traceback (exit 1) "
+    "instead of one message naming kube.kubeconfig"))
+def test_a_missing_kubeconfig_is_one_clear_error(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "sniffer.cli", "watch"],
+                          env=clean_env(tmp_path), capture_output=True, text=True, cwd=REPO,
+                          timeout=120)
+    assert_one_clear_error(done.returncode, done.stdout, done.stderr, "kube.kubeconfig")
