@@ -102,6 +102,9 @@ class PodStore:
             self._pods[key] = cached
             return False
         last = pod if cached is None or _rv(pod) >= _rv(cached) else cached
+        if cached is not None and _deleted_while_active(cached) and not last.deleted_while_active:
+            # The DELETED event's object is a fresh projection: keep the history we saw.
+            last = dataclasses.replace(last, deleted_while_active=True)
         if last.deletion_timestamp is None:
             last = dataclasses.replace(last, deletion_timestamp=now)
         self._tombstones[key] = last
