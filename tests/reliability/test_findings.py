@@ -50,7 +50,7 @@ async def kube(apiserver: ApiServer) -> AsyncIterator[KubeClient]:
 
 async def stopped_pod(kube: KubeClient, namespace: str, lifecycle: str, kind: Kind, *,
                       statuses: tuple[tuple[Shape, int], ...], cancel: bool = False,
-                      preempt: bool = False,
+                      preempt: bool = False, finalizer: bool = True,
                       seen: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Create the pod (holding Sniffer's finalizer, as the watcher would have added it),
     write `statuses`, then delete it gracefully and let the kubelet stop it. Returns the
@@ -63,7 +63,8 @@ async def stopped_pod(kube: KubeClient, namespace: str, lifecycle: str, kind: Ki
     api = PodApi(kube, asyncio.Semaphore(4))
     kubelet = Kubelet(api, namespace)
     manifest = pod_manifest(plan, new_traceparent())
-    manifest["metadata"]["finalizers"] = [OUTCOME_FINALIZER]
+    if finalizer:
+        manifest["metadata"]["finalizers"] = [OUTCOME_FINALIZER]
     pod = _obj((await api.create_pod(manifest)).obj, seen)
     for shape, restarts in statuses:
         pod = _obj((await kubelet.apply(pod, shape, restarts=restarts)).obj, seen)
@@ -76,7 +77,9 @@ async def stopped_pod(kube: KubeClient, namespace: str, lifecycle: str, kind: Ki
     assert pod["metadata"]["deletionGracePeriodSeconds"] == 30
     pod = _obj((await kubelet.apply(pod, Shape.TERMINATED_ON_DELETION)).obj, seen)
     await asyncio.sleep(FINAL_DELETE_AFTER_S)
-    await api.delete(namespace, plan.pod_name, grace_s=0, uid=pod["metadata"]["uid"])
+    gone = await api.delete(namespace, plan.pod_name, grace_s=0, uid=pod["metadata"]["uid"])
+    if not finalizer:  # gone for good: the DELETED event carries this last version
+        return _obj(gone.obj, seen)
     final = _obj(await api.get(namespace, plan.pod_name), seen)
     assert final["metadata"]["deletionGracePeriodSeconds"] == 0
     return final
@@ -113,6 +116,25 @@ async def test_a_job_stopped_by_deletion_is_failed_deleted_when_the_watch_replay
         store.upsert(project(obj))
     view = store.get(project(seen[-1]).key)
     assert view is not None
+    derived = derive(view, now=time.time(), policy=StatePolicy())
+    assert isinstance(derived, Derived)
+    assert (derived.state.value, derived.reason) == ("failed", "Deleted")
+
+
+async def test_a_job_stopped_by_deletion_is_failed_deleted_from_its_tombstone(
+        kube: KubeClient, namespace: str) -> None:
+    """The same, for a pod that never carried the finalizer (created and stopped while the
+    watch stream was silent): the watch replays its versions, the last one as DELETED."""
+    seen: list[dict[str, Any]] = []
+    await stopped_pod(kube, namespace, "stopped", Kind.JOB, statuses=RUNNING,
+                      finalizer=False, seen=seen)
+    store = PodStore((namespace,))
+    for obj in seen[:-1]:
+        store.upsert(project(obj))
+    final = project(seen[-1])
+    store.delete(final, now=time.time())
+    view = store.get(final.key)
+    assert view is not None and store.is_deleted(final.key)
     derived = derive(view, now=time.time(), policy=StatePolicy())
     assert isinstance(derived, Derived)
     assert (derived.state.value, derived.reason) == ("failed", "Deleted")
