@@ -10,7 +10,13 @@ Contract:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+
+# Kubernetes' own name rules: namespaces are DNS-1123 labels, Lease names subdomains.
+_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_SUBDOMAIN = re.compile(
+    r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +179,14 @@ class Settings:
         need(p.timeout_s > 0, "platform.timeout_s", "must be > 0", p.timeout_s)
         need(p.max_connections >= 1, "platform.max_connections", "must be >= 1",
              p.max_connections)
+        for ns in k.namespaces:
+            need(_LABEL.fullmatch(ns) is not None, "kube.namespaces",
+                 "each must be a namespace name (lowercase letters, digits, '-')", ns)
+        need(_LABEL.fullmatch(le.lease_namespace) is not None, "leader.lease_namespace",
+             "must be a namespace name (lowercase letters, digits, '-')", le.lease_namespace)
+        need(_SUBDOMAIN.fullmatch(le.lease_name) is not None, "leader.lease_name",
+             "must be a Kubernetes object name (lowercase letters, digits, '-', '.')",
+             le.lease_name)
         need(1 <= k.page_size <= 10_000, "kube.page_size", "must be in 1..10000", k.page_size)
         need(0 < k.watch_timeout_min_s <= k.watch_timeout_max_s, "kube.watch_timeout_min_s",
              "must be > 0 and <= kube.watch_timeout_max_s", k.watch_timeout_min_s)

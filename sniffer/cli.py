@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from config import ConfigError, Settings, load_settings
+from sniffer.kube import CredentialsError
 from sniffer.logs import setup_logging
 
 if TYPE_CHECKING:
@@ -93,6 +94,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sniffer: {exc}", file=sys.stderr)
         return 2
     setup_logging(settings.telemetry.log_level, settings.telemetry.log_format)
+    try:
+        return _run(args, settings)
+    except ConfigError as exc:  # found while starting: a port in use, ...
+        print(f"sniffer: {exc}", file=sys.stderr)
+        return 2
+    except CredentialsError as exc:
+        print(f"sniffer: kube.kubeconfig: no usable Kubernetes credentials: {exc}",
+              file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
+    kubeconfig = settings.kube.kubeconfig
+    if kubeconfig and not Path(kubeconfig).is_file():
+        raise ConfigError([f"kube.kubeconfig: {kubeconfig} is not a file"])
     if args.command == "watch":
         return _watch(settings)
     if args.command == "reconcile":

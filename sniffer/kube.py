@@ -28,6 +28,7 @@ from urllib.parse import quote, urlencode
 import aiohttp
 from kubernetes.aio import client as kclient
 from kubernetes.aio import config as kconfig
+from kubernetes.aio.config.config_exception import ConfigException
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,10 @@ class KubeError(Exception):
         super().__init__(f"kubernetes API: {status} {message}" if status else message)
         self.status = status
         self.message = message
+
+
+class CredentialsError(Exception):
+    """No usable credentials: a missing or malformed kubeconfig, or not in a cluster."""
 
 
 class Gone(KubeError):
@@ -120,7 +125,12 @@ class KubeClient:
         configuration = kclient.Configuration()
         in_cluster = kubeconfig is None and "KUBERNETES_SERVICE_HOST" in os.environ
         path = kubeconfig or os.environ.get("KUBECONFIG") or None
-        await cls._load(configuration, path, context, in_cluster)
+        try:
+            await cls._load(configuration, path, context, in_cluster)
+        except (ConfigException, OSError, ValueError, TypeError, KeyError) as exc:
+            where = "in-cluster credentials" if in_cluster else (
+                f"kubeconfig {path or '~/.kube/config'}")
+            raise CredentialsError(f"{where}: {exc}") from None
         configuration.connection_pool_maxsize = pool_size
         if not verify_tls:
             log.warning("TLS verification of the Kubernetes API server is OFF "

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from config.loader import ConfigError
 from config.settings import Settings
 from sniffer.cleanup import bounded
 from sniffer.kube import KubeClient
@@ -153,7 +154,11 @@ class Watcher:
                           "cached_pods": len(store), "queue_depth": len(queue),
                           "tombstones": store.tombstones, "tasks": len(asyncio.all_tasks())})
         if s.health.port:
-            await health.start()
+            try:
+                await health.start()
+            except OSError as exc:
+                raise ConfigError([f"health.port: cannot listen on {s.health.host}:"
+                                   f"{s.health.port} ({exc.strerror or exc})"]) from None
             self.health_port = health.port
         if self._observe is not None:
             self._observe(self)

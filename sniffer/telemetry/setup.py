@@ -63,6 +63,8 @@ from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
+from config import ConfigError
+
 log = logging.getLogger(__name__)
 
 SIGNALS = ("traces", "metrics", "logs")
@@ -309,5 +311,9 @@ def _prometheus(port: int) -> tuple[MetricReader, Any, int]:
 
     registry = CollectorRegistry()
     reader = PrometheusMetricReader(registry=registry)
-    server, _thread = start_http_server(port, addr="0.0.0.0", registry=registry)
+    try:
+        server, _thread = start_http_server(port, addr="0.0.0.0", registry=registry)
+    except OSError as exc:
+        raise ConfigError([f"telemetry.prometheus_port: cannot listen on port {port} "
+                           f"({exc.strerror or exc})"]) from None
     return reader, server, int(server.server_address[1])
