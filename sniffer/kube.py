@@ -212,6 +212,10 @@ class KubeClient:
             data = json.loads(await response.read())
         except ValueError as exc:
             raise KubeError(response.status, f"{method} {path}: response is not JSON") from exc
+        except TimeoutError as exc:
+            raise Timeout(0, f"{method} {path}: the body did not arrive in time") from exc
+        except aiohttp.ClientError as exc:  # the connection broke while the body was read
+            raise KubeError(0, f"{method} {path}: {type(exc).__name__}: {exc}") from exc
         finally:
             response.release()
         if not isinstance(data, dict):
