@@ -14,14 +14,17 @@ the object no longer says when the deletion was requested.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from sniffer.kube import KubeClient
+from sniffer.kube import KubeClient, KubeError
 from sniffer.podview import CANCEL_ANNOTATION, OUTCOME_FINALIZER, project
 from sniffer.states import Derived, StatePolicy, derive
 from testbed.apiserver import ApiServer
@@ -193,3 +196,48 @@ async def test_a_busy_pods_outcome_survives_a_platform_outage(
         await eventually(lambda: not platform.get_faults()["outage_s"], bound_s=60)
         await eventually(lambda: (platform.get_run(run_id) or {}).get("state") == "succeeded",
                          bound_s=60)
+
+
+# -- a connection cut while a response body is read ----------------------------------------
+
+@contextlib.asynccontextmanager
+async def cutting_server(tmp_path: Path) -> AsyncIterator[Path]:
+    """A plain-HTTP "API server" whose answers promise more body than they send, then
+    close: what a connection cut mid-body looks like. Yields a kubeconfig for it."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 4096\r\n\r\n" + b'{"kind":"PodList","items":[')
+        await writer.drain()
+        writer.transport.abort()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "cut",
+        "clusters": [{"name": "cut", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+        "users": [{"name": "cut", "user": {"token": "not-a-secret"}}],
+        "contexts": [{"name": "cut", "context": {"cluster": "cut", "user": "cut"}}]}))
+    try:
+        yield kubeconfig
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_body_cut_short_is_a_typed_kube_error(tmp_path: Path) -> None:
+    """The contract of `sniffer.kube`: errors are typed. A LIST page or a finalizer
+    patch whose body breaks off must raise `KubeError`, which the reflector and the
+    handler expect, not aiohttp's ClientPayloadError (the reflector's loop does not
+    catch that one: it would end the watcher)."""
+    async with cutting_server(tmp_path) as kubeconfig:
+        kube = await KubeClient.connect(kubeconfig=str(kubeconfig))
+        try:
+            with pytest.raises(KubeError):
+                await kube.list_pods("x", label_selector="", limit=10)
+            with pytest.raises(KubeError):
+                await kube.patch_pod("x", "p", {"metadata": {"finalizers": []}})
+        finally:
+            await kube.close()
