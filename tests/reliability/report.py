@@ -49,6 +49,50 @@ module's restricted Pod Security dry run; tokens in outputs by `tests/test_secur
 """
 
 
+FINDINGS = """## Findings
+
+What the matrix and the bad-input tests found in Sniffer, with the test that reproduces
+each (tests/reliability/test_findings.py unless named otherwise):
+
+1. **A pod stopped by its deletion was reported by its SIGTERM exit** — fixed (bf5410d,
+   9311b61, f7d060a). The kubelet ends a graceful deletion with a grace-0 DELETE that moves
+   `deletionTimestamp` to that moment, so "did the deletion end the pod?" could no longer
+   be read from the object. A watcher whose first view of a pod came after that DELETE (a
+   half-open stream, a reopened watch, lag under load: the work queue coalesces a key's
+   updates) reported cancelled jobs failed/Error (exit 143), stopped notebooks
+   succeeded/Completed, preempted servers succeeded. `stream-faults` got 18 of 1,000 runs
+   wrong. Then a tombstone lost the store's "seen deleting while active" mark (the
+   DELETED event's object replaced the cached view), so jobs created *and* stopped while
+   the stream was silent still ended failed/Error (5 of 1,000): fixed in
+   `watch.store.PodStore.delete` (f7d060a).
+2. **A crash loop past the restart limit, reaped later, was reported Stopped** — fixed
+   (9311b61): a watcher keeping up reports failed/CrashLoopBackOff at the 5th restart; one
+   seeing the pod first after the reaping reported cancelled/Stopped.
+3. **A response body cut short escaped as aiohttp's `ClientPayloadError`** — fixed in
+   `sniffer.kube.KubeClient.request_json` (da0510a): `stream-faults` cut a finalizer
+   patch mid-body and the handler logged "handler failed" with a traceback (the change
+   was retried); a LIST page cut the same way would have ended the reflector's loop, which
+   catches only `KubeError`, and with it the watcher.
+4. **A kubeconfig with `insecure-skip-tls-verify: true` turned TLS verification off
+   silently** — fixed in `sniffer.kube` (621127a): it is now logged like
+   `kube.verify_tls=false` (tests/test_security.py).
+5. **Settings Kubernetes refuses start the watcher anyway** — open
+   (tests/test_fuzz_config.py, strict xfails): a namespace, lease namespace or lease name
+   that is not a DNS name, a `kube.kubeconfig` that does not exist, a health or
+   Prometheus port already in use: `sniffer watch` starts and retries a 404 forever, or
+   dies with a traceback (exit 1), instead of exiting 2 with one message naming the field.
+   Proposal: validate the names in `Settings.problems()` (DNS-1123 label/subdomain) and
+   the kubeconfig path in the loader; turn a failed bind into a `ConfigError`-style message.
+6. **Changes "dropped after retries" during a platform outage though nothing is lost** —
+   open, noise only: a busy pod's key is re-added by every update (`WorkQueue.add`
+   bypasses the pending Retry-After retry) and each failure counts against
+   `workers.max_retries`, so a 30 s outage logs errors and counts `dropped` for changes
+   that the still-pending Retry-After retry delivers afterwards
+   (`test_a_busy_pods_outcome_survives_a_platform_outage`). Proposal: do not count a
+   retry while the key's Retry-After is still pending, or drop only when no retry is.
+"""
+
+
 def _fmt(value: Any, unit: str = "") -> str:
     if value is None:
         return "-"
@@ -137,6 +181,7 @@ def render(document: dict[str, Any]) -> str:
                        f"{r['runs_checked']} runs judged): " + ("; ".join(notes) or "-"))
     if document.get("soak"):
         out += ["", "## Soak", "", *soak_table(document["soak"])]
+    out += ["", FINDINGS]
     return "\n".join(out) + "\n"
 
 
