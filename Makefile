@@ -26,6 +26,7 @@ lint: $(STAMP)
 
 test: install testbed lint
 	$(VENV)/bin/pytest -q -m "not jaeger"
+	$(MAKE) bench-quick
 
 # The trace read back from a real Jaeger; builds Jaeger (~15 min cold) when not cached.
 test-jaeger: install testbed
