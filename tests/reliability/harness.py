@@ -378,6 +378,8 @@ class Ctx:
         self.allowed_reasons: dict[str, frozenset[str]] = {}
         self.notes: list[str] = []
         self.reconciles: list[dict[str, Any]] = []
+        self.reconciler_wrote: dict[str, float] = {}
+        """run id → start of the reconcile pass that wrote its terminal state."""
         self.rng = random.Random(scenario.seed)
         self.extras: dict[str, Any] = {}
         """Scenario-specific state shared between its steps (e.g. the meddler)."""
@@ -526,6 +528,10 @@ class Ctx:
         if text.strip():
             with contextlib.suppress(ValueError):
                 report = json.loads(text)
+        for item in report.get("items") or ():
+            if item.get("kind") == "pod_ahead" and item.get("outcome") == "repaired" and \
+                    str(item.get("action", "")).startswith(TERMINAL_WRITES):
+                self.reconciler_wrote.setdefault(str(item["run_id"]), started)
         summary = {
             "pass": n, "exit_code": proc.returncode, "killed": killed,
             "started_at": started, "duration_s": round(time.time() - started, 2),
@@ -624,6 +630,7 @@ def judge(expected: Mapping[str, Expectation],
 
 
 LOST_REASONS = frozenset({"PodLost", "Cancelled"})
+TERMINAL_WRITES = ("set succeeded", "set failed", "set cancelled")
 DELETION_SHAPES = frozenset({"terminating", "evicting", "deleted", "deleted-when-finished"})
 GONE_SHAPES = frozenset({"deleted", "deleted-when-finished"})
 
@@ -638,11 +645,13 @@ def gap_alternatives(ctx: Ctx, finalized: set[str], present: set[str],
     * the pod's deletion was requested *and* completed in the gap: the first view anyone
       gets is the final object, whose deletionTimestamp the kubelet's grace-0 DELETE has
       moved past the containers' end, so it cannot tell "stopped by the deletion" from
-      "ended, then deleted": the state is judged, the reason and exit code are not.
+      "ended, then deleted": the state is judged, the reason and exit code are not. The
+      same holds for a terminal state `sniffer reconcile` wrote from a snapshot taken
+      after the pod's deletion had completed: a snapshot has no history.
     """
     out: dict[str, list[Expectation]] = {}
     gaps = [(g.start, g.end if g.end is not None else time.time()) for g in ctx.gaps]
-    if not gaps:
+    if not gaps and not ctx.reconciler_wrote:
         return out
     for sim in ctx.sims:
         requested: dict[str, float] = {}
@@ -662,6 +671,9 @@ def gap_alternatives(ctx: Ctx, finalized: set[str], present: set[str],
                     alts.append(_lost(runs.get(run_id)))
                 if start <= requested.get(run_id, at) and at <= end:
                     alts.append(Expectation(expectation.state, None, None))
+            snapshot = ctx.reconciler_wrote.get(run_id)
+            if snapshot is not None and at <= snapshot:
+                alts.append(Expectation(expectation.state, None, None))
             if alts:
                 out[run_id] = alts
     return out

@@ -30,9 +30,11 @@ with the same checks (`tests/reliability/harness.py`):
   stopped, or cut off from the API server): a pod created *and* deleted in the gap, which
   never carried the finalizer (an independent watch of the namespace says so), is honestly
   reported "pod lost" by `sniffer reconcile` (column *pod lost*); a pod whose deletion was
-  requested and completed in the gap is judged by state only (column *state only*: the
-  kubelet's final grace-0 DELETE moves `deletionTimestamp` past the containers' end, so the
-  object no longer says whether the deletion or the workload ended it);
+  requested and completed in the gap, or before the snapshot of the `sniffer reconcile`
+  pass that reported it, is judged by state only (column *state only*: the kubelet's
+  final grace-0 DELETE moves `deletionTimestamp` past the containers' end, so the object
+  no longer says whether the deletion or the workload ended it; only the watcher, which
+  saw the pod deleting while it ran, knows);
 * **regressed**: updates in the platform's update log that moved a run backwards
   (`testbed.verdict.regressions`);
 * **finalizers left**: pods still carrying `sniffer.io/outcome` at the end;
@@ -90,6 +92,14 @@ each (tests/reliability/test_findings.py unless named otherwise):
    that the still-pending Retry-After retry delivers afterwards
    (`test_a_busy_pods_outcome_survives_a_platform_outage`). Proposal: do not count a
    retry while the key's Retry-After is still pending, or drop only when no retry is.
+7. **The reconciler reports a job stopped by a completed deletion by its exit** — open,
+   by design so far: a snapshot has no history, so a job whose deletion was requested
+   *and* completed before the pass is written failed/Error (exit 143) where the watcher,
+   which saw it deleting while it ran, writes failed/Deleted. `process-kills` showed it
+   while the leader failed over and reconcile passes raced (the state is right; the
+   matrix judges these runs by state only). Proposal: leave such runs (terminal phase,
+   `deletionGracePeriodSeconds` 0 after a graceful deletion) to the watcher for the
+   grace period, as the reconciler already does for missing pods.
 """
 
 
