@@ -9,11 +9,12 @@ Contract:
   connection resets, slow-drip bodies, a 20 s platform outage) and a sampler.
 * Two replicas run (leader and standby, leader election on); every ``sample_every_s`` the
   sampler reads each one's RSS (``/proc/<pid>/status`` VmRSS), open file descriptors
-  (``/proc/<pid>/fd``) and, from ``/healthz``, its asyncio task count, cached pods and
-  tombstones.
+  (``/proc/<pid>/fd``) and, from ``/healthz``, its asyncio task count, cached pods,
+  tombstones and work-queue depth.
 * Flat means: after a warm-up (the first ``warmup_s``), the median of the last quarter of
   the samples is at most the median of the first quarter plus a margin — RSS x1.25 + 8 MiB,
-  file descriptors +8, tasks +8, tombstones +50. The verdict is per watcher and measure.
+  file descriptors +8, tasks +8, tombstones and queue depth +50. The verdict is per
+  watcher and measure.
 * Returns a JSON-able dict: the scenario `Result` fields, the samples and the trends.
 """
 
@@ -31,9 +32,10 @@ from typing import Any
 from tests.reliability import faults
 from tests.reliability.harness import Bed, Ctx, Load, Scenario, WatcherProcess, run_scenario
 
-MEASURES = ("rss_mib", "fds", "tasks", "tombstones")
+MEASURES = ("rss_mib", "fds", "tasks", "tombstones", "queue_depth")
 MARGINS: dict[str, tuple[float, float]] = {
-    "rss_mib": (1.25, 8.0), "fds": (1.0, 8.0), "tasks": (1.0, 8.0), "tombstones": (1.0, 50.0)}
+    "rss_mib": (1.25, 8.0), "fds": (1.0, 8.0), "tasks": (1.0, 8.0), "tombstones": (1.0, 50.0),
+    "queue_depth": (1.0, 50.0)}
 
 
 @dataclass(frozen=True)
