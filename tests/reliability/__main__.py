@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, help="override every scenario's job count")
     parser.add_argument("--soak", type=float, metavar="MINUTES",
                         help="also run the soak for this long (>= 15 for the issue's soak)")
-    parser.add_argument("--dir", type=Path, default=Path(".testbed/reliability"))
+    parser.add_argument("--dir", type=Path,
+                        help="work folder, emptied first (default .testbed/reliability/SUITE)")
     parser.add_argument("--results", type=Path)
     parser.add_argument("--docs", type=Path, help="render the table into this Markdown file")
     parser.add_argument("--command", default="", help="the command line to quote in --docs")
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         list({"fast": FAST, "full": FULL, "none": ()}[args.suite])
     if args.jobs:
         scenarios = [with_load(s, jobs=args.jobs) for s in scenarios]
-    workdir = args.dir.resolve()
+    workdir = (args.dir or Path(".testbed/reliability") / args.suite).resolve()
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     results_path = args.results or workdir / f"results-{args.suite}.json"
