@@ -28,9 +28,10 @@ from typing import Any
 from bench.env import Admin
 from bench.load import Player, Recorder, bulk, make_plans
 from bench.measure import settled, verify
+from bench.profile import Profiler
 from bench.scenarios import Sizes, each
 from bench.systems import SYSTEMS
-from bench.trial import Harness
+from bench.trial import Harness, write_profile
 from testbed.platform.launcher import launch
 from testbed.platform.store import Store
 from testbed.platform.wire import PatchBody
@@ -176,6 +177,10 @@ async def _cold_trial(h: Harness, system: str, namespace: str, db: Path, workdir
         h.say(f"{scenario} {pods} pods {system}: {len(to_fix)} runs wrong on the platform"
               + (f", +{latency_ms:g} ms per platform call" if latency_ms else ""))
         running = SYSTEMS[system].start(h.target(namespace, platform.url, platform.token_file))
+        profiler = None
+        if h.profile_dir is not None and system.startswith("sniffer"):
+            profiler = Profiler.attach(running.proc.pid,
+                                       h.profile_dir / f"{scenario}-{pods}-{system}.txt")
         t0 = running.started_at
         updates: list[dict[str, Any]] = []
         seq, left = seq0, len(to_fix)
@@ -206,6 +211,10 @@ async def _cold_trial(h: Harness, system: str, namespace: str, db: Path, workdir
             rss = running.rss()
             peak = running.peak_rss()
         finally:
+            if profiler is not None:
+                raw = await asyncio.to_thread(profiler.stop)
+                if raw is not None:
+                    h.say(f"  profile: {write_profile(raw)}")
             final = running.stop()
         requests = admin.requests_total() - req0 - (admin.calls - calls0)
         runs = await asyncio.to_thread(admin.runs)

@@ -123,7 +123,8 @@ def markdown(doc: dict[str, Any], plots: list[str]) -> str:
         if not rows:
             continue
         lines += [f"## {TITLES[scenario]}", "", TRIAL_HEADER]
-        rows.sort(key=lambda f: (json.dumps(f["params"], sort_keys=True), _key(f)))
+        rows.sort(key=lambda f: (sorted((k, v) for k, v in f["params"].items()
+                                        if isinstance(v, (int, float))), _key(f)))
         lines += [trial_row(f) for f in rows]
         lines.append("")
     if by.get("catchup"):
@@ -193,17 +194,22 @@ def _plots(doc: dict[str, Any], out: Path, stamp: str) -> list[str]:
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
         for system in sorted(systems, key=lambda s: _key({"system": s})):
             rows = sorted((f for f in steady if f["system"] == system),
-                          key=lambda f: f["offered_per_s"])
-            xs = [f["offered_per_s"] for f in rows]
+                          key=lambda f: f["params"]["rate_jobs_per_s"])
+            xs = [2 * f["params"]["rate_jobs_per_s"] for f in rows]
             a1.plot(xs, [f["throughput_per_s"] or 0 for f in rows], "o-", label=system,
                     color=COLORS.get(system))
             a2.plot(xs, [(f["latency_s"]["p99"] or 0) * 1000 for f in rows], "o-",
                     label=system, color=COLORS.get(system))
-        top = max(f["offered_per_s"] for f in steady)
+        top = max(2 * f["params"]["rate_jobs_per_s"] for f in steady)
         a1.plot([0, top], [0, top], ":", color="grey", label="offered")
-        a1.set_xlabel("offered load (state changes/s)")
+        ceiling = (doc.get("ceiling") or {}).get("state_changes_per_s")
+        if ceiling:
+            for ax in (a1, a2):
+                ax.axvline(ceiling, color="grey", linestyle="--", linewidth=0.8,
+                           label="API server alone")
+        a1.set_xlabel("offered load (state changes/s: 2 per job)")
         a1.set_ylabel("sustained throughput (changes/s)")
-        a2.set_xlabel("offered load (state changes/s)")
+        a2.set_xlabel("offered load (state changes/s: 2 per job)")
         a2.set_ylabel("p99 latency (ms, log)")
         a2.set_yscale("log")
         for ax in (a1, a2):
@@ -273,6 +279,20 @@ def _plots(doc: dict[str, Any], out: Path, stamp: str) -> list[str]:
     return written
 
 
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bench.report RESULT.json``: render its markdown and plots again."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m bench.report RESULT.json", file=sys.stderr)
+        return 2
+    path = Path(args[0])
+    for written in write(json.loads(path.read_text()), path.parent):
+        print(written)
+    return 0
+
+
 def write(doc: dict[str, Any], out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     stamp = doc["stamp"]
@@ -282,3 +302,7 @@ def write(doc: dict[str, Any], out: Path) -> list[Path]:
     md_path = out / f"{stamp}.md"
     md_path.write_text(markdown(doc, plots))
     return [json_path, md_path, *(out / p for p in plots)]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

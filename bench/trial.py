@@ -142,7 +142,7 @@ class Harness:
                 if profiler is not None:
                     path = await asyncio.to_thread(profiler.stop)
                     if path is not None:
-                        figures_profile = _write_profile(path)
+                        figures_profile = write_profile(path)
                         self.say(f"  profile: {figures_profile}")
         finally:
             final = running.stop()
@@ -186,7 +186,7 @@ class Harness:
                      f"{len(rec.changes)}  platform updates {seq - seq0}")
 
 
-def _write_profile(raw: Path) -> Path:
+def write_profile(raw: Path) -> Path:
     """Summary text and flame graph next to the raw stacks; returns the summary's path."""
     summary = raw.with_name(raw.stem + "-summary.txt")
     summary.write_text(summarise(raw))
