@@ -241,3 +241,39 @@ async def test_a_body_cut_short_is_a_typed_kube_error(tmp_path: Path) -> None:
                 await kube.patch_pod("x", "p", {"metadata": {"finalizers": []}})
         finally:
             await kube.close()
+
+
+# -- a standby over a long time ---------------------------------------------------------
+
+@pytest.mark.xfail(strict=True, reason=(
+    "open finding: a standby keeps a tombstone and a queued key for every pod deleted "
+    "while it waits (the controller that would forget them runs only on the leader), so "
+    "its memory grows with every pod the cluster ever deleted (the soak shows it)"))
+async def test_a_standby_does_not_grow_with_the_pods_the_leader_handled(
+        apiserver: ApiServer, platform: PlatformServer, namespace: str,
+        kube: KubeClient) -> None:
+    await kube.request_json(
+        "POST", f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases",
+        body={"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+              "metadata": {"name": "sniffer-watch"},
+              "spec": {"holderIdentity": "the-leader", "leaseDurationSeconds": 3600,
+                       "acquireTime": "2026-01-01T00:00:00.000000Z",
+                       "renewTime": "2099-01-01T00:00:00.000000Z"}})
+    env = watcher_env(apiserver, platform, namespace, SNIFFER_LEADER_ENABLED="true",
+                      SNIFFER_LEADER_IDENTITY="standby")
+    pods = Pods(kube, namespace)
+    async with running_watcher(settings_for(env)) as watcher:
+        for i in range(30):  # what the leader does: finalize, report, release; then GC
+            await pods.create(f"done-{i}", f"done-{i}")
+            await kube.patch_pod(namespace, f"done-{i}",
+                                 {"metadata": {"finalizers": [OUTCOME_FINALIZER]}})
+            await pods.succeeded(f"done-{i}")
+            await kube.patch_pod(namespace, f"done-{i}", {"metadata": {"finalizers": None}},
+                                 content_type="application/merge-patch+json")
+            await pods.delete(f"done-{i}", grace_s=0)
+        store, queue = watcher.store, watcher.queue
+        assert store is not None and queue is not None
+        await eventually(lambda: len(store) == 0)
+        assert watcher.elector is not None and not watcher.elector.is_leader
+        assert store.tombstones == 0
+        assert len(queue) == 0
