@@ -43,7 +43,10 @@ from testbed.apiserver import ApiServer
 from testbed.platform.launcher import PlatformServer
 from tests.fixtures.otlp import OtlpReceiver
 from tests.reliability import faults
-from tests.reliability.harness import Bed, Ctx, Load, Scenario, free_port, run_scenario
+from tests.reliability.context import Ctx
+from tests.reliability.harness import Bed, run_scenario
+from tests.reliability.model import Load, Scenario
+from tests.reliability.servers import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 BOUND_S = 120.0

@@ -1,14 +1,16 @@
 """Sniffer's fault matrix: scenarios at load on the testbed, each ending with the same checks.
 
 Modules:
-* `harness`: the machinery of one scenario (servers, `sniffer watch` processes, a fault
-  proxy, the simulator, the end-of-scenario checks) and its JSON `Result`.
-* `servers`: a kube-apiserver that can be restarted on its own data and ports, and a
-  loopback TCP proxy running in a thread of its own.
+* `model`: what a scenario is (`Load`, `Scenario`) and what a run gives (`Result`).
+* `harness`: `run_scenario` — servers, watchers, faults, simulator, then the verdict.
+* `context`: `Ctx`, what a scenario's steps use and record; `processes`: the watcher and
+  reconcile processes and an independent observer of the namespace; `servers`: a
+  kube-apiserver that restarts on its own data and ports, and a threaded fault proxy.
+* `verdict`: the end-of-scenario checks; `faults`: the fault steps scenarios are made of.
 * `scenarios`: the catalogue (what load, which faults, on which schedule), sized for
   ``make test`` (`FAST`) or for ``make soak`` (`FULL`).
 * `soak`: the long steady run with periodic faults and resource sampling.
-* `report`: results JSON → the table in docs/reliability.md.
+* `report`: results JSON → docs/reliability.md.
 * ``python -m tests.reliability``: run any of them from the command line.
 
 The fast scenarios also run as pytest tests (`test_scenarios.py`), so ``make test`` runs

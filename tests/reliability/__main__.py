@@ -28,7 +28,8 @@ from typing import Any
 
 from testbed.apiserver import start
 from tests.reliability import report
-from tests.reliability.harness import Bed, Result, run_scenario, with_load
+from tests.reliability.harness import Bed, run_scenario
+from tests.reliability.model import Result, with_load
 from tests.reliability.scenarios import FAST, FULL, by_name
 from tests.reliability.soak import SoakConfig, run_soak
 

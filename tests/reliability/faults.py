@@ -15,7 +15,10 @@ from typing import Any
 from testbed.platform.launcher import AdminError
 from testbed.simulator.lifecycles import Expectation, State
 from testbed.simulator.records import SimResult
-from tests.reliability.harness import Ctx, WatcherProcess, Window, scan_logs
+from tests.reliability.context import Ctx
+from tests.reliability.model import Window
+from tests.reliability.processes import WatcherProcess
+from tests.reliability.verdict import scan_logs
 
 OPERATOR_REASON = "CancelledByOperator"
 

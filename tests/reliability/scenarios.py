@@ -20,7 +20,9 @@ from collections.abc import Callable
 
 from testbed.simulator.lifecycles import Expectation, State
 from tests.reliability import faults
-from tests.reliability.harness import Ctx, Load, Scenario, Step, scan_logs
+from tests.reliability.context import Ctx
+from tests.reliability.model import Load, Scenario, Step
+from tests.reliability.verdict import scan_logs
 
 LOAD = Load(jobs=1000, rate=25)
 FAST_LEASE = {"SNIFFER_LEADER_LEASE_DURATION_S": "10", "SNIFFER_LEADER_RENEW_DEADLINE_S": "7",

@@ -30,7 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from tests.reliability import faults
-from tests.reliability.harness import Bed, Ctx, Load, Scenario, WatcherProcess, run_scenario
+from tests.reliability.context import Ctx
+from tests.reliability.harness import Bed, run_scenario
+from tests.reliability.model import Load, Scenario
+from tests.reliability.processes import WatcherProcess
 
 MEASURES = ("rss_mib", "fds", "tasks", "tombstones", "queue_depth")
 MARGINS: dict[str, tuple[float, float]] = {

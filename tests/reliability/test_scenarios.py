@@ -18,9 +18,10 @@ import pytest
 
 from testbed.apiserver import ApiServer, ApiServerError, start
 from testbed.build import BuildError
-from tests.reliability.harness import Bed, Result, run_scenario
+from tests.reliability.harness import Bed, run_scenario
+from tests.reliability.model import Result, Scenario
 from tests.reliability.report import summary
-from tests.reliability.scenarios import FAST, Scenario
+from tests.reliability.scenarios import FAST
 
 pytestmark = pytest.mark.testbed
 RESULTS = Path(__file__).resolve().parents[2] / ".testbed" / "reliability" / "fast"
