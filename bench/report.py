@@ -49,7 +49,8 @@ def _params(p: dict[str, Any]) -> str:
 
 TRIAL_HEADER = ("| system | load | p50 ms | p90 ms | p99 ms | max ms | throughput /s "
                 "(offered) | CPU s / 1k changes | peak RSS MiB | dropped or wrong | "
-                "platform requests |\n|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+                "platform requests | cores: system / API server / other sessions |\n"
+                "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
 
 
 def trial_row(f: dict[str, Any]) -> str:
@@ -60,7 +61,15 @@ def trial_row(f: dict[str, Any]) -> str:
     return (f"| {f['system']} | {_params(f['params'])} | {_ms(lat['p50'])} | {_ms(lat['p90'])} "
             f"| {_ms(lat['p99'])} | {_ms(lat['max'])} | {_num(f['throughput_per_s'])} "
             f"({f['offered_per_s']:.0f}) | {_num(f['cpu_s_per_1000'], '{:.2f}')} | "
-            f"{_mib(f['peak_rss'])} | {bad_text} | {f['platform_requests']} |")
+            f"{_mib(f['peak_rss'])} | {bad_text} | {f['platform_requests']} | "
+            f"{_cores(f)} |")
+
+
+def _cores(f: dict[str, Any]) -> str:
+    c = f.get("cpu_cores") or {}
+    if not c:
+        return "-"
+    return f"{c['system']:.2f} / {c['apiserver']:.2f} / {c['others']:.2f}"
 
 
 COLD_HEADER = ("| system | pods | synced (ready) s | wrong runs repaired s | quiet s | "
@@ -221,11 +230,13 @@ def _plots(doc: dict[str, Any], out: Path, stamp: str) -> list[str]:
     pairs = [("steady", "slow", "p99 latency, steady load (ms, log)", "p99"),
              ("catchup", "catchup", "catch-up throughput (repairs/s)", "rate")]
     slow_rows = [f for f in results if f["scenario"] == "slow"]
-    if slow_rows:
-        rate = slow_rows[0]["params"]["rate_jobs_per_s"]
-        latency = slow_rows[0]["params"]["platform_latency_ms"]
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-        for ax, (fast, slow, ylabel, what) in zip(axes, pairs, strict=True):
+    catchup_rows = [f for f in results if f["scenario"] == "catchup"]
+    if slow_rows or catchup_rows:
+        rate = slow_rows[0]["params"]["rate_jobs_per_s"] if slow_rows else None
+        latency = max(f["params"]["platform_latency_ms"] for f in slow_rows + catchup_rows)
+        pairs = [p for p in pairs if (slow_rows if p[0] == "steady" else catchup_rows)]
+        fig, axes = plt.subplots(1, len(pairs), figsize=(5.5 * len(pairs), 4), squeeze=False)
+        for ax, (fast, slow, ylabel, what) in zip(axes[0], pairs, strict=True):
             for system in sorted({f["system"] for f in results if f["scenario"] == slow
                                   or (f["scenario"] == fast and what != "p99")},
                                  key=lambda s: _key({"system": s})):

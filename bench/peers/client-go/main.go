@@ -7,8 +7,10 @@
 // main container's terminated reason and exit code. It remembers the state the platform
 // last acknowledged per run (initially "queued", the state runs are created in), sends a
 // PATCH only when the derived state differs, with that state as expected_state. A 409/412
-// answer teaches it the run's real state; transient errors retry with the queue's per-key
-// exponential backoff, up to 12 times (then the change is counted as dropped).
+// answer teaches it the run's real state (after a 412 the update is sent once more from
+// it, as the other peers do); transient errors retry with the queue's per-key exponential
+// backoff and the default controller rate limiter, up to 12 times (then the change is
+// counted as dropped).
 //
 // Configuration (environment): PEER_KUBECONFIG, PEER_NAMESPACE, PEER_PLATFORM_URL,
 // PEER_PLATFORM_TOKEN_FILE, PEER_WORKERS (default 64). It prints "synced" once the
@@ -194,15 +196,24 @@ func (c *controller) sync(key string) error {
 	if expected == d.state {
 		return nil
 	}
-	c.sent.Add(1)
-	state, retry, err := c.platform.patch(d, expected)
-	if state != "" {
-		c.setAcked(d.runID, state)
+	for attempt := 0; attempt < 2; attempt++ {
+		c.sent.Add(1)
+		var state string
+		var retry bool
+		state, retry, err = c.platform.patch(d, expected)
+		if state != "" {
+			c.setAcked(d.runID, state)
+		}
+		if err == nil || retry {
+			return err
+		}
+		if state == "" || state == d.state || terminal(state) {
+			return nil // settled: nothing more to say about this run
+		}
+		// A failed precondition carries the run's state: send once more from there.
+		expected = state
 	}
-	if err != nil && (retry || (state != "" && state != d.state && !terminal(state))) {
-		return err
-	}
-	return nil
+	return err
 }
 
 func terminal(s string) bool {
