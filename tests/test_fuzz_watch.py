@@ -285,12 +285,17 @@ class FakeKube:
     """What the reflector needs of `KubeClient`, serving one scripted watch stream through
     the real line splitter and decoder (as `KubeClient.watch_pods` does), then silence."""
 
-    def __init__(self, stream: bytes) -> None:
+    def __init__(self, stream: bytes, lists: list[list[dict[str, Any]]] | None = None) -> None:
         self._stream: bytes | None = stream
+        self._lists = list(lists or [[]])
+        self.listed = 0
 
     async def list_pods(self, namespace: str | None, *, label_selector: str, limit: int,
                         continue_token: str | None = None) -> Page:
-        return Page(items=[], resource_version="1", continue_token=None)
+        items = self._lists[min(self.listed, len(self._lists) - 1)]
+        self.listed += 1
+        return Page(items=items, resource_version=str(1000 + self.listed),
+                    continue_token=None)
 
     async def watch_pods(self, namespace: str | None, *, label_selector: str,
                          resource_version: str, timeout_seconds: int,
@@ -368,6 +373,43 @@ async def _reflect(stream: bytes, good_count: int, expected_bad: int) -> None:
         assert len(handler.lines) >= expected_bad
     finally:
         logger.removeHandler(handler)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_an_error_410_mid_stream_relists_and_turns_the_gap_into_deletions():
+    """ERROR 410 in the middle of a stream (the server's watch fell behind a compaction):
+    the reflector relists; a pod missing from the new list becomes a deletion (its last
+    view kept as a tombstone), a changed one is updated, a new one added; the loop lives.
+    The testbed's API server, even without its watch cache, did not end a frozen stream
+    with a 410 in our attempts, so this edge is exercised here with a scripted stream."""
+    a, b = real_pod("job-a", "run-a", rv=10), real_pod("job-b", "run-b", rv=11)
+    b2 = real_pod("job-b", "run-b", rv=20, shape=Shape.SUCCEEDED)
+    c = real_pod("job-c", "run-c", rv=21)
+    stream = b"\n".join([event_line(a, "ADDED"), event_line(b, "ADDED"),
+                         b'{"type":"ERROR","object":{"kind":"Status","code":410,'
+                         b'"reason":"Expired","message":"too old resource version"}}',
+                         event_line(c, "ADDED")]) + b"\n"
+    store = PodStore(("fuzz",))
+    changed: list[str] = []
+    metrics = Counting()
+    kube = FakeKube(stream, lists=[[], [b2, c]])
+    reflector = Reflector(cast(KubeClient, kube), store, changed.append,
+                          namespaces=("fuzz",), label_selector="sniffer.io/run-id",
+                          metrics=metrics)
+    task = asyncio.create_task(reflector.run())
+    try:
+        deadline = time.monotonic() + 30
+        while kube.listed < 2 or store.get("fuzz/job-c") is None:
+            assert not task.done() and time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        assert store.is_deleted("fuzz/job-a")
+        assert store.get("fuzz/job-b").phase == "Succeeded"
+        assert "expired" in metrics.restarts
+        assert changed.count("fuzz/job-a") == 2  # added, then deleted in the gap
+        assert not task.done()
+    finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task

@@ -237,3 +237,4 @@ async def reconcile_killed_and_rerun(ctx: Ctx, kill_after_updates: int,
         await ctx.reconcile(kill_after_updates=kill_after_updates, env=env)
         await ctx.reconcile(env=env)
     await ctx.reconcile(env=env)
+
