@@ -4,7 +4,9 @@
   table (scenario, load, faults, outcome: lost / regressed / finalizers left, time to
   consistency), the notes per scenario and, if present, the soak's table.
 * `summary(document)` is a short plain-text verdict for the terminal.
-* ``python -m tests.reliability.report RESULTS.json [OUT.md]`` re-renders saved results.
+* ``python -m tests.reliability.report RESULTS.json [--fast DIR] [OUT.md]`` re-renders
+  saved results (with the fast tests' result files from DIR, e.g.
+  ``.testbed/reliability/fast``).
 """
 
 from __future__ import annotations
@@ -176,7 +178,8 @@ def soak_table(soak: dict[str, Any]) -> list[str]:
     return lines
 
 
-def render(document: dict[str, Any]) -> str:
+def render(document: dict[str, Any], fast: list[dict[str, Any]] | None = None) -> str:
+    """The whole page; `fast` adds the fast scenarios' last `make test` results."""
     results = document.get("scenarios") or []
     out = [INTRO, "## Results", "",
            f"Run {_when(document.get('started_at'))} on {document.get('machine', '?')}; "
@@ -191,6 +194,14 @@ def render(document: dict[str, Any]) -> str:
                        f"{r['runs_checked']} runs judged): " + ("; ".join(notes) or "-"))
     if document.get("soak"):
         out += ["", "## Soak", "", *soak_table(document["soak"])]
+    if fast:
+        out += ["", "## The fast scenarios (`make test`)", "",
+                "Five scenarios of 1,000 jobs cover the same faults in ``make test`` "
+                "(tests/reliability/test_scenarios.py; faults of one side share a run, the "
+                "platform outage lasts 30 s). Their last results "
+                f"({_when(min(r['started_at'] for r in fast))}, "
+                f"{sum(r['duration_s'] for r in fast) / 60:.1f} minutes in all):", "",
+                *scenario_table(fast)]
     out += ["", FINDINGS]
     return "\n".join(out) + "\n"
 
@@ -213,8 +224,17 @@ def summary(document: dict[str, Any]) -> str:
 
 
 def main(argv: list[str]) -> int:
+    """``RESULTS.json [--fast DIR] [OUT.md]``: DIR holds the fast tests' result files."""
+    fast: list[dict[str, Any]] | None = None
+    if "--fast" in argv:
+        i = argv.index("--fast")
+        folder = Path(argv[i + 1])
+        argv = argv[:i] + argv[i + 2:]
+        from tests.reliability.scenarios import FAST
+        fast = [json.loads((folder / f"{s.name}.json").read_text()) for s in FAST
+                if (folder / f"{s.name}.json").exists()]
     document = json.loads(Path(argv[0]).read_text())
-    text = render(document)
+    text = render(document, fast)
     if len(argv) > 1:
         Path(argv[1]).write_text(text)
     else:
