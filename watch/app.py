@@ -199,7 +199,9 @@ class Watcher:
         await store.wait_synced()
         log.info("pod cache synced", extra={"cached_pods": len(store)})
         if elector is not None:
+            store.keep_tombstones = False  # a standby leaves deletions to the leader
             await elector.wait_leader()
+            store.keep_tombstones = True
         await controller.run()
 
 

@@ -179,7 +179,10 @@ class Controller:
     # --- wiring ------------------------------------------------------------------------
 
     def on_change(self, key: str) -> None:
-        """Reflector callback: a pod changed. Never blocks."""
+        """Reflector callback: a pod changed. Never blocks. Before `run()` (a standby)
+        nothing is queued: `run()` enqueues every cached pod when it starts."""
+        if not self._started:
+            return
         self._observed.setdefault(key, self._clock())
         self._queue.add(key)
 

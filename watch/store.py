@@ -18,7 +18,8 @@ Contract:
 
 Invariants:
 * a key is in `_pods` iff the pod exists in the last list or was added/modified since;
-* a key is in `_tombstones` iff it was deleted and its deletion is not handled yet;
+* a key is in `_tombstones` iff it was deleted while `keep_tombstones` was set and its
+  deletion is not handled yet;
 * a key is never in both.
 """
 
@@ -53,6 +54,9 @@ class PodStore:
         self._synced = asyncio.Event()
         if not self._unsynced:
             self._synced.set()
+        self.keep_tombstones = True
+        """False on a standby: nobody will handle its tombstones (the leader reports the
+        deletions), so keeping them would grow with every pod the cluster deletes."""
 
     # --- reads -------------------------------------------------------------------------
 
@@ -101,6 +105,8 @@ class PodStore:
             # The DELETED event is for an older incarnation; keep the live pod.
             self._pods[key] = cached
             return False
+        if not self.keep_tombstones:
+            return cached is not None
         last = pod if cached is None or _rv(pod) >= _rv(cached) else cached
         if cached is not None and _deleted_while_active(cached) and not last.deleted_while_active:
             # The DELETED event's object is a fresh projection: keep the history we saw.

@@ -245,10 +245,6 @@ async def test_a_body_cut_short_is_a_typed_kube_error(tmp_path: Path) -> None:
 
 # -- a standby over a long time ---------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "open finding: a standby keeps a tombstone and a queued key for every pod deleted "
-    "while it waits (the controller that would forget them runs only on the leader), so "
-    "its memory grows with every pod the cluster ever deleted (the soak shows it)"))
 async def test_a_standby_does_not_grow_with_the_pods_the_leader_handled(
         apiserver: ApiServer, platform: PlatformServer, namespace: str,
         kube: KubeClient) -> None:
