@@ -24,7 +24,9 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy .
 
-test: install testbed lint
+# The suite imports the benchmark harness too (tests/test_bench_*.py) and ends with
+# bench-quick, so it installs the bench extra.
+test: $(BENCH_STAMP) testbed lint
 	$(VENV)/bin/pytest -q -m "not jaeger"
 	$(MAKE) bench-quick
 
