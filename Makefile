@@ -4,6 +4,7 @@ PYTHON ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+BENCH_STAMP := $(VENV)/.bench-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
 .PHONY: all install testbed test test-jaeger lint unit demo bench bench-quick soak clean lock
 
@@ -45,7 +46,6 @@ demo: install testbed
 # full run (about 30 minutes on 2 cores; BENCH_ARGS="--help" lists its options);
 # `bench-quick` is the seconds-long smoke run of every scenario and peer that asserts
 # every run ended right, never a speed. The bench extra adds kopf, psutil, matplotlib.
-BENCH_STAMP := $(VENV)/.bench-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
 $(BENCH_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
