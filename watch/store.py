@@ -18,8 +18,9 @@ Contract:
 
 Invariants:
 * a key is in `_pods` iff the pod exists in the last list or was added/modified since;
-* a key is in `_tombstones` iff it was deleted while `keep_tombstones` was set and its
-  deletion is not handled yet;
+* a key is in `_tombstones` iff it was deleted, its deletion is not handled yet, and
+  `keep_tombstones` was set or the pod never carried Sniffer's finalizer;
+* a key is in `_finalized` only if it is in `_pods`, carrying that uid;
 * a key is never in both.
 """
 
@@ -29,7 +30,7 @@ import asyncio
 import dataclasses
 from collections.abc import Collection, Iterable, Iterator
 
-from sniffer.podview import PodView
+from sniffer.podview import OUTCOME_FINALIZER, PodView
 
 
 def _deleted_while_active(pod: PodView) -> bool:
@@ -55,8 +56,14 @@ class PodStore:
         if not self._unsynced:
             self._synced.set()
         self.keep_tombstones = True
-        """False on a standby: nobody will handle its tombstones (the leader reports the
-        deletions), so keeping them would grow with every pod the cluster deletes."""
+        """False on a standby: it keeps no tombstone of a pod that carried Sniffer's
+        finalizer (the leader added it and released it only once the outcome was
+        acknowledged), so it does not grow with every pod the cluster deletes. A pod that
+        never carried it (deleted before a leader saw it, as while the leader is dead and
+        its lease not yet expired) keeps its tombstone: a standby that takes over must
+        still report it."""
+        self._finalized: dict[str, str] = {}
+        """key → uid of live pods seen carrying Sniffer's finalizer."""
 
     # --- reads -------------------------------------------------------------------------
 
@@ -93,6 +100,10 @@ class PodStore:
                 return False
             if _deleted_while_active(current) and not pod.deleted_while_active:
                 pod = dataclasses.replace(pod, deleted_while_active=True)
+        if OUTCOME_FINALIZER in pod.finalizers:
+            self._finalized[key] = pod.uid
+        elif self._finalized.get(key) not in (None, pod.uid):
+            del self._finalized[key]  # a new pod took the name
         self._pods[key] = pod
         self._tombstones.pop(key, None)
         return True
@@ -105,7 +116,8 @@ class PodStore:
             # The DELETED event is for an older incarnation; keep the live pod.
             self._pods[key] = cached
             return False
-        if not self.keep_tombstones:
+        finalized = self._finalized.pop(key, None) == pod.uid
+        if not self.keep_tombstones and finalized:
             return cached is not None
         last = pod if cached is None or _rv(pod) >= _rv(cached) else cached
         if cached is not None and _deleted_while_active(cached) and not last.deleted_while_active:
