@@ -273,3 +273,35 @@ async def test_a_standby_does_not_grow_with_the_pods_the_leader_handled(
         assert watcher.elector is not None and not watcher.elector.is_leader
         assert store.tombstones == 0
         assert len(queue) == 0
+
+
+async def test_a_new_leader_reports_a_pod_deleted_while_nobody_led(
+        apiserver: ApiServer, platform: PlatformServer, namespace: str,
+        kube: KubeClient) -> None:
+    """The failover window: the leader died, its lease has not expired yet, and a pod is
+    created, finishes and is deleted before it ever got the finalizer. Only the standby
+    saw it; when it takes over it must report the outcome (leader-sigkill found ~100 such
+    runs left queued once a standby stopped keeping tombstones)."""
+    await kube.request_json(
+        "POST", f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases",
+        body={"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+              "metadata": {"name": "sniffer-watch"},
+              "spec": {"holderIdentity": "dead-leader", "leaseDurationSeconds": 6,
+                       "acquireTime": "2026-01-01T00:00:00.000000Z",
+                       "renewTime": "2026-01-01T00:00:00.000000Z"}})
+    env = watcher_env(apiserver, platform, namespace, SNIFFER_LEADER_ENABLED="true",
+                      SNIFFER_LEADER_IDENTITY="standby", SNIFFER_LEADER_LEASE_DURATION_S="6",
+                      SNIFFER_LEADER_RENEW_DEADLINE_S="4",
+                      SNIFFER_LEADER_RETRY_PERIOD_S="0.5")
+    pods = Pods(kube, namespace)
+    run_id = f"unseen-{uuid.uuid4().hex[:10]}"
+    platform.create_run(run_id, pod_namespace=namespace, pod_name="quick")
+    async with running_watcher(settings_for(env)) as watcher:
+        assert watcher.elector is not None and not watcher.elector.is_leader
+        await pods.create("quick", run_id)
+        await pods.succeeded("quick")
+        await pods.delete("quick", grace_s=0)
+        assert await pods.get("quick") is None
+        assert not watcher.elector.is_leader, "took over too early to test the window"
+        await eventually(lambda: watcher.elector is not None and watcher.elector.is_leader)
+        await eventually(lambda: (platform.get_run(run_id) or {}).get("state") == "succeeded")
