@@ -55,8 +55,8 @@ module's restricted Pod Security dry run; tokens in outputs by `tests/test_secur
 
 FINDINGS = """## Findings
 
-What the matrix and the bad-input tests found in Sniffer, with the test that reproduces
-each (tests/reliability/test_findings.py unless named otherwise):
+What the matrix, the bad-input tests and the soak found in Sniffer, with the test that
+reproduces each (tests/reliability/test_findings.py unless named otherwise):
 
 1. **A pod stopped by its deletion was reported by its SIGTERM exit** — fixed (bf5410d,
    9311b61, f7d060a). The kubelet ends a graceful deletion with a grace-0 DELETE that moves
@@ -64,7 +64,7 @@ each (tests/reliability/test_findings.py unless named otherwise):
    be read from the object. A watcher whose first view of a pod came after that DELETE (a
    half-open stream, a reopened watch, lag under load: the work queue coalesces a key's
    updates) reported cancelled jobs failed/Error (exit 143), stopped notebooks
-   succeeded/Completed, preempted servers succeeded. `stream-faults` got 18 of 1,000 runs
+   succeeded/Completed, preempted servers succeeded: `stream-faults` got 18 of 1,000 runs
    wrong. Then a tombstone lost the store's "seen deleting while active" mark (the
    DELETED event's object replaced the cached view), so jobs created *and* stopped while
    the stream was silent still ended failed/Error (5 of 1,000): fixed in
@@ -80,21 +80,29 @@ each (tests/reliability/test_findings.py unless named otherwise):
 4. **A kubeconfig with `insecure-skip-tls-verify: true` turned TLS verification off
    silently** — fixed in `sniffer.kube` (621127a): it is now logged like
    `kube.verify_tls=false` (tests/test_security.py).
-5. **Settings Kubernetes refuses start the watcher anyway** — open
-   (tests/test_fuzz_config.py, strict xfails): a namespace, lease namespace or lease name
-   that is not a DNS name, a `kube.kubeconfig` that does not exist, a health or
-   Prometheus port already in use: `sniffer watch` starts and retries a 404 forever, or
-   dies with a traceback (exit 1), instead of exiting 2 with one message naming the field.
-   Proposal: validate the names in `Settings.problems()` (DNS-1123 label/subdomain) and
-   the kubeconfig path in the loader; turn a failed bind into a `ConfigError`-style message.
-6. **Changes "dropped after retries" during a platform outage though nothing is lost** —
+5. **Settings Kubernetes refuses started the watcher anyway** — fixed (cef8250): a
+   namespace, lease namespace or lease name that is not a DNS name, a `kube.kubeconfig`
+   that does not exist, a health or Prometheus port already in use made `sniffer watch`
+   retry a 404 forever or die with a traceback; now each is one message naming the
+   setting and exit 2 (tests/test_fuzz_config.py).
+6. **A standby grew with every pod the cluster deleted** — fixed (4485437, then 08685a2): a
+   standby queued every changed key and kept a tombstone of every deleted pod, which only
+   a leader's controller forgets. The first fix dropped every tombstone on a standby, and
+   `leader-sigkill` then left 109 of 1,000 runs queued: pods created, finished and deleted
+   while the leader was dead and its lease not yet expired were seen by the standby only.
+   Now a standby drops just the tombstones of pods that carried Sniffer's finalizer (their
+   outcome was acknowledged before the leader released it) and keeps the others for
+   when it takes over (`test_a_new_leader_reports_a_pod_deleted_while_nobody_led`,
+   `test_a_standby_does_not_grow_with_the_pods_the_leader_handled`). With finalizer mode
+   off a standby still keeps every tombstone.
+7. **Changes "dropped after retries" during a platform outage though nothing is lost** —
    open, noise only: a busy pod's key is re-added by every update (`WorkQueue.add`
    bypasses the pending Retry-After retry) and each failure counts against
    `workers.max_retries`, so a 30 s outage logs errors and counts `dropped` for changes
    that the still-pending Retry-After retry delivers afterwards
    (`test_a_busy_pods_outcome_survives_a_platform_outage`). Proposal: do not count a
    retry while the key's Retry-After is still pending, or drop only when no retry is.
-7. **The reconciler reports a job stopped by a completed deletion by its exit** — open,
+8. **The reconciler reports a job stopped by a completed deletion by its exit** — open,
    by design so far: a snapshot has no history, so a job whose deletion was requested
    *and* completed before the pass is written failed/Error (exit 143) where the watcher,
    which saw it deleting while it ran, writes failed/Deleted. `process-kills` showed it
