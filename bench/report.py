@@ -16,10 +16,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-ORDER = ["sniffer", "sniffer-finalizers", "sniffer-w256", "client-go", "kopf",
-         "baseline-serial"]
+ORDER = ["sniffer", "sniffer-finalizers", "sniffer-w256", "client-go", "client-go-json",
+         "kopf", "baseline-serial"]
 COLORS = {"sniffer": "#1f77b4", "sniffer-finalizers": "#17becf", "sniffer-w256": "#9467bd",
-          "client-go": "#2ca02c", "kopf": "#ff7f0e", "baseline-serial": "#d62728"}
+          "client-go": "#2ca02c", "client-go-json": "#8c564b", "kopf": "#ff7f0e",
+          "baseline-serial": "#d62728"}
 
 
 def _ms(v: float | None) -> str:

@@ -13,7 +13,8 @@
 // counted as dropped).
 //
 // Configuration (environment): PEER_KUBECONFIG, PEER_NAMESPACE, PEER_PLATFORM_URL,
-// PEER_PLATFORM_TOKEN_FILE, PEER_WORKERS (default 64). It prints "synced" once the
+// PEER_PLATFORM_TOKEN_FILE, PEER_WORKERS (default 64), PEER_CONTENT_TYPE ("json" lists and
+// watches in JSON, as the Python systems must; default protobuf). It prints "synced" once the
 // informer's initial list is in the cache, and counters on SIGTERM.
 package main
 
@@ -250,8 +251,10 @@ func main() {
 		fmt.Fprintln(os.Stderr, "kubeconfig:", err)
 		os.Exit(2)
 	}
-	cfg.ContentType = "application/vnd.kubernetes.protobuf"
-	cfg.AcceptContentTypes = "application/vnd.kubernetes.protobuf,application/json"
+	if os.Getenv("PEER_CONTENT_TYPE") != "json" { // protobuf, as Kubernetes' own controllers
+		cfg.ContentType = "application/vnd.kubernetes.protobuf"
+		cfg.AcceptContentTypes = "application/vnd.kubernetes.protobuf,application/json"
+	}
 	cfg.QPS, cfg.Burst = 50, 100
 	client := kubernetes.NewForConfigOrDie(cfg)
 	token, err := os.ReadFile(os.Getenv("PEER_PLATFORM_TOKEN_FILE"))
