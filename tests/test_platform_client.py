@@ -27,6 +27,7 @@ from sniffer.platform import (
     PlatformUnavailable,
     Run,
     StateUpdate,
+    _Token,
     parse_retry_after,
 )
 from testbed.platform.launcher import PlatformServer, launch
@@ -425,6 +426,7 @@ async def test_the_token_never_reaches_a_repr_an_exception_or_a_log(
                     errors.append(exc)
                 platform.clear_faults()
             _write(token_file, "wrong-" + secret)
+            await asyncio.sleep(_Token.RECHECK_S + 0.1)  # the client re-checks the file
             try:
                 await client.get_run(run_id)
             except PlatformError as exc:

@@ -293,10 +293,12 @@ def setup_telemetry(component: str, *, prometheus_port: int | None = None,
         from sniffer.telemetry.logexport import install_log_export
         logger_provider, log_handler = install_log_export(resource, decided.logs)
 
-    if install_globals:
+    # Without a span exporter the SDK would still build every span for nothing; the API's
+    # default no-op tracer keeps W3C propagation and costs next to nothing.
+    if install_globals and decided.traces:
         trace.set_tracer_provider(tracer_provider)
-        if meter_provider is not None:
-            metrics.set_meter_provider(meter_provider)
+    if install_globals and meter_provider is not None:
+        metrics.set_meter_provider(meter_provider)
     log.info("telemetry configured", extra={
         "service_name": resource.attributes.get("service.name"),
         "traces": list(decided.traces), "metrics": list(decided.metrics),
