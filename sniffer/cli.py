@@ -106,9 +106,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
-    kubeconfig = settings.kube.kubeconfig
-    if kubeconfig and not Path(kubeconfig).is_file():
-        raise ConfigError([f"kube.kubeconfig: {kubeconfig} is not a file"])
     if args.command == "watch":
         return _watch(settings)
     if args.command == "reconcile":
@@ -141,6 +138,9 @@ def _watch(settings: Settings) -> int:
 
     if not check_token_file(settings):
         return 2
+    kubeconfig = settings.kube.kubeconfig
+    if kubeconfig and not Path(kubeconfig).is_file():  # before anything starts
+        raise ConfigError([f"kube.kubeconfig: {kubeconfig} is not a file"])
     telemetry = _telemetry("watch", settings)
     sinks = (WatchTelemetry(telemetry.meter, leader_election=settings.leader.enabled)
              if telemetry.metrics_on else None)
