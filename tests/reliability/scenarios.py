@@ -138,12 +138,13 @@ async def expect_blind_stops(ctx: Ctx) -> None:
     """While every replica is down, a job stopped by deletion reaches its terminal phase
     unseen; the next leader's first view (after the kubelet's final DELETE moved
     deletionTimestamp) cannot tell the stop from the SIGTERM exit it caused. The state
-    (failed) is still checked; the reason may be either."""
+    (failed) is still checked; the reason may be either, or PodLost when the pod was also
+    created in that window (it never got the finalizer)."""
     for sim in ctx.sims:
         for outcome in sim.outcomes:
             if outcome.reason == "Deleted":
                 ctx.overrides[outcome.run_id] = Expectation(State.FAILED, None, None)
-                ctx.allowed_reasons[outcome.run_id] = frozenset({"Deleted", "Error"})
+                ctx.allowed_reasons[outcome.run_id] = frozenset({"Deleted", "Error", "PodLost"})
 
 
 async def expect_meddled(ctx: Ctx) -> None:
