@@ -33,22 +33,20 @@ Contract:
   the ``max_connections`` slots is held; waiting for a free slot does not count.
 * TLS certificates are verified unless ``verify_tls=False`` (logged as a warning);
   ``ca_file`` adds a CA bundle.
+
+The values and errors are defined in `sniffer.platform_model`, the token file in
+`sniffer.platform_token`; this module exports the public ones too, as it always has.
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import enum
 import json
 import logging
-import math
-import os
 import ssl
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
@@ -57,281 +55,30 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 from opentelemetry import propagate, trace
 
+from sniffer.platform_model import (
+    KINDS,
+    STATES,
+    TERMINAL_STATES,
+    Outcome,
+    PlatformError,
+    PlatformRejected,
+    PlatformUnavailable,
+    Run,
+    StateUpdate,
+    UpdateResult,
+    error_code,
+    error_text,
+    parse_retry_after,
+    read_field,
+    read_run,
+    rejection,
+)
+from sniffer.platform_token import TokenFile
+
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)
 
-STATES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
-TERMINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
-KINDS: tuple[str, ...] = ("job", "notebook", "app")
 API_PREFIX = "/api/v1"
-
-
-# -- errors ------------------------------------------------------------------------------
-
-class PlatformError(Exception):
-    """Base of every error a :class:`PlatformClient` call raises."""
-
-
-class PlatformUnavailable(PlatformError):
-    """A retryable failure. ``status`` is None for transport errors and timeouts."""
-
-    def __init__(self, message: str, *, retry_after: float | None = None,
-                 status: int | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-        self.status = status
-
-
-class PlatformRejected(PlatformError):
-    """The platform refused the request, or answered something unusable; don't repeat as is.
-
-    ``status`` is the HTTP status (0 when no request was sent), ``code`` the contract's
-    error code (``"malformed_response"`` for an unparsable body).
-    """
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(f"{status} {code}: {message}" if status else f"{code}: {message}")
-        self.status = status
-        self.code = code
-        self.message = message
-
-
-# -- values ------------------------------------------------------------------------------
-
-def _opt_time(data: Mapping[str, Any], key: str) -> datetime | None:
-    value = data[key]
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise ValueError(f"{key} is not a string")
-    parsed = datetime.fromisoformat(value)
-    if parsed.tzinfo is None:
-        raise ValueError(f"{key} has no time zone")
-    return parsed.astimezone(UTC)
-
-
-def _opt(data: Mapping[str, Any], key: str, kind: type) -> Any:
-    """``data[key]`` if it is None or exactly of ``kind`` (a bool is not an int here)."""
-    value = data[key]
-    if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
-        raise ValueError(f"{key} is not {kind.__name__} or null")
-    return value
-
-
-def _bool(data: Mapping[str, Any], key: str) -> bool:
-    value = data[key]
-    if not isinstance(value, bool):
-        raise ValueError(f"{key} is not a boolean")
-    return value
-
-
-def _format_time(value: datetime) -> str:
-    if value.tzinfo is None:
-        raise ValueError("naive datetime: pass an aware (UTC) datetime")
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-@dataclass(frozen=True, slots=True)
-class Run:
-    """A run as the platform has it. Times are aware UTC datetimes."""
-
-    id: str
-    state: str
-    version: int
-    kind: str
-    created_at: datetime
-    updated_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    reason: str | None
-    message: str | None
-    exit_code: int | None
-    cancel_requested: bool
-    pod_namespace: str | None
-    pod_name: str | None
-    pod_uid: str | None
-
-    @property
-    def terminal(self) -> bool:
-        return self.state in TERMINAL_STATES
-
-    @classmethod
-    def from_json(cls, data: Any) -> Run:
-        """Parse the contract's Run object; ``ValueError`` names what is wrong."""
-        if not isinstance(data, Mapping):
-            raise ValueError("run is not a JSON object")
-        try:
-            if data["state"] not in STATES:
-                raise ValueError(f"unknown state {data['state']!r}")
-            created_at = _opt_time(data, "created_at")
-            updated_at = _opt_time(data, "updated_at")
-            if created_at is None or updated_at is None:
-                raise ValueError("created_at/updated_at missing")
-            version = data["version"]
-            if isinstance(version, bool) or not isinstance(version, int):
-                raise ValueError("version is not an integer")
-            run_id = data["id"]
-            if not isinstance(run_id, str):
-                raise ValueError("id is not a string")
-            return cls(
-                id=run_id,
-                state=data["state"],
-                version=version,
-                kind=str(data["kind"]),
-                created_at=created_at,
-                updated_at=updated_at,
-                started_at=_opt_time(data, "started_at"),
-                finished_at=_opt_time(data, "finished_at"),
-                reason=_opt(data, "reason", str),
-                message=_opt(data, "message", str),
-                exit_code=_opt(data, "exit_code", int),
-                cancel_requested=_bool(data, "cancel_requested"),
-                pod_namespace=_opt(data, "pod_namespace", str),
-                pod_name=_opt(data, "pod_name", str),
-                pod_uid=_opt(data, "pod_uid", str),
-            )
-        except KeyError as exc:
-            raise ValueError(f"run lacks field {exc.args[0]!r}") from None
-
-
-@dataclass(frozen=True, slots=True)
-class StateUpdate:
-    """The state (and details) to report for one run. ``None`` fields are not sent.
-
-    ``state`` may also be a ``str``-valued enum member; it is stored as its value.
-    Raises ``ValueError`` for an unknown state or a naive datetime.
-    """
-
-    run_id: str
-    state: str
-    reason: str | None = None
-    message: str | None = None
-    exit_code: int | None = None
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    pod_uid: str | None = None
-    pod_name: str | None = None
-    pod_namespace: str | None = None
-
-    def __post_init__(self) -> None:
-        state = getattr(self.state, "value", self.state)
-        if state not in STATES:
-            raise ValueError(f"unknown state {self.state!r}; expected one of {STATES}")
-        object.__setattr__(self, "state", state)
-        if not self.run_id:
-            raise ValueError("run_id is empty")
-        for name in ("started_at", "finished_at"):
-            value = getattr(self, name)
-            if value is not None and value.tzinfo is None:
-                raise ValueError(f"{name} is a naive datetime")
-
-    def to_json(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"state": self.state}
-        for name in ("reason", "message", "exit_code", "pod_uid", "pod_name", "pod_namespace"):
-            value = getattr(self, name)
-            if value is not None:
-                body[name] = value
-        for name in ("started_at", "finished_at"):
-            value = getattr(self, name)
-            if value is not None:
-                body[name] = _format_time(value)
-        return body
-
-
-class Outcome(enum.Enum):
-    """What a state update did (see the module docstring for the status mapping)."""
-
-    APPLIED = "applied"
-    UNCHANGED = "unchanged"
-    CONFLICT = "conflict"
-    PRECONDITION_FAILED = "precondition_failed"
-    NOT_FOUND = "not_found"
-
-
-@dataclass(frozen=True, slots=True)
-class UpdateResult:
-    """``run`` is the platform's current run (None iff NOT_FOUND); ``code`` is the error code
-    of a CONFLICT (``"conflict"`` or ``"pod_mismatch"``) or PRECONDITION_FAILED."""
-
-    outcome: Outcome
-    run: Run | None
-    code: str | None = None
-
-
-# -- helpers -----------------------------------------------------------------------------
-
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """``Retry-After`` → seconds to wait (≥ 0), or None if absent or unparsable."""
-    if value is None:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        pass
-    else:
-        return max(0.0, seconds) if math.isfinite(seconds) else None
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
-
-
-class _Token:
-    """The bearer token from a file. Invariant: ``_value`` is the file's content as of stat
-    signature ``_signature``. Its repr never shows the token."""
-
-    __slots__ = ("_checked", "_path", "_signature", "_value")
-
-    # A rotated Secret mount is picked up within this long (and at once after a 401);
-    # a stat per request was 10 % of the CPU of a burst.
-    RECHECK_S = 1.0
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._signature: tuple[int, int, int] | None = None
-        self._value: str | None = None
-        self._checked = -math.inf
-
-    def __repr__(self) -> str:
-        return f"<token from {self._path} (redacted)>"
-
-    def _read(self, force: bool) -> None:
-        try:
-            st = os.stat(self._path)
-            signature = (st.st_ino, st.st_size, st.st_mtime_ns)
-            if not force and signature == self._signature:
-                return
-            value = self._path.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            if self._value is not None:
-                return  # a rotation in progress; keep the last good token
-            raise PlatformRejected(
-                0, "token_unavailable", f"cannot read token file {self._path}: {exc.strerror}"
-            ) from None
-        if not value:
-            if self._value is not None:
-                return
-            raise PlatformRejected(0, "token_unavailable", f"token file {self._path} is empty")
-        self._signature = signature
-        self._value = value
-
-    def current(self) -> str:
-        now = time.monotonic()
-        if self._value is None or now - self._checked >= self.RECHECK_S:
-            self._read(force=False)
-            self._checked = now
-        assert self._value is not None
-        return self._value
-
-    def reread(self) -> bool:
-        """Read the file again; True iff the token changed."""
-        before = self._value
-        self._read(force=True)
-        return self._value != before
 
 
 class PlatformMetrics(Protocol):
@@ -388,7 +135,7 @@ class PlatformClient:
         if timeout <= 0 or max_connections < 1:
             raise ValueError("timeout must be > 0 and max_connections >= 1")
         self._base = base
-        self._token = _Token(Path(token_file))
+        self._token = TokenFile(Path(token_file))
         self._timeout = timeout
         self._max_connections = max_connections
         self._verify_tls = verify_tls
@@ -493,7 +240,7 @@ class PlatformClient:
                       (time.perf_counter() - started) * 1000)
         if status in (408, 429) or status >= 500:
             raise PlatformUnavailable(
-                f"{method} {route}: {status} {_error_text(raw)}",
+                f"{method} {route}: {status} {error_text(raw)}",
                 retry_after=parse_retry_after(retry_after), status=status,
             )
         try:
@@ -514,8 +261,8 @@ class PlatformClient:
         if status == 404:
             return None
         if status != 200:
-            raise _rejected(status, data, "GET /api/v1/runs/{id}")
-        return _parse_run(status, data, "GET /api/v1/runs/{id}")
+            raise rejection(status, data, "GET /api/v1/runs/{id}")
+        return read_run(status, data, "GET /api/v1/runs/{id}")
 
     async def list_runs(self, states: Iterable[str], *, page_size: int = 500,
                         ) -> AsyncIterator[Run]:
@@ -540,7 +287,7 @@ class PlatformClient:
                 "GET", f"{API_PREFIX}/runs", params=params, route="/api/v1/runs"
             )
             if status != 200:
-                raise _rejected(status, data, route)
+                raise rejection(status, data, route)
             try:
                 items = data["items"]
                 after = data["next"]
@@ -584,17 +331,17 @@ class PlatformClient:
         if status == 404:
             return UpdateResult(Outcome.NOT_FOUND, None, "not_found")
         if status == 200:
-            run = _parse_run(status, _field(status, data, "run", route), route)
-            applied = _field(status, data, "applied", route)
+            run = read_run(status, read_field(status, data, "run", route), route)
+            applied = read_field(status, data, "applied", route)
             if not isinstance(applied, bool):
                 raise PlatformRejected(status, "malformed_response", f"{route}: applied")
             return UpdateResult(Outcome.APPLIED if applied else Outcome.UNCHANGED, run)
         if status in (409, 412):
-            run = _parse_run(status, _field(status, data, "run", route), route)
-            code = _error_code(data) or ("conflict" if status == 409 else "precondition_failed")
+            run = read_run(status, read_field(status, data, "run", route), route)
+            code = error_code(data) or ("conflict" if status == 409 else "precondition_failed")
             outcome = Outcome.CONFLICT if status == 409 else Outcome.PRECONDITION_FAILED
             return UpdateResult(outcome, run, code)
-        raise _rejected(status, data, route)
+        raise rejection(status, data, route)
 
     async def create_run(
         self, run_id: str | None = None, *, kind: str = "job",
@@ -611,52 +358,14 @@ class PlatformClient:
             "POST", f"{API_PREFIX}/runs", body=body, route="/api/v1/runs"
         )
         if status != 201:
-            raise _rejected(status, data, route)
-        return _parse_run(status, data, route)
+            raise rejection(status, data, route)
+        return read_run(status, data, route)
 
 
 def _quote(run_id: str) -> str:
     if not run_id:
         raise ValueError("run_id is empty")
     return quote(run_id, safe="")
-
-
-def _field(status: int, data: Any, key: str, route: str) -> Any:
-    if not isinstance(data, dict) or key not in data:
-        raise PlatformRejected(status, "malformed_response", f"{route}: no {key!r} in body")
-    return data[key]
-
-
-def _parse_run(status: int, data: Any, route: str) -> Run:
-    try:
-        return Run.from_json(data)
-    except ValueError as exc:
-        raise PlatformRejected(status, "malformed_response", f"{route}: {exc}") from None
-
-
-def _error_code(data: Any) -> str | None:
-    if isinstance(data, dict) and isinstance(data.get("error"), dict):
-        code = data["error"].get("code")
-        return code if isinstance(code, str) else None
-    return None
-
-
-def _rejected(status: int, data: Any, route: str) -> PlatformRejected:
-    error = data.get("error") if isinstance(data, dict) else None
-    if not isinstance(error, dict):
-        return PlatformRejected(status, "unexpected_status", f"{route}: {str(data)[:200]}")
-    message = str(error.get("message", ""))
-    if isinstance(error.get("field"), str):
-        message = f"field {error['field']}: {message}"
-    return PlatformRejected(status, str(error.get("code", "unknown")), f"{route}: {message}")
-
-
-def _error_text(raw: bytes) -> str:
-    try:
-        data = json.loads(raw)
-        return str(data["error"]["message"])[:200]
-    except (ValueError, UnicodeDecodeError, KeyError, TypeError):
-        return raw[:200].decode(errors="replace")
 
 
 __all__ = [

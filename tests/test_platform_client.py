@@ -1,4 +1,8 @@
-"""Sniffer's Platform API client (sniffer/platform.py) against the real reference server."""
+"""Sniffer's Platform API client (sniffer/platform.py) against the real reference server.
+
+The values and errors on their own: tests/test_platform_model.py; the token file on its own:
+tests/test_platform_token.py.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,6 @@ import os
 import traceback
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
-from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +22,16 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
-from sniffer.platform import (
+from sniffer.platform import PlatformClient
+from sniffer.platform_model import (
     Outcome,
-    PlatformClient,
     PlatformError,
     PlatformRejected,
     PlatformUnavailable,
     Run,
     StateUpdate,
-    _Token,
-    parse_retry_after,
 )
+from sniffer.platform_token import TokenFile
 from testbed.platform.launcher import PlatformServer, launch
 
 
@@ -182,14 +184,6 @@ async def test_an_invalid_update_is_rejected_with_400_naming_the_field(
     assert "message" in str(caught.value)
 
 
-def test_state_update_refuses_unknown_states_and_naive_times() -> None:
-    with pytest.raises(ValueError, match="unknown state"):
-        StateUpdate("r", "done")
-    with pytest.raises(ValueError, match="naive"):
-        StateUpdate("r", "running", started_at=datetime(2026, 1, 1))
-    assert StateUpdate("r", _State.RUNNING).state == "running"
-
-
 def test_constructing_a_client_needs_no_event_loop_and_starts_nothing(tmp_path: Path) -> None:
     client = PlatformClient("http://127.0.0.1:9/", tmp_path / "missing-token")
     assert "127.0.0.1:9" in repr(client)
@@ -290,22 +284,6 @@ async def test_a_refused_connection_raises_unavailable(platform: PlatformServer)
     async with PlatformClient("http://127.0.0.1:9", platform.token_file) as client:
         with pytest.raises(PlatformUnavailable):
             await client.get_run("x")
-
-
-@pytest.mark.parametrize(("header", "expected"), [
-    ("3", 3.0), ("0.5", 0.5), ("-4", 0.0), (" 7 ", 7.0), ("soon", None), (None, None),
-    ("nan", None),
-])
-def test_parse_retry_after_reads_seconds(header: str | None, expected: float | None) -> None:
-    assert parse_retry_after(header) == expected
-
-
-def test_parse_retry_after_reads_http_dates() -> None:
-    now = 1_800_000_000.0
-    when = datetime.fromtimestamp(now + 120, UTC)
-    assert parse_retry_after(format_datetime(when, usegmt=True), now=now) == pytest.approx(120)
-    past = datetime.fromtimestamp(now - 60, UTC)
-    assert parse_retry_after(format_datetime(past, usegmt=True), now=now) == 0.0
 
 
 # -- malformed responses ---------------------------------------------------------------------
@@ -426,7 +404,7 @@ async def test_the_token_never_reaches_a_repr_an_exception_or_a_log(
                     errors.append(exc)
                 platform.clear_faults()
             _write(token_file, "wrong-" + secret)
-            await asyncio.sleep(_Token.RECHECK_S + 0.1)  # the client re-checks the file
+            await asyncio.sleep(TokenFile.RECHECK_S + 0.1)  # the client re-checks the file
             try:
                 await client.get_run(run_id)
             except PlatformError as exc:
