@@ -12,7 +12,7 @@ Contract:
   is (no Go toolchain needed); changing any source selects a new entry.
 * An entry appears atomically (built in a scratch directory, then renamed), so a reader never
   sees half a build. Concurrent callers for the same key build at most once: the others wait
-  on a lock file and then find the result.
+  on a lock file and then find the result (`testbed.gocache`, shared with `testbed.jaeger`).
 * A cold build needs Go (>= the module's ``go`` line) and the Go module proxy, and takes
   minutes; progress goes to stderr. Build failures raise `BuildError` carrying Go's output.
 
@@ -22,25 +22,21 @@ CLI: ``python -m testbed.build`` builds if needed and prints the two paths.
 from __future__ import annotations
 
 import argparse
-import fcntl
-import hashlib
 import os
 import re
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from testbed import gocache
+
+# BuildError and cache_root are imported from here too (bench, tests).
+from testbed.gocache import BuildError, cache_root, ensure_entry, executable, find_go, go_build
+
 MODULE_DIR = Path(__file__).resolve().parent / "apiserver"
 APISERVER_NAME = "kube-testbed"
 KUBECTL_NAME = "kubectl"
-
-
-class BuildError(RuntimeError):
-    """The Go build failed or cannot run; the message carries the reason and Go's output."""
 
 
 @dataclass(frozen=True)
@@ -53,21 +49,11 @@ class Binaries:
     """Upstream kubectl at the same Kubernetes version."""
 
 
-def cache_root() -> Path:
-    """The directory holding one subdirectory per cache key."""
-    base = os.environ.get("SNIFFER_CACHE") or os.environ.get("XDG_CACHE_HOME")
-    return (Path(base) if base else Path.home() / ".cache") / "sniffer" / "testbed"
-
-
 def source_key(module_dir: Path = MODULE_DIR) -> str:
     """A short hash of everything that determines the binaries' content."""
-    digest = hashlib.sha256(_ldflags(kubernetes_version(module_dir)).encode() + b"\0")
     sources = [module_dir / "go.mod", module_dir / "go.sum", *sorted(module_dir.rglob("*.go"))]
-    for path in sources:
-        # The relative path is hashed too, so moving code between files changes the key.
-        digest.update(str(path.relative_to(module_dir)).encode() + b"\0")
-        digest.update(path.read_bytes() + b"\0")
-    return digest.hexdigest()[:16]
+    return gocache.source_key(module_dir, sources,
+                              salt=_ldflags(kubernetes_version(module_dir)).encode() + b"\0")
 
 
 def kubernetes_version(module_dir: Path = MODULE_DIR) -> str:
@@ -94,8 +80,9 @@ def _binaries_in(entry: Path) -> Binaries:
     return Binaries(apiserver=entry / "bin" / APISERVER_NAME, kubectl=entry / "bin" / KUBECTL_NAME)
 
 
-def _complete(b: Binaries) -> bool:
-    return all(p.is_file() and os.access(p, os.X_OK) for p in (b.apiserver, b.kubectl))
+def _complete(entry: Path) -> bool:
+    b = _binaries_in(entry)
+    return executable(b.apiserver) and executable(b.kubectl)
 
 
 def _say(message: str) -> None:
@@ -108,59 +95,34 @@ def ensure_binaries(*, quiet: bool = False) -> Binaries:
     Safe to call from several processes at once. Raises `BuildError` if a build is needed
     and fails.
     """
-    root = cache_root()
-    key = source_key()
-    entry = root / key
-    found = _binaries_in(entry)
-    if _complete(found):
-        return found
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / f"{key}.lock", "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if not quiet:
-                _say(f"another process is building; waiting for {lock.name}")
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        # Someone else may have finished the build while we waited for the lock.
-        if _complete(found):
-            return found
-        _build(entry, quiet=quiet)
-    return found
+    entry = cache_root() / source_key()
+
+    def waiting(lock: Path) -> None:
+        if not quiet:
+            _say(f"another process is building; waiting for {lock}")
+
+    def build(scratch: Path) -> None:
+        _build(scratch, entry, quiet=quiet)
+
+    return _binaries_in(ensure_entry(entry, complete=_complete, build=build, waiting=waiting))
 
 
-def _build(entry: Path, *, quiet: bool) -> None:
-    go = shutil.which("go")
-    if go is None:
-        raise BuildError("the Go toolchain ('go') is not on PATH; it is needed to build the "
-                         f"testbed once (see {MODULE_DIR / 'go.mod'} for the version)")
+def _build(scratch: Path, entry: Path, *, quiet: bool) -> None:
+    go = find_go(f"to build the testbed once (see {MODULE_DIR / 'go.mod'} for the version)")
     version = kubernetes_version()
-    scratch = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=entry.parent))
-    try:
-        (scratch / "bin").mkdir()
-        env = {**os.environ, "CGO_ENABLED": "0"}
-        # Both programs in one invocation share the compile of their common packages.
-        cmd = [go, "build", "-trimpath", "-ldflags", _ldflags(version),
-               "-o", str(scratch / "bin") + os.sep, ".", "./cmd/kubectl"]
-        if not quiet:
-            _say(f"building kube-apiserver {version}, etcd and kubectl "
-                 "(first time: several minutes, more on 2 cores)…")
-            _say(f"  into {entry}")
-        started = time.monotonic()
-        proc = subprocess.run(cmd, cwd=MODULE_DIR, env=env, capture_output=True, text=True,
-                              check=False)
-        if proc.returncode != 0:
-            raise BuildError(f"`{' '.join(cmd)}` in {MODULE_DIR} failed with exit code "
-                             f"{proc.returncode}:\n{proc.stdout}{proc.stderr}")
-        # `go build -o dir/` names a main package's binary after its directory.
-        (scratch / "bin" / MODULE_DIR.name).rename(scratch / "bin" / APISERVER_NAME)
-        if entry.exists():  # an incomplete leftover; the lock says no one is using it
-            shutil.rmtree(entry)
-        scratch.rename(entry)
-        if not quiet:
-            _say(f"built in {time.monotonic() - started:.0f}s")
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    (scratch / "bin").mkdir()
+    if not quiet:
+        _say(f"building kube-apiserver {version}, etcd and kubectl "
+             "(first time: several minutes, more on 2 cores)…")
+        _say(f"  into {entry}")
+    started = time.monotonic()
+    # Both programs in one invocation share the compile of their common packages.
+    go_build(go, ["-ldflags", _ldflags(version), "-o", str(scratch / "bin") + os.sep,
+                  ".", "./cmd/kubectl"], module_dir=MODULE_DIR)
+    # `go build -o dir/` names a main package's binary after its directory.
+    (scratch / "bin" / MODULE_DIR.name).rename(scratch / "bin" / APISERVER_NAME)
+    if not quiet:
+        _say(f"built in {time.monotonic() - started:.0f}s")
 
 
 def main(argv: list[str] | None = None) -> int:

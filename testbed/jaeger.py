@@ -5,7 +5,7 @@ Contract:
 * `ensure_jaeger()` returns the path of an executable ``jaeger`` built from
   ``testbed/jaeger`` (a Go module whose only purpose is to pin
   ``github.com/jaegertracing/jaeger/cmd/jaeger`` as a tool, go.mod + go.sum). It is cached
-  like the API server (`testbed.build`): ``<cache>/sniffer/testbed/jaeger-<key>/bin/jaeger``,
+  like the API server (`testbed.gocache`): ``<cache>/sniffer/testbed/jaeger-<key>/bin/jaeger``,
   the key a hash of go.mod and go.sum; a present entry is used as is, an entry appears
   atomically, concurrent callers build once. A cold build needs Go and the module proxy and
   takes ~15 minutes on 2 cores (a big module); `cached_jaeger()` never builds.
@@ -25,16 +25,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
-import fcntl
-import hashlib
 import json
-import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -42,7 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from testbed.build import BuildError, cache_root
+from testbed import gocache
+from testbed.gocache import BuildError, cache_root, ensure_entry, executable, find_go, go_build
 
 MODULE_DIR = Path(__file__).resolve().parent / "jaeger"
 TOOL = "github.com/jaegertracing/jaeger/cmd/jaeger"
@@ -98,71 +94,55 @@ class JaegerError(RuntimeError):
 
 
 def source_key() -> str:
-    digest = hashlib.sha256()
-    for name in ("go.mod", "go.sum"):
-        digest.update(name.encode() + b"\0" + (MODULE_DIR / name).read_bytes() + b"\0")
-    return digest.hexdigest()[:16]
+    return gocache.source_key(MODULE_DIR, [MODULE_DIR / "go.mod", MODULE_DIR / "go.sum"])
 
 
 def _binary_in(entry: Path) -> Path:
     return entry / "bin" / "jaeger"
 
 
+def _entry() -> Path:
+    return cache_root() / f"jaeger-{source_key()}"
+
+
+def _complete(entry: Path) -> bool:
+    return executable(_binary_in(entry))
+
+
 def cached_jaeger() -> Path | None:
     """The built binary for the current go.mod/go.sum, or None (never builds)."""
-    path = _binary_in(cache_root() / f"jaeger-{source_key()}")
-    return path if path.is_file() and os.access(path, os.X_OK) else None
+    path = _binary_in(_entry())
+    return path if executable(path) else None
 
 
 def ensure_jaeger(*, quiet: bool = False) -> Path:
     """The binary, built first if needed (see the module docstring); raises `BuildError`."""
-    found = cached_jaeger()
-    if found is not None:
-        return found
-    root = cache_root()
-    root.mkdir(parents=True, exist_ok=True)
-    entry = root / f"jaeger-{source_key()}"
-    with open(root / f"jaeger-{source_key()}.lock", "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if not quiet:
-                _say(f"another process is building jaeger; waiting for {lock.name}")
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        found = cached_jaeger()
-        if found is None:
-            _build(entry, quiet=quiet)
-    return _binary_in(entry)
+    entry = _entry()
+
+    def waiting(lock: Path) -> None:
+        if not quiet:
+            _say(f"another process is building jaeger; waiting for {lock}")
+
+    def build(scratch: Path) -> None:
+        _build(scratch, entry, quiet=quiet)
+
+    return _binary_in(ensure_entry(entry, complete=_complete, build=build, waiting=waiting))
 
 
 def _say(message: str) -> None:
     print(f"testbed.jaeger: {message}", file=sys.stderr, flush=True)
 
 
-def _build(entry: Path, *, quiet: bool) -> None:
-    go = shutil.which("go")
-    if go is None:
-        raise BuildError("the Go toolchain ('go') is not on PATH; it is needed to build jaeger")
-    scratch = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=entry.parent))
-    try:
-        (scratch / "bin").mkdir()
-        cmd = [go, "build", "-trimpath", "-ldflags", "-s -w", "-o",
-               str(_binary_in(scratch)), TOOL]
-        if not quiet:
-            _say("building Jaeger v2 (first time: ~15 minutes on 2 cores)…")
-        started = time.monotonic()
-        proc = subprocess.run(cmd, cwd=MODULE_DIR, env={**os.environ, "CGO_ENABLED": "0"},
-                              capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise BuildError(f"`{' '.join(cmd)}` in {MODULE_DIR} failed with exit code "
-                             f"{proc.returncode}:\n{proc.stdout}{proc.stderr}")
-        if entry.exists():
-            shutil.rmtree(entry)
-        scratch.rename(entry)
-        if not quiet:
-            _say(f"built in {time.monotonic() - started:.0f}s: {_binary_in(entry)}")
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+def _build(scratch: Path, entry: Path, *, quiet: bool) -> None:
+    go = find_go("to build jaeger")
+    (scratch / "bin").mkdir()
+    if not quiet:
+        _say("building Jaeger v2 (first time: ~15 minutes on 2 cores)…")
+    started = time.monotonic()
+    go_build(go, ["-ldflags", "-s -w", "-o", str(_binary_in(scratch)), TOOL],
+             module_dir=MODULE_DIR)
+    if not quiet:
+        _say(f"built in {time.monotonic() - started:.0f}s: {_binary_in(entry)}")
 
 
 def _free_ports(n: int) -> list[int]:
