@@ -5,7 +5,10 @@ Contract:
   logging. The same input gives the same list, sorted by (run id, pod key, kind), whatever
   the order of the input.
 * Pods are judged with `sniffer.states.derive`, the watcher's own function, with the run's
-  cancel flag, so the watcher and the reconciler never disagree about a pod.
+  cancel flag, so the watcher and the reconciler never disagree about a pod they see alike.
+  Where the watcher's history (it saw the pod's versions in order) could give another
+  answer than the one object in the snapshot, the reconciler waits for the watcher for the
+  grace period (a completed deletion, under `pod_ahead`; a missing pod, under `pod_lost`).
 * It never proposes a write to a terminal run, nor a state that does not advance the run
   (`sniffer.states.advances`: the rank strictly rises).
 * One run gets at most one proposed state (`target`): the pod bound to it speaks for it
@@ -14,7 +17,17 @@ Contract:
 * Kinds, and what the reconciler does about each:
 
   - `pod_ahead`: a non-terminal run whose pod shows a state further along → write
-    `target` (and, if that is terminal, release the pod's finalizer).
+    `target` (and, if that is terminal, release the pod's finalizer). Not yet, though,
+    for a *completed deletion*: a pod in a terminal phase, marked for deletion with
+    ``deletionGracePeriodSeconds`` 0, whose reading differs from what a watcher that saw
+    it deleting while it ran derives (failed "Error", exit 143, or succeeded, where the
+    watcher writes failed "Deleted"). The kubelet's final grace-0 DELETE moves
+    ``deletionTimestamp`` past the containers' end, so the object no longer says whether
+    the deletion or the workload ended the pod; only the watcher knows. Such a run is no
+    mismatch until `now` is `grace_period_s` past the pod's ``deletionTimestamp``; then
+    it is judged like any other, by the object's own reading with its exit code (the
+    watcher is evidently not reporting, and guessing "Deleted" could fail a job that
+    succeeded).
   - `pod_lost`: a non-terminal run with no pod at all, older than the grace period
     (a fresh run may not have its pod yet), whose pod would live in the listed scope
     → write failed "PodLost" / "pod lost", or cancelled "Cancelled" when cancel was
@@ -34,7 +47,7 @@ Contract:
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from reconcile.snapshot import BadPod, Snapshot
@@ -118,7 +131,7 @@ def diff(snapshot: Snapshot, *, now: float, policy: StatePolicy,
             pods_by_run.setdefault(pod.run_id, []).append(pod)
     out = [_bad(bad, snapshot) for bad in snapshot.bad_pods]
     for run_id, pods in pods_by_run.items():
-        out.extend(_judge_pods(run_id, pods, snapshot, now, policy))
+        out.extend(_judge_pods(run_id, pods, snapshot, now, policy, grace_period_s))
     with_bad_pods = {bad.run_id for bad in snapshot.bad_pods}
     for run in snapshot.runs.values():
         if run.id in pods_by_run or run.id in with_bad_pods:
@@ -146,7 +159,7 @@ def _bad(bad: BadPod, snapshot: Snapshot) -> Mismatch:
 
 
 def _judge_pods(run_id: str, pods: list[PodView], snapshot: Snapshot, now: float,
-                policy: StatePolicy) -> Iterable[Mismatch]:
+                policy: StatePolicy, grace_period_s: float) -> Iterable[Mismatch]:
     if run_id in snapshot.unknown_run_ids:
         return [Mismatch(MismatchKind.ORPHAN_POD, run_id, None, _ref(pod),
                          f"the platform has no run {run_id}") for pod in pods]
@@ -176,7 +189,8 @@ def _judge_pods(run_id: str, pods: list[PodView], snapshot: Snapshot, now: float
     if isinstance(derived, Underivable):
         out.append(Mismatch(MismatchKind.UNDERIVABLE, run_id, state, _ref(speaker),
                             f"{derived.reason}: {derived.message}"))
-    elif advances(state, derived.state):
+    elif advances(state, derived.state) and not _left_to_watcher(
+            speaker, derived, run, now, policy, grace_period_s):
         because = f" ({derived.reason})" if derived.reason else ""
         out.append(Mismatch(
             MismatchKind.POD_AHEAD, run_id, state, _ref(speaker),
@@ -185,6 +199,22 @@ def _judge_pods(run_id: str, pods: list[PodView], snapshot: Snapshot, now: float
             release_finalizer=(derived.state.is_terminal
                                and OUTCOME_FINALIZER in speaker.finalizers)))
     return out
+
+
+def _left_to_watcher(pod: PodView, derived: Derived, run: Run, now: float,
+                     policy: StatePolicy, grace_period_s: float) -> bool:
+    """True iff `pod` shows a completed deletion that the object cannot order against the
+    workload's end, a watcher that saw the pod deleting while it ran would derive
+    something other than `derived`, and that deletion completed less than
+    `grace_period_s` before `now` (see the module docstring, `pod_ahead`)."""
+    if (pod.phase not in ("Succeeded", "Failed") or pod.deletion_timestamp is None
+            or pod.deletion_grace_period_s != 0 or pod.deleted_while_active):
+        return False
+    if now - pod.deletion_timestamp >= grace_period_s:
+        return False  # the watcher had its chance; the object's reading stands
+    seen_deleting = derive(replace(pod, deleted_while_active=True), now=now, policy=policy,
+                           cancel_requested=run.cancel_requested)
+    return seen_deleting != derived
 
 
 def _judge_missing(run: Run, scope: tuple[str, ...], now: float,

@@ -148,9 +148,10 @@ class Bed:
     # --- passes --------------------------------------------------------------------------
 
     def reconciler(self, hooks: RepairHooks | None = None,
-                   settings: Settings | None = None) -> Reconciler:
+                   settings: Settings | None = None,
+                   clock: Callable[[], float] = time.time) -> Reconciler:
         return Reconciler(settings or self.settings, kube=self.kube, platform=self.api,
-                          hooks=hooks, retry_delay_s=0.01)
+                          hooks=hooks, retry_delay_s=0.01, clock=clock)
 
     async def reconcile(self, *, dry_run: bool = False, only: tuple[str, ...] = (),
                         hooks: RepairHooks | None = None,
@@ -291,6 +292,36 @@ async def test_a_fresh_run_without_pod_is_left_alone_during_the_grace_period(
     report = await bed.reconciler(settings=settings).run_pass(asyncio.Event())
     assert report.results == ()
     assert bed.state(run_id)[0] == "queued"
+
+
+async def test_a_job_stopped_by_a_completed_deletion_is_left_to_the_watcher_for_the_grace_period(
+        bed: Bed) -> None:
+    run_id = new_run_id()
+    uid = await bed.pod("stopped", run_id)
+    bed.run(run_id, "running", pod_name="stopped", pod_uid=uid)
+    await bed.delete("stopped")  # a user stops the job: graceful, the pod turns Terminating
+    # "The kubelet": SIGTERM ends the container (Error, exit 143), then the final DELETE.
+    await bed.status("stopped", "Failed", reason="Error", exit_code=143)
+    await bed.delete("stopped", grace=0)
+    obj = await bed.get_pod("stopped")  # held by our finalizer
+    assert obj is not None and obj["metadata"]["deletionGracePeriodSeconds"] == 0
+    grace = 600.0
+    settings = load_settings(env=env_for(bed.apiserver, bed.platform, bed.ns,
+                                         SNIFFER_RECONCILE_GRACE_PERIOD_S=str(grace)))
+
+    report = await bed.reconciler(settings=settings).run_pass(asyncio.Event())
+    assert report.results == ()
+    assert bed.state(run_id)[0] == "running"
+    assert await bed.finalizers("stopped") == [OUTCOME_FINALIZER]
+
+    # A grace period later nobody has reported it (no watcher runs): the object's reading.
+    later = bed.reconciler(settings=settings, clock=lambda: time.time() + grace)
+    report = await later.run_pass(asyncio.Event())
+    assert by_run(report) == {run_id: [(MismatchKind.POD_AHEAD, RepairOutcome.REPAIRED)]}
+    assert bed.state(run_id)[:2] == ("failed", "Error")
+    stopped = bed.platform.get_run(run_id)
+    assert stopped is not None and stopped["exit_code"] == 143
+    assert await bed.get_pod("stopped") is None  # the finalizer was the last one
 
 
 # --- the race: a change after the snapshot is never overwritten -------------------------

@@ -36,7 +36,7 @@ from sniffer.podview import (
     PodView,
     project,
 )
-from sniffer.states import StatePolicy, WorkloadState
+from sniffer.states import Derived, StatePolicy, WorkloadState, derive
 
 NOW = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 GRACE = 120.0
@@ -111,7 +111,12 @@ def kubelet_status(phase: str, t: float, *, reason: str = "OOMKilled",
 def pod(name: str, run_id: str | None, phase: str = "Running", *, uid: str | None = None,
         namespace: str = NS, created: float = NOW - 600, finalizer: bool = True,
         kind: str = "job", cancel: bool = False, deleting: bool = False,
-        reason: str = "OOMKilled") -> PodView:
+        deleted_at: float | None = None, reason: str = "OOMKilled",
+        exit_code: int = 137) -> PodView:
+    """`deleting`: a graceful deletion (30 s) requested 30 s before NOW, still under way.
+    `deleted_at`: a deletion completed at that moment, as the object then shows it: the
+    kubelet's final grace-0 DELETE (or the API server, for a pod already finished) leaves
+    ``deletionGracePeriodSeconds`` 0 and ``deletionTimestamp`` at that moment."""
     raw = manifest(name, run_id, namespace=namespace, finalizer=finalizer, kind=kind,
                    cancel=cancel)
     raw["metadata"].update(uid=uid or f"uid-{name}", resourceVersion="1",
@@ -119,8 +124,20 @@ def pod(name: str, run_id: str | None, phase: str = "Running", *, uid: str | Non
     if deleting:
         raw["metadata"].update(deletionTimestamp=stamp(NOW - 30),
                                deletionGracePeriodSeconds=30)
-    raw["status"] = kubelet_status(phase, created + 1, reason=reason)
+    if deleted_at is not None:
+        raw["metadata"].update(deletionTimestamp=stamp(deleted_at),
+                               deletionGracePeriodSeconds=0)
+    raw["status"] = kubelet_status(phase, created + 1, reason=reason, exit_code=exit_code)
     return project(raw)
+
+
+def stopped_job(name: str, run_id: str, *, deleted_ago: float) -> PodView:
+    """A job pod stopped by a graceful deletion whose final grace-0 DELETE came
+    `deleted_ago` seconds before NOW: SIGTERM ended its container (Error, exit 143) a
+    second before that DELETE, which left no trace of when the deletion was requested."""
+    finished = NOW - deleted_ago - 1
+    return pod(name, run_id, "Failed", created=finished - 31, deleted_at=NOW - deleted_ago,
+               reason="Error", exit_code=143)
 
 
 def run(run_id: str, state: str = "running", *, age: float = 600.0, cancel: bool = False,
@@ -176,6 +193,30 @@ CASES: list[tuple[str, Snapshot, list[Expect]]] = [
     ("a deleted job pod without cancel is failed Deleted",
      snapshot([pod("p1", "r1", deleting=True)], [run("r1")]),
      [Expect(MismatchKind.POD_AHEAD, "r1", "failed", "Deleted", release=True)]),
+    ("a job whose graceful deletion is still under way is failed Deleted at once",
+     snapshot([pod("p1", "r1", "Failed", created=NOW - 60, deleting=True, reason="Error",
+                   exit_code=143)], [run("r1")]),
+     [Expect(MismatchKind.POD_AHEAD, "r1", "failed", "Deleted", release=True)]),
+    ("a job stopped by a deletion completed within the grace period is left to the watcher",
+     snapshot([stopped_job("p1", "r1", deleted_ago=30)], [run("r1")]), []),
+    ("a job that succeeded and whose deletion completed within the grace period is left "
+     "to the watcher",
+     snapshot([pod("p1", "r1", "Succeeded", created=NOW - 60, deleted_at=NOW - 28)],
+              [run("r1")]), []),
+    ("a job stopped by a deletion completed a grace period ago is failed by its exit",
+     snapshot([stopped_job("p1", "r1", deleted_ago=GRACE)], [run("r1")]),
+     [Expect(MismatchKind.POD_AHEAD, "r1", "failed", "Error", release=True)]),
+    ("a completed deletion of a run whose cancel was requested is cancelled at once",
+     snapshot([stopped_job("p1", "r1", deleted_ago=30)], [run("r1", cancel=True)]),
+     [Expect(MismatchKind.POD_AHEAD, "r1", "cancelled", "Cancelled", release=True)]),
+    ("a notebook whose deletion completed is cancelled Stopped at once",
+     snapshot([pod("p1", "r1", "Succeeded", kind="notebook", created=NOW - 60,
+                   deleted_at=NOW - 28)], [run("r1")]),
+     [Expect(MismatchKind.POD_AHEAD, "r1", "cancelled", "Stopped", release=True)]),
+    ("a pod whose deletion completed still loses its finalizer at once if the run is "
+     "terminal",
+     snapshot([stopped_job("p1", "r1", deleted_ago=30)], [run("r1", "failed")]),
+     [Expect(MismatchKind.FINALIZER_LEFT, "r1", release=True)]),
     ("finalizer on the pod of a succeeded run is left over",
      snapshot([pod("p1", "r1", "Succeeded")], [run("r1", "succeeded")]),
      [Expect(MismatchKind.FINALIZER_LEFT, "r1", release=True)]),
@@ -267,6 +308,32 @@ def test_the_grace_period_counts_from_the_run_creation_to_now() -> None:
     assert [m.kind for m in judge(snap, now=NOW + GRACE - 60)] == [MismatchKind.POD_LOST]
 
 
+def test_a_completed_deletion_is_left_to_the_watcher_until_a_grace_period_after_it(
+        ) -> None:
+    stopped = stopped_job("p1", "r1", deleted_ago=0)
+    assert stopped.deletion_timestamp == NOW and stopped.deletion_grace_period_s == 0
+    snap = snapshot([stopped], [run("r1", age=10 * GRACE)])  # the run's age is no matter
+    assert judge(snap, now=NOW + GRACE - 1) == []
+    [m] = judge(snap, now=NOW + GRACE)
+    assert m.kind is MismatchKind.POD_AHEAD and m.release_finalizer
+    assert m.target is not None
+    assert (m.target.state, m.target.reason, m.target.exit_code) == (
+        WorkloadState.FAILED, "Error", 143)
+
+
+def test_a_completed_deletion_is_left_to_the_watcher_only_where_it_would_differ() -> None:
+    # What the watcher writes for the same pod, having seen it deleting while it ran.
+    stopped = stopped_job("p1", "r1", deleted_ago=30)
+    seen_deleting = derive(dataclasses.replace(stopped, deleted_while_active=True),
+                           now=NOW, policy=POLICY)
+    assert isinstance(seen_deleting, Derived)
+    assert (seen_deleting.state, seen_deleting.reason) == (WorkloadState.FAILED, "Deleted")
+    # Seen deleting by the watcher's store, the pod is judged at once, like the watcher.
+    snap = snapshot([dataclasses.replace(stopped, deleted_while_active=True)], [run("r1")])
+    [m] = judge(snap)
+    assert m.target == seen_deleting
+
+
 def test_time_rules_fire_as_in_the_watcher() -> None:
     raw = manifest("p1", "r1")
     raw["metadata"].update(uid="u1", creationTimestamp=stamp(NOW - 3600))
@@ -306,9 +373,12 @@ STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 
 
 @st.composite
-def worlds(draw: st.DrawFn, *, max_pods_per_run: int = 1) -> Snapshot:
+def worlds(draw: st.DrawFn, *, max_pods_per_run: int = 1,
+           completed_deletions: bool = False) -> Snapshot:
     """Runs in every state, each with 0..max_pods_per_run pods in every phase, plus
-    orphans and pods of runs not worth reading."""
+    orphans and pods of runs not worth reading. With `completed_deletions`, every pod is
+    a finished pod whose deletion completed (the shape the watcher's history may judge
+    otherwise), so that such pods meet every kind of run often."""
     runs: list[Run] = []
     pods: list[PodView] = []
     unknown: set[str] = set()
@@ -317,11 +387,23 @@ def worlds(draw: st.DrawFn, *, max_pods_per_run: int = 1) -> Snapshot:
         n = draw(st.integers(0, max_pods_per_run))
         uids = [f"u{i}-{j}" for j in range(n)]
         for j, uid in enumerate(uids):
-            pods.append(pod(f"p{i}-{j}", run_id, draw(st.sampled_from(PHASES)), uid=uid,
-                            finalizer=draw(st.booleans()), deleting=draw(st.booleans()),
-                            cancel=draw(st.booleans()),
+            created = NOW - draw(st.integers(0, 900))
+            deletion = "deleted" if completed_deletions else draw(
+                st.sampled_from((None, "deleting", "deleted")))
+            phases = ("Succeeded", "Failed") if completed_deletions else PHASES
+            deleted_at = None
+            if deletion == "deleted":
+                # Its final DELETE within or past the grace period before NOW, from the
+                # containers' end (created + 31 s) to long after it.
+                deleted_at = NOW - draw(st.sampled_from((0, 30, GRACE - 1, GRACE, 600)))
+                created = deleted_at - 31 - draw(st.sampled_from((0, 1, 45, 90)))
+            pods.append(pod(f"p{i}-{j}", run_id, draw(st.sampled_from(phases)), uid=uid,
+                            finalizer=draw(st.booleans()), deleting=deletion == "deleting",
+                            deleted_at=deleted_at, cancel=draw(st.booleans()),
                             kind=draw(st.sampled_from(("job", "notebook"))),
-                            created=NOW - draw(st.integers(0, 900))))
+                            created=created, reason=draw(st.sampled_from(("OOMKilled",
+                                                                          "Error"))),
+                            exit_code=draw(st.sampled_from((137, 143, 1)))))
         fate = draw(st.sampled_from(("listed", "listed", "unknown", "unread")))
         if fate == "unknown":
             unknown.add(run_id)
@@ -357,7 +439,7 @@ def apply(snap: Snapshot, mismatches: list[Mismatch]) -> Snapshot:
 
 
 @settings(max_examples=300, deadline=None)
-@given(worlds())
+@given(st.one_of(worlds(), worlds(completed_deletions=True)))
 def test_applying_the_planned_repairs_leaves_nothing_to_repair(snap: Snapshot) -> None:
     planned = [m for m in judge(snap) if m.kind.repairable]
     after = judge(apply(snap, planned))
@@ -388,6 +470,61 @@ def test_every_proposed_state_moves_an_open_run_forward(snap: Snapshot) -> None:
         assert m.target.state.rank > current.rank
         if m.kind is MismatchKind.POD_LOST:
             assert NOW - snap.runs[m.run_id].created_at.timestamp() >= GRACE
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(worlds(max_pods_per_run=2),
+                 worlds(max_pods_per_run=2, completed_deletions=True)))
+def test_only_completed_deletions_younger_than_the_grace_period_wait_for_the_watcher(
+        snap: Snapshot) -> None:
+    def repairs(mismatches: list[Mismatch]) -> dict[tuple[object, ...], Mismatch]:
+        return {(m.kind, m.run_id, m.pod, m.target, m.release_finalizer): m
+                for m in mismatches}  # the detail names the grace period
+
+    pods = {p.uid: p for p in snap.pods}
+    eager = repairs(diff(snap, now=NOW, policy=POLICY, grace_period_s=0))
+    patient = repairs(judge(snap))
+    assert patient.keys() <= eager.keys()
+    for key in eager.keys() - patient.keys():
+        m = eager[key]
+        if m.kind is MismatchKind.POD_LOST:
+            continue  # the other thing the grace period waits for
+        assert m.kind is MismatchKind.POD_AHEAD and m.pod is not None and m.pod.uid
+        assert m.target is not None and m.target.state.is_terminal
+        p = pods[m.pod.uid]
+        assert p.deletion_timestamp is not None and p.deletion_grace_period_s == 0
+        assert NOW - p.deletion_timestamp < GRACE
+
+
+@settings(max_examples=300, deadline=None)
+@given(phase=st.sampled_from(("Succeeded", "Failed")),
+       kind=st.sampled_from(("job", "notebook", "app")),
+       run_state=st.sampled_from(("queued", "running")), pod_cancel=st.booleans(),
+       run_cancel=st.booleans(), deleted_ago=st.sampled_from((0.0, 30.0, GRACE - 1, GRACE)),
+       gap=st.sampled_from((0, 1, 45, 90)), exit_code=st.sampled_from((143, 137, 1)))
+def test_a_completed_deletion_waits_only_where_the_watcher_would_differ_then_is_repaired(
+        phase: str, kind: str, run_state: str, pod_cancel: bool, run_cancel: bool,
+        deleted_ago: float, gap: int, exit_code: int) -> None:
+    deleted_at = NOW - deleted_ago
+    p = pod("p1", "r1", phase, kind=kind, cancel=pod_cancel, deleted_at=deleted_at,
+            created=deleted_at - 31 - gap, reason="Error", exit_code=exit_code)
+    r = run("r1", run_state, cancel=run_cancel)
+    snap = snapshot([p], [r])
+    own = derive(p, now=NOW, policy=POLICY, cancel_requested=run_cancel)
+    watchers = derive(dataclasses.replace(p, deleted_while_active=True), now=NOW,
+                      policy=POLICY, cancel_requested=run_cancel)
+    assert isinstance(own, Derived)
+    now_judged = judge(snap)
+    if deleted_ago < GRACE and own != watchers:
+        assert now_judged == []
+    else:
+        [m] = now_judged
+        assert m.kind is MismatchKind.POD_AHEAD and m.target == own
+        assert [m for m in judge(apply(snap, now_judged)) if m.kind.repairable] == []
+    [later] = judge(snap, now=deleted_at + GRACE)
+    assert later.kind is MismatchKind.POD_AHEAD and later.target == own
+    assert [m for m in judge(apply(snap, [later]), now=deleted_at + GRACE)
+            if m.kind.repairable] == []
 
 
 @settings(max_examples=200, deadline=None)
