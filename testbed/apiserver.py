@@ -31,7 +31,6 @@ import shutil
 import signal
 import ssl
 import subprocess
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -41,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from testbed.build import ensure_binaries
+from testbed.kubeconfig import KubeconfigError, read_kubeconfig, write_admin_kubeconfig
 
 DEFAULT_START_TIMEOUT = 180.0
 """Seconds to wait for /readyz. A cold start on 2 busy cores takes 10-30 s."""
@@ -144,7 +144,15 @@ class ApiServer:
         Supports token and client-certificate auth, file or inline (``*-data``) credentials.
         Inline data is written to a private temporary directory that `stop` removes.
         """
-        return _from_kubeconfig(Path(path), kubectl=kubectl, context=context)
+        try:
+            access = read_kubeconfig(Path(path), context=context)
+        except KubeconfigError as e:
+            raise ApiServerError(str(e)) from e
+        return cls(
+            url=access.url, token=access.token, ca_file=access.ca_file,
+            kubeconfig=access.path, kubectl=kubectl, client_cert=access.client_cert,
+            client_key=access.client_key, insecure=access.insecure,
+            _owned_paths=(access.scratch,) if access.scratch else ())
 
 
 def start(workdir: Path, *, token: str | None = None, kubectl: Path | None = None,
@@ -193,7 +201,7 @@ def start(workdir: Path, *, token: str | None = None, kubectl: Path | None = Non
             _terminate_child(proc, STOP_TIMEOUT)
             raise
         kubeconfig = workdir / "kubeconfig"
-        _write_kubeconfig(kubeconfig, endpoints["url"], Path(endpoints["ca_file"]), token)
+        write_admin_kubeconfig(kubeconfig, endpoints["url"], Path(endpoints["ca_file"]), token)
         return ApiServer(
             url=endpoints["url"], token=token, ca_file=Path(endpoints["ca_file"]),
             kubeconfig=kubeconfig, kubectl=kubectl, pid=proc.pid,
@@ -324,81 +332,3 @@ def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
     except FileNotFoundError:
         return "(no log)"
     return "\n".join(text.splitlines()[-lines:])
-
-
-def _write_kubeconfig(path: Path, url: str, ca_file: Path, token: str) -> None:
-    # JSON strings are valid YAML scalars, so json.dumps quotes values safely.
-    q = json.dumps
-    text = f"""apiVersion: v1
-kind: Config
-clusters:
-- name: testbed
-  cluster:
-    server: {q(url)}
-    certificate-authority: {q(str(ca_file))}
-users:
-- name: testbed-admin
-  user:
-    token: {q(token)}
-contexts:
-- name: testbed
-  context:
-    cluster: testbed
-    user: testbed-admin
-current-context: testbed
-"""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.chmod(0o600)
-    tmp.replace(path)
-
-
-def _from_kubeconfig(path: Path, *, kubectl: Path | None, context: str | None) -> ApiServer:
-    try:
-        import yaml  # only needed here; the rest of the launcher is stdlib only
-    except ImportError as e:  # pragma: no cover - PyYAML is a project dependency
-        raise ApiServerError("reading a kubeconfig needs PyYAML") from e
-    path = path.expanduser().resolve()
-    try:
-        config = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise ApiServerError(f"cannot read kubeconfig {path}: {e}") from e
-
-    def named(section: str, name: str) -> dict[str, Any]:
-        for item in config.get(section) or []:
-            if item.get("name") == name:
-                return dict(item.get(section[:-1]) or {})
-        raise ApiServerError(f"kubeconfig {path}: no {section[:-1]} named {name!r}")
-
-    ctx_name = context or config.get("current-context")
-    if not ctx_name:
-        raise ApiServerError(f"kubeconfig {path}: no current-context")
-    ctx = named("contexts", ctx_name)
-    cluster = named("clusters", ctx["cluster"])
-    user = named("users", ctx["user"]) if ctx.get("user") else {}
-    base = path.parent
-    scratch: Path | None = None
-
-    def credential(file_key: str, data_key: str, source: dict[str, Any]) -> Path | None:
-        nonlocal scratch
-        if source.get(file_key):
-            return (base / source[file_key]).resolve()
-        if source.get(data_key):
-            if scratch is None:
-                scratch = Path(tempfile.mkdtemp(prefix="sniffer-kubeconfig-"))
-            out = scratch / file_key
-            out.write_bytes(base64.b64decode(source[data_key]))
-            return out
-        return None
-
-    token = user.get("token")
-    if not token and user.get("tokenFile"):
-        token = (base / user["tokenFile"]).read_text().strip()
-    return ApiServer(
-        url=str(cluster["server"]).rstrip("/"), token=token,
-        ca_file=credential("certificate-authority", "certificate-authority-data", cluster),
-        kubeconfig=path, kubectl=kubectl,
-        client_cert=credential("client-certificate", "client-certificate-data", user),
-        client_key=credential("client-key", "client-key-data", user),
-        insecure=bool(cluster.get("insecure-skip-tls-verify")),
-        _owned_paths=(scratch,) if scratch else ())
