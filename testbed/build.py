@@ -22,6 +22,7 @@ CLI: ``python -m testbed.build`` builds if needed and prints the two paths.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import re
 import sys
@@ -96,18 +97,16 @@ def ensure_binaries(*, quiet: bool = False) -> Binaries:
     and fails.
     """
     entry = cache_root() / source_key()
-
-    def waiting(lock: Path) -> None:
-        if not quiet:
-            _say(f"another process is building; waiting for {lock}")
-
-    def build(scratch: Path) -> None:
-        _build(scratch, entry, quiet=quiet)
-
-    return _binaries_in(ensure_entry(entry, complete=_complete, build=build, waiting=waiting))
+    build = functools.partial(_build, entry=entry, quiet=quiet)
+    return _binaries_in(ensure_entry(entry, complete=_complete, build=build,
+                                     waiting=None if quiet else _say_waiting))
 
 
-def _build(scratch: Path, entry: Path, *, quiet: bool) -> None:
+def _say_waiting(lock: Path) -> None:
+    _say(f"another process is building; waiting for {lock}")
+
+
+def _build(scratch: Path, *, entry: Path, quiet: bool) -> None:
     go = find_go(f"to build the testbed once (see {MODULE_DIR / 'go.mod'} for the version)")
     version = kubernetes_version()
     (scratch / "bin").mkdir()

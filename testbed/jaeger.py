@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import functools
 import json
 import signal
 import socket
@@ -118,22 +119,20 @@ def cached_jaeger() -> Path | None:
 def ensure_jaeger(*, quiet: bool = False) -> Path:
     """The binary, built first if needed (see the module docstring); raises `BuildError`."""
     entry = _entry()
+    build = functools.partial(_build, entry=entry, quiet=quiet)
+    return _binary_in(ensure_entry(entry, complete=_complete, build=build,
+                                   waiting=None if quiet else _say_waiting))
 
-    def waiting(lock: Path) -> None:
-        if not quiet:
-            _say(f"another process is building jaeger; waiting for {lock}")
 
-    def build(scratch: Path) -> None:
-        _build(scratch, entry, quiet=quiet)
-
-    return _binary_in(ensure_entry(entry, complete=_complete, build=build, waiting=waiting))
+def _say_waiting(lock: Path) -> None:
+    _say(f"another process is building jaeger; waiting for {lock}")
 
 
 def _say(message: str) -> None:
     print(f"testbed.jaeger: {message}", file=sys.stderr, flush=True)
 
 
-def _build(scratch: Path, entry: Path, *, quiet: bool) -> None:
+def _build(scratch: Path, *, entry: Path, quiet: bool) -> None:
     go = find_go("to build jaeger")
     (scratch / "bin").mkdir()
     if not quiet:
