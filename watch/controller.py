@@ -11,9 +11,15 @@ Contract:
 * Each handler result is one `Outcome`, mapped to exactly one queue operation and one
   metric label in `_finish` (controller-runtime's reconcileHandler).
 * Transient failures (platform 429/5xx/timeouts, API errors) retry with per-key
-  exponential backoff and the overall token bucket, honouring Retry-After. After
-  `max_retries` the change is logged and counted as *dropped*; the finalizer keeps the
-  pod, and `sniffer reconcile` repairs the run.
+  exponential backoff and the overall token bucket, honouring Retry-After. While a
+  key waits out that backoff it is not handled: changes of the pod meanwhile coalesce
+  into the pending retry, which handles the pod's latest view (the queue's backoff
+  hold). So a busy pod cannot hit a platform that said "wait" once per update, and
+  `max_retries` counts real attempts, each after its backoff.
+* A change is *dropped* (logged, counted by `dropped`) iff it is given up with no retry
+  pending: the platform rejected it, or its key failed its last allowed attempt. Nobody
+  handles it again until the pod changes; the finalizer keeps the pod, and
+  `sniffer reconcile` repairs the run.
 * Finalizer mode: a tracked live pod gets Sniffer's finalizer while its run is not
   terminal; it is released once the platform acknowledged a terminal state, when the
   run is unknown, or when the pod stops being tracked.
@@ -175,6 +181,8 @@ class Controller:
         self._started = False
         self.handled = 0
         """Keys handled so far (any outcome); informational, for tests and the demo."""
+        self.dropped = 0
+        """Changes given up (see the contract); informational, like `handled`."""
 
     # --- wiring ------------------------------------------------------------------------
 
@@ -288,6 +296,7 @@ class Controller:
                       extra={"key": key, "run_id": pod.run_id if pod else None,
                              "error": outcome.error})
             self._metrics.dropped(pod.phase if pod else "unknown", outcome.error or "")
+            self.dropped += 1
             self._queue.forget(key)
             self._observed.pop(key, None)
             if pod is not None and self._store.is_deleted(key):

@@ -11,11 +11,20 @@ Contract (the guarantees of client-go's `workqueue/doc.go`, plus delays and rate
   passed (at once if `delay <= 0`); of several pending delays for one key the earliest wins.
   Delays are driven by `loop.call_at` callbacks (one timer for the earliest delay): the
   constructor starts no task and the queue never owns one.
-* Rate limits: `add_rate_limited(key)` delays the key by what the rate limiter says;
-  `forget(key)` resets its history, `num_requeues(key)` reads it.
-* Shutdown: after `shut_down()` adds and delayed adds are ignored, pending delays are
-  dropped, `get` still hands out waiting keys and raises `ShutDown` once none is left;
-  keys in flight finish normally (a re-added one is still processed again).
+  Delays run on the event loop's clock, or on injected `Timers` (tests).
+* Rate limits: `add_rate_limited(key)` delays the key by what the rate limiter says (or
+  longer, `at_least`: a server's Retry-After); `forget(key)` resets its history,
+  `num_requeues(key)` reads it.
+* Backoff holds: a key waiting out a rate-limited delay is not handed out before that
+  delay has passed. An `add` or `add_after` meanwhile coalesces into the pending retry
+  (which processes the key's latest state: keys carry no content), and a rate-limited
+  add of a key already waiting takes it out of line until its delay has passed. So a
+  key that keeps being added (a busy object) cannot run early against a dependency that
+  asked to wait, and every rate-limited retry is one real attempt. This is where the
+  queue departs from client-go, whose `Add` bypasses a pending `AddRateLimited`.
+* Shutdown: after `shut_down()` adds and delayed adds are ignored, pending delays and
+  holds are dropped, `get` still hands out waiting keys and raises `ShutDown` once none
+  is left; keys in flight finish normally (a re-added one is still processed again).
   `shut_down_with_drain(timeout)` also waits until no key is waiting or in flight.
 * Metrics: every add, get, done and retry is reported to a `QueueMetrics` (no-op by
   default); unfinished work is reported when the owner calls `update_unfinished_work()`.
@@ -72,6 +81,19 @@ class QueueMetrics(Protocol):
         """Age of the longest-running key in flight: `longest_running_processor_seconds`."""
 
 
+class TimerHandle(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Timers(Protocol):
+    """What delays need from an event loop (`asyncio.AbstractEventLoop` has both); tests
+    inject a fake to move time by hand."""
+
+    def time(self) -> float: ...
+
+    def call_at(self, when: float, callback: Callable[[], object]) -> TimerHandle: ...
+
+
 class NoopQueueMetrics:
     """Reports nothing."""
 
@@ -106,26 +128,32 @@ class WorkQueue(Generic[K]):
     * a key is in `_added_at` iff it is in `_dirty`;
     * a key is in `_waiting` iff a heap entry `(_waiting[key], _, key)` exists (other
       heap entries for the key are stale and skipped); `_waiting` is empty once shut down;
+    * a key is in `_held` iff it is in `_waiting` because of a rate-limited add; a held
+      key is never in `_dirty` (its timer adds it);
     * `_timer` is scheduled iff `_waiting` is not empty, for its earliest time.
     """
 
     def __init__(self, rate_limiter: RateLimiter[K] | None = None, *,
                  metrics: QueueMetrics | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        """`clock` times metrics only; delays run on the event loop's clock."""
+                 clock: Callable[[], float] = time.monotonic,
+                 timers: Timers | None = None) -> None:
+        """`clock` times metrics only; delays run on `timers`, by default the clock of the
+        event loop running at the time of each delayed add."""
         self._limiter: RateLimiter[K] = (
             rate_limiter if rate_limiter is not None else default_controller_rate_limiter())
         self._metrics: QueueMetrics = metrics if metrics is not None else NoopQueueMetrics()
         self._clock = clock
+        self._timers = timers
         self._queue: deque[K] = deque()
         self._dirty: set[K] = set()
         self._processing: dict[K, float] = {}  # key -> when it was handed out
         self._added_at: dict[K, float] = {}
         self._getters: deque[asyncio.Future[None]] = deque()
         self._waiting: dict[K, float] = {}  # key -> loop time it is due
+        self._held: set[K] = set()
         self._heap: list[tuple[float, int, K]] = []
         self._seq = itertools.count()
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: TimerHandle | None = None
         self._timer_at = 0.0
         self._shutting_down = False
         self._drained = asyncio.Event()
@@ -133,8 +161,9 @@ class WorkQueue(Generic[K]):
     # --- adding --------------------------------------------------------------------------
 
     def add(self, key: K) -> None:
-        """Mark `key` as needing processing. Ignored after shutdown."""
-        if self._shutting_down or key in self._dirty:
+        """Mark `key` as needing processing. Ignored after shutdown; coalesces into a
+        pending rate-limited retry of the key (it is processed when that retry is due)."""
+        if self._shutting_down or key in self._dirty or key in self._held:
             return
         # No await between check and mutation.
         self._dirty.add(key)
@@ -146,31 +175,54 @@ class WorkQueue(Generic[K]):
             self._wake_one()
 
     def add_after(self, key: K, delay: float) -> None:
-        """Add `key` once `delay` seconds have passed. Ignored after shutdown.
+        """Add `key` once `delay` seconds have passed. Ignored after shutdown, and while a
+        rate-limited retry of the key is pending (that retry adds it, and no earlier).
 
         Caller duty: call from the event loop's thread (a positive delay schedules a
-        `loop.call_at` callback)."""
+        `call_at` callback), unless the queue was given its own `timers`."""
         if self._shutting_down:
             return
         self._metrics.retry()
         if delay <= 0:
             self.add(key)
             return
-        loop = asyncio.get_running_loop()
-        due = loop.time() + delay
+        if key in self._held:
+            return
+        timers = self._loop()
+        due = timers.time() + delay
         if key in self._waiting and self._waiting[key] <= due:
             return
-        self._waiting[key] = due
-        heapq.heappush(self._heap, (due, next(self._seq), key))
-        if self._timer is None or due < self._timer_at:
-            self._schedule(loop, due)
+        self._set_due(timers, key, due)
 
     def add_rate_limited(self, key: K, *, at_least: float = 0.0) -> None:
         """Add `key` after the delay the rate limiter sets, or `at_least` seconds if that is
-        longer (a server's Retry-After); counts one retry of it. Ignored after shutdown."""
+        longer (a server's Retry-After); counts one retry of it. Ignored after shutdown.
+
+        Until that delay has passed the key is held: it is not handed out, adds coalesce
+        into this retry, and a pending plain delay of the key is replaced by it. A key
+        already waiting to be handed out is taken out of line; one in flight is not
+        queued again by `done`. A second rate-limited add while held keeps the later end.
+        Same caller duty as `add_after`."""
         if self._shutting_down:
             return
-        self.add_after(key, max(self._limiter.when(key), at_least))
+        delay = max(self._limiter.when(key), at_least)
+        self._metrics.retry()
+        if delay <= 0:
+            self.add(key)
+            return
+        timers = self._loop()
+        due = timers.time() + delay
+        if key in self._held and self._waiting[key] >= due:
+            return
+        # No await between check and mutation.
+        self._held.add(key)
+        if key in self._dirty:  # the hold's end adds it again; not before
+            self._dirty.discard(key)
+            self._added_at.pop(key, None)
+            if key not in self._processing:
+                self._queue.remove(key)
+                self._metrics.depth(len(self._queue))
+        self._set_due(timers, key, due)
 
     def forget(self, key: K) -> None:
         """Reset `key`'s retry history. Call it when the key was processed successfully
@@ -255,6 +307,7 @@ class WorkQueue(Generic[K]):
             self._timer.cancel()
             self._timer = None
         self._waiting.clear()
+        self._held.clear()
         self._heap.clear()
         while self._getters:
             getter = self._getters.popleft()
@@ -301,25 +354,39 @@ class WorkQueue(Generic[K]):
         if self._shutting_down and not self._queue and not self._processing:
             self._drained.set()
 
-    def _schedule(self, loop: asyncio.AbstractEventLoop, due: float) -> None:
+    def _loop(self) -> Timers:
+        return self._timers if self._timers is not None else asyncio.get_running_loop()
+
+    def _set_due(self, timers: Timers, key: K, due: float) -> None:
+        """Make `key` due at `due` (earlier or, for a hold, later than before)."""
+        previous = self._waiting.get(key)
+        self._waiting[key] = due
+        heapq.heappush(self._heap, (due, next(self._seq), key))
+        if self._timer is None or due < self._timer_at:
+            self._schedule(timers, due)
+        elif previous == self._timer_at and due > previous:
+            self._schedule(timers, min(self._waiting.values()))  # the earliest moved later
+
+    def _schedule(self, timers: Timers, due: float) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = loop.call_at(due, self._on_timer)
+        self._timer = timers.call_at(due, self._on_timer)
         self._timer_at = due
 
     def _on_timer(self) -> None:
         """Add every key whose delay has passed; re-arm for the next one."""
         self._timer = None
-        loop = asyncio.get_running_loop()
-        now = loop.time()
+        timers = self._loop()
+        now = timers.time()
         while self._heap:
             due, _, key = self._heap[0]
             if self._waiting.get(key) != due:
-                heapq.heappop(self._heap)  # stale: superseded by an earlier delay
+                heapq.heappop(self._heap)  # stale: superseded by another delay or a hold
                 continue
             if due > now + _EARLY:
-                self._schedule(loop, due)
+                self._schedule(timers, due)
                 return
             heapq.heappop(self._heap)
             del self._waiting[key]
+            self._held.discard(key)
             self.add(key)

@@ -174,18 +174,20 @@ async def test_a_crash_loop_failure_before_the_deletion_stays_the_outcome(
 async def test_a_busy_pods_outcome_survives_a_platform_outage(
         apiserver: ApiServer, platform: PlatformServer, namespace: str,
         kube: KubeClient) -> None:
-    """The matrix saw changes of busy pods "dropped after retries" during an outage: every
-    update re-adds the key at once and each failure counts against max_retries. Nothing is
-    lost, though: the first failure's Retry-After retry is still pending when the key is
-    dropped, and it delivers the outcome once the outage ends."""
+    """Finding 7: the matrix saw changes of busy pods "dropped after retries" during an
+    outage: every update re-added the key at once, each failure counted against
+    max_retries, and the change was dropped while the first failure's Retry-After retry
+    was still pending (it delivered the outcome after the outage). Now the updates
+    coalesce into that retry: the outcome arrives and nothing is counted dropped."""
     pods = Pods(kube, namespace)
     run_id = f"busy-{uuid.uuid4().hex[:10]}"
     platform.create_run(run_id, pod_namespace=namespace, pod_name="busy")
     await pods.create("busy", run_id)
     env = watcher_env(apiserver, platform, namespace)
-    async with running_watcher(settings_for(env)):
+    async with running_watcher(settings_for(env)) as watcher:
         await pods.running("busy")
         await eventually(lambda: (platform.get_run(run_id) or {}).get("state") == "running")
+        outage_503s = platform.stats()["requests_by_status"].get("503", 0)
         platform.set_faults(outage_s=30)
         await pods.succeeded("busy")
         # Other controllers keep touching the finished pod (labels, annotations).
@@ -196,6 +198,9 @@ async def test_a_busy_pods_outcome_survives_a_platform_outage(
         await eventually(lambda: not platform.get_faults()["outage_s"], bound_s=60)
         await eventually(lambda: (platform.get_run(run_id) or {}).get("state") == "succeeded",
                          bound_s=60)
+        assert watcher.controller is not None and watcher.controller.dropped == 0
+        # One attempt ran into the outage; the updates did not hammer the platform.
+        assert platform.stats()["requests_by_status"].get("503", 0) - outage_503s <= 2
 
 
 # -- a connection cut while a response body is read ----------------------------------------

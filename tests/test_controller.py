@@ -1,0 +1,147 @@
+"""watch.controller: retries and drops, against the reference platform over HTTP.
+
+The work queue runs on injected timers (`FakeTimers`), so a Retry-After of 30 s passes
+when the test says so; the platform's outage is switched on and off through its admin
+API. Pods come straight from a `PodStore` (no Kubernetes: finalizer mode is off and the
+pods carry no finalizer, so the handler never patches one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any, cast
+
+from sniffer.kube import KubeClient
+from sniffer.platform import PlatformClient
+from sniffer.podview import PodView, project
+from sniffer.states import StatePolicy
+from testbed.platform.launcher import PlatformServer
+from tests.fixtures.watcher import eventually
+from tests.test_workqueue import Limiter
+from tests.test_workqueue_holds import FakeTimers
+from watch.controller import Controller
+from watch.finalizers import Finalizers
+from watch.store import PodStore
+from watch.workqueue import WorkQueue
+
+NS = "ctl"
+
+
+def pod(run_id: str, rv: int, phase: str) -> PodView:
+    now = "2026-01-01T00:00:00Z"
+    state: dict[str, Any] = (
+        {"running": {"startedAt": now}} if phase == "Running"
+        else {"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": now,
+                             "finishedAt": now}})
+    return project({
+        "metadata": {"name": "busy", "namespace": NS, "uid": "uid-busy",
+                     "resourceVersion": str(rv), "creationTimestamp": now,
+                     "labels": {"sniffer.io/run-id": run_id, "sniffer.io/kind": "job"},
+                     # other controllers keep touching a finished pod
+                     "annotations": {"example.com/seen": str(rv)}},
+        "spec": {"restartPolicy": "Never", "containers": [{"name": "main"}]},
+        "status": {"phase": phase, "startTime": now,
+                   "containerStatuses": [{"name": "main", "restartCount": 0,
+                                          "ready": phase == "Running", "state": state}]}})
+
+
+class Harness:
+    def __init__(self, platform: PlatformServer, client: PlatformClient,
+                 max_retries: int) -> None:
+        self.timers = FakeTimers()
+        self.store = PodStore((NS,))
+        self.queue: WorkQueue[str] = WorkQueue(Limiter(delay=1.0), timers=self.timers)
+        self.platform = platform
+        self.controller = Controller(
+            store=self.store, queue=self.queue, platform=client,
+            finalizers=Finalizers(cast(KubeClient, None), enabled=False),
+            policy=StatePolicy(), workers=2, max_retries=max_retries)
+
+    def change(self, view: PodView) -> None:
+        """What the reflector does for a watch event."""
+        assert self.store.upsert(view)
+        self.controller.on_change(view.key)
+
+    async def settled(self, handled: int) -> None:
+        await eventually(lambda: self.controller.handled == handled
+                         and self.controller.longest_busy_s() == 0)
+
+    def update_attempts(self) -> int:
+        return sum(1 for _ in self.platform.updates())
+
+
+@contextlib.asynccontextmanager
+async def running(platform: PlatformServer, *, max_retries: int = 12
+                  ) -> AsyncIterator[Harness]:
+    client = PlatformClient(platform.url, platform.token_file, timeout=5)
+    h = Harness(platform, client, max_retries)
+    task = asyncio.create_task(h.controller.run(), name="controller-under-test")
+    try:
+        await eventually(lambda: h.controller.running)
+        yield h
+    finally:
+        h.queue.shut_down()
+        await asyncio.wait_for(task, 30)
+        await client.close()
+
+
+def new_run_id() -> str:
+    return f"ctl-{uuid.uuid4().hex[:16]}"  # a label value: at most 63 bytes
+
+
+def run_state(platform: PlatformServer, run_id: str) -> str | None:
+    return (platform.get_run(run_id) or {}).get("state")
+
+
+async def test_a_busy_pod_waits_out_the_retry_after_and_its_change_is_not_dropped(
+        platform: PlatformServer) -> None:
+    run_id = new_run_id()
+    platform.create_run(run_id, pod_namespace=NS, pod_name="busy")
+    async with running(platform) as h:
+        h.change(pod(run_id, 1, "Running"))
+        await h.settled(1)
+        assert run_state(platform, run_id) == "running"
+        requests = platform.stats()["requests_by_status"].get("503", 0)
+        platform.set_faults(outage_s=30)
+        h.change(pod(run_id, 2, "Succeeded"))
+        await h.settled(2)  # 503 with Retry-After: 30
+        assert platform.stats()["requests_by_status"].get("503", 0) == requests + 1
+        for rv in range(3, 28):  # every update of the busy pod adds its key again
+            h.change(pod(run_id, rv, "Succeeded"))
+            assert len(h.queue) == 0, "handled again before the Retry-After passed"
+            h.timers.advance(1)
+        assert h.controller.handled == 2
+        assert platform.stats()["requests_by_status"].get("503", 0) == requests + 1
+        platform.set_faults(outage_s=0)
+        h.timers.advance(10)  # past the Retry-After: the retry, with the latest view
+        await h.settled(3)
+        assert run_state(platform, run_id) == "succeeded"
+        assert h.controller.dropped == 0
+        assert h.queue.num_requeues(f"{NS}/busy") == 0  # forgotten on success
+
+
+async def test_a_change_failing_its_last_allowed_attempt_is_dropped_then_handled_afresh(
+        platform: PlatformServer) -> None:
+    """`dropped` counts a change given up with no retry pending; the next change of the
+    pod is handled from its latest view."""
+    run_id = new_run_id()
+    platform.create_run(run_id, pod_namespace=NS, pod_name="busy")
+    async with running(platform, max_retries=2) as h:
+        platform.set_faults(error_rate=1.0, error_status=503)
+        h.change(pod(run_id, 1, "Running"))
+        await h.settled(1)
+        for attempt in (2, 3):
+            h.change(pod(run_id, attempt, "Running"))  # coalesces into the retry
+            assert len(h.queue) == 0
+            h.timers.advance(1)
+            await h.settled(attempt)
+        assert h.controller.dropped == 1
+        assert not h.queue._waiting, "a dropped change has no retry pending"
+        platform.set_faults(error_rate=0.0)
+        h.change(pod(run_id, 4, "Succeeded"))
+        await h.settled(4)
+        assert run_state(platform, run_id) == "succeeded"
+        assert h.controller.dropped == 1
