@@ -56,13 +56,14 @@ import dataclasses
 import logging
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 from opentelemetry import trace
 
 from config.settings import Settings
+from reconcile.batch import repair_all, until_stopped
 from reconcile.diff import diff
 from reconcile.repair import PodAccess, Repairer, RepairHooks, RepairOutcome, RunWriter
 from reconcile.report import PassReport, render_json, render_table
@@ -76,7 +77,6 @@ from sniffer.states import StatePolicy
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("sniffer.reconcile")
 _UNFINISHED = (RepairOutcome.NOT_ATTEMPTED, RepairOutcome.INTERRUPTED)
-T = TypeVar("T")
 
 
 class KubeAccess(PodLister, PodAccess, Protocol):
@@ -125,7 +125,7 @@ class Reconciler:
                 attributes={"sniffer.dry_run": dry_run, "sniffer.only": len(only)}) as span:
             self.snapshot = None
             try:
-                snapshot = await _unless_stopped(take(
+                snapshot = await until_stopped(take(
                     self._kube, self._platform, scope=scope,
                     label_selector=s.kube.label_selector, page_size=s.kube.page_size,
                     concurrency=s.reconcile.concurrency, only=only,
@@ -149,10 +149,11 @@ class Reconciler:
             repairer = Repairer(
                 self._kube, self._platform, policy=policy,
                 grace_period_s=s.reconcile.grace_period_s, scope=scope,
-                label_selector=s.kube.label_selector, concurrency=s.reconcile.concurrency,
-                drain_timeout_s=s.shutdown.drain_timeout_s, clock=self._clock,
+                label_selector=s.kube.label_selector, clock=self._clock,
                 hooks=self._hooks, retry_delay_s=self._retry_delay_s)
-            results = await repairer.repair_all(mismatches, stop, dry_run=dry_run)
+            results = await repair_all(
+                repairer, mismatches, stop, concurrency=s.reconcile.concurrency,
+                drain_timeout_s=s.shutdown.drain_timeout_s, dry_run=dry_run)
             report = dataclasses.replace(
                 base, duration_s=time.monotonic() - started,
                 pods_listed=len(snapshot.pods) + len(snapshot.bad_pods),
@@ -178,25 +179,6 @@ def _finish(span: trace.Span, report: PassReport) -> PassReport:
         "mismatches": report.mismatches_by_kind, "outcomes": report.outcomes,
         "exit_code": report.exit_code})
     return report
-
-
-async def _unless_stopped(work: Awaitable[T], stop: asyncio.Event) -> T | None:
-    """`work`'s result, or None if `stop` was set first (then `work` is cancelled)."""
-    task = asyncio.ensure_future(work)
-    stopped = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopped.cancel()
-        if not task.done():
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                current = asyncio.current_task()
-                if current is not None and current.cancelling():
-                    raise
-    return None if task.cancelled() else task.result()
 
 
 class PassMetrics(Protocol):

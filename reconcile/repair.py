@@ -1,9 +1,9 @@
-"""Repairs: re-read, judge again, write conditionally; one mismatch at a time, many at once.
+"""One repair: re-read, judge again, write conditionally (many at once: `reconcile.batch`).
 
 Contract:
-* `Repairer.repair_all(mismatches, stop)` returns one `RepairResult` per mismatch, in
-  input order, running at most `concurrency` repairs at once. One repair's failure never
-  stops the others: every error becomes a FAILED result naming it.
+* `Repairer.repair(mismatch)` repairs one repairable mismatch and returns its
+  `RepairResult`; it never raises for the repair's own errors: every error becomes a
+  FAILED result naming it, so one repair's failure never stops the others.
 * Never makes things worse. Right before a write, the pod and then the run are read
   again and judged again with the same pure `diff`; only what that fresh judgement asks
   for is written, with ``expected_state`` = the state just read. A change made after the
@@ -21,11 +21,6 @@ Contract:
 * Finalizer release (finalizer_left, and after a terminal write for a pod that carries
   it): a strategic-merge patch with the pod's uid as precondition; idempotent, and a pod
   that is gone or was replaced under the same name is left alone.
-* Report-only kinds are REPORTED and never acted on. A dry run reads and writes nothing:
-  repairable mismatches are PLANNED.
-* Stop: once `stop` is set no repair starts (NOT_ATTEMPTED); in-flight ones get
-  `drain_timeout_s`, then are cancelled (INTERRUPTED: the write may or may not have
-  landed; the next pass finds out, as every write is idempotent).
 * Transient errors (platform 408/429/5xx and transport errors, Kubernetes transport
   errors, 429 and 5xx) are retried `retries` times with doubling backoff from
   `retry_delay_s` (a Retry-After is honoured up to `max_retry_delay_s`), then FAILED.
@@ -36,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -137,12 +132,13 @@ class _Race(Exception):
 
 
 class Repairer:
-    """Carries out the repairs one pass planned. Constructing starts nothing."""
+    """Carries out the repairs one pass planned, one per `repair` call (safe to call
+    concurrently: it keeps no state between calls). Constructing starts nothing."""
 
     def __init__(self, kube: PodAccess, platform: RunWriter, *, policy: StatePolicy,
                  grace_period_s: float, scope: tuple[str, ...], label_selector: str,
-                 concurrency: int, drain_timeout_s: float = 10.0, retries: int = 2,
-                 retry_delay_s: float = 0.5, max_retry_delay_s: float = 5.0,
+                 retries: int = 2, retry_delay_s: float = 0.5,
+                 max_retry_delay_s: float = 5.0,
                  clock: Callable[[], float] = time.time,
                  hooks: RepairHooks | None = None) -> None:
         self._kube = kube
@@ -151,78 +147,11 @@ class Repairer:
         self._grace = grace_period_s
         self._scope = scope
         self._selector = label_selector
-        self._concurrency = max(1, concurrency)
-        self._drain_timeout_s = drain_timeout_s
         self._retries = retries
         self._retry_delay_s = retry_delay_s
         self._max_retry_delay_s = max_retry_delay_s
         self._clock = clock
         self._hooks = hooks or RepairHooks()
-
-    # --- many -----------------------------------------------------------------------------
-
-    async def repair_all(self, mismatches: Sequence[Mismatch], stop: asyncio.Event, *,
-                         dry_run: bool = False) -> list[RepairResult]:
-        """One result per mismatch, in order (see the module docstring for `stop`)."""
-        results: list[RepairResult | None] = [None] * len(mismatches)
-        todo: list[int] = []
-        for i, m in enumerate(mismatches):
-            if not m.kind.repairable:
-                results[i] = RepairResult(m, RepairOutcome.REPORTED,
-                                          "none: reported for a human")
-            elif dry_run:
-                results[i] = RepairResult(m, RepairOutcome.PLANNED, "would " + _plan(m))
-            else:
-                todo.append(i)
-        pending = iter(todo)
-
-        async def worker() -> None:
-            for i in pending:  # shared iterator; no await between the stop check and use
-                m = mismatches[i]
-                if stop.is_set():
-                    results[i] = RepairResult(m, RepairOutcome.NOT_ATTEMPTED,
-                                              "none: the pass was stopped first")
-                    continue
-                results[i] = await self.repair(m)
-
-        async def workers() -> None:
-            async with asyncio.TaskGroup() as group:
-                for n in range(min(self._concurrency, len(todo))):
-                    group.create_task(worker(), name=f"reconcile-repair-{n}")
-
-        if todo:
-            await self._run_until_stopped(workers(), stop)
-        return [r if r is not None else RepairResult(
-                    mismatches[i], RepairOutcome.INTERRUPTED,
-                    "unknown: stopped while in flight; the next pass finds out")
-                for i, r in enumerate(results)]
-
-    async def _run_until_stopped(self, work: Awaitable[None], stop: asyncio.Event) -> None:
-        """Shutdown order: stop starting repairs (the workers check `stop`) → let in-flight
-        ones finish for `drain_timeout_s` → cancel them."""
-        task = asyncio.ensure_future(work)
-        stopped = asyncio.ensure_future(stop.wait())
-        try:
-            await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
-            if not task.done():
-                log.warning("stop requested: no new repairs; draining in-flight ones",
-                            extra={"drain_timeout_s": self._drain_timeout_s})
-                try:
-                    await asyncio.wait_for(asyncio.shield(task), self._drain_timeout_s)
-                except TimeoutError:
-                    log.warning("drain deadline passed; cancelling in-flight repairs")
-        finally:
-            stopped.cancel()
-            if not task.done():
-                task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                current = asyncio.current_task()
-                if current is not None and current.cancelling():
-                    raise
-
-    # --- one ------------------------------------------------------------------------------
 
     async def repair(self, m: Mismatch) -> RepairResult:
         """Repair one repairable mismatch; never raises for the repair's own errors."""
@@ -409,16 +338,6 @@ def _describe(run: Run | None, fresh: list[Mismatch]) -> str:
     what = "no run" if run is None else f"run {run.state}"
     others = [m.kind.value for m in fresh]
     return what + (f", now {', '.join(others)} (left for the next pass)" if others else "")
-
-
-def _plan(m: Mismatch) -> str:
-    parts = []
-    if m.target is not None:
-        because = f" ({m.target.reason})" if m.target.reason else ""
-        parts.append(f"set {m.target.state.value}{because}")
-    if m.release_finalizer:
-        parts.append(f"remove finalizer {OUTCOME_FINALIZER}")
-    return "; ".join(parts)
 
 
 def _transient(exc: Exception) -> bool:
