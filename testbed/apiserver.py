@@ -286,10 +286,11 @@ def _running_pid(state: Path) -> int | None:
         pid = int(json.loads((state / "endpoints.json").read_text())["pid"])
     except (FileNotFoundError, json.JSONDecodeError, KeyError, ValueError):
         return None
-    return pid if _alive(pid) else None
+    return pid if pid_alive(pid) else None
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True while process `pid` runs (a zombie, exited but not reaped, counts as ended)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -318,7 +319,7 @@ def _terminate_pid(pid: int, timeout: float) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while _alive(pid):
+    while pid_alive(pid):
         if time.monotonic() > deadline:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)

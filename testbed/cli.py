@@ -81,7 +81,7 @@ def status(root: Path) -> int:
         print(f"no testbed in {root}")
         return 1
     state = json.loads(p["state"].read_text())
-    kube_ok = _alive(state["apiserver_pid"])
+    kube_ok = apiserver.pid_alive(state["apiserver_pid"])
     platform_ok = _platform_alive(state)
     print(f"kube-apiserver  {state['apiserver_url']}  pid {state['apiserver_pid']}  "
           f"{'running' if kube_ok else 'NOT RUNNING'}")
@@ -112,16 +112,6 @@ def simulate(root: Path, argv: list[str]) -> int:
     return simulator_main(argv)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _platform_alive(state: dict[str, object]) -> bool:
     try:
         with urllib.request.urlopen(f"{state['platform_url']}/healthz", timeout=2) as r:
@@ -131,13 +121,13 @@ def _platform_alive(state: dict[str, object]) -> bool:
 
 
 def _terminate(pid: int, timeout: float = 10.0) -> None:
-    if not _alive(pid):
+    if not apiserver.pid_alive(pid):
         return
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while _alive(pid) and time.monotonic() < deadline:
+    while apiserver.pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    if _alive(pid):
+    if apiserver.pid_alive(pid):
         os.kill(pid, signal.SIGKILL)
 
 

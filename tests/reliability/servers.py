@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 
 from testbed.apiserver import ApiServer, ApiServerError
 from testbed.build import ensure_binaries
+from testbed.kubeconfig import write_admin_kubeconfig
 from tests.fixtures.proxy import Proxy
 
 T = TypeVar("T")
@@ -137,26 +138,8 @@ class RestartableApiServer:
     def _describe(self) -> ApiServer:
         endpoints = json.loads((self.state / "endpoints.json").read_text())
         kubeconfig = self.workdir / "kubeconfig"
-        q = json.dumps
-        kubeconfig.write_text(f"""apiVersion: v1
-kind: Config
-clusters:
-- name: testbed
-  cluster:
-    server: {q(endpoints["url"])}
-    certificate-authority: {q(endpoints["ca_file"])}
-users:
-- name: testbed-admin
-  user:
-    token: {q(self.token)}
-contexts:
-- name: testbed
-  context:
-    cluster: testbed
-    user: testbed-admin
-current-context: testbed
-""")
-        kubeconfig.chmod(0o600)
+        write_admin_kubeconfig(kubeconfig, endpoints["url"], Path(endpoints["ca_file"]),
+                               self.token)
         self.handle = ApiServer(url=endpoints["url"], token=self.token,
                                 ca_file=Path(endpoints["ca_file"]), kubeconfig=kubeconfig,
                                 kubectl=ensure_binaries().kubectl,
