@@ -17,7 +17,9 @@ Contract:
   finalizer, which is always safe to release): the pod or the run changed meaningfully
   since the snapshot, and the next pass judges it with a full re-read.
 * Pod lost: the re-read lists the run's pods by label in its namespace (a new pod may
-  have appeared under another name), not just a GET of the name the run records.
+  have appeared under another name), not just a GET of the name the run records. Pods
+  are projected as the snapshot projects them (`reconcile.snapshot.project_into`), so a
+  pod found there that cannot be read keeps the run from being judged lost.
 * Finalizer release (finalizer_left, and after a terminal write for a pod that carries
   it): a strategic-merge patch with the pod's uid as precondition; idempotent, and a pod
   that is gone or was replaced under the same name is left alone.
@@ -40,7 +42,7 @@ from typing import Protocol
 from opentelemetry import trace
 
 from reconcile.diff import Mismatch, MismatchKind, diff
-from reconcile.snapshot import BadPod, Snapshot
+from reconcile.snapshot import BadPod, Snapshot, project_into
 from sniffer.kube import JSON, Conflict, KubeClient, KubeError, NotFound, Page
 from sniffer.platform import (
     Outcome,
@@ -50,7 +52,7 @@ from sniffer.platform import (
     StateUpdate,
     UpdateResult,
 )
-from sniffer.podview import OUTCOME_FINALIZER, RUN_ID_LABEL, MalformedPod, PodView, project
+from sniffer.podview import OUTCOME_FINALIZER, RUN_ID_LABEL, PodView
 from sniffer.states import StatePolicy
 
 log = logging.getLogger(__name__)
@@ -293,7 +295,7 @@ class Repairer:
             page = await self._kube.list_pods(namespace, label_selector=selector, limit=100,
                                               continue_token=token)
             for obj in page.items:
-                _project(obj, pods, bad)
+                project_into(obj, pods, bad)
             token = page.continue_token
             if token is None:
                 return
@@ -307,17 +309,7 @@ class Repairer:
         meta = obj.get("metadata")
         if uid and isinstance(meta, dict) and meta.get("uid") != uid:
             return  # the name belongs to another pod now
-        _project(obj, pods, bad)
-
-
-def _project(obj: object, pods: list[PodView], bad: list[BadPod]) -> None:
-    try:
-        pods.append(project(obj))
-    except MalformedPod as exc:
-        meta = obj.get("metadata") if isinstance(obj, dict) else None
-        meta = meta if isinstance(meta, dict) else {}
-        bad.append(BadPod(str(meta.get("namespace") or ""), str(meta.get("name") or ""),
-                          str(meta.get("uid") or ""), None, exc.reason))
+        project_into(obj, pods, bad)
 
 
 def _pick(planned: Mismatch, fresh: list[Mismatch]) -> Mismatch | None:

@@ -177,7 +177,7 @@ async def _list_namespace(kube: PodLister, namespace: str | None, selector: str,
                 del page
                 items.reverse()
                 while items:  # each raw object is dropped as soon as it is projected
-                    _project_into(items.pop(), pods, bad)
+                    project_into(items.pop(), pods, bad)
                 del items
                 if token is None:
                     return
@@ -188,7 +188,10 @@ async def _list_namespace(kube: PodLister, namespace: str | None, selector: str,
             del bad[start_bad:]
 
 
-def _project_into(obj: object, pods: list[PodView], bad: list[BadPod]) -> None:
+def project_into(obj: object, pods: list[PodView], bad: list[BadPod]) -> None:
+    """Project `obj` onto `pods`, or, if it cannot be, keep it as a `BadPod` in `bad`
+    (with its run id when the label is readable, so the diff never judges that run lost).
+    The one projection of a pass: the listing and the repairs' re-read both use it."""
     try:
         pods.append(project(obj))
     except MalformedPod as exc:

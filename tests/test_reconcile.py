@@ -367,6 +367,26 @@ async def test_a_run_updated_between_snapshot_and_repair_is_never_overwritten(
     assert [u["to_state"] for u in bed.updates_since(seq)] == ["succeeded"]
 
 
+async def test_a_pod_that_appears_unreadable_after_the_snapshot_keeps_its_run_from_being_lost(
+        bed: Bed) -> None:
+    run_id = new_run_id()
+    bed.run(run_id, "running", pod_name="p")  # no pod in the snapshot: looks lost ...
+    seq = bed.last_update()
+
+    async def unreadable_pod_meanwhile(m: Mismatch) -> None:  # ... but one turns up
+        await bed.pod("p-retry", run_id, kind="no-such-kind")  # Sniffer cannot read it
+
+    report = await bed.reconcile(hooks=RepairHooks(
+        before_reread=once(unreadable_pod_meanwhile)))
+
+    # As in the snapshot's own judgement, an unreadable pod of the run is for a human.
+    assert by_run(report) == {run_id: [(MismatchKind.POD_LOST,
+                                        RepairOutcome.ALREADY_CONSISTENT)]}
+    assert "underivable" in report.results[0].action
+    assert bed.state(run_id)[0] == "running"
+    assert bed.updates_since(seq) == []
+
+
 async def test_a_run_updated_between_reread_and_write_is_never_overwritten(
         bed: Bed) -> None:
     run_id = new_run_id()
