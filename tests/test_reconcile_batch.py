@@ -127,25 +127,31 @@ async def test_until_stopped_returns_the_works_result() -> None:
     assert await until_stopped(work(), asyncio.Event()) == 7
 
 
-async def test_until_stopped_without_drain_cancels_the_work_at_once_and_returns_none(
-        ) -> None:
-    started, cancelled = asyncio.Event(), asyncio.Event()
+class Endless:
+    """Work that runs until cancelled, and says when it started and was cancelled."""
 
-    async def work() -> int:
-        started.set()
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.cancelled = asyncio.Event()
+
+    async def work(self) -> int:
+        self.started.set()
         try:
             await asyncio.Event().wait()
         except asyncio.CancelledError:
-            cancelled.set()
+            self.cancelled.set()
             raise
         return 1
 
-    stop = asyncio.Event()
-    waiting = asyncio.create_task(until_stopped(work(), stop))
-    await started.wait()
+
+async def test_until_stopped_without_drain_cancels_the_work_at_once_and_returns_none(
+        ) -> None:
+    endless, stop = Endless(), asyncio.Event()
+    waiting = asyncio.create_task(until_stopped(endless.work(), stop))
+    await endless.started.wait()
     stop.set()
     assert await waiting is None
-    assert cancelled.is_set()
+    assert endless.cancelled.is_set()
 
 
 async def test_until_stopped_passes_on_the_works_error() -> None:
@@ -157,20 +163,11 @@ async def test_until_stopped_passes_on_the_works_error() -> None:
 
 
 async def test_cancelling_the_caller_cancels_the_work_and_is_re_raised() -> None:
-    started, cancelled = asyncio.Event(), asyncio.Event()
-
-    async def work() -> None:
-        started.set()
-        try:
-            await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
-
-    caller = asyncio.create_task(until_stopped(work(), asyncio.Event(),
+    endless = Endless()
+    caller = asyncio.create_task(until_stopped(endless.work(), asyncio.Event(),
                                                drain_timeout_s=NEVER))
-    await started.wait()
+    await endless.started.wait()
     caller.cancel()
     with pytest.raises(asyncio.CancelledError):
         await caller
-    assert cancelled.is_set()
+    assert endless.cancelled.is_set()
