@@ -147,11 +147,10 @@ def test_projects_a_running_job_pod() -> None:
     assert (view.phase, view.reason, view.message) == ("Running", None, None)
     assert (view.created_at, view.start_time, view.deletion_timestamp) == (T0, T0 + 2, None)
     assert view.finalizers == (OUTCOME_FINALIZER, "batch.kubernetes.io/job-tracking")
-    assert view.restart_policy == "Never"
-    assert [c.type for c in view.conditions] == ["PodScheduled", "Ready"]
-    assert view.scheduled is not None and view.scheduled.last_transition == T0
+    assert [c.type for c in view.conditions] == ["PodScheduled"]
+    assert view.scheduled is not None and view.scheduled.status == "True"
     trainer = view.containers[0]
-    assert (trainer.name, trainer.state, trainer.started_at, trainer.ready) == (
+    assert (trainer.name, trainer.state, trainer.started_at, trainer.started) == (
         "trainer", "running", T0 + 11, True)
     assert [c.name for c in view.init_containers] == ["fetch-data", "log-shipper"]
 
@@ -218,11 +217,16 @@ def test_times_are_float_epoch_seconds(text: str, expected: float) -> None:
 def test_null_times_are_none() -> None:
     raw = running_job_pod()
     raw["status"]["startTime"] = None
-    raw["status"]["conditions"][2]["lastTransitionTime"] = None
+    raw["status"]["conditions"][4]["lastTransitionTime"] = None
     view = project(raw)
     assert view.start_time is None
-    assert view.condition("Ready") is not None
-    assert view.condition("Ready").last_transition is None
+    assert view.condition("PodScheduled") is not None
+
+
+def test_every_conditions_transition_counts_towards_changed_at() -> None:
+    raw = running_job_pod()
+    raw["status"]["conditions"][2]["lastTransitionTime"] = stamp(T0 + 900)  # Ready
+    assert project(raw).changed_at == T0 + 900
 
 
 def test_repeated_strings_are_shared_between_pods() -> None:
@@ -232,29 +236,36 @@ def test_repeated_strings_are_shared_between_pods() -> None:
     assert one.phase is two.phase
     assert one.containers[0].name is two.containers[0].name
     assert one.finalizers is two.finalizers
+    assert one.scheduled is two.scheduled
+
+
+def test_the_name_is_cut_from_the_key() -> None:
+    view = project(running_job_pod("a-0"))
+    assert (view.key, view.name) == ("team-ml/a-0", "a-0")
 
 
 def test_messages_are_cut_to_the_limit() -> None:
     raw = running_job_pod()
     raw["status"]["message"] = "x" * 10_000
-    raw["status"]["conditions"][2]["message"] = "y" * 300
+    raw["status"]["conditions"][4].update(status="False", message="y" * 300)
     view = project(raw)
     assert view.message == "x" * MESSAGE_LIMIT
-    assert view.condition("Ready").message == "y" * MESSAGE_LIMIT
+    assert view.condition("PodScheduled").message == "y" * MESSAGE_LIMIT
 
 
-def test_only_scheduling_readiness_and_disruption_conditions_are_kept() -> None:
+def test_only_scheduling_and_disruption_conditions_are_kept() -> None:
     raw = running_job_pod()
     raw["status"]["conditions"].append({
         "type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler",
         "message": "Preempted in order to admit critical pod", "lastProbeTime": None,
         "lastTransitionTime": stamp(T0 + 500)})
     view = project(raw)
-    assert [c.type for c in view.conditions] == ["PodScheduled", "Ready", "DisruptionTarget"]
+    assert [c.type for c in view.conditions] == ["PodScheduled", "DisruptionTarget"]
     disruption = view.condition("DisruptionTarget")
     assert disruption is not None
     assert (disruption.status, disruption.reason) == ("True", "PreemptionByScheduler")
     assert view.condition("Initialized") is None
+    assert view.condition("Ready") is None
 
 
 @pytest.mark.parametrize(("label", "kind"), [
@@ -390,7 +401,7 @@ _DELETE = object()
     (_set("status/containerStatuses/0/restartCount", "3"), "restartCount"),
     (_set("status/containerStatuses/0/restartCount", True), "restartCount"),
     (_set("status/containerStatuses/0/restartCount", -1), "restartCount"),
-    (_set("status/containerStatuses/0/ready", "true"), "ready"),
+    (_set("status/containerStatuses/0/started", "true"), "started"),
     (_set("status/containerStatuses/0/state/running", "yes"), "state.running"),
     (_set("status/containerStatuses/0/state", {"terminated": {"reason": "Error"}}),
      "state.terminated.exitCode"),
