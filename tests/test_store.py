@@ -3,7 +3,7 @@ turn absences into deletions."""
 
 from __future__ import annotations
 
-from sniffer.podview import PodView, project
+from sniffer.podview import OUTCOME_FINALIZER, PodView, project
 from watch.store import PodStore
 
 
@@ -73,3 +73,72 @@ def test_synced_only_after_every_namespace_was_listed():
     assert not store.has_synced
     store.replace("b", [], now=0.0)
     assert store.has_synced
+
+
+# --- a standby's tombstones ---------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def standby_store() -> tuple[PodStore, Clock]:
+    clock = Clock()
+    store = PodStore(("a",), clock=clock)
+    store.keep_tombstones = False
+    return store, clock
+
+
+def test_a_standby_forgets_only_tombstones_recorded_before_the_settled_time():
+    store, clock = standby_store()
+    for name, at in (("early", 10.0), ("late", 20.0)):
+        store.upsert(pod(name, 1))
+        clock.now = at
+        store.delete(pod(name, 2, phase="Succeeded"), now=at)
+    assert store.tombstones == 2
+    assert store.forget_settled_tombstones(before=15.0) == 1
+    assert store.get("a/early") is None
+    assert store.is_deleted("a/late")
+    assert store.forget_settled_tombstones(before=15.0) == 0
+    assert store.forget_settled_tombstones(before=20.5) == 1
+    assert store.tombstones == 0
+
+
+def test_a_leader_keeps_its_tombstones_until_its_handler_forgets_them():
+    store, clock = standby_store()
+    store.keep_tombstones = True
+    store.delete(pod("p", 2), now=1.0)
+    clock.now = 100.0
+    assert store.forget_settled_tombstones(before=99.0) == 0
+    assert store.is_deleted("a/p")
+
+
+def test_a_standby_keeps_no_tombstone_of_a_pod_that_carried_the_finalizer():
+    store, _ = standby_store()
+    finalized = project({"metadata": {"name": "f", "namespace": "a", "uid": "u1",
+                                      "resourceVersion": "1", "finalizers": [OUTCOME_FINALIZER],
+                                      "creationTimestamp": "2026-01-01T00:00:00Z",
+                                      "labels": {"sniffer.io/run-id": "run-f"}},
+                         "spec": {"containers": [{"name": "main"}]},
+                         "status": {"phase": "Running"}})
+    store.upsert(finalized)
+    store.delete(pod("f", 2, phase="Succeeded"), now=1.0)
+    assert store.tombstones == 0
+
+
+def test_a_tombstone_replaced_or_handled_is_not_forgotten_twice():
+    store, clock = standby_store()
+    store.delete(pod("p", 1), now=1.0)
+    store.upsert(pod("p", 2, uid="u2"))  # the name was taken by a new pod
+    clock.now = 5.0
+    store.delete(pod("q", 1), now=5.0)
+    tomb = store.get("a/q")
+    assert tomb is not None
+    store.forget_tombstone("a/q", tomb)
+    assert store.forget_settled_tombstones(before=10.0) == 0
+    assert store.get("a/p") is not None and not store.is_deleted("a/p")
+    assert store._deleted_at == {}

@@ -9,6 +9,10 @@ Contract:
   elector → release the lease (a standby takes over at once) → close the health
   server and the clients. Cleanup awaits are shielded and bounded, so a second signal
   or a hung server cannot skip the lease release or hang the exit.
+* A standby keeps a warm cache but queues nothing; it keeps tombstones only of pods
+  deleted before a leader finalized them, and only until the live leader has been seen
+  renewing its lease for a few lease durations after the deletion (watch.leader,
+  watch.store). `/healthz` reports the tombstones kept.
 * Losing the lease stops all writes at once (the elector fences them) and ends `run`
   with `LeadershipLost`; the process exits non-zero and its Deployment restarts it as a
   standby, as client-go controllers do.
@@ -133,7 +137,8 @@ class Watcher:
                 lease_kube, name=s.leader.lease_name, namespace=s.leader.lease_namespace,
                 identity=identity(s), lease_duration_s=s.leader.lease_duration_s,
                 renew_deadline_s=s.leader.renew_deadline_s,
-                retry_period_s=s.leader.retry_period_s, on_change=self._on_leader_change)
+                retry_period_s=s.leader.retry_period_s, on_change=self._on_leader_change,
+                on_settled=lambda before: _forget_settled(store, before))
         self.elector = elector
         self.controller = controller = Controller(
             store=store, queue=queue, platform=platform,
@@ -203,6 +208,13 @@ class Watcher:
             await elector.wait_leader()
             store.keep_tombstones = True
         await controller.run()
+
+
+def _forget_settled(store: PodStore, before: float) -> None:
+    """A standby forgets the tombstones a live leader has seen (see watch.leader)."""
+    if forgotten := store.forget_settled_tombstones(before):
+        log.debug("forgot tombstones the leader has seen",
+                  extra={"tombstones": forgotten, "kept": store.tombstones})
 
 
 def _reflector_check(reflector: Reflector, read_timeout_s: float) -> str | None:

@@ -15,6 +15,14 @@ Contract:
   instead of waiting out the lease.
 * Writes use the Lease's resourceVersion as a precondition: two candidates racing for
   the same record cannot both win.
+* A standby observes the leader (`LeaderObservation`, on the elector's clock): from
+  the renewals it sees, `settled_before()` is a time T such that every deletion this
+  replica saw before T was also seen by a live leader, which then kept leading for
+  `settle_leases` lease durations (or took over after it, with its own cache of it).
+  `on_settled(T)` is called whenever a renewal moves T. The standby's store forgets
+  such tombstones; the bet is that a leader that lived that long after a deletion has
+  handled it. If it died first with the deletion unhandled, `sniffer reconcile` repairs
+  the run.
 """
 
 from __future__ import annotations
@@ -39,6 +47,55 @@ def _micro_time() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+# How many lease durations a leader must be seen renewing after a deletion before a
+# standby trusts it to have handled the deletion. A handler is sub-second normally and
+# waits out a platform's Retry-After when it must; a few lease durations cover both
+# while bounding what a standby keeps.
+SETTLE_LEASES = 4.0
+
+
+class LeaderObservation:
+    """What a standby has seen of another replica leading, on its own monotonic clock.
+
+    Invariants: `_term` is None iff the last record read was free or held by us;
+    otherwise `_since <= _last` bound one unbroken streak of that term's renewals: each
+    seen within `max_gap_s` of the one before. A longer gap may hide the holder's
+    restart (a renewal deadline missed, a new process with an empty cache), so it starts
+    a new streak."""
+
+    def __init__(self, *, max_gap_s: float, settle_leases: float = SETTLE_LEASES) -> None:
+        if settle_leases <= 0:
+            raise ValueError(f"settle_leases: must be > 0 (got {settle_leases!r})")
+        self._max_gap = max_gap_s
+        self._settle = settle_leases
+        self._term: tuple[object, ...] | None = None
+        self._since = self._last = 0.0
+        self._duration = 0.0
+
+    def renewed(self, term: tuple[object, ...], lease_duration_s: float, now: float) -> None:
+        """Another replica's lease record changed (a renewal or a new term), seen at `now`.
+        `term` identifies one holder's tenure: (holder, acquireTime, leaseTransitions)."""
+        if term != self._term or now - self._last > self._max_gap:
+            self._term, self._since = term, now
+        self._last = now
+        self._duration = lease_duration_s
+
+    def vacant(self) -> None:
+        """The record read was free, or ours: nobody else leads."""
+        self._term = None
+
+    def settled_before(self) -> float | None:
+        """Deletions seen before the returned time have been seen by a live leader, which
+        then kept leading for the settle window (or took over after them, after its own
+        standby cache kept them). None until a streak is that long."""
+        if self._term is None:
+            return None
+        window = self._settle * self._duration
+        if self._last - self._since < window:
+            return None
+        return self._last - window
+
+
 class LeaderElector:
     """Competes for one Lease. Constructing starts nothing; `run()` does, once."""
 
@@ -46,7 +103,11 @@ class LeaderElector:
                  lease_duration_s: float = 15.0, renew_deadline_s: float = 10.0,
                  retry_period_s: float = 2.0,
                  clock: Callable[[], float] = time.monotonic,
-                 on_change: Callable[[bool], None] | None = None) -> None:
+                 on_change: Callable[[bool], None] | None = None,
+                 on_settled: Callable[[float], None] | None = None,
+                 settle_leases: float = SETTLE_LEASES) -> None:
+        """`on_settled(T)`: called while standing by, whenever a renewal of another
+        replica's lease moved `observation.settled_before()` (T on `clock`)."""
         if not 0 < retry_period_s < renew_deadline_s < lease_duration_s:
             raise ValueError("need retry_period_s < renew_deadline_s < lease_duration_s")
         self._kube = kube
@@ -59,6 +120,11 @@ class LeaderElector:
         self._retry = retry_period_s
         self._clock = clock
         self._on_change = on_change
+        self._on_settled = on_settled
+        # A leader renews at least every renew deadline or stops; we read every retry
+        # period: renewals seen further apart than both may hide a restart.
+        self.observation = LeaderObservation(max_gap_s=renew_deadline_s + retry_period_s,
+                                             settle_leases=settle_leases)
         self._renewed_at: float | None = None  # monotonic time of our last successful write
         self._observed: tuple[Any, ...] | None = None  # (holder, renewTime, transitions)
         self._observed_at = 0.0
@@ -117,16 +183,18 @@ class LeaderElector:
         try:
             lease = await self._kube.request_json("GET", self._path)
         except NotFound:
+            self.observation.vacant()
             return await self._create(now_mono)
         except KubeError as exc:
             log.warning("cannot read the lease", extra={"error": str(exc)})
             return False
         spec = lease.get("spec") or {}
         holder = spec.get("holderIdentity") or ""
+        duration = float(spec.get("leaseDurationSeconds") or self._duration)
         observed = (holder, spec.get("renewTime"), spec.get("leaseTransitions"))
         if observed != self._observed:
             self._observed, self._observed_at = observed, now_mono
-        duration = float(spec.get("leaseDurationSeconds") or self._duration)
+            self._observe(spec, holder, duration, now_mono)
         if holder and holder != self.identity and now_mono < self._observed_at + duration:
             if self._renewed_at is not None:
                 # Someone else holds it now: stop writing at once, not at the deadline.
@@ -150,6 +218,17 @@ class LeaderElector:
             return False
         self._renewed_at = now_mono
         return True
+
+    def _observe(self, spec: dict[str, Any], holder: str, duration: float,
+                 now_mono: float) -> None:
+        if not holder or holder == self.identity:
+            self.observation.vacant()
+            return
+        term = (holder, spec.get("acquireTime"), spec.get("leaseTransitions"))
+        self.observation.renewed(term, duration, now_mono)
+        settled = self.observation.settled_before()
+        if settled is not None and self._on_settled is not None:
+            self._on_settled(settled)
 
     async def _create(self, now_mono: float) -> bool:
         body = {

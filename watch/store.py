@@ -13,13 +13,19 @@ Contract:
   Running stays marked `deleted_while_active`, so a later terminal phase (the kubelet
   stopping its containers) is known to be the deletion's echo even when the handler
   only looks at the final view.
+* A standby (`keep_tombstones` False) keeps no tombstone of a pod that carried
+  Sniffer's finalizer, and forgets the others once a live leader has seen their
+  deletions (`forget_settled_tombstones`, driven by `watch.leader`'s observation of the
+  lease): its memory is bounded by the deletions of the last few lease durations.
 * Readiness: `wait_synced()` returns once every watched namespace has been listed once.
 * Single-threaded asyncio use only; no method awaits, so each call is atomic.
 
 Invariants:
 * a key is in `_pods` iff the pod exists in the last list or was added/modified since;
-* a key is in `_tombstones` iff it was deleted, its deletion is not handled yet, and
-  `keep_tombstones` was set or the pod never carried Sniffer's finalizer;
+* a key is in `_tombstones` iff it was deleted, its deletion is not handled yet,
+  `keep_tombstones` was set or the pod never carried Sniffer's finalizer, and no
+  `forget_settled_tombstones` on a standby covered the time it was recorded;
+* a key is in `_deleted_at` iff it is in `_tombstones` (the clock time it was recorded);
 * a key is in `_finalized` only if it is in `_pods`, carrying that uid;
 * a key is never in both.
 """
@@ -28,7 +34,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Collection, Iterable, Iterator
+import time
+from collections.abc import Callable, Collection, Iterable, Iterator
 
 from sniffer.podview import OUTCOME_FINALIZER, PodView
 
@@ -48,9 +55,13 @@ def _rv(pod: PodView) -> int:
 class PodStore:
     """The watcher's cache of tracked pods."""
 
-    def __init__(self, namespaces: Collection[str | None]) -> None:
+    def __init__(self, namespaces: Collection[str | None], *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """`clock` stamps tombstones; it must be the leader elector's clock."""
+        self._clock = clock
         self._pods: dict[str, PodView] = {}
         self._tombstones: dict[str, PodView] = {}
+        self._deleted_at: dict[str, float] = {}
         self._unsynced: set[str | None] = set(namespaces)
         self._synced = asyncio.Event()
         if not self._unsynced:
@@ -60,8 +71,9 @@ class PodStore:
         finalizer (the leader added it and released it only once the outcome was
         acknowledged), so it does not grow with every pod the cluster deletes. A pod that
         never carried it (deleted before a leader saw it, as while the leader is dead and
-        its lease not yet expired) keeps its tombstone: a standby that takes over must
-        still report it."""
+        its lease not yet expired) keeps its tombstone until a live leader has seen the
+        deletion (`forget_settled_tombstones`): a standby that takes over before then
+        must still report it."""
         self._finalized: dict[str, str] = {}
         """key → uid of live pods seen carrying Sniffer's finalizer."""
 
@@ -105,7 +117,8 @@ class PodStore:
         elif self._finalized.get(key) not in (None, pod.uid):
             del self._finalized[key]  # a new pod took the name
         self._pods[key] = pod
-        self._tombstones.pop(key, None)
+        if self._tombstones.pop(key, None) is not None:
+            del self._deleted_at[key]
         return True
 
     def delete(self, pod: PodView, *, now: float) -> bool:
@@ -126,6 +139,7 @@ class PodStore:
         if last.deletion_timestamp is None:
             last = dataclasses.replace(last, deletion_timestamp=now)
         self._tombstones[key] = last
+        self._deleted_at[key] = self._clock()
         return True
 
     def replace(self, namespace: str | None, pods: Iterable[PodView], *, now: float) -> list[str]:
@@ -151,6 +165,19 @@ class PodStore:
         """The handler finished with deleted `pod`; drop its tombstone if unchanged."""
         if self._tombstones.get(key) is pod:
             del self._tombstones[key]
+            del self._deleted_at[key]
+
+    def forget_settled_tombstones(self, before: float) -> int:
+        """A standby's housekeeping: drop the tombstones recorded before `before` (on the
+        store's clock), whose deletions a live leader has seen since. Returns how many.
+        Does nothing while `keep_tombstones` is set: a leader's handler forgets its own."""
+        if self.keep_tombstones:
+            return 0
+        settled = [key for key, at in self._deleted_at.items() if at < before]
+        for key in settled:
+            del self._tombstones[key]
+            del self._deleted_at[key]
+        return len(settled)
 
     # --- readiness ------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import yaml
 
@@ -35,6 +36,9 @@ from testbed.simulator.kubelet import Kubelet
 from testbed.simulator.lifecycles import Kind, Shape
 from testbed.simulator.workloads import draw_plans, new_traceparent, pod_manifest
 from tests.fixtures.watcher import Pods, eventually, running_watcher, settings_for, watcher_env
+from tests.reliability.servers import free_port
+from watch.app import Watcher
+from watch.leader import LeaderElector
 from watch.store import PodStore
 
 # The kubelet reports the containers stopped, then deletes the pod for good this much
@@ -310,3 +314,54 @@ async def test_a_new_leader_reports_a_pod_deleted_while_nobody_led(
         assert not watcher.elector.is_leader, "took over too early to test the window"
         await eventually(lambda: watcher.elector is not None and watcher.elector.is_leader)
         await eventually(lambda: (platform.get_run(run_id) or {}).get("state") == "succeeded")
+
+
+async def healthz(watcher: Watcher) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as session, session.get(
+            f"http://127.0.0.1:{watcher.health_port}/healthz") as response:
+        assert response.status == 200
+        return await response.json()
+
+
+async def test_a_standby_forgets_the_tombstones_a_live_leader_has_seen(
+        apiserver: ApiServer, platform: PlatformServer, namespace: str,
+        kube: KubeClient) -> None:
+    """Finding 6: a standby kept, forever, the tombstone of every pod deleted before a
+    leader had finalized it (every pod, with finalizer mode off). It keeps them while
+    nobody is seen renewing the lease (a new leader must report them), and forgets them
+    once the live leader has renewed for a few lease durations after the deletions."""
+    await kube.request_json(
+        "POST", f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases",
+        body={"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+              "metadata": {"name": "sniffer-watch"},
+              "spec": {"holderIdentity": "the-leader", "leaseDurationSeconds": 3600,
+                       "acquireTime": "2026-01-01T00:00:00.000000Z",
+                       "renewTime": "2099-01-01T00:00:00.000000Z"}})
+    env = watcher_env(apiserver, platform, namespace, SNIFFER_LEADER_ENABLED="true",
+                      SNIFFER_LEADER_IDENTITY="standby", SNIFFER_HEALTH_HOST="127.0.0.1",
+                      SNIFFER_HEALTH_PORT=str(free_port()))
+    pods = Pods(kube, namespace)
+    leading: asyncio.Task[None] | None = None
+    try:
+        async with running_watcher(settings_for(env)) as watcher:
+            store = watcher.store
+            assert store is not None and watcher.elector is not None
+            for i in range(3):  # never finalized: no leader's controller saw them
+                await pods.create(f"gone-{i}", f"gone-{i}")
+                await pods.succeeded(f"gone-{i}")
+                await pods.delete(f"gone-{i}", grace_s=0)
+            # The lease is held but nobody renews it: keep them for a takeover.
+            await eventually(lambda: store.tombstones == 3)
+            assert (await healthz(watcher))["tombstones"] == 3
+            leader = LeaderElector(kube, name="sniffer-watch", namespace=namespace,
+                                   identity="the-leader", lease_duration_s=2.0,
+                                   renew_deadline_s=1.5, retry_period_s=0.2)
+            leading = asyncio.create_task(leader.run(), name="the-leader")
+            await eventually(lambda: store.tombstones == 0)
+            assert (await healthz(watcher))["tombstones"] == 0
+            assert not watcher.elector.is_leader
+            assert len(store) == 0
+    finally:
+        if leading is not None:  # after the standby stopped: it must not take over
+            leading.cancel()
+            await asyncio.gather(leading, return_exceptions=True)
