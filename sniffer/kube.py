@@ -6,6 +6,10 @@ Contract:
   bearer tokens, exec plugins). A 401 reloads the credentials once and retries, so
   rotated service-account tokens and expiring exec-plugin tokens keep working.
 * Bodies are plain ``json.loads`` dicts, never generated models (those are ~25x slower).
+  With ``slim=True``, LIST items and watch objects are slim dicts holding only the fields
+  `sniffer.podview.project` reads, decoded by msgspec straight from the bytes
+  (`sniffer.podwire`); `project` gives the same view for either. Bytes that schema
+  refuses are decoded the general way, so errors are found and reported as without it.
 * `watch_pods` yields one `WatchEvent` per line, however long the line (aiohttp's
   ``readline`` stops at 128 KiB; pods with big annotations exceed it). A stream that is
   silent for ``read_timeout`` raises `WatchStalled`: a half-open connection cannot hang
@@ -29,6 +33,8 @@ import aiohttp
 from kubernetes.aio import client as kclient
 from kubernetes.aio import config as kconfig
 from kubernetes.aio.config.config_exception import ConfigException
+
+from sniffer.podwire import slim_event, slim_list
 
 log = logging.getLogger(__name__)
 
@@ -212,19 +218,15 @@ class KubeClient:
 
     async def request_json(self, method: str, path: str, **kw: Any) -> JSON:
         response = await self.request(method, path, **kw)
+        body = await _body(response, method, path)
         try:
-            data = json.loads(await response.read())
+            data = json.loads(body)
         except ValueError as exc:
             raise KubeError(response.status, f"{method} {path}: response is not JSON") from exc
-        except TimeoutError as exc:
-            raise Timeout(0, f"{method} {path}: the body did not arrive in time") from exc
-        except aiohttp.ClientError as exc:  # the connection broke while the body was read
-            raise KubeError(0, f"{method} {path}: {type(exc).__name__}: {exc}") from exc
-        finally:
-            response.release()
         if not isinstance(data, dict):
             raise KubeError(response.status, f"{method} {path}: response is not an object")
         return data
+
 
     # --- pods -----------------------------------------------------------------------
 
@@ -234,29 +236,26 @@ class KubeClient:
         return f"{base}/{quote(name)}" if name else base
 
     async def list_pods(self, namespace: str | None, *, label_selector: str, limit: int,
-                        continue_token: str | None = None) -> Page:
+                        continue_token: str | None = None, slim: bool = False) -> Page:
         """One page of a paginated LIST. The first page is served from etcd (a consistent
         read), later pages from the same snapshot via the continue token; an expired
-        token raises `Gone`."""
-        data = await self.request_json("GET", self.pods_path(namespace), query={
+        token raises `Gone`. `slim`: items carry only what `project` reads."""
+        path = self.pods_path(namespace)
+        response = await self.request("GET", path, query={
             "labelSelector": label_selector or None, "limit": limit,
             "continue": continue_token}, client_timeout=aiohttp.ClientTimeout(total=120))
-        meta = data.get("metadata") or {}
-        items = data.get("items") or []
-        if not isinstance(items, list):
-            raise KubeError(200, "LIST response: items is not a list")
-        return Page(items=items, resource_version=str(meta.get("resourceVersion") or ""),
-                    continue_token=meta.get("continue") or None)
+        return decode_pod_list(await _body(response, "GET", path), slim=slim)
 
     async def watch_pods(self, namespace: str | None, *, label_selector: str,
-                         resource_version: str, timeout_seconds: int,
-                         read_timeout: float) -> AsyncIterator[WatchEvent | MalformedEvent]:
+                         resource_version: str, timeout_seconds: int, read_timeout: float,
+                         slim: bool = False) -> AsyncIterator[WatchEvent | MalformedEvent]:
         """Stream watch events from `resource_version` with bookmarks.
 
         Ends normally when the server closes the stream (its `timeout_seconds` elapsed);
         raises `Gone` on 410, `WatchStalled` after `read_timeout` of silence and
         `KubeError` on transport errors. A malformed line is yielded as a
-        `MalformedEvent` instance (not raised), so one bad line never ends the stream."""
+        `MalformedEvent` instance (not raised), so one bad line never ends the stream.
+        `slim`: objects carry only what `project` reads."""
         query = {"watch": "true", "allowWatchBookmarks": "true",
                  "resourceVersion": resource_version, "timeoutSeconds": timeout_seconds,
                  "labelSelector": label_selector or None}
@@ -271,7 +270,7 @@ class KubeClient:
         try:
             async for line in _lines(response.content, read_timeout):
                 try:
-                    yield decode_event(line)
+                    yield decode_event(line, slim=slim)
                 except MalformedEvent as bad:
                     yield bad
         finally:
@@ -287,13 +286,49 @@ class MalformedEvent(KubeError):
     """A watch line that is not a well-formed event; the stream itself is still usable."""
 
 
-def decode_event(line: bytes) -> WatchEvent:
-    """Decode one watch line. ERROR events raise (`Gone` for 410), malformed lines raise
-    `MalformedEvent`; nothing else escapes."""
+async def _body(response: aiohttp.ClientResponse, method: str, path: str) -> bytes:
+    """The whole body of `response`, which is released; transport errors are typed."""
     try:
-        data = json.loads(line)
-    except (ValueError, RecursionError) as exc:
-        raise MalformedEvent(0, f"watch line is not JSON ({len(line)} bytes)") from exc
+        return await response.read()
+    except TimeoutError as exc:
+        raise Timeout(0, f"{method} {path}: the body did not arrive in time") from exc
+    except aiohttp.ClientError as exc:  # the connection broke while the body was read
+        raise KubeError(0, f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+    finally:
+        response.release()
+
+
+def decode_pod_list(body: bytes, *, slim: bool = False) -> Page:
+    """Decode a LIST response (`slim`: items carry only what `project` reads); a body
+    that is not a JSON object with a list of items raises `KubeError`."""
+    data = slim_list(body) if slim else None
+    if data is None:  # not slim, or refused by the slim schema: the general way
+        try:
+            data = json.loads(body)
+        except (ValueError, RecursionError) as exc:
+            raise KubeError(200, "LIST response is not JSON") from exc
+        if not isinstance(data, dict):
+            raise KubeError(200, "LIST response is not an object")
+    meta = data.get("metadata")
+    meta = meta if isinstance(meta, dict) else {}
+    items = data.get("items") or []
+    if not isinstance(items, list):
+        raise KubeError(200, "LIST response: items is not a list")
+    token = meta.get("continue")
+    return Page(items=items, resource_version=str(meta.get("resourceVersion") or ""),
+                continue_token=str(token) if token else None)
+
+
+def decode_event(line: bytes, *, slim: bool = False) -> WatchEvent:
+    """Decode one watch line (`slim`: the object carries only what `project` reads).
+    ERROR events raise (`Gone` for 410), malformed lines raise `MalformedEvent`; nothing
+    else escapes."""
+    data = slim_event(line) if slim else None
+    if data is None:  # not slim, or refused by the slim schema: the general way
+        try:
+            data = json.loads(line)
+        except (ValueError, RecursionError) as exc:
+            raise MalformedEvent(0, f"watch line is not JSON ({len(line)} bytes)") from exc
     if not isinstance(data, dict):
         raise MalformedEvent(0, "watch line is not an object")
     kind = data.get("type")

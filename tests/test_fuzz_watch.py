@@ -6,6 +6,9 @@
   bytes that are not UTF-8. Each stage may only raise its typed error (`KubeError`
   subclasses, `MalformedPod`); `derive` always returns a `Derived` or an `Underivable`;
   and the log record the reflector writes about a bad line or object formats as JSON.
+* Every line goes through both decoders, the general one (`json.loads`) and the slim one
+  the reflector uses (msgspec into only the fields `project` reads): both must give the
+  same view, or the same error with the same message.
 * The reflector itself (`watch.reflector.Reflector`), fed a stream of hostile lines
   between good pods through the real line splitter and decoder: every bad line or object
   is counted as malformed and skipped, every good pod lands in the store and is reported,
@@ -29,7 +32,15 @@ from typing import Any, cast
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sniffer.kube import KubeClient, KubeError, MalformedEvent, Page, _lines, decode_event
+from sniffer.kube import (
+    KubeClient,
+    KubeError,
+    MalformedEvent,
+    Page,
+    _lines,
+    decode_event,
+    decode_pod_list,
+)
 from sniffer.logs import JsonFormatter
 from sniffer.podview import MalformedPod, project
 from sniffer.states import Derived, StatePolicy, Underivable, derive
@@ -117,16 +128,24 @@ class _Strict(logging.Handler):
 
 
 def consume(line: bytes) -> str:
-    """One line through the watcher's whole decoding path; returns what became of it."""
+    """One line through the watcher's whole decoding path, general and slim; returns what
+    became of it, after checking both paths made the same of it (the same view, the same
+    error)."""
+    general, slim = _consume(line, slim=False), _consume(line, slim=True)
+    assert general == slim
+    return general[0]
+
+
+def _consume(line: bytes, *, slim: bool) -> tuple[str, object]:
     try:
-        event = decode_event(line)
+        event = decode_event(line, slim=slim)
     except MalformedEvent as bad:
         _log_formats("skipping malformed watch line", error=bad.message)
-        return "malformed line"
-    except KubeError:
-        return "error event"
+        return "malformed line", bad.message
+    except KubeError as error:
+        return "error event", (type(error), error.status, error.message)
     if event.type == "BOOKMARK":
-        return "bookmark"
+        return "bookmark", None
     try:
         view = project(event.object)
     except MalformedPod as bad:
@@ -134,14 +153,14 @@ def consume(line: bytes) -> str:
         name = meta.get("name") if isinstance(meta, dict) else None
         _log_formats("skipping malformed pod", pod=str(name)[:253] if name else None,
                      error=str(bad))
-        return "malformed pod"
+        return "malformed pod", (event.type, str(bad))
     for cancel in (False, True):
         for now in (NOW, NOW + 3600, 0.0):
             derived = derive(view, now=now, policy=POLICY, cancel_requested=cancel)
             assert isinstance(derived, Derived | Underivable)
             if isinstance(derived, Derived) and derived.recheck_after is not None:
                 assert derived.recheck_after > 0
-    return "pod"
+    return "pod", (event.type, view)
 
 
 def _log_formats(message: str, **extra: Any) -> None:
@@ -291,15 +310,16 @@ class FakeKube:
         self.listed = 0
 
     async def list_pods(self, namespace: str | None, *, label_selector: str, limit: int,
-                        continue_token: str | None = None) -> Page:
+                        continue_token: str | None = None, slim: bool = False) -> Page:
         items = self._lists[min(self.listed, len(self._lists) - 1)]
         self.listed += 1
-        return Page(items=items, resource_version=str(1000 + self.listed),
-                    continue_token=None)
+        body = json.dumps({"metadata": {"resourceVersion": str(1000 + self.listed)},
+                           "items": items}).encode()
+        return decode_pod_list(body, slim=slim)
 
     async def watch_pods(self, namespace: str | None, *, label_selector: str,
-                         resource_version: str, timeout_seconds: int,
-                         read_timeout: float) -> AsyncIterator[Any]:
+                         resource_version: str, timeout_seconds: int, read_timeout: float,
+                         slim: bool = False) -> AsyncIterator[Any]:
         stream, self._stream = self._stream, None
         if stream is None:
             await asyncio.Event().wait()
@@ -307,7 +327,7 @@ class FakeKube:
         async for raw in _lines(feed([stream[i:i + 4096]
                                       for i in range(0, len(stream), 4096)]), read_timeout):
             try:
-                yield decode_event(raw)
+                yield decode_event(raw, slim=slim)
             except MalformedEvent as bad:
                 yield bad
 

@@ -1,10 +1,14 @@
-"""Watch-line decoding: lines of any length, typed errors, nothing else escapes."""
+"""Watch-line and LIST decoding: lines of any length, typed errors, nothing else escapes;
+slim decoding gives the same views."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import json
+from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -12,7 +16,24 @@ from aiohttp.base_protocol import BaseProtocol
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sniffer.kube import Gone, KubeError, MalformedEvent, WatchEvent, _lines, decode_event
+from sniffer import podwire
+from sniffer.kube import (
+    Gone,
+    KubeError,
+    MalformedEvent,
+    WatchEvent,
+    _lines,
+    decode_event,
+    decode_pod_list,
+)
+from sniffer.podview import (
+    CANCEL_ANNOTATION,
+    KIND_LABEL,
+    RUN_ID_LABEL,
+    TRACEPARENT_ANNOTATION,
+    MalformedPod,
+    project,
+)
 
 
 def feed(chunks: list[bytes]) -> aiohttp.StreamReader:
@@ -74,3 +95,59 @@ def test_arbitrary_bytes_decode_or_raise_only_typed_errors(line):
 def test_malformed_lines_raise_malformed_event(line):
     with pytest.raises(MalformedEvent):
         decode_event(line)
+
+
+# --- slim decoding (sniffer.podwire): only what project reads, the same views -------------
+
+TEMPLATES = json.loads((Path(__file__).parents[1] / "bench" / "decode_pods.json").read_text())
+REAL_PODS = TEMPLATES["finished"] + TEMPLATES["running"]
+
+
+def _page(items: list[Any], token: str | None = "next") -> bytes:
+    meta = {"resourceVersion": "77", **({"continue": token} if token else {})}
+    return json.dumps({"kind": "PodList", "metadata": meta, "items": items}).encode()
+
+
+def test_slim_list_items_project_to_the_same_views_without_the_unread_fields():
+    page = decode_pod_list(_page(REAL_PODS), slim=True)
+    full = decode_pod_list(_page(REAL_PODS))
+    assert (page.resource_version, page.continue_token) == ("77", "next")
+    assert [project(p) for p in page.items] == [project(p) for p in full.items]
+    assert all("managedFields" not in p["metadata"] and "image" not in
+               p["status"]["containerStatuses"][0] for p in page.items)
+    assert len(json.dumps(page.items)) < len(json.dumps(full.items)) / 4
+
+
+def test_slim_list_with_a_misshapen_item_falls_back_and_keeps_the_others():
+    bad = copy.deepcopy(REAL_PODS[0])
+    bad["status"]["conditions"] = {"not": "a list"}
+    page = decode_pod_list(_page([bad, *REAL_PODS[1:]], token=None), slim=True)
+    assert page.continue_token is None
+    assert page.items[0]["status"]["conditions"] == {"not": "a list"}  # the general way
+    with pytest.raises(MalformedPod, match=r"status\.conditions"):
+        project(page.items[0])
+    assert [project(p) for p in page.items[1:]] == [project(p) for p in REAL_PODS[1:]]
+
+
+def test_slim_events_carry_the_same_pod_and_errors_keep_their_status():
+    line = json.dumps({"type": "MODIFIED", "object": REAL_PODS[-1]}).encode()
+    event = decode_event(line, slim=True)
+    assert event.type == "MODIFIED" and "managedFields" not in event.object["metadata"]
+    assert project(event.object) == project(REAL_PODS[-1])
+    with pytest.raises(Gone, match="too old"):
+        decode_event(b'{"type":"ERROR","object":{"code":410,"message":"too old"}}', slim=True)
+
+
+@pytest.mark.parametrize("body", [b"not json", b"[]", b'{"items":{"a":1}}'])
+def test_a_list_body_that_is_not_a_pod_list_is_a_kube_error(body):
+    for slim in (False, True):
+        with pytest.raises(KubeError):
+            decode_pod_list(body, slim=slim)
+
+
+def test_the_slim_schema_reads_the_labels_and_annotations_podview_names():
+    meta = podwire.Metadata.__annotations__
+    assert meta.keys() >= {"labels", "annotations"}
+    assert set(podwire.Labels.__annotations__) == {RUN_ID_LABEL, KIND_LABEL}
+    assert set(podwire.Annotations.__annotations__) == {CANCEL_ANNOTATION,
+                                                         TRACEPARENT_ANNOTATION}

@@ -11,6 +11,8 @@ Contract (client-go's Reflector, in asyncio):
   reopened from the last resourceVersion seen (bookmarks advance it), without a relist.
 * Errors back off exponentially with full jitter, capped; a success resets the backoff.
 * A malformed object or line is logged and counted, then skipped; it never ends the loop.
+* Objects are decoded slim (only what `sniffer.podview.project` reads, straight from the
+  bytes): a LIST of 100k pods never holds their managedFields, images or IDs.
 * One loop per namespace (or one for all namespaces); `run()` returns only when
   cancelled.
 """
@@ -144,7 +146,8 @@ class Reflector:
         token: str | None = None
         while True:
             page = await self._kube.list_pods(namespace, label_selector=self._selector,
-                                              limit=self._page_size, continue_token=token)
+                                              limit=self._page_size, continue_token=token,
+                                              slim=True)
             self.last_event_at = time.monotonic()
             for obj in page.items:
                 pod = self._project(obj, "list")
@@ -167,7 +170,8 @@ class Reflector:
         low, high = self._watch_timeout_s
         stream = self._kube.watch_pods(
             namespace, label_selector=self._selector, resource_version=resource_version,
-            timeout_seconds=self._rng.randint(low, high), read_timeout=self._read_timeout_s)
+            timeout_seconds=self._rng.randint(low, high), read_timeout=self._read_timeout_s,
+            slim=True)
         async for event in stream:
             self.last_event_at = time.monotonic()
             if isinstance(event, MalformedEvent):
