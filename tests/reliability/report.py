@@ -109,28 +109,35 @@ reproduces each (tests/reliability/test_findings.py unless named otherwise):
    Now a standby drops just the tombstones of pods that carried Sniffer's finalizer (their
    outcome was acknowledged before the leader released it) and keeps the others for
    when it takes over (`test_a_new_leader_reports_a_pod_deleted_while_nobody_led`,
-   `test_a_standby_does_not_grow_with_the_pods_the_leader_handled`). Still open: those
-   others are pods deleted before the leader had finalized them, about 0.7% of pods in the
-   soak (30 tombstones after 4,500 pods in 15 minutes), and every pod with finalizer mode
-   off; a standby never forgets them. Proposal: forget such a tombstone once the live
-   leader has renewed its lease for a few lease durations after the deletion (it has
-   seen the deletion by then), trading an unbounded standby for a reconcile repair in
-   the unlikely case the leader dies with that deletion still unhandled.
+   `test_a_standby_does_not_grow_with_the_pods_the_leader_handled`). The others (pods
+   deleted before the leader had finalized them, about 0.7% of pods in the first soak,
+   and every pod with finalizer mode off) were then kept forever: fixed (43104bd). A
+   standby now watches the Lease and forgets such a tombstone once the same leader has
+   kept renewing for 4 lease durations after the deletion (it has seen the deletion by
+   then; a gap in renewals longer than renew deadline + retry period restarts the
+   count), so with the default 15 s lease a standby holds about a minute of deletions
+   (`test_a_standby_forgets_the_tombstones_a_live_leader_has_seen`). The trade: a leader
+   that dies with such a deletion unhandled for longer than that leaves the run to
+   `sniffer reconcile`.
 7. **Changes "dropped after retries" during a platform outage though nothing is lost** —
-   open, noise only: a busy pod's key is re-added by every update (`WorkQueue.add`
-   bypasses the pending Retry-After retry) and each failure counts against
-   `workers.max_retries`, so a 30 s outage logs errors and counts `dropped` for changes
-   that the still-pending Retry-After retry delivers afterwards
-   (`test_a_busy_pods_outcome_survives_a_platform_outage`). Proposal: do not count a
-   retry while the key's Retry-After is still pending, or drop only when no retry is.
-8. **The reconciler reports a job stopped by a completed deletion by its exit** — open,
-   by design so far: a snapshot has no history, so a job whose deletion was requested
-   *and* completed before the pass is written failed/Error (exit 143) where the watcher,
-   which saw it deleting while it ran, writes failed/Deleted. `process-kills` showed it
-   while the leader failed over and reconcile passes raced (the state is right; the
-   matrix judges these runs by state only). Proposal: leave such runs (terminal phase,
-   `deletionGracePeriodSeconds` 0 after a graceful deletion) to the watcher for the
-   grace period, as the reconciler already does for missing pods.
+   fixed (a423f27): a busy pod's key was re-added by every update, bypassing the pending
+   Retry-After retry, and each failure counted against `workers.max_retries`, so a 30 s
+   outage logged errors and counted `dropped` for changes that the pending retry
+   delivered afterwards. Now a key waiting out a rate-limited retry is held: adds merge
+   into that retry, which handles the pod's latest view, so the platform is asked again
+   only when its "wait" is over and `dropped` counts only changes given up with no retry
+   pending (`test_a_busy_pods_outcome_survives_a_platform_outage` asserts dropped 0;
+   tests/test_workqueue_holds.py). This departs from client-go, whose `Add` skips ahead
+   of a pending `AddRateLimited`; the queue's contract says so.
+8. **The reconciler reported a job stopped by a completed deletion by its exit** — fixed
+   (cbdbfbd): a snapshot has no history, so a job whose deletion was requested *and*
+   completed before the pass was written failed/Error (exit 143) where the watcher,
+   which saw it deleting while it ran, writes failed/Deleted. Now the reconciler leaves
+   a finished pod whose deletion completed less than its grace period ago (counted from
+   `deletionTimestamp`) to the watcher whenever the two readings differ; after the grace
+   period it writes what the object says (the watcher is evidently not reporting, and a
+   pod that says Succeeded may have finished its work). Runs that the reconciler writes
+   after the grace period are still judged by state only.
 """
 
 
