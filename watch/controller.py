@@ -8,8 +8,9 @@ Contract:
   for the run (`_acked`), with that state as the write's precondition. Relisting
   thousands of finished pods after a restart sends nothing that is already right:
   acknowledgements are seeded from one listing of the platform's non-terminal runs.
-* Each handler result is one `Outcome`, mapped to exactly one queue operation and one
-  metric label in `_finish` (controller-runtime's reconcileHandler).
+* Each handler result (or exception) is one `watch.outcomes.Outcome`, mapped to exactly
+  one queue operation and one metric label in one place, `OutcomeMap.finish`
+  (controller-runtime's reconcileHandler); that module holds the retry policy.
 * Transient failures (platform 429/5xx/timeouts, API errors) retry with per-key
   exponential backoff and the overall token bucket, honouring Retry-After. While a
   key waits out that backoff it is not handled: changes of the pod meanwhile coalesce
@@ -35,59 +36,25 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import Enum
 from typing import Protocol
 
 from opentelemetry import trace
 from opentelemetry.trace import Link, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from sniffer.kube import KubeError
-from sniffer.platform import Outcome as PlatformOutcome
-from sniffer.platform import (
-    PlatformClient,
-    PlatformRejected,
-    PlatformUnavailable,
-    Run,
-    StateUpdate,
-)
+from sniffer.platform import PlatformClient
+from sniffer.platform_model import Outcome as PlatformOutcome
+from sniffer.platform_model import PlatformRejected, PlatformUnavailable, Run, StateUpdate
 from sniffer.podview import PodView
 from sniffer.states import Derived, StatePolicy, Underivable, WorkloadState, derive
 from watch.finalizers import Finalizers
+from watch.outcomes import DONE, Outcome, OutcomeMap, Result, outcome_of
 from watch.store import PodStore
 from watch.workqueue import ShutDown, WorkQueue
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("sniffer.watch")
 _propagator = TraceContextTextMapPropagator()
-
-
-class Result(Enum):
-    DONE = "done"
-    REQUEUE = "requeue"
-    REQUEUE_AFTER = "requeue_after"
-    RETRY = "retry"
-    DROP = "drop"
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What the handler asks of the queue for one key."""
-
-    result: Result
-    delay: float = 0.0
-    error: str | None = None
-
-    @classmethod
-    def done(cls) -> Outcome:
-        return _DONE
-
-    @classmethod
-    def retry(cls, error: str, retry_after: float | None = None) -> Outcome:
-        return cls(Result.RETRY, delay=retry_after or 0.0, error=error)
-
-
-_DONE = Outcome(Result.DONE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +133,6 @@ class Controller:
         self._finalizers = finalizers
         self._policy = policy
         self._workers = workers
-        self._max_retries = max_retries
         self._is_leader = is_leader
         self._metrics: ControllerMetrics = metrics or _NoMetrics()
         self._clock = clock
@@ -176,13 +142,14 @@ class Controller:
         self._seed: dict[str, Acked] | None = None
         self._seed_time = 0.0
         self._observed: dict[str, float] = {}
-        """key → wall time a not-yet-handled change was first observed (freshness)."""
+        """key → wall time its oldest unsettled change was observed (freshness); an entry
+        exists iff `on_change` saw a change of the key that no outcome has settled since
+        (`_settled`, called by the outcome map)."""
+        self._outcomes = OutcomeMap(queue=queue, store=store, metrics=self._metrics,
+                                    max_retries=max_retries,
+                                    settled=self._settled)
         self._busy: dict[str, float] = {}
         self._started = False
-        self.handled = 0
-        """Keys handled so far (any outcome); informational, for tests and the demo."""
-        self.dropped = 0
-        """Changes given up (see the contract); informational, like `handled`."""
 
     # --- wiring ------------------------------------------------------------------------
 
@@ -213,6 +180,16 @@ class Controller:
     @property
     def acked_runs(self) -> int:
         return len(self._acked)
+
+    @property
+    def handled(self) -> int:
+        """Keys handled so far (any outcome); informational, for tests and the demo."""
+        return self._outcomes.handled
+
+    @property
+    def dropped(self) -> int:
+        """Changes given up (see the contract); informational, like `handled`."""
+        return self._outcomes.dropped
 
     async def run(self) -> None:
         """Seed acknowledgements, enqueue every cached pod, run the workers until the
@@ -248,59 +225,23 @@ class Controller:
             except ShutDown:
                 return
             self._busy[key] = time.monotonic()
-            outcome = _DONE
+            outcome = DONE
             try:
                 outcome = await self._handle_safely(key)
             finally:
                 del self._busy[key]
-                self._finish(key, outcome)
+                self._outcomes.finish(key, outcome)
                 self._queue.done(key)
+
+    def _settled(self, key: str) -> None:
+        """The outcome map is through with `key`'s change: stop its freshness clock."""
+        self._observed.pop(key, None)
 
     async def _handle_safely(self, key: str) -> Outcome:
         try:
             return await self.handle(key)
-        except PlatformUnavailable as exc:
-            return Outcome.retry(f"platform unavailable: {exc}", exc.retry_after)
-        except PlatformRejected as exc:
-            return Outcome(Result.DROP, error=f"platform rejected the update: {exc}")
-        except KubeError as exc:
-            return Outcome.retry(f"kubernetes API: {exc}")
         except Exception as exc:  # one bad object must never kill a worker
-            log.exception("handler failed", extra={"key": key})
-            return Outcome.retry(f"{type(exc).__name__}: {exc}")
-
-    def _finish(self, key: str, outcome: Outcome) -> None:
-        """The one place an outcome becomes a queue operation and a metric label."""
-        self.handled += 1
-        result = outcome.result
-        if result is Result.RETRY and self._queue.num_requeues(key) >= self._max_retries:
-            result = Result.DROP
-        self._metrics.outcome(result.value)
-        if result is Result.DONE:
-            self._queue.forget(key)
-            self._observed.pop(key, None)
-        elif result is Result.REQUEUE:
-            self._queue.forget(key)
-            self._queue.add(key)
-        elif result is Result.REQUEUE_AFTER:
-            self._queue.forget(key)
-            self._observed.pop(key, None)
-            self._queue.add_after(key, outcome.delay)
-        elif result is Result.RETRY:
-            log.info("retrying", extra={"key": key, "error": outcome.error,
-                                        "attempt": self._queue.num_requeues(key) + 1})
-            self._queue.add_rate_limited(key, at_least=outcome.delay)
-        else:
-            pod = self._store.get(key)
-            log.error("dropping change after retries; the reconciler will repair it",
-                      extra={"key": key, "run_id": pod.run_id if pod else None,
-                             "error": outcome.error})
-            self._metrics.dropped(pod.phase if pod else "unknown", outcome.error or "")
-            self.dropped += 1
-            self._queue.forget(key)
-            self._observed.pop(key, None)
-            if pod is not None and self._store.is_deleted(key):
-                self._store.forget_tombstone(key, pod)
+            return outcome_of(key, exc)
 
     # --- the handler ---------------------------------------------------------------------
 
@@ -308,7 +249,7 @@ class Controller:
         """Bring the platform in line with the cached pod `key`."""
         pod = self._store.get(key)
         if pod is None:
-            return _DONE
+            return DONE
         if pod.run_id is None:
             await self._release(pod, "untracked")
             return self._forget_if_deleted(pod)
@@ -395,7 +336,7 @@ class Controller:
             self._metrics.finalizer("added")
         if derived.recheck_after is not None:
             return Outcome(Result.REQUEUE_AFTER, delay=derived.recheck_after)
-        return _DONE
+        return DONE
 
     async def _release(self, pod: PodView, why: str) -> None:
         if self._store.is_deleted(pod.key):
@@ -407,7 +348,7 @@ class Controller:
     def _forget_if_deleted(self, pod: PodView) -> Outcome:
         if self._store.is_deleted(pod.key):
             self._store.forget_tombstone(pod.key, pod)
-        return _DONE
+        return DONE
 
     async def _lookup(self, pod: PodView) -> Acked | None:
         """The run's acknowledged state when we have none: from the seed, else GET."""
