@@ -70,7 +70,8 @@ from reconcile.report import PassReport, render_json, render_table
 from reconcile.snapshot import PodLister, RunReader, Snapshot, take
 from sniffer.cleanup import bounded
 from sniffer.kube import KubeClient, KubeError
-from sniffer.platform import PlatformClient, PlatformError, PlatformMetrics
+from sniffer.platform import PlatformClient, PlatformMetrics
+from sniffer.platform_model import PlatformError
 from sniffer.podview import RUN_ID_PATTERN
 from sniffer.states import StatePolicy
 

@@ -51,7 +51,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from reconcile.snapshot import BadPod, Snapshot
-from sniffer.platform import Run
+from sniffer.platform_model import Run
 from sniffer.podview import OUTCOME_FINALIZER, PodView
 from sniffer.states import (
     Derived,

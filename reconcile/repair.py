@@ -44,7 +44,7 @@ from opentelemetry import trace
 from reconcile.diff import Mismatch, MismatchKind, diff
 from reconcile.snapshot import BadPod, Snapshot, project_into
 from sniffer.kube import JSON, Conflict, KubeClient, KubeError, NotFound, Page
-from sniffer.platform import (
+from sniffer.platform_model import (
     Outcome,
     PlatformError,
     PlatformUnavailable,

@@ -35,7 +35,7 @@ from typing import Protocol
 from opentelemetry import trace
 
 from sniffer.kube import Gone, Page
-from sniffer.platform import PlatformError, Run
+from sniffer.platform_model import PlatformError, Run
 from sniffer.podview import (
     OUTCOME_FINALIZER,
     RUN_ID_LABEL,

@@ -34,8 +34,10 @@ Contract:
 * TLS certificates are verified unless ``verify_tls=False`` (logged as a warning);
   ``ca_file`` adds a CA bundle.
 
-The values and errors are defined in `sniffer.platform_model`, the token file in
-`sniffer.platform_token`; this module exports the public ones too, as it always has.
+The values and errors the client takes and returns (`Run`, `StateUpdate`, `Outcome`,
+`UpdateResult`, `PlatformError` and its subclasses) live in `sniffer.platform_model`, the
+token file in `sniffer.platform_token`: import them from there. This module exports only
+`PlatformClient` and `PlatformMetrics`.
 """
 
 from __future__ import annotations
@@ -56,11 +58,8 @@ import aiohttp
 from opentelemetry import propagate, trace
 
 from sniffer.platform_model import (
-    KINDS,
     STATES,
-    TERMINAL_STATES,
     Outcome,
-    PlatformError,
     PlatformRejected,
     PlatformUnavailable,
     Run,
@@ -368,18 +367,4 @@ def _quote(run_id: str) -> str:
     return quote(run_id, safe="")
 
 
-__all__ = [
-    "KINDS",
-    "STATES",
-    "TERMINAL_STATES",
-    "Outcome",
-    "PlatformClient",
-    "PlatformError",
-    "PlatformMetrics",
-    "PlatformRejected",
-    "PlatformUnavailable",
-    "Run",
-    "StateUpdate",
-    "UpdateResult",
-    "parse_retry_after",
-]
+__all__ = ["PlatformClient", "PlatformMetrics"]

@@ -31,7 +31,8 @@ from reconcile.diff import Mismatch, MismatchKind
 from reconcile.repair import RepairHooks, RepairOutcome
 from reconcile.report import PassReport, render_table
 from sniffer.kube import KubeClient, NotFound
-from sniffer.platform import PlatformClient, StateUpdate
+from sniffer.platform import PlatformClient
+from sniffer.platform_model import StateUpdate
 from sniffer.podview import OUTCOME_FINALIZER
 from testbed.apiserver import ApiServer
 from testbed.platform.launcher import PlatformServer

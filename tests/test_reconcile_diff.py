@@ -27,7 +27,7 @@ from reconcile.diff import (
     diff,
 )
 from reconcile.snapshot import BadPod, Snapshot, needs_run_lookup
-from sniffer.platform import Run
+from sniffer.platform_model import Run
 from sniffer.podview import (
     CANCEL_ANNOTATION,
     KIND_LABEL,

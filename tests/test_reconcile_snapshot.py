@@ -15,7 +15,7 @@ import pytest
 
 from reconcile.snapshot import take
 from sniffer.kube import Gone, Page
-from sniffer.platform import Run
+from sniffer.platform_model import Run
 from tests.test_reconcile_diff import NOW, kubelet_status, manifest, run
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from testbed.apiserver import ApiServer
-from testbed.build import BuildError
+from testbed.gocache import BuildError
 from testbed.jaeger import Jaeger, cached_jaeger, ensure_jaeger, start
 from testbed.platform.launcher import PlatformServer
 from tests.test_telemetry_wire import Program, sniffer_env

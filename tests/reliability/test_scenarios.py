@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from testbed.apiserver import ApiServer, ApiServerError, start
-from testbed.build import BuildError
+from testbed.gocache import BuildError
 from tests.reliability.harness import Bed, run_scenario
 from tests.reliability.model import Result, Scenario
 from tests.reliability.report import summary
