@@ -132,7 +132,11 @@ class ShutdownSettings:
 class ReconcileSettings:
     grace_period_s: float = 120.0
     """A non-terminal run whose pod is missing is only failed ('pod lost') once the run is
-    older than this, since a fresh run may not have its pod yet."""
+    older than this, since a fresh run may not have its pod yet. It also holds back a
+    finished pod whose deletion completed (terminal phase, deletionGracePeriodSeconds 0):
+    only the watcher knows whether the deletion or the workload ended it, so the pod is
+    left to the watcher first and judged only once this long has passed since its
+    deletionTimestamp."""
     concurrency: int = 32
     """Repairs in flight at once."""
 
