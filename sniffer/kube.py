@@ -208,8 +208,13 @@ class KubeClient:
             response: aiohttp.ClientResponse = resp.response
             if response.status < 400:
                 return response
-            payload = await response.read()
-            response.release()
+            try:
+                payload = await response.read()
+            except (TimeoutError, aiohttp.ClientError):
+                # The message is a nicety; the status alone decides what the caller does.
+                payload = b""
+            finally:
+                response.release()
             if response.status == 401 and attempt == 1:
                 await self._reload_credentials()
                 continue

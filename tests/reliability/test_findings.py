@@ -25,7 +25,7 @@ import aiohttp
 import pytest
 import yaml
 
-from sniffer.kube import KubeClient, KubeError
+from sniffer.kube import Gone, KubeClient, KubeError
 from sniffer.podview import CANCEL_ANNOTATION, OUTCOME_FINALIZER, project
 from sniffer.states import Derived, StatePolicy, derive
 from testbed.apiserver import ApiServer
@@ -210,13 +210,13 @@ async def test_a_busy_pods_outcome_survives_a_platform_outage(
 # -- a connection cut while a response body is read ----------------------------------------
 
 @contextlib.asynccontextmanager
-async def cutting_server(tmp_path: Path) -> AsyncIterator[Path]:
-    """A plain-HTTP "API server" whose answers promise more body than they send, then
-    close: what a connection cut mid-body looks like. Yields a kubeconfig for it."""
+async def cutting_server(tmp_path: Path, status: bytes = b"200 OK") -> AsyncIterator[Path]:
+    """A plain-HTTP "API server" whose answers (with `status`) promise more body than they
+    send, then close: what a connection cut mid-body looks like. Yields a kubeconfig."""
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Type: application/json\r\n"
                      b"Content-Length: 4096\r\n\r\n" + b'{"kind":"PodList","items":[')
         await writer.drain()
         writer.transport.abort()
@@ -248,6 +248,25 @@ async def test_a_body_cut_short_is_a_typed_kube_error(tmp_path: Path) -> None:
                 await kube.list_pods("x", label_selector="", limit=10)
             with pytest.raises(KubeError):
                 await kube.patch_pod("x", "p", {"metadata": {"finalizers": []}})
+        finally:
+            await kube.close()
+
+
+@pytest.mark.parametrize("status", [b"500 Internal Server Error", b"409 Conflict",
+                                    b"410 Gone"])
+async def test_an_error_body_cut_short_is_a_typed_kube_error(tmp_path: Path,
+                                                              status: bytes) -> None:
+    """The same for an error answer: the body of a 4xx/5xx is read for its message, and a
+    cut there must still end in a `KubeError` carrying the status (a 410 still a `Gone`,
+    so the reflector relists)."""
+    async with cutting_server(tmp_path, status) as kubeconfig:
+        kube = await KubeClient.connect(kubeconfig=str(kubeconfig))
+        try:
+            with pytest.raises(KubeError) as raised:
+                await kube.list_pods("x", label_selector="", limit=10)
+            assert raised.value.status == int(status.split()[0])
+            if raised.value.status == 410:
+                assert isinstance(raised.value, Gone)
         finally:
             await kube.close()
 
