@@ -227,7 +227,9 @@ def render(document: dict[str, Any], fast: list[dict[str, Any]] | None = None) -
     """The whole page; `fast` adds the fast scenarios' last `make test` results."""
     results = document.get("scenarios") or []
     out = [INTRO, "## Results", "",
-           f"Run {_when(document.get('started_at'))} on {document.get('machine', '?')}; "
+           f"Run {_when(document.get('started_at'))}"
+           + (f" at commit {document['commit']}" if document.get("commit") else "")
+           + f" on {document.get('machine', '?')}; "
            f"suite `{document.get('suite')}`. Produced by:", "",
            "```", document.get("command") or "python -m tests.reliability", "```", ""]
     if results:
