@@ -24,20 +24,20 @@ from tests.test_workqueue import Limiter
 from tests.test_workqueue_holds import FakeTimers
 from watch.controller import Controller
 from watch.finalizers import Finalizers
-from watch.store import PodStore
+from watch.store import PodStore, SettledPod
 from watch.workqueue import WorkQueue
 
 NS = "ctl"
 
 
-def pod(run_id: str, rv: int, phase: str) -> PodView:
+def pod(run_id: str, rv: int, phase: str, name: str = "busy") -> PodView:
     now = "2026-01-01T00:00:00Z"
     state: dict[str, Any] = (
         {"running": {"startedAt": now}} if phase == "Running"
         else {"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": now,
                              "finishedAt": now}})
     return project({
-        "metadata": {"name": "busy", "namespace": NS, "uid": "uid-busy",
+        "metadata": {"name": name, "namespace": NS, "uid": f"uid-{name}",
                      "resourceVersion": str(rv), "creationTimestamp": now,
                      "labels": {"sniffer.io/run-id": run_id, "sniffer.io/kind": "job"},
                      # other controllers keep touching a finished pod
@@ -59,6 +59,7 @@ class Harness:
             store=self.store, queue=self.queue, platform=client,
             finalizers=Finalizers(cast(KubeClient, None), enabled=False),
             policy=StatePolicy(), workers=2, max_retries=max_retries)
+        self.store.acknowledgements = self.controller  # as watch.app wires them
 
     def change(self, view: PodView) -> None:
         """What the reflector does for a watch event."""
@@ -145,3 +146,96 @@ async def test_a_change_failing_its_last_allowed_attempt_is_dropped_then_handled
         await h.settled(4)
         assert run_state(platform, run_id) == "succeeded"
         assert h.controller.dropped == 1
+
+
+# --- settled pods (watch.store's compact records) ---------------------------------------
+
+
+class CountingClient(PlatformClient):
+    """Counts the per-run reads and writes the controller makes."""
+
+    calls = 0
+
+    async def get_run(self, run_id: str) -> Any:
+        self.calls += 1
+        return await super().get_run(run_id)
+
+    async def update_state(self, update: Any, **kw: Any) -> Any:
+        self.calls += 1
+        return await super().update_state(update, **kw)
+
+
+def finish_run(platform: PlatformServer, run_id: str, state: str) -> None:
+    for expected, to in (("queued", "running"), ("running", state)):
+        status, _ = platform.patch_run(run_id, state=to, expected_state=expected)
+        assert status == 200
+
+
+async def test_a_pod_acknowledged_terminal_is_compacted_and_its_later_versions_send_nothing(
+        platform: PlatformServer) -> None:
+    run_id = new_run_id()
+    platform.create_run(run_id, pod_namespace=NS, pod_name="busy")
+    async with running(platform) as h:
+        h.change(pod(run_id, 1, "Running"))
+        h.change(pod(run_id, 2, "Succeeded"))
+        await eventually(lambda: run_state(platform, run_id) == "succeeded")
+        await eventually(lambda: isinstance(h.store.get(f"{NS}/busy"), SettledPod))
+        handled, sent = h.controller.handled, h.update_attempts()
+        h.change(pod(run_id, 3, "Succeeded"))  # another controller touched the pod
+        assert isinstance(h.store.get(f"{NS}/busy"), SettledPod), "judged as it arrived"
+        await h.settled(handled + 1)
+        h.store.delete(pod(run_id, 4, "Succeeded"), now=1.0)
+        h.controller.on_change(f"{NS}/busy")
+        await h.settled(handled + 2)
+        assert h.store.get(f"{NS}/busy") is None, "the tombstone was handled"
+        assert h.controller.acked_runs == 0
+        assert h.update_attempts() == sent
+
+
+async def test_a_new_leader_treats_cached_records_as_acknowledged(
+        platform: PlatformServer) -> None:
+    """A store holding records (as a long-lived cache would) under a controller with no
+    acknowledgements of its own: not a single read or write for those pods."""
+    ids = [new_run_id() for _ in range(5)]
+    client = CountingClient(platform.url, platform.token_file, timeout=5)
+    h = Harness(platform, client, max_retries=3)
+    h.store.acknowledgements = _AllTerminal()
+    for i, run_id in enumerate(ids):
+        platform.create_run(run_id, pod_namespace=NS, pod_name=f"p{i}")
+        finish_run(platform, run_id, "succeeded")
+        h.store.upsert(pod(run_id, 10 + i, "Succeeded", name=f"p{i}"))
+    h.store.acknowledgements = h.controller
+    assert h.store.settled == len(ids)
+    updates = h.update_attempts()
+    task = asyncio.create_task(h.controller.run(), name="controller-under-test")
+    try:
+        await h.settled(len(ids))
+        assert client.calls == 0, "no run read or written"
+        assert h.update_attempts() == updates
+    finally:
+        h.queue.shut_down()
+        await asyncio.wait_for(task, 30)
+        await client.close()
+
+
+class _AllTerminal:
+    def settled(self, pod: PodView) -> bool:
+        return True
+
+
+async def test_the_seed_settles_old_finished_pods_of_closed_runs_and_not_open_ones(
+        platform: PlatformServer) -> None:
+    closed, open_ = new_run_id(), new_run_id()
+    for run_id, name in ((closed, "closed"), (open_, "open")):
+        platform.create_run(run_id, pod_namespace=NS, pod_name=name)
+    finish_run(platform, closed, "failed")
+    client = PlatformClient(platform.url, platform.token_file, timeout=5)
+    h = Harness(platform, client, max_retries=3)
+    try:
+        await h.controller.seed()  # as watch.app does before the first LIST
+        h.store.replace(NS, [pod(closed, 1, "Succeeded", name="closed"),
+                             pod(open_, 2, "Succeeded", name="open")], now=0.0)
+        assert isinstance(h.store.get(f"{NS}/closed"), SettledPod)
+        assert isinstance(h.store.get(f"{NS}/open"), PodView)
+    finally:
+        await client.close()

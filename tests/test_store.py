@@ -3,8 +3,10 @@ turn absences into deletions."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from sniffer.podview import OUTCOME_FINALIZER, PodView, project
-from watch.store import PodStore
+from watch.store import PodStore, SettledPod
 
 
 def pod(name: str, rv: int, *, uid: str = "u1", phase: str = "Running",
@@ -142,3 +144,127 @@ def test_a_tombstone_replaced_or_handled_is_not_forgotten_twice():
     assert store.forget_settled_tombstones(before=10.0) == 0
     assert store.get("a/p") is not None and not store.is_deleted("a/p")
     assert store._deleted_at == {}
+
+
+# --- settled pods: compact records ----------------------------------------------------------
+
+
+class Acks:
+    """The controller's side of `watch.store.Acknowledgements`: runs acknowledged terminal."""
+
+    def __init__(self, *runs: str) -> None:
+        self.terminal = set(runs)
+
+    def settled(self, pod: PodView) -> bool:
+        return pod.run_id in self.terminal
+
+
+def settling_store(*runs: str) -> PodStore:
+    store = PodStore(("a",))
+    store.acknowledgements = Acks(*runs)
+    return store
+
+
+def finalized(name: str, rv: int, phase: str = "Succeeded") -> PodView:
+    return dataclasses.replace(pod(name, rv, phase=phase), finalizers=(OUTCOME_FINALIZER,))
+
+
+def test_a_finished_pod_whose_run_is_acknowledged_terminal_is_kept_as_a_record():
+    store = settling_store("run-p")
+    assert store.upsert(pod("p", 7, phase="Succeeded"))
+    record = store.get("a/p")
+    assert isinstance(record, SettledPod)
+    assert (record.uid, record.rv, record.run_id, record.phase) == ("u1", 7, "run-p", "Succeeded")
+    assert record.resource_version == "7" and store.settled == 1 and len(store) == 1
+
+
+def test_a_pod_still_needing_the_handler_is_kept_in_full():
+    store = settling_store("run-running", "run-held")
+    store.upsert(pod("running", 1, phase="Running"))      # may still change state
+    store.upsert(finalized("held", 1))                     # the finalizer is to be released
+    store.upsert(pod("open", 1, phase="Succeeded"))        # run not acknowledged terminal
+    store.upsert(project({"metadata": {"name": "untracked", "namespace": "a", "uid": "u9",
+                                       "creationTimestamp": "2026-01-01T00:00:00Z"},
+                          "status": {"phase": "Succeeded"}}))
+    assert all(isinstance(store.get(f"a/{name}"), PodView)
+               for name in ("running", "held", "open", "untracked"))
+    assert store.settled == 0
+
+
+def test_without_acknowledgements_nothing_is_compacted():
+    store = PodStore(("a",))
+    store.upsert(pod("p", 1, phase="Succeeded"))
+    assert isinstance(store.get("a/p"), PodView)
+
+
+def test_a_newer_version_replaces_the_record_and_is_judged_afresh():
+    store = settling_store("run-p")
+    store.upsert(pod("p", 1, phase="Succeeded"))
+    assert store.upsert(finalized("p", 2))  # someone put the finalizer back: handle it
+    assert isinstance(store.get("a/p"), PodView)
+    assert store.upsert(pod("p", 3, phase="Succeeded"))
+    assert isinstance(store.get("a/p"), SettledPod)
+    assert not store.upsert(pod("p", 2, phase="Running")), "an older version is ignored"
+    assert store.get("a/p").rv == 3
+
+
+def test_a_pod_recreated_under_the_name_of_a_record_replaces_it():
+    store = settling_store("run-p")
+    store.upsert(pod("p", 9, phase="Succeeded"))
+    assert store.upsert(pod("p", 3, uid="u2", phase="Running"))
+    current = store.get("a/p")
+    assert isinstance(current, PodView) and current.uid == "u2"
+
+
+def test_a_relist_of_the_same_version_keeps_the_record_and_reports_no_change():
+    store = settling_store("run-p")
+    store.replace("a", [pod("p", 4, phase="Succeeded")], now=1.0)
+    record = store.get("a/p")
+    assert isinstance(record, SettledPod)
+    assert store.replace("a", [pod("p", 4, phase="Succeeded")], now=2.0) == []
+    assert store.get("a/p") is record
+
+
+def test_a_record_vanished_from_a_relist_is_its_own_tombstone():
+    store = settling_store("run-p")
+    store.upsert(pod("p", 4, phase="Succeeded"))
+    assert store.replace("a", [], now=50.0) == ["a/p"]
+    tomb = store.get("a/p")
+    assert isinstance(tomb, SettledPod) and store.is_deleted("a/p")
+    assert tomb.deletion_timestamp == 50.0
+    store.forget_tombstone("a/p", tomb)
+    assert store.get("a/p") is None
+
+
+def test_a_deletion_seen_while_running_survives_compaction():
+    store = settling_store("run-p")
+    store.upsert(dataclasses.replace(pod("p", 1, phase="Running"), deletion_timestamp=5.0))
+    store.upsert(dataclasses.replace(pod("p", 2, phase="Failed"), deletion_timestamp=5.0))
+    record = store.get("a/p")
+    assert isinstance(record, SettledPod) and record.deleted_while_active
+    store.acknowledgements = Acks()  # e.g. a fresh store's judgement; history must stay
+    store.upsert(dataclasses.replace(pod("p", 3, phase="Failed"), deletion_timestamp=5.0))
+    view = store.get("a/p")
+    assert isinstance(view, PodView) and view.deleted_while_active
+
+
+def test_settle_compacts_only_the_version_still_cached():
+    store = PodStore(("a",))
+    acks = Acks()
+    store.acknowledgements = acks
+    handled = pod("p", 1, phase="Succeeded")
+    store.upsert(handled)
+    acks.terminal.add("run-p")  # the platform acknowledged while a newer version came in
+    store.upsert(pod("p", 2, phase="Succeeded", uid="u1"))
+    newer = store.get("a/p")
+    assert isinstance(newer, SettledPod), "judged as it arrived"
+    assert not store.settle("a/p", handled)
+    assert store.get("a/p") is newer
+    store.acknowledgements = Acks()
+    store.upsert(pod("p", 3, phase="Succeeded"))
+    latest = store.get("a/p")
+    assert isinstance(latest, PodView)
+    assert not store.settle("a/p", latest), "not acknowledged: kept in full"
+    store.acknowledgements = acks
+    assert store.settle("a/p", latest)
+    assert isinstance(store.get("a/p"), SettledPod)

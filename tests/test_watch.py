@@ -17,6 +17,8 @@ from sniffer.podview import OUTCOME_FINALIZER
 from testbed.apiserver import ApiServer
 from testbed.platform.launcher import AdminError, PlatformServer
 from tests.fixtures.watcher import Pods, eventually, running_watcher, settings_for, watcher_env
+from watch.app import Watcher
+from watch.store import SettledPod
 
 
 @pytest.fixture
@@ -193,3 +195,74 @@ async def test_restart_over_finished_pods_sends_no_redundant_updates(
                          and len(watcher.queue or ()) == 0
                          and watcher.controller.longest_busy_s() == 0)
     assert platform.updates()[len(before):] == []
+
+
+
+async def test_settled_pods_are_cached_compact_and_a_takeover_or_later_change_stays_right(
+        apiserver, platform, namespace, kube, pods, new_id):
+    """Finished pods whose outcome the platform acknowledged are cached as small records
+    (watch.store.SettledPod). A standby seeded before its LIST caches them so from the
+    start; when it takes over, it sends nothing for them; a later change of a compacted
+    pod (touched by someone; deleted and its name reused by a new run) is handled from
+    its full view."""
+    names = [f"s-{i}" for i in range(8)]
+    ids = {n: new_id() for n in names}
+    base = watcher_env(apiserver, platform, namespace, SNIFFER_LEADER_ENABLED="true",
+                       SNIFFER_LEADER_LEASE_DURATION_S="4",
+                       SNIFFER_LEADER_RENEW_DEADLINE_S="3",
+                       SNIFFER_LEADER_RETRY_PERIOD_S="0.5")
+
+    def settled(watcher: Watcher) -> int:
+        return watcher.store.settled if watcher.store is not None else 0
+
+    def idle(watcher: Watcher) -> bool:
+        return (watcher.controller is not None and watcher.controller.running
+                and len(watcher.queue or ()) == 0 and watcher.controller.longest_busy_s() == 0)
+
+    first_running = running_watcher(settings_for({**base, "SNIFFER_LEADER_IDENTITY": "first"}))
+    first = await first_running.__aenter__()
+    first_stopped = False
+    try:
+        await eventually(lambda: first.controller is not None and first.controller.running)
+        for name in names:
+            platform.create_run(ids[name], pod_namespace=namespace, pod_name=name)
+            await pods.create(name, ids[name])
+        await asyncio.gather(*(pods.running(n) for n in names))
+        await asyncio.gather(*(pods.succeeded(n) for n in names))
+        await eventually(lambda: all(run_state(platform, ids[n]) == "succeeded" for n in names))
+        await eventually(lambda: settled(first) == len(names))  # once the finalizer left
+        handled = first.controller.handled
+        await kube.patch_pod(namespace, names[0], {"metadata": {"annotations": {
+            "example.com/touched": "1"}}})
+        await eventually(lambda: first.controller.handled > handled and idle(first))
+        assert settled(first) == len(names), "a touched settled pod is judged as it arrives"
+        await asyncio.sleep(6)  # the seed judges only pods older than it by a margin (5 s)
+        before = len(platform.updates())
+
+        async with running_watcher(
+                settings_for({**base, "SNIFFER_LEADER_IDENTITY": "second"})) as second:
+            assert not second.controller.running
+            assert settled(second) == len(names), "the standby's LIST judged by its seed"
+            await first_running.__aexit__(None, None, None)  # releases the lease
+            first_stopped = True
+            await eventually(lambda: idle(second) and second.controller.handled >= len(names))
+            assert platform.updates()[before:] == [], "nothing re-sent for settled pods"
+
+            reused = names[1]
+            await pods.delete(reused, grace_s=0)
+            await eventually(lambda: _gone(pods, reused))
+            await eventually(lambda: second.store.get(f"{namespace}/{reused}") is None)
+            new_run = new_id()
+            platform.create_run(new_run, pod_namespace=namespace, pod_name=reused)
+            await pods.create(reused, new_run)
+            await pods.running(reused)
+            await eventually(lambda: run_state(platform, new_run) == "running")
+            await pods.terminated(reused, exit_code=2, reason="Error")
+            await eventually(lambda: run_state(platform, new_run) == "failed")
+            await eventually(lambda: isinstance(
+                second.store.get(f"{namespace}/{reused}"), SettledPod))
+        assert [u["run_id"] for u in platform.updates()[before:]] == [new_run, new_run]
+        assert all(run_state(platform, ids[n]) == "succeeded" for n in names)
+    finally:
+        if not first_stopped:
+            await first_running.__aexit__(None, None, None)

@@ -1,8 +1,10 @@
 """`sniffer watch`: wires the watcher together and owns its lifecycle.
 
 Contract:
-* Start order: health server → reflector (every replica keeps a warm cache) and leader
-  election → once synced *and* elected: seed, enqueue every cached pod, start workers.
+* Start order: health server → the acknowledgement seed (one listing of the platform's
+  open runs, so the cache keeps finished, acknowledged pods as small records from the
+  first LIST on) → reflector (every replica keeps a warm cache), and leader election →
+  once synced *and* elected: seed afresh, enqueue every cached pod, start workers.
   `/readyz` turns ready when the cache is synced, on leader and standby alike.
 * Shutdown order, on `stop` (SIGTERM): stop taking work (shut the queue) → let in-flight
   updates finish, up to `shutdown.drain_timeout_s` → cancel workers, reflector and
@@ -146,6 +148,7 @@ class Watcher:
             policy=state_policy(s), workers=w.count, max_retries=w.max_retries,
             is_leader=(lambda: elector.is_leader) if elector else (lambda: True),
             metrics=self._metrics.controller)
+        store.acknowledgements = controller
         reflector = Reflector(
             kube, store, controller.on_change, namespaces=s.kube.namespaces,
             label_selector=s.kube.label_selector, page_size=s.kube.page_size,
@@ -173,7 +176,8 @@ class Watcher:
             "identity": elector.identity if elector else None})
         try:
             async with asyncio.TaskGroup() as group:
-                reflecting = group.create_task(reflector.run(), name="reflector")
+                reflecting = group.create_task(_reflect(controller, reflector),
+                                               name="reflector")
                 electing = group.create_task(elector.run(), name="elector") if elector else None
                 working = group.create_task(self._work(store, elector, controller),
                                             name="controller")
@@ -208,6 +212,14 @@ class Watcher:
             await elector.wait_leader()
             store.keep_tombstones = True
         await controller.run()
+
+
+async def _reflect(controller: Controller, reflector: Reflector) -> None:
+    # Seed first: the LIST is then judged as it arrives, so settled pods are never held
+    # as full views (what a process holds at its peak it keeps: freed heap is not
+    # returned to the OS). A failed seed only means every pod is cached in full.
+    await controller.seed()
+    await reflector.run()
 
 
 def _forget_settled(store: PodStore, before: float) -> None:

@@ -24,6 +24,12 @@ Contract:
 * Finalizer mode: a tracked live pod gets Sniffer's finalizer while its run is not
   terminal; it is released once the platform acknowledged a terminal state, when the
   run is unknown, or when the pod stops being tracked.
+* Settled pods (`watch.store`): a pod is settled iff it is finished, carries no Sniffer
+  finalizer and the platform acknowledged a terminal state for its run: `_acked` says
+  so, or the seed says so (the run was not open at the seed listing and the pod is older
+  than it). The store keeps such pods as `SettledPod` records; the handler does nothing
+  for a record but forget its tombstone, and compacts a view once it settles it.
+  `seed()` may be called before the first LIST, so listed pods are judged as they come.
 * Writes happen only while `is_leader()` is true (checked right before each write).
 * `run()` returns when the queue is shut down and every worker finished its key.
 """
@@ -49,7 +55,7 @@ from sniffer.podview import PodView
 from sniffer.states import Derived, StatePolicy, Underivable, WorkloadState, derive
 from watch.finalizers import Finalizers
 from watch.outcomes import DONE, Outcome, OutcomeMap, Result, outcome_of
-from watch.store import PodStore
+from watch.store import PodStore, SettledPod
 from watch.workqueue import ShutDown, WorkQueue
 
 log = logging.getLogger(__name__)
@@ -198,14 +204,19 @@ class Controller:
         if self._started:
             raise RuntimeError("Controller.run() called twice")
         self._started = True
-        await self._seed_from_platform()
+        await self.seed()
         for key in self._store.all_keys():
             self._queue.add(key)
         async with asyncio.TaskGroup() as group:
             for i in range(self._workers):
                 group.create_task(self._worker(), name=f"worker-{i}")
 
-    async def _seed_from_platform(self) -> None:
+    async def seed(self) -> None:
+        """Take the acknowledgement seed: one listing of the platform's non-terminal runs
+        (a failure is logged and leaves no seed, not an older one: then runs are read one
+        by one). `run()` takes a fresh one; calling it before the first LIST as well lets
+        the store keep the pods it settles as records from the start. Caller duty: not
+        concurrently with itself."""
         started = self._clock()
         seed: dict[str, Acked] = {}
         try:
@@ -214,6 +225,7 @@ class Controller:
         except (PlatformUnavailable, PlatformRejected) as exc:
             log.warning("could not list non-terminal runs; runs will be read one by one",
                         extra={"error": str(exc)})
+            self._seed = None  # an older seed would hand `_lookup` stale states
             return
         self._seed, self._seed_time = seed, started
         log.info("seeded acknowledgements", extra={"non_terminal_runs": len(seed)})
@@ -243,12 +255,31 @@ class Controller:
         except Exception as exc:  # one bad object must never kill a worker
             return outcome_of(key, exc)
 
+    def settled(self, pod: PodView) -> bool:
+        """The store's question (`watch.store.Acknowledgements`): has the platform
+        acknowledged a terminal state for `pod`'s run? From `_acked`, else from the seed by
+        the rule `_lookup` applies (an entry the seed gave `_lookup` moved to `_acked`, and
+        `_acked` drops only runs that are terminal or unknown). Reads only; no await."""
+        if pod.run_id is None:
+            return False
+        acked = self._acked.get(pod.run_id)
+        if acked is not None:
+            return acked.terminal
+        return (self._seed is not None and pod.run_id not in self._seed
+                and pod.created_at < self._seed_time - _SEED_MARGIN_S)
+
     # --- the handler ---------------------------------------------------------------------
 
     async def handle(self, key: str) -> Outcome:
         """Bring the platform in line with the cached pod `key`."""
         pod = self._store.get(key)
         if pod is None:
+            return DONE
+        if isinstance(pod, SettledPod):
+            # Acknowledged terminal, no finalizer of ours: nothing to send or release.
+            if self._store.is_deleted(key):
+                self._acked.pop(pod.run_id, None)
+                self._store.forget_tombstone(key, pod)
             return DONE
         if pod.run_id is None:
             await self._release(pod, "untracked")
@@ -329,7 +360,9 @@ class Controller:
             await self._release(pod, "acknowledged")
             if self._store.is_deleted(pod.key):
                 self._acked.pop(pod.run_id or "", None)
-            return self._forget_if_deleted(pod)
+                return self._forget_if_deleted(pod)
+            self._store.settle(pod.key, pod)
+            return DONE
         if self._store.is_deleted(pod.key):
             return self._forget_if_deleted(pod)
         if not derived.state.is_terminal and await self._finalizers.ensure(pod):

@@ -37,7 +37,7 @@ from typing import Protocol
 
 from sniffer.kube import KubeError
 from sniffer.platform_model import PlatformRejected, PlatformUnavailable
-from sniffer.podview import PodView
+from watch.store import Cached
 
 # The controller's log lines, under the logger name they always had: operators filter
 # on it, and the reliability verdict counts these messages.
@@ -98,9 +98,9 @@ class OutcomeQueue(Protocol):
 class OutcomeStore(Protocol):
     """What a drop reads and clears in the pod cache (`watch.store.PodStore`)."""
 
-    def get(self, key: str) -> PodView | None: ...
+    def get(self, key: str) -> Cached | None: ...
     def is_deleted(self, key: str) -> bool: ...
-    def forget_tombstone(self, key: str, pod: PodView) -> None: ...
+    def forget_tombstone(self, key: str, pod: Cached) -> None: ...
 
 
 class OutcomeMetrics(Protocol):

@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from sniffer.kube import Gone, KubeClient, KubeError
-from sniffer.podview import CANCEL_ANNOTATION, OUTCOME_FINALIZER, project
+from sniffer.podview import CANCEL_ANNOTATION, OUTCOME_FINALIZER, PodView, project
 from sniffer.states import Derived, StatePolicy, derive
 from testbed.apiserver import ApiServer
 from testbed.platform.launcher import PlatformServer
@@ -122,7 +122,7 @@ async def test_a_job_stopped_by_deletion_is_failed_deleted_when_the_watch_replay
     for obj in seen:  # a reopened watch delivers every version, in order
         store.upsert(project(obj))
     view = store.get(project(seen[-1]).key)
-    assert view is not None
+    assert isinstance(view, PodView)  # no acknowledgements: never a record
     derived = derive(view, now=time.time(), policy=StatePolicy())
     assert isinstance(derived, Derived)
     assert (derived.state.value, derived.reason) == ("failed", "Deleted")
@@ -141,7 +141,7 @@ async def test_a_job_stopped_by_deletion_is_failed_deleted_from_its_tombstone(
     final = project(seen[-1])
     store.delete(final, now=time.time())
     view = store.get(final.key)
-    assert view is not None and store.is_deleted(final.key)
+    assert isinstance(view, PodView) and store.is_deleted(final.key)
     derived = derive(view, now=time.time(), policy=StatePolicy())
     assert isinstance(derived, Derived)
     assert (derived.state.value, derived.reason) == ("failed", "Deleted")
