@@ -12,7 +12,9 @@ Contract (client-go's Reflector, in asyncio):
 * Errors back off exponentially with full jitter, capped; a success resets the backoff.
 * A malformed object or line is logged and counted, then skipped; it never ends the loop.
 * Objects are decoded slim (only what `sniffer.podview.project` reads, straight from the
-  bytes): a LIST of 100k pods never holds their managedFields, images or IDs.
+  bytes): a LIST of 100k pods never holds their managedFields, images or IDs, and each
+  listed pod the store would keep as a settled record (`PodStore.compact`) is compacted
+  as its page is projected, so the LIST never holds those pods' full views either.
 * One loop per namespace (or one for all namespaces); `run()` returns only when
   cancelled.
 """
@@ -28,7 +30,7 @@ from typing import Protocol
 
 from sniffer.kube import Gone, KubeClient, KubeError, MalformedEvent, WatchStalled
 from sniffer.podview import MalformedPod, PodView, project
-from watch.store import PodStore
+from watch.store import Cached, PodStore
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +144,7 @@ class Reflector:
 
     async def _relist(self, namespace: str | None, cause: str) -> str:
         """Paginated LIST, then replace the store; returns the list's resourceVersion."""
-        pods: list[PodView] = []
+        pods: list[Cached] = []
         token: str | None = None
         while True:
             page = await self._kube.list_pods(namespace, label_selector=self._selector,
@@ -152,7 +154,7 @@ class Reflector:
             for obj in page.items:
                 pod = self._project(obj, "list")
                 if pod is not None:
-                    pods.append(pod)
+                    pods.append(self._store.compact(pod))
             token = page.continue_token
             if token is None:
                 break
