@@ -95,7 +95,7 @@ class PodAccess(Protocol):
     """The part of `sniffer.kube.KubeClient` repairs need."""
 
     async def list_pods(self, namespace: str | None, *, label_selector: str, limit: int,
-                        continue_token: str | None = None) -> Page: ...
+                        continue_token: str | None = None, slim: bool = False) -> Page: ...
 
     async def request_json(self, method: str, path: str, **kw: object) -> JSON: ...
 
@@ -293,7 +293,7 @@ class Repairer:
         token: str | None = None
         while True:
             page = await self._kube.list_pods(namespace, label_selector=selector, limit=100,
-                                              continue_token=token)
+                                              continue_token=token, slim=True)
             for obj in page.items:
                 project_into(obj, pods, bad)
             token = page.continue_token

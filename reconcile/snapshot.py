@@ -6,8 +6,9 @@ Contract:
   diff never mistakes for a mismatch; a run created after the pod listing began has no
   pod in the snapshot, which the grace period (and the re-read before any write) covers.
 * Memory is the projections, never the raw pages: each LIST page (`kube.page_size` pods)
-  is projected to `PodView`s (about 1 KiB each) and dropped before the next page is
-  requested, so a pass holds one raw page at a time plus the projections.
+  is decoded slim (only what `project` reads, `sniffer.podwire`), projected to `PodView`s
+  (about 1 KiB each) and dropped before the next page is requested, so a pass holds one
+  slim page at a time plus the projections.
 * A pod that cannot be projected is kept as a small `BadPod` (it is reported as
   underivable); it never stops the pass.
 * Runs the non-terminal listing did not return are read one by one (`runs_looked_up`)
@@ -57,7 +58,7 @@ class PodLister(Protocol):
     """The part of `sniffer.kube.KubeClient` a snapshot needs."""
 
     async def list_pods(self, namespace: str | None, *, label_selector: str, limit: int,
-                        continue_token: str | None = None) -> Page: ...
+                        continue_token: str | None = None, slim: bool = False) -> Page: ...
 
 
 class RunReader(Protocol):
@@ -171,7 +172,7 @@ async def _list_namespace(kube: PodLister, namespace: str | None, selector: str,
         try:
             while True:
                 page = await kube.list_pods(namespace, label_selector=selector,
-                                            limit=page_size, continue_token=token)
+                                            limit=page_size, continue_token=token, slim=True)
                 token = page.continue_token
                 items = page.items
                 del page
@@ -191,7 +192,8 @@ async def _list_namespace(kube: PodLister, namespace: str | None, selector: str,
 def project_into(obj: object, pods: list[PodView], bad: list[BadPod]) -> None:
     """Project `obj` onto `pods`, or, if it cannot be, keep it as a `BadPod` in `bad`
     (with its run id when the label is readable, so the diff never judges that run lost).
-    The one projection of a pass: the listing and the repairs' re-read both use it."""
+    The one projection of a pass: the listing and the repairs' re-read both use it.
+    `obj` may be slim (`sniffer.podwire` keeps every field read here)."""
     try:
         pods.append(project(obj))
     except MalformedPod as exc:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from reconcile.snapshot import take
-from sniffer.kube import Gone, Page
+from sniffer.kube import Gone, Page, decode_pod_list
 from sniffer.platform_model import Run
 from tests.test_reconcile_diff import NOW, kubelet_status, manifest, run
 
@@ -35,16 +35,20 @@ class FakeKube:
         self._text = [json.dumps(p) for p in pods]
         self._gone_at = set(gone_at)
         self.requests: list[tuple[str | None, str, str | None]] = []
+        self.slim: list[bool] = []
 
     async def list_pods(self, namespace: str | None, *, label_selector: str, limit: int,
-                        continue_token: str | None = None) -> Page:
+                        continue_token: str | None = None, slim: bool = False) -> Page:
         self.requests.append((namespace, label_selector, continue_token))
+        self.slim.append(slim)
         if len(self.requests) in self._gone_at:
             raise Gone(410, "The provided continue parameter is too old")
         start = int(continue_token or 0)
         end = start + limit
-        items = [json.loads(t) for t in self._text[start:end]]
-        return Page(items, "100", str(end) if end < len(self._text) else None)
+        more = f',"continue":"{end}"' if end < len(self._text) else ""
+        body = (f'{{"metadata":{{"resourceVersion":"100"{more}}},'
+                f'"items":[{",".join(self._text[start:end])}]}}')
+        return decode_pod_list(body.encode(), slim=slim)  # as KubeClient decodes it
 
 
 class FakePlatform:
@@ -116,6 +120,28 @@ async def test_a_malformed_pod_is_kept_as_a_bad_pod_and_the_listing_goes_on() ->
     [bad] = s.bad_pods
     assert (bad.key, bad.run_id, bad.uid) == ("team-ml/broken", "r1", "uid-broken")
     assert "status.phase" in bad.error
+
+
+async def test_pods_are_listed_slim_and_project_as_a_full_decode_would() -> None:
+    broken = raw_pod("broken", "r1")
+    broken["status"]["phase"] = 7
+    pods = [broken, *(raw_pod(f"p{i}", f"r{i}", "Succeeded", finalizer=i % 2 == 0)
+                      for i in range(4))]
+    for pod in pods:  # fields nothing reads, as a real API server sends them
+        pod["metadata"]["managedFields"] = [{"manager": "kubelet", "operation": "Update"}]
+    slim_kube = FakeKube(pods)
+    s = await snap(slim_kube, FakePlatform([]))
+    assert slim_kube.slim and all(slim_kube.slim)
+
+    class FullKube(FakeKube):
+        async def list_pods(self, namespace: str | None, *, label_selector: str, limit: int,
+                            continue_token: str | None = None, slim: bool = False) -> Page:
+            return await super().list_pods(namespace, label_selector=label_selector,
+                                           limit=limit, continue_token=continue_token)
+
+    full = await snap(FullKube(pods), FakePlatform([]))
+    assert s.pods == full.pods and s.bad_pods == full.bad_pods
+    assert [b.key for b in s.bad_pods] == ["team-ml/broken"]
 
 
 async def test_only_lists_the_named_runs_pods_and_reads_those_runs_whatever_their_state(

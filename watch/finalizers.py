@@ -72,8 +72,10 @@ async def remove_all(kube: KubeClient, *, namespaces: tuple[str, ...], label_sel
     for namespace in namespaces or (None,):
         token: str | None = None
         while True:
+            # Slim: it reads only metadata name, namespace and finalizers, which
+            # `sniffer.podwire` keeps.
             page = await kube.list_pods(namespace, label_selector=label_selector,
-                                        limit=page_size, continue_token=token)
+                                        limit=page_size, continue_token=token, slim=True)
             for obj in page.items:
                 scanned += 1
                 meta = obj.get("metadata") or {}

@@ -1,0 +1,52 @@
+"""watch.finalizers against a real kube-apiserver: adding, releasing, and the uninstall
+path (`remove_all`, which lists slim)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from sniffer.kube import KubeClient
+from sniffer.podview import OUTCOME_FINALIZER, project
+from testbed.apiserver import ApiServer
+from tests.fixtures.watcher import Pods
+from watch.finalizers import Finalizers, remove_all
+
+
+@pytest.fixture
+async def kube(apiserver: ApiServer) -> AsyncIterator[KubeClient]:
+    client = await KubeClient.connect(kubeconfig=str(apiserver.kubeconfig))
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+async def test_ensure_then_release_puts_and_takes_the_finalizer(
+        kube: KubeClient, namespace: str) -> None:
+    pods = Pods(kube, namespace)
+    finalizers = Finalizers(kube, enabled=True)
+    view = project(await pods.create("p", f"run-{uuid.uuid4().hex[:12]}"))
+    assert await finalizers.ensure(view)
+    assert await pods.finalizers("p") == [OUTCOME_FINALIZER]
+    held = project(await pods.get("p"))
+    assert not await finalizers.ensure(held), "already there: no patch"
+    assert await finalizers.release(held)
+    assert await pods.finalizers("p") == []
+
+
+async def test_remove_all_takes_the_finalizer_off_every_tracked_pod_across_pages(
+        kube: KubeClient, namespace: str) -> None:
+    pods = Pods(kube, namespace)
+    finalizers = Finalizers(kube, enabled=True)
+    for i in range(5):
+        view = project(await pods.create(f"p{i}", f"run-{uuid.uuid4().hex[:12]}"))
+        if i % 2 == 0:
+            await finalizers.ensure(view)
+    report = await remove_all(kube, namespaces=(namespace,),
+                              label_selector="sniffer.io/run-id", page_size=2)
+    assert (report.scanned, report.removed, report.failed) == (5, 3, 0)
+    for i in range(5):
+        assert await pods.finalizers(f"p{i}") == []
