@@ -268,3 +268,45 @@ def test_settle_compacts_only_the_version_still_cached():
     store.acknowledgements = acks
     assert store.settle("a/p", latest)
     assert isinstance(store.get("a/p"), SettledPod)
+
+
+# --- memory: `python -m tests.test_store [PODS]` --------------------------------------------
+
+
+def _rss_per_pod(settle: bool, pods: int) -> float:
+    """RSS growth per pod of a store filled as the reflector fills it (slim pages of 500,
+    compacted as projected) from bench.decode's LIST: 90 % finished pods. `settle`: their
+    runs are acknowledged terminal (the seed rule), else nothing is compacted."""
+    import gc
+    import time
+
+    from bench.decode import _decoder, _rss, pages
+
+    decode = _decoder("sniffer")
+    assert decode is not None
+    store = PodStore((None,))
+    if settle:
+        store.acknowledgements = Acks(*(f"bench-{i:06d}" for i in range(pods)))
+    gc.collect()
+    before = _rss()
+    listed = [store.compact(project(item)) for body in pages(pods, 500)
+              for item in decode(body)]
+    store.replace(None, listed, now=time.time())
+    del listed
+    gc.collect()
+    return (_rss() - before) / pods
+
+
+if __name__ == "__main__":
+    import subprocess
+    import sys
+
+    if sys.argv[1:2] == ["--child"]:
+        print(f"{_rss_per_pod(sys.argv[2] == 'settled', int(sys.argv[3])):.0f}")
+        raise SystemExit(0)
+    count = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
+    print(f"RSS per cached pod, {count:,} pods, 90 % finished (fresh process each):")
+    for mode in ("full", "settled"):
+        out = subprocess.run([sys.executable, "-m", "tests.test_store", "--child", mode,
+                              str(count)], capture_output=True, text=True, check=True)
+        print(f"  {mode:8} {out.stdout.strip():>6} bytes")
