@@ -27,9 +27,10 @@ Contract:
 * Settled pods (`watch.store`): a pod is settled iff it is finished, carries no Sniffer
   finalizer and the platform acknowledged a terminal state for its run: `_acked` says
   so, or the seed says so (the run was not open at the seed listing and the pod is older
-  than it). The store keeps such pods as `SettledPod` records; the handler does nothing
-  for a record but forget its tombstone, and compacts a view once it settles it.
-  `seed()` may be called before the first LIST, so listed pods are judged as they come.
+  than it: terminal or unknown, and `_lookup` sends nothing for either). The store keeps
+  such pods as `SettledPod` records; the handler does nothing for a record but forget
+  its tombstone, and compacts a view once it settles it. `seed()` may be called before
+  the first LIST, so listed pods are judged as they come.
 * Writes happen only while `is_leader()` is true (checked right before each write).
 * `run()` returns when the queue is shut down and every worker finished its key.
 """

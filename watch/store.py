@@ -94,7 +94,8 @@ class Acknowledgements(Protocol):
 
     def settled(self, pod: PodView) -> bool:
         """True only if the platform has acknowledged a terminal state for the run of
-        `pod`, so no version of `pod` can make Sniffer send an update."""
+        `pod` (or, by the seed's rule, the run is terminal or unknown: the handler sends
+        nothing for either), so no version of `pod` can make Sniffer send an update."""
         ...
 
 
