@@ -5,7 +5,7 @@ Contract:
   once (the queue guarantees it), other keys are handled in parallel.
 * The handler derives the workload state from the cached pod (`sniffer.states.derive`)
   and sends an update only when it is ahead of what the platform last acknowledged
-  for the run (`_acked`), with that state as the write's precondition. Relisting
+  for the run (`watch.acks`), with that state as the write's precondition. Relisting
   thousands of finished pods after a restart sends nothing that is already right:
   acknowledgements are seeded from one listing of the platform's non-terminal runs.
 * Each handler result (or exception) is one `watch.outcomes.Outcome`, mapped to exactly
@@ -25,12 +25,11 @@ Contract:
   terminal; it is released once the platform acknowledged a terminal state, when the
   run is unknown, or when the pod stops being tracked.
 * Settled pods (`watch.store`): a pod is settled iff it is finished, carries no Sniffer
-  finalizer and the platform acknowledged a terminal state for its run: `_acked` says
-  so, or the seed says so (the run was not open at the seed listing and the pod is older
-  than it: terminal or unknown, and `_lookup` sends nothing for either). The store keeps
-  such pods as `SettledPod` records; the handler does nothing for a record but forget
-  its tombstone, and compacts a view once it settles it. `seed()` may be called before
-  the first LIST, so listed pods are judged as they come.
+  finalizer and the platform acknowledged a terminal state for its run, by the rule of
+  `watch.acks.Acks.settled` (the controller answers the store's question with it). The
+  store keeps such pods as `SettledPod` records; the handler does nothing for a record
+  but forget its tombstone, and compacts a view once it settles it. `seed()` may be
+  called before the first LIST, so listed pods are judged as they come.
 * Writes happen only while `is_leader()` is true (checked right before each write).
 * `run()` returns when the queue is shut down and every worker finished its key.
 """
@@ -41,7 +40,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -51,9 +49,10 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from sniffer.platform import PlatformClient
 from sniffer.platform_model import Outcome as PlatformOutcome
-from sniffer.platform_model import PlatformRejected, PlatformUnavailable, Run, StateUpdate
+from sniffer.platform_model import StateUpdate
 from sniffer.podview import PodView
-from sniffer.states import Derived, StatePolicy, Underivable, WorkloadState, derive
+from sniffer.states import Derived, StatePolicy, Underivable, derive
+from watch.acks import Acked, Acks
 from watch.finalizers import Finalizers
 from watch.outcomes import DONE, Outcome, OutcomeMap, Result, outcome_of
 from watch.store import PodStore, SettledPod
@@ -62,24 +61,6 @@ from watch.workqueue import ShutDown, WorkQueue
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("sniffer.watch")
 _propagator = TraceContextTextMapPropagator()
-
-
-@dataclass(frozen=True, slots=True)
-class Acked:
-    """What the platform last confirmed for a run. `state` None means terminal, exact
-    state unknown (seeded: the run was absent from the non-terminal listing)."""
-
-    state: WorkloadState | None
-    cancel_requested: bool = False
-    pod_uid: str | None = None
-
-    @property
-    def terminal(self) -> bool:
-        return self.state is None or self.state.is_terminal
-
-    @classmethod
-    def of(cls, run: Run) -> Acked:
-        return cls(WorkloadState(run.state), run.cancel_requested, run.pod_uid)
 
 
 class ControllerMetrics(Protocol):
@@ -117,15 +98,6 @@ class _NoMetrics:
         pass
 
 
-NON_TERMINAL = (WorkloadState.QUEUED.value, WorkloadState.RUNNING.value)
-# Shared by every run seeded as "not open": a cold start over 100,000 finished pods must
-# not cost 100,000 identical objects.
-_TERMINAL_UNKNOWN = Acked(None)
-# A pod created this long before the seed listing cannot belong to a run created after
-# it; creationTimestamp has one-second resolution, so keep a margin.
-_SEED_MARGIN_S = 5.0
-
-
 class Controller:
     """Turns pod changes into platform updates. Constructing starts nothing."""
 
@@ -143,11 +115,8 @@ class Controller:
         self._is_leader = is_leader
         self._metrics: ControllerMetrics = metrics or _NoMetrics()
         self._clock = clock
-        self._acked: dict[str, Acked] = {}
-        """run id → last acknowledged state; an entry exists iff the run's pod is cached
-        (or tombstoned) and the platform told us its state."""
-        self._seed: dict[str, Acked] | None = None
-        self._seed_time = 0.0
+        self._acks = Acks(platform, clock=clock)
+        """The handler's one record of what the platform acknowledged, and the seed."""
         self._observed: dict[str, float] = {}
         """key → wall time its oldest unsettled change was observed (freshness); an entry
         exists iff `on_change` saw a change of the key that no outcome has settled since
@@ -186,7 +155,7 @@ class Controller:
 
     @property
     def acked_runs(self) -> int:
-        return len(self._acked)
+        return len(self._acks)
 
     @property
     def handled(self) -> int:
@@ -213,23 +182,10 @@ class Controller:
                 group.create_task(self._worker(), name=f"worker-{i}")
 
     async def seed(self) -> None:
-        """Take the acknowledgement seed: one listing of the platform's non-terminal runs
-        (a failure is logged and leaves no seed, not an older one: then runs are read one
-        by one). `run()` takes a fresh one; calling it before the first LIST as well lets
-        the store keep the pods it settles as records from the start. Caller duty: not
-        concurrently with itself."""
-        started = self._clock()
-        seed: dict[str, Acked] = {}
-        try:
-            async for run in self._platform.list_runs(NON_TERMINAL):
-                seed[run.id] = Acked.of(run)
-        except (PlatformUnavailable, PlatformRejected) as exc:
-            log.warning("could not list non-terminal runs; runs will be read one by one",
-                        extra={"error": str(exc)})
-            self._seed = None  # an older seed would hand `_lookup` stale states
-            return
-        self._seed, self._seed_time = seed, started
-        log.info("seeded acknowledgements", extra={"non_terminal_runs": len(seed)})
+        """Take the acknowledgement seed (`watch.acks.Acks.seed`). `run()` takes a fresh
+        one; calling it before the first LIST as well lets the store keep the pods it
+        settles as records from the start. Caller duty: not concurrently with itself."""
+        await self._acks.seed()
 
     async def _worker(self) -> None:
         while True:
@@ -258,16 +214,9 @@ class Controller:
 
     def settled(self, pod: PodView) -> bool:
         """The store's question (`watch.store.Acknowledgements`): has the platform
-        acknowledged a terminal state for `pod`'s run? From `_acked`, else from the seed by
-        the rule `_lookup` applies (an entry the seed gave `_lookup` moved to `_acked`, and
-        `_acked` drops only runs that are terminal or unknown). Reads only; no await."""
-        if pod.run_id is None:
-            return False
-        acked = self._acked.get(pod.run_id)
-        if acked is not None:
-            return acked.terminal
-        return (self._seed is not None and pod.run_id not in self._seed
-                and pod.created_at < self._seed_time - _SEED_MARGIN_S)
+        acknowledged a terminal state for `pod`'s run? `watch.acks.Acks.settled` answers
+        it. Reads only; no await."""
+        return self._acks.settled(pod)
 
     # --- the handler ---------------------------------------------------------------------
 
@@ -279,13 +228,14 @@ class Controller:
         if isinstance(pod, SettledPod):
             # Acknowledged terminal, no finalizer of ours: nothing to send or release.
             if self._store.is_deleted(key):
-                self._acked.pop(pod.run_id, None)
+                self._acks.forget(pod.run_id)
                 self._store.forget_tombstone(key, pod)
             return DONE
         if pod.run_id is None:
             await self._release(pod, "untracked")
             return self._forget_if_deleted(pod)
-        acked = self._acked.get(pod.run_id) or await self._lookup(pod)
+        acked = (self._acks.get(pod.run_id) or self._acks.from_seed(pod)
+                 or await self._refresh(pod))
         if acked is None:
             self._metrics.orphan()
             log.warning("pod's run is unknown to the platform; not reporting it",
@@ -334,9 +284,9 @@ class Controller:
             result = await self._platform.update_state(update,
                                                        expected_state=acked.state.value)
         if result.outcome is PlatformOutcome.NOT_FOUND or result.run is None:
-            self._acked.pop(pod.run_id, None)
+            self._acks.forget(pod.run_id)
             return await self._orphaned(pod)
-        self._acked[pod.run_id] = new = Acked.of(result.run)
+        self._acks.record(pod.run_id, new := Acked.of(result.run))
         if result.outcome is PlatformOutcome.PRECONDITION_FAILED:
             # Someone else moved the run; handle again against its real state.
             return Outcome(Result.REQUEUE)
@@ -360,7 +310,7 @@ class Controller:
         if acked.terminal:
             await self._release(pod, "acknowledged")
             if self._store.is_deleted(pod.key):
-                self._acked.pop(pod.run_id or "", None)
+                self._acks.forget(pod.run_id or "")
                 return self._forget_if_deleted(pod)
             self._store.settle(pod.key, pod)
             return DONE
@@ -384,29 +334,14 @@ class Controller:
             self._store.forget_tombstone(pod.key, pod)
         return DONE
 
-    async def _lookup(self, pod: PodView) -> Acked | None:
-        """The run's acknowledged state when we have none: from the seed, else GET."""
-        assert pod.run_id is not None
-        if self._seed is not None:
-            seeded = self._seed.pop(pod.run_id, None)
-            if seeded is not None:
-                self._acked[pod.run_id] = seeded
-                return seeded
-            if pod.created_at < self._seed_time - _SEED_MARGIN_S:
-                # Not among the non-terminal runs, and older than the listing: the run is
-                # terminal (or unknown). Either way there is nothing to send.
-                acked = _TERMINAL_UNKNOWN
-                self._acked[pod.run_id] = acked
-                return acked
-        return await self._refresh(pod)
-
     async def _refresh(self, pod: PodView) -> Acked | None:
+        """Read the run's state from the platform and record it (None: unknown run)."""
         assert pod.run_id is not None
         run = await self._platform.get_run(pod.run_id)
         if run is None:
-            self._acked.pop(pod.run_id, None)
+            self._acks.forget(pod.run_id)
             return None
-        self._acked[pod.run_id] = acked = Acked.of(run)
+        self._acks.record(pod.run_id, acked := Acked.of(run))
         return acked
 
 

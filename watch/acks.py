@@ -1,0 +1,157 @@
+"""Acknowledgements: what the platform last confirmed for each run the watcher handles.
+
+Contract:
+* `get(run_id)` is the platform's last answer about the run (`record`ed by the handler
+  after each read or write), or None: then the handler asks `from_seed`, and failing
+  that reads the run.
+* The seed: `seed()` takes one listing of the platform's non-terminal runs, so that
+  relisting thousands of finished pods after a restart reads and sends nothing for
+  them. A failed listing is logged and leaves no seed (not an older one, whose states
+  would be stale): then every run is read one by one.
+* `from_seed(pod)` answers for a run with no acknowledgement from the seed and records
+  the answer: the run's listed state if it was open at the listing; else, if `pod` was
+  created before the listing (by a margin: creation times have one-second
+  resolution), terminal with the exact state unknown (`Acked.state` None): the run is
+  terminal or unknown to the platform, and either way the handler sends nothing.
+  Otherwise None: the run may be newer than the listing, so it must be read.
+* `settled(pod)` (the store's question, `watch.store.Acknowledgements`) is True iff
+  `pod` has a run id and either its acknowledgement is terminal, or it has none and
+  `from_seed(pod)` would answer terminal: the two apply one rule. It only reads.
+* Single-threaded asyncio use; only `seed()` awaits, and it replaces the seed in one
+  assignment after its listing completed.
+
+Invariants:
+* a run id is in `_acked` iff the handler recorded the platform's answer about it (or
+  the seed's, via `from_seed`) and has not forgotten it since (it forgets a run the
+  platform does not know, and one whose pod's deletion it handled);
+* `_seed` is None iff no listing succeeded yet or the last one failed; otherwise it
+  holds the runs that were open at the last listing, minus those `from_seed` has moved
+  into `_acked`;
+* `_seed_time` is the clock time the listing in `_seed` started (unused while `_seed`
+  is None).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from sniffer.platform_model import PlatformRejected, PlatformUnavailable, Run
+from sniffer.podview import PodView
+from sniffer.states import WorkloadState
+
+# The seed's log lines keep the logger name they always had (the controller's):
+# operators filter on it.
+log = logging.getLogger("watch.controller")
+
+
+@dataclass(frozen=True, slots=True)
+class Acked:
+    """What the platform last confirmed for a run. `state` None means terminal, exact
+    state unknown (seeded: the run was absent from the non-terminal listing)."""
+
+    state: WorkloadState | None
+    cancel_requested: bool = False
+    pod_uid: str | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.state is None or self.state.is_terminal
+
+    @classmethod
+    def of(cls, run: Run) -> Acked:
+        return cls(WorkloadState(run.state), run.cancel_requested, run.pod_uid)
+
+
+class RunLister(Protocol):
+    """What the seed needs of the platform client (`sniffer.platform.PlatformClient`)."""
+
+    def list_runs(self, states: Iterable[str]) -> AsyncIterator[Run]: ...
+
+
+NON_TERMINAL = (WorkloadState.QUEUED.value, WorkloadState.RUNNING.value)
+TERMINAL_UNKNOWN = Acked(None)
+"""Shared by every run seeded as "not open": a cold start over 100,000 finished pods must
+not cost 100,000 identical objects."""
+SEED_MARGIN_S = 5.0
+"""A pod created this long before the seed listing cannot belong to a run created after
+it; creationTimestamp has one-second resolution, so keep a margin."""
+
+
+class Acks:
+    """The handler's record of acknowledged run states, and the seed that fills it."""
+
+    def __init__(self, platform: RunLister, *, clock: Callable[[], float]) -> None:
+        """`clock` is wall time (epoch seconds): it is compared with pods' creation
+        times."""
+        self._platform = platform
+        self._clock = clock
+        self._acked: dict[str, Acked] = {}
+        self._seed: dict[str, Acked] | None = None
+        self._seed_time = 0.0
+
+    def __len__(self) -> int:
+        """Runs with an acknowledgement; informational."""
+        return len(self._acked)
+
+    def get(self, run_id: str) -> Acked | None:
+        return self._acked.get(run_id)
+
+    def record(self, run_id: str, acked: Acked) -> None:
+        """The platform just told us `acked` about the run."""
+        self._acked[run_id] = acked
+
+    def forget(self, run_id: str) -> None:
+        """Drop the run's acknowledgement: the platform does not know the run, or the
+        handler is through with its pod for good (its deletion was handled)."""
+        self._acked.pop(run_id, None)
+
+    async def seed(self) -> None:
+        """Take the seed: one listing of the platform's non-terminal runs (see the
+        contract). Caller duty: not concurrently with itself."""
+        started = self._clock()
+        seed: dict[str, Acked] = {}
+        try:
+            async for run in self._platform.list_runs(NON_TERMINAL):
+                seed[run.id] = Acked.of(run)
+        except (PlatformUnavailable, PlatformRejected) as exc:
+            log.warning("could not list non-terminal runs; runs will be read one by one",
+                        extra={"error": str(exc)})
+            self._seed = None  # an older seed would hand `from_seed` stale states
+            return
+        self._seed, self._seed_time = seed, started
+        log.info("seeded acknowledgements", extra={"non_terminal_runs": len(seed)})
+
+    def from_seed(self, pod: PodView) -> Acked | None:
+        """The seed's answer for `pod`'s run, recorded (see the contract), or None: read
+        the run. Caller duty: `pod.run_id` is set and has no acknowledgement."""
+        assert pod.run_id is not None
+        if self._seed is None:
+            return None
+        # no await between the check and the mutation (moving the entry into `_acked`)
+        seeded = self._seed.pop(pod.run_id, None)
+        if seeded is None and self._older_than_seed(pod):
+            # Not among the non-terminal runs, and older than the listing: the run is
+            # terminal (or unknown). Either way there is nothing to send.
+            seeded = TERMINAL_UNKNOWN
+        if seeded is not None:
+            self._acked[pod.run_id] = seeded
+        return seeded
+
+    def settled(self, pod: PodView) -> bool:
+        """Has the platform acknowledged a terminal state for `pod`'s run (or, by the
+        seed's rule, is it terminal or unknown)? Reads only; no await. An entry the seed
+        gave `from_seed` has moved to `_acked`, and the handler forgets only runs that
+        are terminal or unknown, for which the seed's rule answers rightly too."""
+        if pod.run_id is None:
+            return False
+        acked = self._acked.get(pod.run_id)
+        if acked is not None:
+            return acked.terminal
+        return (self._seed is not None and pod.run_id not in self._seed
+                and self._older_than_seed(pod))
+
+    def _older_than_seed(self, pod: PodView) -> bool:
+        return pod.created_at < self._seed_time - SEED_MARGIN_S
