@@ -43,7 +43,7 @@ from opentelemetry import trace
 
 from reconcile.diff import Mismatch, MismatchKind, diff
 from reconcile.snapshot import BadPod, Snapshot, project_into
-from sniffer.kube import JSON, Conflict, KubeClient, KubeError, NotFound, Page
+from sniffer.kube import JSON, Conflict, KubeError, NotFound, Page
 from sniffer.platform_model import (
     Outcome,
     PlatformError,
@@ -97,7 +97,7 @@ class PodAccess(Protocol):
     async def list_pods(self, namespace: str | None, *, label_selector: str, limit: int,
                         continue_token: str | None = None, slim: bool = False) -> Page: ...
 
-    async def request_json(self, method: str, path: str, **kw: object) -> JSON: ...
+    async def get_pod(self, namespace: str, name: str, *, slim: bool = False) -> JSON: ...
 
     async def patch_pod(self, namespace: str, name: str, patch: JSON | list[JSON], *,
                         content_type: str = ...) -> JSON: ...
@@ -303,7 +303,7 @@ class Repairer:
     async def _get_pod(self, namespace: str, name: str, uid: str | None,
                        pods: list[PodView], bad: list[BadPod]) -> None:
         try:
-            obj = await self._kube.request_json("GET", KubeClient.pods_path(namespace, name))
+            obj = await self._kube.get_pod(namespace, name, slim=True)
         except NotFound:
             return
         meta = obj.get("metadata")

@@ -6,9 +6,9 @@ Contract:
   bearer tokens, exec plugins). A 401 reloads the credentials once and retries, so
   rotated service-account tokens and expiring exec-plugin tokens keep working.
 * Bodies are plain ``json.loads`` dicts, never generated models (those are ~25x slower).
-  With ``slim=True``, LIST items and watch objects are slim dicts holding only the fields
-  `sniffer.podview.project` reads, decoded by msgspec straight from the bytes
-  (`sniffer.podwire`); `project` gives the same view for either. Bytes that schema
+  With ``slim=True``, LIST items, `get_pod`'s pod and watch objects are slim dicts with
+  only the fields `sniffer.podview.project` reads, decoded by msgspec straight from the
+  bytes (`sniffer.podwire`); `project` gives the same view for either. Bytes that schema
   refuses are decoded the general way, so errors are found and reported as without it.
 * `watch_pods` yields one `WatchEvent` per line, however long the line (aiohttp's
   ``readline`` stops at 128 KiB; pods with big annotations exceed it). A stream that is
@@ -34,7 +34,7 @@ from kubernetes.aio import client as kclient
 from kubernetes.aio import config as kconfig
 from kubernetes.aio.config.config_exception import ConfigException
 
-from sniffer.podwire import slim_event, slim_list
+from sniffer.podwire import slim_event, slim_list, slim_pod
 
 log = logging.getLogger(__name__)
 
@@ -223,14 +223,8 @@ class KubeClient:
 
     async def request_json(self, method: str, path: str, **kw: Any) -> JSON:
         response = await self.request(method, path, **kw)
-        body = await _body(response, method, path)
-        try:
-            data = json.loads(body)
-        except ValueError as exc:
-            raise KubeError(response.status, f"{method} {path}: response is not JSON") from exc
-        if not isinstance(data, dict):
-            raise KubeError(response.status, f"{method} {path}: response is not an object")
-        return data
+        return _json_object(await _body(response, method, path),
+                            f"{method} {path}: response", response.status)
 
 
     # --- pods -----------------------------------------------------------------------
@@ -250,6 +244,13 @@ class KubeClient:
             "labelSelector": label_selector or None, "limit": limit,
             "continue": continue_token}, client_timeout=aiohttp.ClientTimeout(total=120))
         return decode_pod_list(await _body(response, "GET", path), slim=slim)
+
+    async def get_pod(self, namespace: str, name: str, *, slim: bool = False) -> JSON:
+        """One pod by name (a missing one raises `NotFound`); `slim`: as `list_pods`."""
+        path = self.pods_path(namespace, name)
+        response = await self.request("GET", path)
+        return decode_pod(await _body(response, "GET", path), slim=slim,
+                          what=f"GET {path}: response")
 
     async def watch_pods(self, namespace: str | None, *, label_selector: str,
                          resource_version: str, timeout_seconds: int, read_timeout: float,
@@ -308,12 +309,7 @@ def decode_pod_list(body: bytes, *, slim: bool = False) -> Page:
     that is not a JSON object with a list of items raises `KubeError`."""
     data = slim_list(body) if slim else None
     if data is None:  # not slim, or refused by the slim schema: the general way
-        try:
-            data = json.loads(body)
-        except (ValueError, RecursionError) as exc:
-            raise KubeError(200, "LIST response is not JSON") from exc
-        if not isinstance(data, dict):
-            raise KubeError(200, "LIST response is not an object")
+        data = _json_object(body, "LIST response")
     meta = data.get("metadata")
     meta = meta if isinstance(meta, dict) else {}
     items = data.get("items") or []
@@ -322,6 +318,24 @@ def decode_pod_list(body: bytes, *, slim: bool = False) -> Page:
     token = meta.get("continue")
     return Page(items=items, resource_version=str(meta.get("resourceVersion") or ""),
                 continue_token=str(token) if token else None)
+
+
+def decode_pod(body: bytes, *, slim: bool = False, what: str = "GET pod response") -> JSON:
+    """Decode one pod (`slim`: only what `project` reads); not a JSON object: `KubeError`."""
+    data = slim_pod(body) if slim else None  # None: refused by the slim schema, or not slim
+    return _json_object(body, what) if data is None else data
+
+
+def _json_object(body: bytes, what: str, status: int = 200) -> JSON:
+    """`body` decoded the general way (`json.loads`); anything but a JSON object raises
+    `KubeError` naming `what`."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise KubeError(status, f"{what} is not JSON") from exc
+    if not isinstance(data, dict):
+        raise KubeError(status, f"{what} is not an object")
+    return data
 
 
 def decode_event(line: bytes, *, slim: bool = False) -> WatchEvent:

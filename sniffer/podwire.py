@@ -1,12 +1,13 @@
-"""Pods off the wire: LIST pages and watch lines decoded straight into slim dicts.
+"""Pods off the wire: LIST pages, single-pod GETs and watch lines decoded straight into
+slim dicts.
 
 Contract:
 
-* `slim_list(body)` and `slim_event(line)` decode JSON bytes into plain dicts and lists
-  holding only the fields `sniffer.podview.project` reads (the rest of each pod:
-  managedFields, the spec beyond container names, images, IDs, ... is skipped, never
-  materialised), or return None when this schema cannot decode the bytes. They raise
-  nothing.
+* `slim_list(body)`, `slim_pod(body)` and `slim_event(line)` decode JSON bytes into
+  plain dicts and lists holding only the fields `sniffer.podview.project` reads (the
+  rest of each pod: managedFields, the spec beyond container names, images, IDs, ... is
+  skipped, never materialised), or return None when this schema cannot decode the
+  bytes. They raise nothing.
 * For any bytes both decode, `project(slim)` equals `project(json.loads(bytes))`, value
   for value (tests/test_fuzz_watch.py checks it on mutated real pods): the schema only
   drops keys; it never converts, defaults or validates a value `project` reads (those
@@ -118,6 +119,7 @@ class Event(TypedDict, total=False):
 
 
 _LIST = msgspec.json.Decoder(PodList)
+_POD = msgspec.json.Decoder(Pod)
 _EVENT = msgspec.json.Decoder(Event)
 # What msgspec raises for bytes it will not decode into the schema: DecodeError and
 # ValidationError (MsgspecError), UnicodeDecodeError (a ValueError), deep nesting.
@@ -128,6 +130,14 @@ def slim_list(body: bytes) -> dict[str, Any] | None:
     """A LIST response with slim items, or None: decode it the general way."""
     try:
         return _LIST.decode(body)  # type: ignore[return-value]
+    except _REFUSED:
+        return None
+
+
+def slim_pod(body: bytes) -> dict[str, Any] | None:
+    """One pod (a GET response), slim, or None: decode it the general way."""
+    try:
+        return _POD.decode(body)  # type: ignore[return-value]
     except _REFUSED:
         return None
 

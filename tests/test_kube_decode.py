@@ -24,6 +24,7 @@ from sniffer.kube import (
     WatchEvent,
     _lines,
     decode_event,
+    decode_pod,
     decode_pod_list,
 )
 from sniffer.podview import (
@@ -143,6 +144,31 @@ def test_a_list_body_that_is_not_a_pod_list_is_a_kube_error(body):
     for slim in (False, True):
         with pytest.raises(KubeError):
             decode_pod_list(body, slim=slim)
+
+
+def test_a_slim_pod_projects_to_the_same_view_without_the_unread_fields():
+    for pod in REAL_PODS:
+        body = json.dumps(pod).encode()
+        slim, full = decode_pod(body, slim=True), decode_pod(body)
+        assert full == pod and project(slim) == project(full)
+        assert "managedFields" not in slim["metadata"]
+        assert len(json.dumps(slim)) < len(body) / 3
+
+
+@pytest.mark.parametrize("body", [
+    b'{"metadata": {"name": "p", "resourceVersion": NaN}}',  # non-standard JSON
+    b'\xef\xbb\xbf{"metadata": {"name": "p"}}',  # a BOM
+    b'{"status": {"conditions": {"not": "a list"}}}',  # an object where a list belongs
+])
+def test_a_pod_the_slim_schema_refuses_is_decoded_the_general_way(body):
+    assert decode_pod(body, slim=True) == decode_pod(body) == json.loads(body)
+
+
+@pytest.mark.parametrize("body", [b"not json", b"[]", b"null", b"[" * 100_000])
+def test_a_pod_body_that_is_not_an_object_is_a_kube_error(body):
+    for slim in (False, True):
+        with pytest.raises(KubeError, match="GET pod response is not"):
+            decode_pod(body, slim=slim)
 
 
 def test_the_slim_schema_reads_the_labels_and_annotations_podview_names():
