@@ -60,7 +60,7 @@ bench-quick: $(BENCH_STAMP) testbed
 # Reliability (tests/reliability): the full fault matrix - one scenario per fault of issue 8,
 # 1,000 jobs each, the two-minute platform outage at full length - then a soak of
 # SOAK_MINUTES at steady load with periodic faults that checks the watchers' RSS, file
-# descriptors and asyncio tasks stay flat. About 75 minutes on 2 cores. Results go to
+# descriptors and asyncio tasks stay flat. About 35 minutes on 2 cores (2026-11-26). Results go to
 # .testbed/reliability/full/results-full.json; docs/reliability.md is rewritten from them.
 # The fast scenarios of the matrix run in `make test` (tests/reliability/test_scenarios.py).
 SOAK_MINUTES ?= 15

@@ -116,7 +116,9 @@ reproduces each (tests/reliability/test_findings.py unless named otherwise):
    kept renewing for 4 lease durations after the deletion (it has seen the deletion by
    then; a gap in renewals longer than renew deadline + retry period restarts the
    count), so with the default 15 s lease a standby holds about a minute of deletions
-   (`test_a_standby_forgets_the_tombstones_a_live_leader_has_seen`). The trade: a leader
+   (`test_a_standby_forgets_the_tombstones_a_live_leader_has_seen`; in the soak above the
+   standby's tombstones peaked at 23 and settled back to 0, where the first soak ended
+   with 30 and rising). The trade: a leader
    that dies with such a deletion unhandled for longer than that leaves the run to
    `sniffer reconcile`.
 7. **Changes "dropped after retries" during a platform outage though nothing is lost** —
