@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -66,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     results_path = args.results or workdir / f"results-{args.suite}.json"
     document: dict[str, Any] = {"suite": args.suite, "started_at": time.time(),
                                 "command": args.command or " ".join(sys.argv),
-                                "machine": _machine(), "commit": _commit(),
+                                "machine": _machine(), "commit": report.current_commit(),
                                 "scenarios": [], "soak": None}
     ok = asyncio.run(_run(scenarios, args.soak, workdir, results_path, document))
     if args.docs:
@@ -107,19 +106,6 @@ def _save(path: Path, document: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(document, indent=1))
     tmp.replace(path)
-
-
-def _commit() -> str | None:
-    """The checked-out commit (with "+changes" if the tree differs), so a result names
-    the code it judged."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return head + ("+changes" if dirty else "")
 
 
 def _machine() -> str:

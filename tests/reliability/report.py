@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -143,6 +144,19 @@ reproduces each (tests/reliability/test_findings.py unless named otherwise):
 """
 
 
+def current_commit() -> str | None:
+    """The checked-out commit (with "+changes" if the tree differs), so a result names
+    the code it judged."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+changes" if dirty else "")
+
+
 def _fmt(value: Any, unit: str = "") -> str:
     if value is None:
         return "-"
@@ -225,6 +239,11 @@ def soak_table(soak: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _at_commit(results: list[dict[str, Any]]) -> str:
+    commits = {r.get("commit") for r in results}
+    return f" at commit {commits.pop()}" if len(commits) == 1 and None not in commits else ""
+
+
 def render(document: dict[str, Any], fast: list[dict[str, Any]] | None = None) -> str:
     """The whole page; `fast` adds the fast scenarios' last `make test` results."""
     results = document.get("scenarios") or []
@@ -248,7 +267,7 @@ def render(document: dict[str, Any], fast: list[dict[str, Any]] | None = None) -
                 "Five scenarios of 1,000 jobs cover the same faults in ``make test`` "
                 "(tests/reliability/test_scenarios.py; faults of one side share a run, the "
                 "platform outage lasts 30 s). Their last results "
-                f"({_when(min(r['started_at'] for r in fast))}, "
+                f"({_when(min(r['started_at'] for r in fast))}{_at_commit(fast)}, "
                 f"{sum(r['duration_s'] for r in fast) / 60:.1f} minutes in all):", "",
                 *scenario_table(fast)]
     out += ["", FINDINGS]

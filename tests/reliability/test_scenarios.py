@@ -20,7 +20,7 @@ from testbed.apiserver import ApiServer, ApiServerError, start
 from testbed.gocache import BuildError
 from tests.reliability.harness import Bed, run_scenario
 from tests.reliability.model import Result, Scenario
-from tests.reliability.report import summary
+from tests.reliability.report import current_commit, summary
 from tests.reliability.scenarios import FAST
 
 pytestmark = pytest.mark.testbed
@@ -43,7 +43,8 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
 async def test_scenario_loses_nothing(scenario: Scenario, bed: Bed, tmp_path: Path) -> None:
     result: Result = await run_scenario(scenario, bed, tmp_path)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{scenario.name}.json").write_text(json.dumps(result.to_json(), indent=1))
+    (RESULTS / f"{scenario.name}.json").write_text(json.dumps(
+        {**result.to_json(), "commit": current_commit()}, indent=1))
     if result.ok:
         shutil.rmtree(tmp_path / scenario.name, ignore_errors=True)
     assert result.ok, summary({"scenarios": [result.to_json()]}) + \
