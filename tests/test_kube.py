@@ -4,23 +4,12 @@ slim. (Decoding alone, without a server: tests/test_kube_decode.py.)"""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 
 from sniffer.kube import KubeClient, NotFound
 from sniffer.podview import CANCEL_ANNOTATION, OUTCOME_FINALIZER, project
-from testbed.apiserver import ApiServer
 from tests.fixtures.watcher import Pods
-
-
-@pytest.fixture
-async def kube(apiserver: ApiServer) -> AsyncIterator[KubeClient]:
-    client = await KubeClient.connect(kubeconfig=str(apiserver.kubeconfig))
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 def run_id() -> str:

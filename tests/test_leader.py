@@ -5,23 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import pytest
 
 from sniffer.kube import KubeClient
-from testbed.apiserver import ApiServer
 from watch.leader import LeaderElector, LeaderObservation, LeadershipLost
-
-
-@pytest.fixture
-async def kube(apiserver: ApiServer) -> AsyncIterator[KubeClient]:
-    client = await KubeClient.connect(kubeconfig=str(apiserver.kubeconfig))
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 def elector(kube: KubeClient, namespace: str, identity: str) -> LeaderElector:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -232,15 +232,6 @@ def test_a_condition_keeps_its_transition_time_while_its_status_holds() -> None:
 
 
 # --- on the real API server -----------------------------------------------------------
-
-
-@pytest.fixture
-async def kube(apiserver: ApiServer) -> AsyncIterator[KubeClient]:
-    client = await KubeClient.connect(kubeconfig=str(apiserver.kubeconfig))
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 @pytest.fixture

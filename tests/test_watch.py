@@ -8,26 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 
 from sniffer.kube import KubeClient
 from sniffer.podview import OUTCOME_FINALIZER
-from testbed.apiserver import ApiServer
 from testbed.platform.launcher import AdminError, PlatformServer
 from tests.fixtures.watcher import Pods, eventually, running_watcher, settings_for, watcher_env
 from watch.app import Watcher
 from watch.store import SettledPod
-
-
-@pytest.fixture
-async def kube(apiserver: ApiServer) -> AsyncIterator[KubeClient]:
-    client = await KubeClient.connect(kubeconfig=str(apiserver.kubeconfig))
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 @pytest.fixture

@@ -4,26 +4,13 @@ finalizers, and with pods deleted the instant they finish."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 
-from sniffer.kube import KubeClient
-from testbed.apiserver import ApiServer
 from testbed.simulator.config import Distribution, SimConfig
 from testbed.simulator.driver import simulate
 from testbed.simulator.lifecycles import CATALOGUE
 from testbed.verdict import mismatches, regressions
 from tests.fixtures.watcher import eventually, running_watcher, settings_for, watcher_env
-
-
-@pytest.fixture
-async def kube(apiserver: ApiServer) -> AsyncIterator[KubeClient]:
-    client = await KubeClient.connect(kubeconfig=str(apiserver.kubeconfig))
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 @pytest.mark.parametrize(("finalizers", "delete_finished"),

@@ -8,25 +8,13 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
-
-import pytest
 
 from sniffer.kube import KubeClient
 from testbed.apiserver import ApiServer
 from testbed.platform.launcher import PlatformServer
 from tests.fixtures.watcher import Pods, eventually, watcher_env
 from tests.test_watch import run_state
-
-
-@pytest.fixture
-async def kube(apiserver: ApiServer) -> AsyncIterator[KubeClient]:
-    client = await KubeClient.connect(kubeconfig=str(apiserver.kubeconfig))
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 def spawn(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:

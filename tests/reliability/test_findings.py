@@ -46,15 +46,6 @@ from watch.store import PodStore
 FINAL_DELETE_AFTER_S = 1.5
 
 
-@pytest.fixture
-async def kube(apiserver: ApiServer) -> AsyncIterator[KubeClient]:
-    client = await KubeClient.connect(kubeconfig=str(apiserver.kubeconfig))
-    try:
-        yield client
-    finally:
-        await client.close()
-
-
 async def stopped_pod(kube: KubeClient, namespace: str, lifecycle: str, kind: Kind, *,
                       statuses: tuple[tuple[Shape, int], ...], cancel: bool = False,
                       preempt: bool = False, finalizer: bool = True,
