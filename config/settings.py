@@ -93,6 +93,10 @@ class FinalizerSettings:
     enabled: bool = True
     """Hold Sniffer's finalizer on tracked pods until the platform acknowledged the
     terminal state, so no outcome can vanish with a deleted pod."""
+    workers: int = 16
+    """Concurrent finalizer patches (adds and releases), on their own queue beside the
+    platform workers, so a slow API server delays finalizers, not platform updates. Each
+    holds one API server connection. Failed patches retry with the workers.* backoff."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +205,8 @@ class Settings:
              "must be > 0 and <= workers.max_delay_s", w.base_delay_s)
         need(w.qps > 0, "workers.qps", "must be > 0", w.qps)
         need(w.burst >= 1, "workers.burst", "must be >= 1", w.burst)
+        need(self.finalizers.workers >= 1, "finalizers.workers", "must be >= 1",
+             self.finalizers.workers)
         need(0 < le.retry_period_s < le.renew_deadline_s < le.lease_duration_s,
              "leader.renew_deadline_s",
              "must satisfy retry_period_s < renew_deadline_s < lease_duration_s",

@@ -3,6 +3,7 @@ path (`remove_all`, which lists slim)."""
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator
 
@@ -50,3 +51,19 @@ async def test_remove_all_takes_the_finalizer_off_every_tracked_pod_across_pages
     assert (report.scanned, report.removed, report.failed) == (5, 3, 0)
     for i in range(5):
         assert await pods.finalizers(f"p{i}") == []
+
+
+async def test_a_release_decided_for_a_pod_never_lands_on_a_new_pod_that_took_its_name(
+        kube: KubeClient, namespace: str) -> None:
+    pods = Pods(kube, namespace)
+    finalizers = Finalizers(kube, enabled=True)
+    old = project(await pods.create("p", f"run-{uuid.uuid4().hex[:12]}"))
+    await pods.delete("p", grace_s=0)
+    new = project(await pods.create("p", f"run-{uuid.uuid4().hex[:12]}"))
+    assert await finalizers.ensure(new)
+    held_old = dataclasses.replace(old, finalizers=(OUTCOME_FINALIZER,))
+    assert not await finalizers.release(held_old), "the uid precondition failed"
+    assert not await finalizers.ensure(old), "nor does an add"
+    assert await pods.finalizers("p") == [OUTCOME_FINALIZER]
+    assert await finalizers.release(project(await pods.get("p")))
+    assert await pods.finalizers("p") == []

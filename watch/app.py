@@ -4,13 +4,18 @@ Contract:
 * Start order: health server → the acknowledgement seed (one listing of the platform's
   open runs, so the cache keeps finished, acknowledged pods as small records from the
   first LIST on) → reflector (every replica keeps a warm cache), and leader election →
-  once synced *and* elected: seed afresh, enqueue every cached pod, start workers.
+  once synced *and* elected: seed afresh, enqueue every cached pod, start the platform
+  workers and the finalizer workers (`watch.finalizing`).
   `/readyz` turns ready when the cache is synced, on leader and standby alike.
-* Shutdown order, on `stop` (SIGTERM): stop taking work (shut the queue) → let in-flight
-  updates finish, up to `shutdown.drain_timeout_s` → cancel workers, reflector and
-  elector → release the lease (a standby takes over at once) → close the health
-  server and the clients. Cleanup awaits are shielded and bounded, so a second signal
-  or a hung server cannot skip the lease release or hang the exit.
+* Shutdown order, on `stop` (SIGTERM): stop taking work (shut the platform queue) → let
+  in-flight updates finish → then shut the finalizer queue and let its waiting and
+  in-flight patches finish (so a release enqueued by the last acknowledgements still
+  goes out), both drains within one `shutdown.drain_timeout_s` (`drain_in_order`) →
+  cancel workers, reflector and elector → release the lease (a standby takes over at
+  once) → close the health server and the clients. A finalizer patch left undone is
+  re-derived by the next leader from its cache. Cleanup awaits are shielded and
+  bounded, so a second signal or a hung server cannot skip the lease release or hang
+  the exit.
 * A standby keeps a warm cache but queues nothing; it keeps tombstones only of pods
   deleted before a leader finalized them, and only until the live leader has been seen
   renewing its lease for a few lease durations after the deletion (watch.leader,
@@ -29,7 +34,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +68,7 @@ class WatchMetrics:
     controller: ControllerMetrics | None = None
     queue: QueueMetrics | None = None
     platform: PlatformMetrics | None = None
+    finalizer_queue: QueueMetrics | None = None
 
 
 def identity(settings: Settings) -> str:
@@ -92,6 +98,7 @@ class Watcher:
         self.store: PodStore | None = None
         self.controller: Controller | None = None
         self.queue: WorkQueue[str] | None = None
+        self.finalizer_queue: WorkQueue[str] | None = None
         self.elector: LeaderElector | None = None
         self._started = False
 
@@ -103,10 +110,10 @@ class Watcher:
         token_file = Path(s.platform.token_file)
         if not s.platform.verify_tls:
             log.warning("TLS verification of the platform is OFF (platform.verify_tls=false)")
-        # One connection per worker (finalizer patches) plus one per watch stream.
-        kube = await KubeClient.connect(kubeconfig=s.kube.kubeconfig, context=s.kube.context,
-                                        verify_tls=s.kube.verify_tls,
-                                        pool_size=s.workers.count + len(s.kube.namespaces) + 4)
+        # One connection per finalizer worker (patches) plus one per watch stream.
+        kube = await KubeClient.connect(
+            kubeconfig=s.kube.kubeconfig, context=s.kube.context, verify_tls=s.kube.verify_tls,
+            pool_size=s.finalizers.workers + len(s.kube.namespaces) + 4)
         # The lease gets its own connections: renewals must never queue behind a burst of
         # finalizer patches, or a busy leader would lose its lease.
         lease_kube = await KubeClient.connect(kubeconfig=s.kube.kubeconfig,
@@ -128,10 +135,11 @@ class Watcher:
                    platform: PlatformClient) -> int:
         s = self.settings
         w = s.workers
-        limiter: MaxOfRateLimiter[str] = MaxOfRateLimiter(
-            ItemExponentialFailureRateLimiter(base_delay=w.base_delay_s, max_delay=w.max_delay_s),
-            BucketRateLimiter(qps=w.qps, burst=w.burst))
-        self.queue = queue = WorkQueue[str](limiter, metrics=self._metrics.queue)
+        self.queue = queue = WorkQueue[str](_limiter(s), metrics=self._metrics.queue)
+        # Its own limiter: a release failing against the API server must not use up the
+        # platform retries' token bucket, nor they its.
+        self.finalizer_queue = finalizer_queue = WorkQueue[str](
+            _limiter(s), metrics=self._metrics.finalizer_queue)
         self.store = store = PodStore(s.kube.namespaces or (None,))
         elector = None
         if s.leader.enabled:
@@ -147,7 +155,8 @@ class Watcher:
             finalizers=Finalizers(kube, enabled=s.finalizers.enabled),
             policy=state_policy(s), workers=w.count, max_retries=w.max_retries,
             is_leader=(lambda: elector.is_leader) if elector else (lambda: True),
-            metrics=self._metrics.controller)
+            metrics=self._metrics.controller, finalizer_queue=finalizer_queue,
+            finalizer_workers=s.finalizers.workers)
         store.acknowledgements = controller
         reflector = Reflector(
             kube, store, controller.on_change, namespaces=s.kube.namespaces,
@@ -160,6 +169,7 @@ class Watcher:
                     "workers": lambda: _worker_check(controller)},
             info=lambda: {"leader": elector.is_leader if elector else True,
                           "cached_pods": len(store), "queue_depth": len(queue),
+                          "finalizer_queue_depth": len(finalizer_queue),
                           "tombstones": store.tombstones, "tasks": len(asyncio.all_tasks())})
         if s.health.port:
             try:
@@ -172,6 +182,7 @@ class Watcher:
             self._observe(self)
         log.info("sniffer watch starting", extra={
             "namespaces": list(s.kube.namespaces) or "all", "workers": w.count,
+            "finalizer_workers": s.finalizers.workers,
             "finalizers": s.finalizers.enabled, "leader_election": s.leader.enabled,
             "identity": elector.identity if elector else None})
         try:
@@ -186,9 +197,11 @@ class Watcher:
                          extra={"drain_timeout_s": s.shutdown.drain_timeout_s,
                                 "queue_depth": len(queue)})
                 if controller.running:
-                    drained = await queue.shut_down_with_drain(s.shutdown.drain_timeout_s)
+                    drained = await drain_in_order((queue, finalizer_queue),
+                                                   s.shutdown.drain_timeout_s)
                 else:  # a standby has nothing in flight; its queued keys are the leader's job
                     queue.shut_down()
+                    finalizer_queue.shut_down()
                     drained = True
                 if not drained:
                     log.warning("drain deadline passed; cancelling in-flight updates")
@@ -212,6 +225,28 @@ class Watcher:
             await elector.wait_leader()
             store.keep_tombstones = True
         await controller.run()
+
+
+def _limiter(s: Settings) -> MaxOfRateLimiter[str]:
+    w = s.workers
+    return MaxOfRateLimiter(
+        ItemExponentialFailureRateLimiter(base_delay=w.base_delay_s, max_delay=w.max_delay_s),
+        BucketRateLimiter(qps=w.qps, burst=w.burst))
+
+
+async def drain_in_order(queues: Sequence[WorkQueue[str]], timeout_s: float) -> bool:
+    """Shut down and drain each queue in turn, all within `timeout_s`: a queue is shut
+    down only once the ones before it drained, so their last keys can still add work to
+    it. True iff every queue drained; on the deadline every queue is shut down and False
+    is returned. Caller duty: each queue's workers are running."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    for queue in queues:
+        if not await queue.shut_down_with_drain(max(0.0, deadline - loop.time())):
+            for rest in queues:
+                rest.shut_down()
+            return False
+    return True
 
 
 async def _reflect(controller: Controller, reflector: Reflector) -> None:
@@ -239,4 +274,7 @@ def _reflector_check(reflector: Reflector, read_timeout_s: float) -> str | None:
 
 def _worker_check(controller: Controller) -> str | None:
     busy = controller.longest_busy_s()
-    return f"a handler has been running for {busy:.0f}s" if busy > 300 else None
+    if busy > 300:
+        return f"a handler has been running for {busy:.0f}s"
+    busy = controller.finalizing.longest_busy_s()
+    return f"a finalizer patch has been running for {busy:.0f}s" if busy > 300 else None

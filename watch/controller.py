@@ -21,9 +21,13 @@ Contract:
   pending: the platform rejected it, or its key failed its last allowed attempt. Nobody
   handles it again until the pod changes; the finalizer keeps the pod, and
   `sniffer reconcile` repairs the run.
-* Finalizer mode: a tracked live pod gets Sniffer's finalizer while its run is not
-  terminal; it is released once the platform acknowledged a terminal state, when the
-  run is unknown, or when the pod stops being tracked.
+* Finalizers: the handler never awaits a finalizer patch. Wherever what it learned may
+  move a pod's finalizer (an acknowledgement, a read, a pod that is untracked, orphaned
+  or foreign) it enqueues the key to the finalizer loop (`watch.finalizing`, its own
+  queue and workers), which decides from the cache and `RunKnowledge` (this class
+  answers it) whether to add or release. `run()` runs both worker pools; once the
+  platform queue is shut down and its workers finished, nothing enqueues finalizer work
+  any more and the finalizer queue is shut down too (its waiting keys still go out).
 * Settled pods (`watch.store`): a pod is settled iff it is finished, carries no Sniffer
   finalizer and the platform acknowledged a terminal state for its run, by the rule of
   `watch.acks.Acks.settled` (the controller answers the store's question with it). The
@@ -31,7 +35,8 @@ Contract:
   but forget its tombstone, and compacts a view once it settles it. `seed()` may be
   called before the first LIST, so listed pods are judged as they come.
 * Writes happen only while `is_leader()` is true (checked right before each write).
-* `run()` returns when the queue is shut down and every worker finished its key.
+* `run()` returns when the queue is shut down and every worker of both pools finished
+  its key.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ from sniffer.podview import PodView
 from sniffer.states import Derived, StatePolicy, Underivable, derive
 from watch.acks import Acked, Acks
 from watch.finalizers import Finalizers
+from watch.finalizing import FinalizerLoop
 from watch.outcomes import DONE, Outcome, OutcomeMap, Result, outcome_of
 from watch.store import PodStore, SettledPod
 from watch.workqueue import ShutDown, WorkQueue
@@ -105,11 +111,12 @@ class Controller:
                  finalizers: Finalizers, policy: StatePolicy, workers: int,
                  max_retries: int, is_leader: Callable[[], bool] = lambda: True,
                  metrics: ControllerMetrics | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 finalizer_queue: WorkQueue[str] | None = None,
+                 finalizer_workers: int = 16) -> None:
         self._store = store
         self._queue = queue
         self._platform = platform
-        self._finalizers = finalizers
         self._policy = policy
         self._workers = workers
         self._is_leader = is_leader
@@ -126,6 +133,15 @@ class Controller:
                                     settled=self._settled)
         self._busy: dict[str, float] = {}
         self._started = False
+        self._unknown_runs: set[str] = set()
+        """A run id is here iff the platform's last answer about it was "no such run" and
+        no deletion of a pod of the run was handled since."""
+        self.finalizing = FinalizerLoop(
+            store=store, knowledge=self,
+            queue=finalizer_queue if finalizer_queue is not None else WorkQueue[str](),
+            finalizers=finalizers, policy=policy, workers=finalizer_workers,
+            is_leader=is_leader, metrics=self._metrics, clock=clock)
+        """The finalizer loop; `run()` runs its workers beside the platform workers."""
 
     # --- wiring ------------------------------------------------------------------------
 
@@ -178,8 +194,12 @@ class Controller:
         for key in self._store.all_keys():
             self._queue.add(key)
         async with asyncio.TaskGroup() as group:
-            for i in range(self._workers):
-                group.create_task(self._worker(), name=f"worker-{i}")
+            group.create_task(self.finalizing.run(), name="finalizer-loop")
+            async with asyncio.TaskGroup() as workers:
+                for i in range(self._workers):
+                    workers.create_task(self._worker(), name=f"worker-{i}")
+            # No platform worker is left to enqueue finalizer work: let it drain.
+            self.finalizing.queue.shut_down()
 
     async def seed(self) -> None:
         """Take the acknowledgement seed (`watch.acks.Acks.seed`). `run()` takes a fresh
@@ -218,6 +238,14 @@ class Controller:
         it. Reads only; no await."""
         return self._acks.settled(pod)
 
+    def acked(self, run_id: str) -> Acked | None:
+        """`watch.finalizing.RunKnowledge`: the platform's last answer about the run."""
+        return self._acks.get(run_id)
+
+    def run_unknown(self, run_id: str) -> bool:
+        """`watch.finalizing.RunKnowledge`: was the platform's last answer "no such run"?"""
+        return run_id in self._unknown_runs
+
     # --- the handler ---------------------------------------------------------------------
 
     async def handle(self, key: str) -> Outcome:
@@ -229,10 +257,11 @@ class Controller:
             # Acknowledged terminal, no finalizer of ours: nothing to send or release.
             if self._store.is_deleted(key):
                 self._acks.forget(pod.run_id)
+                self._unknown_runs.discard(pod.run_id)
                 self._store.forget_tombstone(key, pod)
             return DONE
         if pod.run_id is None:
-            await self._release(pod, "untracked")
+            self._finalize(pod)
             return self._forget_if_deleted(pod)
         acked = (self._acks.get(pod.run_id) or self._acks.from_seed(pod)
                  or await self._refresh(pod))
@@ -240,12 +269,12 @@ class Controller:
             self._metrics.orphan()
             log.warning("pod's run is unknown to the platform; not reporting it",
                         extra={"key": key, "run_id": pod.run_id})
-            await self._release(pod, "orphan")
+            self._finalize(pod)
             return self._forget_if_deleted(pod)
         if acked.pod_uid and acked.pod_uid != pod.uid:
             log.warning("run is bound to another pod; not reporting this one",
                         extra={"key": key, "run_id": pod.run_id, "pod_uid": pod.uid})
-            await self._release(pod, "foreign")
+            self._finalize(pod)
             return self._forget_if_deleted(pod)
         if (pod.deletion_timestamp is not None and not acked.terminal
                 and not acked.cancel_requested and not pod.cancel_requested):
@@ -284,9 +313,9 @@ class Controller:
             result = await self._platform.update_state(update,
                                                        expected_state=acked.state.value)
         if result.outcome is PlatformOutcome.NOT_FOUND or result.run is None:
-            self._acks.forget(pod.run_id)
-            return await self._orphaned(pod)
-        self._acks.record(pod.run_id, new := Acked.of(result.run))
+            self._unknown(pod.run_id)
+            return self._orphaned(pod)
+        self._record(pod.run_id, new := Acked.of(result.run))
         if result.outcome is PlatformOutcome.PRECONDITION_FAILED:
             # Someone else moved the run; handle again against its real state.
             return Outcome(Result.REQUEUE)
@@ -300,15 +329,16 @@ class Controller:
                             "theirs": result.run.state})
         return await self._settle(pod, new, derived)
 
-    async def _orphaned(self, pod: PodView) -> Outcome:
+    def _orphaned(self, pod: PodView) -> Outcome:
         self._metrics.orphan()
-        await self._release(pod, "orphan")
+        self._finalize(pod)
         return self._forget_if_deleted(pod)
 
     async def _settle(self, pod: PodView, acked: Acked, derived: Derived) -> Outcome:
-        """Nothing (more) to send: put the finalizer where it belongs, plan a recheck."""
+        """Nothing (more) to send: have the finalizer put where it belongs, plan a
+        recheck."""
         if acked.terminal:
-            await self._release(pod, "acknowledged")
+            self._finalize(pod)  # the release: the platform has the outcome now
             if self._store.is_deleted(pod.key):
                 self._acks.forget(pod.run_id or "")
                 return self._forget_if_deleted(pod)
@@ -316,22 +346,21 @@ class Controller:
             return DONE
         if self._store.is_deleted(pod.key):
             return self._forget_if_deleted(pod)
-        if not derived.state.is_terminal and await self._finalizers.ensure(pod):
-            self._metrics.finalizer("added")
+        if not derived.state.is_terminal:
+            self._finalize(pod)  # the add, if it is missing
         if derived.recheck_after is not None:
             return Outcome(Result.REQUEUE_AFTER, delay=derived.recheck_after)
         return DONE
 
-    async def _release(self, pod: PodView, why: str) -> None:
-        if self._store.is_deleted(pod.key):
-            return
-        if await self._finalizers.release(pod):
-            self._metrics.finalizer("removed")
-            log.debug("released finalizer", extra={"key": pod.key, "why": why})
+    def _finalize(self, pod: PodView) -> None:
+        """Enqueue `pod`'s key to the finalizer loop (a tombstone has nothing to patch)."""
+        if not self._store.is_deleted(pod.key):
+            self.finalizing.enqueue(pod)
 
     def _forget_if_deleted(self, pod: PodView) -> Outcome:
         if self._store.is_deleted(pod.key):
             self._store.forget_tombstone(pod.key, pod)
+            self._unknown_runs.discard(pod.run_id or "")
         return DONE
 
     async def _refresh(self, pod: PodView) -> Acked | None:
@@ -339,10 +368,18 @@ class Controller:
         assert pod.run_id is not None
         run = await self._platform.get_run(pod.run_id)
         if run is None:
-            self._acks.forget(pod.run_id)
+            self._unknown(pod.run_id)
             return None
-        self._acks.record(pod.run_id, acked := Acked.of(run))
+        self._record(pod.run_id, acked := Acked.of(run))
         return acked
+
+    def _record(self, run_id: str, acked: Acked) -> None:
+        self._acks.record(run_id, acked)
+        self._unknown_runs.discard(run_id)
+
+    def _unknown(self, run_id: str) -> None:
+        self._acks.forget(run_id)
+        self._unknown_runs.add(run_id)
 
 
 def _utc(epoch: float | None) -> datetime | None:

@@ -6,10 +6,14 @@ Contract (the Kubernetes Job controller's pod-tracking technique, KEP-2307):
   such a pod is reported from its last view like any other.
 * `release(pod)` removes it. Callers must only release once the platform has
   acknowledged a terminal state for the pod's run, or the pod stopped being tracked,
-  or the run is unknown to the platform: the finalizer never outlives its purpose.
-* Both are idempotent strategic-merge patches without a resourceVersion precondition,
-  so they never conflict with the kubelet or other controllers touching the pod; a pod
-  that is already gone counts as done.
+  or the run is unknown to the platform: the finalizer never outlives its purpose
+  (`watch.finalizing` decides when).
+* Both are idempotent strategic-merge patches, one per pod, without a resourceVersion
+  precondition, so they never conflict with the kubelet or other controllers touching
+  the pod. Both carry the pod's uid: a patch decided for one pod never lands on a new
+  pod that took its name (the decision may be made from a cache that lags); the API
+  server refuses it as an attempt to change the immutable uid (422). A pod that is
+  already gone, or whose name a new pod took, counts as done.
 * `remove_all` is the uninstall path (`sniffer finalizers remove`).
 """
 
@@ -18,7 +22,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from sniffer.kube import Conflict, KubeClient, NotFound
+from sniffer.kube import Conflict, KubeClient, KubeError, NotFound
 from sniffer.podview import OUTCOME_FINALIZER as FINALIZER
 from sniffer.podview import PodView
 
@@ -41,8 +45,11 @@ class Finalizers:
             await self._kube.patch_pod(pod.namespace, pod.name, {
                 "metadata": {"uid": pod.uid, "finalizers": [FINALIZER]}})
         except (NotFound, Conflict):
-            # Gone, or the name now belongs to a new pod (the uid precondition failed).
             return False
+        except KubeError as exc:
+            if _name_taken(exc):
+                return False
+            raise
         return True
 
     async def release(self, pod: PodView) -> bool:
@@ -51,10 +58,21 @@ class Finalizers:
             return False
         try:
             await self._kube.patch_pod(pod.namespace, pod.name, {
-                "metadata": {"$deleteFromPrimitiveList/finalizers": [FINALIZER]}})
+                "metadata": {"uid": pod.uid,
+                             "$deleteFromPrimitiveList/finalizers": [FINALIZER]}})
         except NotFound:
             return False
+        except KubeError as exc:
+            if _name_taken(exc):
+                return False
+            raise
         return True
+
+
+def _name_taken(exc: KubeError) -> bool:
+    """Did the API server refuse a patch because the pod under that name has another
+    uid (a new pod took the name)?"""
+    return exc.status == 422 and "metadata.uid" in exc.message
 
 
 @dataclass(frozen=True, slots=True)

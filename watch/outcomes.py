@@ -19,7 +19,9 @@ Contract:
   DROP          ``forget``; a tombstone is forgotten     no
   ============= ======================================== ================
 
-  A RETRY of a key that has already been requeued `max_retries` times is a DROP.
+  A RETRY of a key that has already been requeued `max_retries` times is a DROP; with
+  `max_retries` None (the finalizer loop, `watch.finalizing`) never: a release given up
+  would leave its pod stuck Terminating, so it is retried, with backoff, until it succeeds.
 * A change is *dropped* (logged at error, counted by `dropped` and by the `dropped`
   metric) iff it is given up with no retry pending. Nobody handles it again until the
   pod changes; `sniffer reconcile` repairs the run.
@@ -114,7 +116,7 @@ class OutcomeMap:
     """Applies each handler outcome to the queue. Constructing starts nothing."""
 
     def __init__(self, *, queue: OutcomeQueue, store: OutcomeStore, metrics: OutcomeMetrics,
-                 max_retries: int, settled: Callable[[str], None]) -> None:
+                 max_retries: int | None, settled: Callable[[str], None]) -> None:
         self._queue = queue
         self._store = store
         self._metrics = metrics
@@ -133,7 +135,8 @@ class OutcomeMap:
         the call waits for that retry instead of being handed out again by `done`."""
         self.handled += 1
         result = outcome.result
-        if result is Result.RETRY and self._queue.num_requeues(key) >= self._max_retries:
+        if (result is Result.RETRY and self._max_retries is not None
+                and self._queue.num_requeues(key) >= self._max_retries):
             result = Result.DROP
         self._metrics.outcome(result.value)
         if result is Result.DONE:
