@@ -83,6 +83,26 @@ METRICS: tuple[Metric, ...] = (
        "make it grow).", "watch"),
     _m("sniffer.queue.longest_running_processor", "gauge", "s", (),
        "How long the longest-running key in flight has been processed.", "watch"),
+    # -- finalizer queue (the same set, for watch.finalizing's own queue) ------------------
+    _m("sniffer.finalizer_queue.depth", "gauge", "{key}", (),
+       "Keys waiting in the finalizer queue (not those in flight or delayed).", "watch"),
+    _m("sniffer.finalizer_queue.adds", "counter", "{key}", (),
+       "Keys added to the finalizer queue (an add that coalesced with a waiting key is not "
+       "counted).", "watch"),
+    _m("sniffer.finalizer_queue.retries", "counter", "{key}", (),
+       "Rate-limited re-adds of finalizer keys (a patch that failed, or not the leader).",
+       "watch"),
+    _m("sniffer.finalizer_queue.duration", "histogram", "s", (),
+       "Time a key waited in the finalizer queue before a finalizer worker took it.", "watch",
+       LATENCY_BUCKETS_S),
+    _m("sniffer.finalizer_queue.work_duration", "histogram", "s", (),
+       "Time a finalizer worker spent on one key (decision and finalizer patch).", "watch",
+       LATENCY_BUCKETS_S),
+    _m("sniffer.finalizer_queue.unfinished_work", "gauge", "s", (),
+       "Sum of how long the finalizer keys in flight have been processed so far (a slow "
+       "API server makes it grow).", "watch"),
+    _m("sniffer.finalizer_queue.longest_running_processor", "gauge", "s", (),
+       "How long the longest-running finalizer key in flight has been processed.", "watch"),
     # -- controller -----------------------------------------------------------------------
     _m("sniffer.handler.outcomes", "counter", "{outcome}", ("sniffer.outcome",),
        "Handler results, one per processed key: done, requeue, requeue_after, retry, drop.",

@@ -3,9 +3,11 @@ platform client's metric Protocols, plus the gauges read from the running watche
 
 Contract:
 * `WatchTelemetry` structurally implements `watch.reflector.ReflectorMetrics`
-  (`reflector`), `watch.workqueue.QueueMetrics` (`queue`), `watch.controller.ControllerMetrics`
-  (`controller`) and `sniffer.platform.PlatformMetrics` (`platform`); it imports none of
-  them (layers point one way: watch → sniffer core).
+  (`reflector`), `watch.workqueue.QueueMetrics` (`queue` for the platform queue,
+  `finalizer_queue` for the finalizer loop's, under ``sniffer.queue.*`` and
+  ``sniffer.finalizer_queue.*``), `watch.controller.ControllerMetrics` (`controller`) and
+  `sniffer.platform.PlatformMetrics` (`platform`); it imports none of them (layers point
+  one way: watch → sniffer core).
 * Every hot-path call is a dict update or a deque append (see `instruments`): well under a
   microsecond, no lock, no allocation after the first call with given attribute values.
 * Gauges that need the watcher's state (cached pods, finalizers held, freshness, leader,
@@ -48,6 +50,7 @@ class WatcherView(Protocol):
     queue: Any
     controller: Any
     elector: Any
+    # `finalizer_queue` is read too when present (test doubles may lack it).
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +62,8 @@ class Snapshot:
     leader: bool = False
     unfinished_work_s: float = 0.0
     longest_running_s: float = 0.0
+    finalizer_unfinished_work_s: float = 0.0
+    finalizer_longest_running_s: float = 0.0
 
 
 def error_class(reason: str) -> str:
@@ -127,12 +132,12 @@ class _Reflector:
 
 
 class _Queue:
-    def __init__(self, registry: Registry) -> None:
-        self._depth = registry.value("sniffer.queue.depth")
-        self._adds = registry.counts("sniffer.queue.adds")
-        self._retries = registry.counts("sniffer.queue.retries")
-        self._queued = registry.histogram("sniffer.queue.duration")
-        self._work = registry.histogram("sniffer.queue.work_duration")
+    def __init__(self, registry: Registry, prefix: str = "sniffer.queue") -> None:
+        self._depth = registry.value(f"{prefix}.depth")
+        self._adds = registry.counts(f"{prefix}.adds")
+        self._retries = registry.counts(f"{prefix}.retries")
+        self._queued = registry.histogram(f"{prefix}.duration")
+        self._work = registry.histogram(f"{prefix}.work_duration")
         # Reported by the queue when the sampler asks it (update_unfinished_work); the
         # gauges read them through the snapshot (see WatchTelemetry).
         self.unfinished_s = 0.0
@@ -207,6 +212,7 @@ class WatchTelemetry:
         self.registry = registry
         self.reflector = _Reflector(registry)
         self.queue = _Queue(registry)
+        self.finalizer_queue = _Queue(registry, "sniffer.finalizer_queue")
         self.controller = _Controller(registry)
         self.platform = PlatformTelemetry(registry)
         self._leader_election = leader_election
@@ -223,7 +229,11 @@ class WatchTelemetry:
                 ("sniffer.finalizers.held", lambda s: s.finalizers_held),
                 ("sniffer.leader.status", lambda s: int(s.leader)),
                 ("sniffer.queue.unfinished_work", lambda s: s.unfinished_work_s),
-                ("sniffer.queue.longest_running_processor", lambda s: s.longest_running_s)):
+                ("sniffer.queue.longest_running_processor", lambda s: s.longest_running_s),
+                ("sniffer.finalizer_queue.unfinished_work",
+                 lambda s: s.finalizer_unfinished_work_s),
+                ("sniffer.finalizer_queue.longest_running_processor",
+                 lambda s: s.finalizer_longest_running_s)):
             registry.gauge(name, self._observer(read))
 
     def _observer(self, read: Any) -> Any:
@@ -253,6 +263,9 @@ class WatchTelemetry:
             held = sum(1 for pod in store if OUTCOME_FINALIZER in pod.finalizers)
         if queue is not None:
             queue.update_unfinished_work()  # reports to self.queue, synchronously
+        finalizer_queue = getattr(w, "finalizer_queue", None)
+        if finalizer_queue is not None:
+            finalizer_queue.update_unfinished_work()  # to self.finalizer_queue
         freshness, acked = 0.0, 0
         if controller is not None:
             freshness = controller.oldest_unhandled_age()
@@ -260,7 +273,8 @@ class WatchTelemetry:
         # Without leader election every replica writes, so it counts as the leader.
         leader = bool(elector.is_leader) if elector is not None else True
         return Snapshot(pods, held, freshness, acked, leader, self.queue.unfinished_s,
-                        self.queue.longest_s)
+                        self.queue.longest_s, self.finalizer_queue.unfinished_s,
+                        self.finalizer_queue.longest_s)
 
     def final_sample(self) -> None:
         """Take a last snapshot now, on the event loop, for the export at exit (after the
