@@ -149,7 +149,8 @@ def _watch(settings: Settings) -> int:
         if sinks is None:
             return await Watcher(settings).run(stop)
         metrics = WatchMetrics(reflector=sinks.reflector, controller=sinks.controller,
-                               queue=sinks.queue, platform=sinks.platform)
+                               queue=sinks.queue, platform=sinks.platform,
+                               finalizer_queue=sinks.finalizer_queue)
         try:
             return await Watcher(settings, metrics=metrics, observe=sinks.observe).run(stop)
         finally:
