@@ -5,24 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from collections.abc import AsyncIterator
-
-import pytest
 
 from sniffer.kube import KubeClient
 from sniffer.podview import OUTCOME_FINALIZER, project
-from testbed.apiserver import ApiServer
 from tests.fixtures.watcher import Pods
 from watch.finalizers import Finalizers, remove_all
-
-
-@pytest.fixture
-async def kube(apiserver: ApiServer) -> AsyncIterator[KubeClient]:
-    client = await KubeClient.connect(kubeconfig=str(apiserver.kubeconfig))
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 async def test_ensure_then_release_puts_and_takes_the_finalizer(
