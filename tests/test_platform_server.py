@@ -106,6 +106,17 @@ async def test_creating_a_duplicate_id_answers_409_with_the_existing_run(
     assert body["run"] == first
 
 
+async def test_an_overlong_query_is_refused_with_the_documented_json_400(api: Api) -> None:
+    """A request line far beyond aiohttp's default 8 KiB reaches the application, which
+    refuses it as the contract says (JSON, 400), rather than aiohttp's own plain-text
+    answer (schemathesis' negative cases produce such URLs)."""
+    status, body, headers = await api.call(
+        "GET", "/api/v1/runs", params={"after": "\u00e9" * 30_000, "limit": "7"})
+    assert status == 400, body
+    assert headers["Content-Type"].startswith("application/json")
+    assert body["error"]["code"]
+
+
 async def test_unknown_run_answers_404_for_get_patch_and_cancel(api: Api) -> None:
     for method, path, body in [
         ("GET", "/api/v1/runs/no-such-run", None),

@@ -45,6 +45,9 @@ def _tls_context(cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
     return context
 
 
+_MAX_REQUEST_LINE = 1024 * 1024
+
+
 async def serve(
     host: str, port: int, db: Path, token_file: Path, ready_file: Path | None,
     tls: ssl.SSLContext | None = None,
@@ -54,6 +57,9 @@ async def serve(
     runner = web.AppRunner(
         build_app(store, token_file), access_log=None, handle_signals=False,
         shutdown_timeout=5.0,
+        # aiohttp answers a request line or header over 8 KiB itself, in plain text; let
+        # such requests reach the application, which refuses them as the contract says.
+        max_line_size=_MAX_REQUEST_LINE, max_field_size=_MAX_REQUEST_LINE,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
