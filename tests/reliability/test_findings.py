@@ -264,16 +264,22 @@ async def test_an_error_body_cut_short_is_a_typed_kube_error(tmp_path: Path,
 
 # -- a standby over a long time ---------------------------------------------------------
 
-async def test_a_standby_does_not_grow_with_the_pods_the_leader_handled(
-        apiserver: ApiServer, platform: PlatformServer, namespace: str,
-        kube: KubeClient) -> None:
+async def hold_lease(kube: KubeClient, namespace: str, holder: str, *, duration_s: int,
+                     renewed: str) -> None:
+    """Create Sniffer's Lease as if `holder` led, last renewed at `renewed` (RFC 3339)."""
     await kube.request_json(
         "POST", f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases",
         body={"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
               "metadata": {"name": "sniffer-watch"},
-              "spec": {"holderIdentity": "the-leader", "leaseDurationSeconds": 3600,
-                       "acquireTime": "2026-01-01T00:00:00.000000Z",
-                       "renewTime": "2099-01-01T00:00:00.000000Z"}})
+              "spec": {"holderIdentity": holder, "leaseDurationSeconds": duration_s,
+                       "acquireTime": "2026-01-01T00:00:00.000000Z", "renewTime": renewed}})
+
+
+async def test_a_standby_does_not_grow_with_the_pods_the_leader_handled(
+        apiserver: ApiServer, platform: PlatformServer, namespace: str,
+        kube: KubeClient) -> None:
+    await hold_lease(kube, namespace, "the-leader", duration_s=3600,
+                     renewed="2099-01-01T00:00:00.000000Z")
     env = watcher_env(apiserver, platform, namespace, SNIFFER_LEADER_ENABLED="true",
                       SNIFFER_LEADER_IDENTITY="standby")
     pods = Pods(kube, namespace)
@@ -301,13 +307,8 @@ async def test_a_new_leader_reports_a_pod_deleted_while_nobody_led(
     created, finishes and is deleted before it ever got the finalizer. Only the standby
     saw it; when it takes over it must report the outcome (leader-sigkill found ~100 such
     runs left queued once a standby stopped keeping tombstones)."""
-    await kube.request_json(
-        "POST", f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases",
-        body={"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-              "metadata": {"name": "sniffer-watch"},
-              "spec": {"holderIdentity": "dead-leader", "leaseDurationSeconds": 6,
-                       "acquireTime": "2026-01-01T00:00:00.000000Z",
-                       "renewTime": "2026-01-01T00:00:00.000000Z"}})
+    await hold_lease(kube, namespace, "dead-leader", duration_s=6,
+                     renewed="2026-01-01T00:00:00.000000Z")
     env = watcher_env(apiserver, platform, namespace, SNIFFER_LEADER_ENABLED="true",
                       SNIFFER_LEADER_IDENTITY="standby", SNIFFER_LEADER_LEASE_DURATION_S="6",
                       SNIFFER_LEADER_RENEW_DEADLINE_S="4",
@@ -340,13 +341,8 @@ async def test_a_standby_forgets_the_tombstones_a_live_leader_has_seen(
     leader had finalized it (every pod, with finalizer mode off). It keeps them while
     nobody is seen renewing the lease (a new leader must report them), and forgets them
     once the live leader has renewed for a few lease durations after the deletions."""
-    await kube.request_json(
-        "POST", f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases",
-        body={"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-              "metadata": {"name": "sniffer-watch"},
-              "spec": {"holderIdentity": "the-leader", "leaseDurationSeconds": 3600,
-                       "acquireTime": "2026-01-01T00:00:00.000000Z",
-                       "renewTime": "2099-01-01T00:00:00.000000Z"}})
+    await hold_lease(kube, namespace, "the-leader", duration_s=3600,
+                     renewed="2099-01-01T00:00:00.000000Z")
     env = watcher_env(apiserver, platform, namespace, SNIFFER_LEADER_ENABLED="true",
                       SNIFFER_LEADER_IDENTITY="standby", SNIFFER_HEALTH_HOST="127.0.0.1",
                       SNIFFER_HEALTH_PORT=str(free_port()))
