@@ -323,6 +323,23 @@ async def none_held(pods: Pods, names: Iterable[str]) -> bool:
     return not any([await held(pods, n) for n in names])
 
 
+async def quiet_and_released(h: Loop, namespace: str, names: Iterable[str]) -> bool:
+    """No finalizer patch in flight or queued, and each pod cached as a settled record at
+    the resourceVersion the API server has, carrying no finalizer of ours."""
+    if h.controller.finalizing.longest_busy_s() > 0 or len(h.finalizer_queue) > 0:
+        return False
+    for name in names:
+        live = await h.pods.get(name)
+        cached = h.store.get(f"{namespace}/{name}")
+        if live is None or not isinstance(cached, SettledPod):
+            return False
+        meta = live["metadata"]
+        if (OUTCOME_FINALIZER in (meta.get("finalizers") or [])
+                or cached.resource_version != meta["resourceVersion"]):
+            return False
+    return True
+
+
 async def all_gone(pods: Pods, names: Iterable[str]) -> bool:
     return all([await pods.get(n) is None for n in names])
 
@@ -353,13 +370,15 @@ async def test_a_slow_api_server_delays_finalizer_patches_not_platform_updates(
         assert h.metrics.finalizer_ops == []
         h.proxy.thaw()
         # The adds in flight since the pods were created land late; the loop, level-
-        # triggered on the cache, releases them again: every pod settles, none is held.
+        # triggered on the cache, releases them again. Done means quiet: no patch in
+        # flight, and the cache holds every pod as a settled record at the version the
+        # API server has (so no event of ours is still to come), with no finalizer left.
         await eventually(lambda: h.metrics.finalizer_ops.count("added") > 0)
-        await eventually(lambda: all(isinstance(h.store.get(f"{namespace}/{n}"), SettledPod)
-                                     for n in ids))
-        assert await none_held(h.pods, ids)
-        await eventually(lambda: h.metrics.finalizer_ops.count("added")
-                         == h.metrics.finalizer_ops.count("removed"))
+        await eventually(lambda: quiet_and_released(h, namespace, ids))
+        # A release may be sent twice (the cache lags our own write; the patch is an
+        # idempotent no-op then), so the counts need not be equal: every add is undone.
+        ops = h.metrics.finalizer_ops
+        assert ops.count("removed") >= ops.count("added") > 0
 
 
 async def test_a_release_never_happens_before_the_platform_acknowledged(
