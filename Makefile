@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 BENCH_STAMP := $(VENV)/.bench-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: all install testbed test test-jaeger lint unit demo bench bench-quick soak clean lock
+.PHONY: all install testbed test test-stress test-jaeger lint unit demo bench bench-quick soak clean lock
 
 all: test
 
@@ -30,6 +30,12 @@ lint: $(STAMP)
 test: $(BENCH_STAMP) testbed lint
 	$(VENV)/bin/pytest -q -m "not jaeger"
 	$(MAKE) bench-quick
+
+# The tests that start real servers, STRESS_RUNS times under CPU load (one busy process per
+# core, started and stopped by the run); prints failures per test (tests/stress.py).
+STRESS_RUNS ?= 3
+test-stress: $(BENCH_STAMP) testbed
+	$(PY) -m tests.stress --runs $(STRESS_RUNS) $(STRESS_ARGS)
 
 # The trace read back from a real Jaeger; builds Jaeger (~15 min cold) when not cached.
 test-jaeger: install testbed
