@@ -43,7 +43,7 @@ from opentelemetry import trace
 
 from reconcile.diff import Mismatch, MismatchKind, diff
 from reconcile.snapshot import BadPod, Snapshot, project_into
-from sniffer.kube import JSON, Conflict, KubeError, NotFound, Page
+from sniffer.kube import JSON, Conflict, KubeError, NotFound, Page, UidChanged
 from sniffer.platform_model import (
     Outcome,
     PlatformError,
@@ -256,7 +256,7 @@ class Repairer:
             meta["uid"] = uid
         try:
             await self._kube.patch_pod(namespace, name, {"metadata": meta})
-        except (NotFound, Conflict):
+        except (NotFound, Conflict, UidChanged):  # gone, or the name is another pod's now
             return False
         return True
 

@@ -71,6 +71,10 @@ class NotFound(KubeError):
     """404: the object does not exist."""
 
 
+class UidChanged(KubeError):
+    """422 for a patch's uid precondition: the name belongs to another object now."""
+
+
 class Timeout(KubeError):
     """The API server did not answer in time (connect, headers or body)."""
 
@@ -106,6 +110,8 @@ def _error_for(status: int, body: bytes | str) -> KubeError:
         message = (body[:200].decode(errors="replace") if isinstance(body, bytes)
                    else body[:200])
     cls = {410: Gone, 401: Unauthorized, 409: Conflict, 404: NotFound}.get(status, KubeError)
+    if status == 422 and "metadata.uid" in message:
+        cls = UidChanged  # the API server's answer to a uid that is not the object's
     return cls(status, message or "error")
 
 
@@ -225,7 +231,6 @@ class KubeClient:
         response = await self.request(method, path, **kw)
         return _json_object(await _body(response, method, path),
                             f"{method} {path}: response", response.status)
-
 
     # --- pods -----------------------------------------------------------------------
 

@@ -444,6 +444,30 @@ async def test_a_run_that_keeps_moving_is_skipped_not_forced(bed: Bed) -> None:
     assert bed.state(run_id)[:2] == ("cancelled", "Cancelled")
 
 
+async def test_a_pod_replaced_under_its_name_before_the_release_is_left_alone(
+        bed: Bed) -> None:
+    run_id = new_run_id()
+    uid = await bed.pod("p", run_id, "Succeeded")
+    bed.run(run_id, "succeeded", pod_name="p", pod_uid=uid)  # only the finalizer is left
+
+    async def replaced_meanwhile(m: Mismatch) -> None:
+        await bed.strip_finalizers("p")
+        await bed.delete("p", grace=0)
+        await bed.pod("p", run_id)  # a new pod took the name (and got our finalizer)
+
+    report = await bed.reconcile(hooks=RepairHooks(before_write=once(replaced_meanwhile)))
+
+    # The release carries the old pod's uid; the API server refuses it with 422, which
+    # means "replaced": nothing to do, not a failure.
+    assert by_run(report) == {run_id: [(MismatchKind.FINALIZER_LEFT,
+                                        RepairOutcome.ALREADY_CONSISTENT)]}, \
+        report.results[0].error
+    assert report.exit_code == 0
+    pod = await bed.get_pod("p")
+    assert pod is not None and pod["metadata"]["uid"] != uid
+    assert await bed.finalizers("p") == [OUTCOME_FINALIZER]
+
+
 async def test_a_repair_retries_through_a_platform_outage(bed: Bed) -> None:
     run_id = new_run_id()
     await bed.pod("p", run_id, "Failed", finalizer=False)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from sniffer.kube import Conflict, KubeClient, KubeError, NotFound
+from sniffer.kube import Conflict, KubeClient, NotFound, UidChanged
 from sniffer.podview import OUTCOME_FINALIZER as FINALIZER
 from sniffer.podview import PodView
 
@@ -44,12 +44,8 @@ class Finalizers:
         try:
             await self._kube.patch_pod(pod.namespace, pod.name, {
                 "metadata": {"uid": pod.uid, "finalizers": [FINALIZER]}})
-        except (NotFound, Conflict):
+        except (NotFound, Conflict, UidChanged):
             return False
-        except KubeError as exc:
-            if _name_taken(exc):
-                return False
-            raise
         return True
 
     async def release(self, pod: PodView) -> bool:
@@ -60,19 +56,9 @@ class Finalizers:
             await self._kube.patch_pod(pod.namespace, pod.name, {
                 "metadata": {"uid": pod.uid,
                              "$deleteFromPrimitiveList/finalizers": [FINALIZER]}})
-        except NotFound:
+        except (NotFound, UidChanged):
             return False
-        except KubeError as exc:
-            if _name_taken(exc):
-                return False
-            raise
         return True
-
-
-def _name_taken(exc: KubeError) -> bool:
-    """Did the API server refuse a patch because the pod under that name has another
-    uid (a new pod took the name)?"""
-    return exc.status == 422 and "metadata.uid" in exc.message
 
 
 @dataclass(frozen=True, slots=True)
