@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, cast
+
+import pytest
 
 from sniffer.kube import KubeClient
 from sniffer.platform import PlatformClient
@@ -50,7 +53,7 @@ def pod(run_id: str, rv: int, phase: str, name: str = "busy") -> PodView:
 
 class Harness:
     def __init__(self, platform: PlatformServer, client: PlatformClient,
-                 max_retries: int) -> None:
+                 max_retries: int, clock: Callable[[], float] = time.time) -> None:
         self.timers = FakeTimers()
         self.store = PodStore((NS,))
         self.queue: WorkQueue[str] = WorkQueue(Limiter(delay=1.0), timers=self.timers)
@@ -58,7 +61,7 @@ class Harness:
         self.controller = Controller(
             store=self.store, queue=self.queue, platform=client,
             finalizers=Finalizers(cast(KubeClient, None), enabled=False),
-            policy=StatePolicy(), workers=2, max_retries=max_retries)
+            policy=StatePolicy(), workers=2, max_retries=max_retries, clock=clock)
         self.store.acknowledgements = self.controller  # as watch.app wires them
 
     def change(self, view: PodView) -> None:
@@ -146,6 +149,35 @@ async def test_a_change_failing_its_last_allowed_attempt_is_dropped_then_handled
         await h.settled(4)
         assert run_state(platform, run_id) == "succeeded"
         assert h.controller.dropped == 1
+
+
+async def test_a_change_whose_write_was_cancelled_stays_unsettled(
+        platform: PlatformServer) -> None:
+    """Shutdown past the drain deadline cancels a handler mid-write: the change was never
+    written, so its freshness clock keeps running and it is queued again."""
+    run_id = new_run_id()
+    platform.create_run(run_id, pod_namespace=NS, pod_name="busy")
+    now = [1_000.0]
+    client = PlatformClient(platform.url, platform.token_file, timeout=60)
+    h = Harness(platform, client, max_retries=3, clock=lambda: now[0])
+    task = asyncio.create_task(h.controller.run(), name="controller-under-test")
+    try:
+        await eventually(lambda: h.controller.running)
+        # Every write hangs, and would be refused if it ever arrived.
+        platform.set_faults(latency_ms=60_000, error_rate=1.0, error_status=503)
+        h.change(pod(run_id, 1, "Running"))
+        await eventually(lambda: h.controller.longest_busy_s() > 0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        now[0] += 5
+        assert h.controller.oldest_unhandled_age() == 5.0, "the change's clock was stopped"
+        assert len(h.queue) == 1, "the unwritten change is handed out again"
+        platform.clear_faults()  # the hung write itself still ends refused
+        assert run_state(platform, run_id) == "queued"
+    finally:
+        h.queue.shut_down()
+        await client.close()
 
 
 # --- settled pods (watch.store's compact records) ---------------------------------------

@@ -352,6 +352,52 @@ async def start_runs(platform: PlatformServer, pods: Pods, count: int) -> dict[s
     return ids
 
 
+class _Running:
+    """`watch.finalizing.RunKnowledge`: every run is open (running)."""
+
+    def acked(self, run_id: str) -> Acked | None:
+        return RUNNING
+
+    def settled(self, pod: PodView) -> bool:
+        return False
+
+    def run_unknown(self, run_id: str) -> bool:
+        return False
+
+
+async def test_a_patch_cancelled_mid_call_leaves_its_key_to_be_handled_again(
+        apiserver: ApiServer, namespace: str, tmp_path: Path) -> None:
+    """A finalizer worker cancelled while its patch hangs (shutdown past the drain
+    deadline) made no patch: the key is queued again, not recorded as done."""
+    proxy = Proxy(int(apiserver.url.rsplit(":", 1)[1]))
+    await proxy.start()
+    patching = await KubeClient.connect(
+        kubeconfig=str(proxied_kubeconfig(apiserver, proxy.port, tmp_path / "kubeconfig")))
+    store, queue = PodStore((namespace,)), WorkQueue[str](_limiter())
+    finalizing = FinalizerLoop(
+        store=store, queue=queue, knowledge=_Running(),
+        finalizers=Finalizers(patching, enabled=True), policy=StatePolicy(), workers=1,
+        is_leader=lambda: True, metrics=Recorder())
+    pods = Pods(patching, namespace)
+    working = asyncio.create_task(finalizing.run(), name="finalizer-loop-under-test")
+    try:
+        created = await pods.create("p", f"run-{uuid.uuid4().hex[:16]}")
+        pod = project(created)
+        assert store.upsert(pod)
+        proxy.freeze()  # the add patch hangs
+        finalizing.enqueue(pod)
+        await eventually(lambda: finalizing.longest_busy_s() > 0)
+        working.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await working
+        assert len(queue) == 1, "the key whose patch never happened is handed out again"
+    finally:
+        queue.shut_down()
+        proxy.thaw()
+        await patching.close()
+        await proxy.stop()
+
+
 async def test_a_slow_api_server_delays_finalizer_patches_not_platform_updates(
         apiserver: ApiServer, platform: PlatformServer, namespace: str,
         tmp_path: Path) -> None:

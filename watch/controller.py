@@ -60,7 +60,7 @@ from sniffer.states import Derived, StatePolicy, Underivable, derive
 from watch.acks import Acked, Acks
 from watch.finalizers import Finalizers
 from watch.finalizing import FinalizerLoop
-from watch.outcomes import DONE, Outcome, OutcomeMap, Result, outcome_of
+from watch.outcomes import DONE, INTERRUPTED, Outcome, OutcomeMap, Result, outcome_of
 from watch.store import PodStore, SettledPod
 from watch.workqueue import ShutDown, WorkQueue
 
@@ -214,7 +214,7 @@ class Controller:
             except ShutDown:
                 return
             self._busy[key] = time.monotonic()
-            outcome = DONE
+            outcome = INTERRUPTED  # if cancelled: the change stays pending
             try:
                 outcome = await self._handle_safely(key)
             finally:

@@ -55,7 +55,7 @@ from sniffer.podview import OUTCOME_FINALIZER, PodView
 from sniffer.states import StatePolicy, Underivable, derive
 from watch.acks import Acked
 from watch.finalizers import Finalizers
-from watch.outcomes import DONE, Outcome, OutcomeMap, outcome_of
+from watch.outcomes import DONE, INTERRUPTED, Outcome, OutcomeMap, outcome_of
 from watch.store import Cached, PodStore
 from watch.workqueue import ShutDown, WorkQueue
 
@@ -196,7 +196,7 @@ class FinalizerLoop:
             except ShutDown:
                 return
             self._busy[key] = time.monotonic()
-            outcome = DONE
+            outcome = INTERRUPTED  # if cancelled: the change stays pending
             try:
                 outcome = await self._reconcile_safely(key)
             finally:

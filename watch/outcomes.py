@@ -25,6 +25,10 @@ Contract:
 * A change is *dropped* (logged at error, counted by `dropped` and by the `dropped`
   metric) iff it is given up with no retry pending. Nobody handles it again until the
   pod changes; `sniffer reconcile` repairs the run.
+* A handler call cancelled before it returned (shutdown past the drain deadline) is
+  `INTERRUPTED`, a REQUEUE: whatever it was writing may never have been written, so its
+  change stays pending (its freshness clock keeps running) and, if the queue still takes
+  work, the key is handled again. The worker re-raises the `CancelledError`.
 * `settled(key)` is called iff the key's observed change is no longer pending (the
   "no" rows above): the caller stops the change's freshness clock there.
 """
@@ -73,6 +77,9 @@ class Outcome:
 
 DONE = Outcome(Result.DONE)
 """Shared: most keys end this way, and an outcome is immutable."""
+
+INTERRUPTED = Outcome(Result.REQUEUE, error="cancelled before it finished")
+"""The outcome of a handler call that was cancelled (see the contract)."""
 
 
 def outcome_of(key: str, exc: Exception) -> Outcome:
