@@ -4,7 +4,8 @@ Contract:
 * `run_reconcile(settings, stop, *, dry_run, only, output)` connects, runs one pass,
   prints the report on stdout (`output` "table" or "json") and returns its exit code
   (the rule is in `reconcile.report`). An invalid ``--only`` run id is refused before
-  anything connects: one message on stderr, exit 2, like any configuration error.
+  anything connects: one message on stderr, exit 2, like any configuration error;
+  unusable Kubernetes credentials raise `CredentialsError` for the CLI (exit 2 too).
 * `Reconciler.run_pass` is one pass on clients it does not own: snapshot → diff →
   repair → report, in the span "sniffer.reconcile.pass" whose children are
   "sniffer.reconcile.list_pods", "sniffer.reconcile.list_runs", "sniffer.reconcile.diff"
@@ -69,7 +70,7 @@ from reconcile.repair import PodAccess, Repairer, RepairHooks, RepairOutcome, Ru
 from reconcile.report import PassReport, render_json, render_table
 from reconcile.snapshot import PodLister, RunReader, Snapshot, take
 from sniffer.cleanup import bounded
-from sniffer.kube import KubeClient, KubeError
+from sniffer.kube import CredentialsError, KubeClient, KubeError
 from sniffer.platform import PlatformClient, PlatformMetrics
 from sniffer.platform_model import PlatformError
 from sniffer.podview import RUN_ID_PATTERN
@@ -205,8 +206,10 @@ async def run_reconcile(settings: Settings, stop: asyncio.Event, *, dry_run: boo
         kube = await KubeClient.connect(kubeconfig=s.kube.kubeconfig, context=s.kube.context,
                                         verify_tls=s.kube.verify_tls,
                                         pool_size=s.reconcile.concurrency + 4)
+    except CredentialsError:
+        raise  # a configuration error: the CLI says so once and exits 2, as for `watch`
     except Exception as exc:
-        print(f"sniffer: cannot load Kubernetes credentials: {exc}", file=sys.stderr)
+        print(f"sniffer: cannot connect to Kubernetes: {exc}", file=sys.stderr)
         return 1
     platform = PlatformClient(s.platform.url, Path(s.platform.token_file),
                               timeout=s.platform.timeout_s,

@@ -226,6 +226,23 @@ def test_an_unreadable_token_file_stops_the_watcher_before_it_connects(tmp_path:
     assert "platform.token_file" in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.mark.parametrize("command", [["watch"], ["reconcile"]])
+def test_unusable_credentials_exit_2_from_either_command(command: list[str], tmp_path: Path):
+    token_file = tmp_path / "token"
+    token_file.write_text("tok")
+    token_file.chmod(0o600)
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text("apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\n")
+    env = clean_env(SNIFFER_PLATFORM_URL="http://127.0.0.1:9",
+                    SNIFFER_PLATFORM_TOKEN_FILE=str(token_file),
+                    SNIFFER_KUBE_KUBECONFIG=str(kubeconfig))
+    done = subprocess.run([sys.executable, "-m", "sniffer.cli", *command], env=env,
+                          capture_output=True, text=True, cwd=REPO, timeout=BOUND_S)
+    assert done.returncode == 2, done.stderr  # a configuration error, as documented
+    assert "no usable Kubernetes credentials" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 # -- no token in any output of a full run ----------------------------------------------------
 
 @pytest.fixture
