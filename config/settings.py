@@ -3,8 +3,10 @@
 Contract:
 * Each group is a frozen dataclass; each field has a default that is safe in production
   and a docstring (the string literal below it) that `config/default.yaml` mirrors.
-* A `Settings` value is always valid: `config.loader` builds it and runs `validate()`,
-  which names the offending field (``platform.url``) and value in its error.
+* A `Settings` value is valid when `config.loader` hands it out: the loader builds it,
+  collects `Settings.problems()` (each names the offending field, ``platform.url``, and
+  its value) and raises `ConfigError` with all of them. Constructing one by hand checks
+  nothing; call `problems()` yourself.
 * Nothing here does I/O; the loader reads files and the environment.
 """
 

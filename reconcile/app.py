@@ -90,8 +90,9 @@ class PlatformAccess(RunReader, RunWriter, Protocol):
 
 
 def state_policy(settings: Settings) -> StatePolicy:
-    """The watcher's derivation policy, built from every `states.*` setting whose name is a
-    `StatePolicy` field, so a setting added to both can never be missed here."""
+    """The watcher's derivation policy: each `StatePolicy` field takes the `states.*`
+    setting of the same name; a field with no such setting keeps its default, and a
+    setting that is no `StatePolicy` field is not read here."""
     s = settings.states
     return StatePolicy(**{f.name: getattr(s, f.name) for f in dataclasses.fields(StatePolicy)
                           if hasattr(s, f.name)})

@@ -133,8 +133,8 @@ class FinalizerMetrics(Protocol):
 
 
 class _NoOutcomeMetrics:
-    """The loop's outcomes are not the handler's (`sniffer.handler.outcomes` counts those);
-    its queue's metrics show its retries."""
+    """The loop's outcomes are not the handler's (the metric `sniffer.handler.outcomes`
+    counts those); its queue's metrics show its retries."""
 
     def outcome(self, result: str) -> None:
         pass

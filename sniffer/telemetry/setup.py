@@ -1,8 +1,10 @@
 """OpenTelemetry SDK setup from the standard ``OTEL_*`` variables, and a bounded flush at exit.
 
 Contract:
-* `setup_telemetry(component, settings)` builds the tracer, meter and (optionally) logger
-  providers once per process and installs them as the global providers, so
+* `setup_telemetry(component, *, prometheus_port=None, install_globals=True,
+  extra_readers=())` builds the tracer, meter and (optionally) logger providers once per
+  process and, unless `install_globals` is False (tests), installs them as the global
+  providers, so
   ``trace.get_tracer`` in any module (controller, platform client, reconciler) uses them.
   Caller duty: call `Telemetry.shutdown()` before the process exits (``sniffer.cli`` does,
   in a ``finally``, after SIGTERM too).
