@@ -31,7 +31,7 @@ from pathlib import Path
 
 REPOSITORY = "sniffer.dev/testbed"
 APPLETS = ("sh", "sleep", "echo", "cat", "true", "false", "kill", "head", "dd", "env", "ls",
-           "yes", "wc", "date")
+           "grep", "yes", "wc", "date")
 PAUSE_SCRIPT = "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done"
 _MTIME = 0
 

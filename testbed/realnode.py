@@ -13,7 +13,7 @@ Contract (work in progress, issue 12):
 * `RealNode.stop()` stops the kubelet first (so it starts nothing new), every container,
   containerd, the scheduler and the controller-manager, then unmounts what the kubelet
   mounted under its root and removes the paths outside ``workdir`` that the kubelet and
-  containerd write (see `OUTSIDE_PATHS`).
+  containerd write (`OUTSIDE_PATHS`), the CNI bridge and the kubepods/k8s.io cgroups.
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ STOP_TIMEOUT = 20.0
 TERMINATED_POD_GC_THRESHOLD = 50
 OUTSIDE_PATHS = (Path("/var/log/pods"), Path("/var/log/containers"),
                  Path("/var/lib/kubelet/device-plugins/kubelet.sock"))
+BRIDGE = "sniffer0"
+CGROUPS = ("kubepods", "k8s.io")
 
 
 class RealNodeError(RuntimeError):
@@ -101,7 +103,7 @@ def cni_conflist(workdir: Path) -> str:
     """A bridge with no gateway and no masquerade: pods reach only each other."""
     return json.dumps({
         "cniVersion": "1.0.0", "name": "sniffer-testbed",
-        "plugins": [{"type": "bridge", "bridge": "sniffer0", "isGateway": False,
+        "plugins": [{"type": "bridge", "bridge": BRIDGE, "isGateway": False,
                      "ipMasq": False, "hairpinMode": False,
                      "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.244.0.0/16"}]],
                               "dataDir": str(_dirs(workdir)["cni"] / "ipam")}},
@@ -276,6 +278,23 @@ def _stop_node(workdir: Path, pids: dict[str, int]) -> None:
     _unmount_under(workdir)
     for path in OUTSIDE_PATHS:
         subprocess.run(["rm", "-rf", str(path)], check=False)
+    subprocess.run(["ip", "link", "delete", BRIDGE], capture_output=True, check=False)
+    _remove_cgroups()
+
+
+def _remove_cgroups() -> None:
+    """Remove the (by now empty) cgroups the kubelet and containerd made, deepest first."""
+    for hierarchy in Path("/sys/fs/cgroup").iterdir():
+        for top in CGROUPS:
+            root = hierarchy / top
+            if not root.is_dir():
+                continue
+            for d in sorted((p for p in root.rglob("*") if p.is_dir()),
+                            key=lambda p: len(p.parts), reverse=True):
+                with contextlib.suppress(OSError):
+                    d.rmdir()
+            with contextlib.suppress(OSError):
+                root.rmdir()
 
 
 def _unmount_under(workdir: Path) -> None:
