@@ -230,8 +230,26 @@ def start(workdir: Path, kube: ApiServer, *,
     except BaseException:
         node.stop()
         raise
-    (workdir / "pids.json").write_text(json.dumps(node.pids))
+    (workdir / "pids.json").write_text(json.dumps(
+        {"image": node.image, "pause_image": node.pause_image, "pids": node.pids}))
     return node
+
+
+def attach(workdir: Path) -> RealNode | None:
+    """The node `start` left running in ``workdir`` (its processes may have died since), or
+    None if no node was started there."""
+    pids_file = workdir.resolve() / "pids.json"
+    if not pids_file.exists():
+        return None
+    saved = json.loads(pids_file.read_text())
+    return RealNode(workdir=workdir.resolve(), image=saved.get("image", ""),
+                    pause_image=saved.get("pause_image", ""),
+                    pids={k: int(v) for k, v in saved.get("pids", {}).items()})
+
+
+def alive(pid: int) -> bool:
+    """True iff a process with this id exists."""
+    return _alive(pid)
 
 
 def _alive(pid: int) -> bool:
@@ -275,9 +293,15 @@ def _stop_node(workdir: Path, pids: dict[str, int]) -> None:
     for name in ("containerd", "kube-scheduler", "kube-controller-manager"):
         if name in pids:
             _terminate(pids[name])
+    # A shim outlives containerd until its task is deleted; ours name our socket.
+    for pid in _shims_of(sock):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     _unmount_under(workdir)
-    for path in OUTSIDE_PATHS:
+    # Shim sockets and runc state land here whatever containerd's state dir is.
+    for path in (*OUTSIDE_PATHS, Path("/run/containerd/s"), Path("/run/containerd/runc/k8s.io")):
         subprocess.run(["rm", "-rf", str(path)], check=False)
+    (workdir / "pids.json").unlink(missing_ok=True)
     subprocess.run(["ip", "link", "delete", BRIDGE], capture_output=True, check=False)
     _remove_cgroups()
 
@@ -295,6 +319,22 @@ def _remove_cgroups() -> None:
                     d.rmdir()
             with contextlib.suppress(OSError):
                 root.rmdir()
+
+
+def _shims_of(sock: Path) -> list[int]:
+    """Process ids of the containerd shims started for the containerd at ``sock``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if (args and args[0].endswith(b"containerd-shim-runc-v2")
+                and str(sock).encode() in args):
+            found.append(int(proc.name))
+    return found
 
 
 def _unmount_under(workdir: Path) -> None:
