@@ -13,6 +13,8 @@ import subprocess
 import time
 from typing import Any
 
+from sniffer.podview import project
+from sniffer.states import Derived, StatePolicy, WorkloadState, derive
 from tests.fixtures.realnode import RealNodeBed
 
 
@@ -61,6 +63,11 @@ def test_a_pod_exiting_3_ends_failed_with_exit_code_3_written_by_the_kubelet(
     assert status["state"]["terminated"]["exitCode"] == 3
     assert status["state"]["terminated"]["reason"] == "Error"
     assert status["containerID"].startswith("containerd://")
+    # What Sniffer makes of the kubelet's own status: failed, Error, exit code 3.
+    derived = derive(project(pod), now=time.time(), policy=StatePolicy())
+    assert isinstance(derived, Derived)
+    assert (derived.state, derived.reason, derived.exit_code) == (
+        WorkloadState.FAILED, "Error", 3)
 
 
 def test_a_pod_gets_a_bridge_address_and_no_route_out(real_node: RealNodeBed) -> None:
