@@ -20,6 +20,8 @@ install: $(STAMP)
 
 testbed: $(STAMP)
 	$(PY) -m testbed.build
+	$(PY) -m testbed.nodepackages
+	$(PY) -m testbed.nodebuild
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -1,8 +1,8 @@
 """`sniffer testbed ...`: a local test bed in the current folder (development only).
 
 Contract:
-* ``up`` starts a real kube-apiserver (with embedded etcd) and the reference Platform
-  in the background, waits until both answer, writes ``.testbed/kubeconfig`` and
+* ``up [--node simulated|real]`` starts a real kube-apiserver (with embedded etcd) and the
+  reference Platform in the background, waits until both answer, writes ``.testbed/kubeconfig`` and
   ``.testbed/env`` (shell exports) and prints the exports. Ports are free ones, and all
   state lives under ``.testbed/`` of the current folder, so two folders can each run a
   testbed at once. A second ``up`` in the same folder is refused while one runs.
@@ -28,7 +28,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from testbed import apiserver
+from testbed import apiserver, realnode
 from testbed.build import ensure_binaries
 from testbed.platform.launcher import launch
 
@@ -37,10 +37,18 @@ DEFAULT_DIR = Path(".testbed")
 
 def _paths(root: Path) -> dict[str, Path]:
     return {"kube": root / "kube", "platform": root / "platform", "env": root / "env",
+            "node": root / "node",
             "state": root / "testbed.json", "kubeconfig": root / "kubeconfig"}
 
 
-def up(root: Path) -> int:
+NODE_REASONS = {
+    "simulated": "the simulator writes pod statuses: fast, no root needed (the default)",
+    "real": "a real kubelet, containerd and runc run the pods: statuses as production sees "
+            "them (needs root on this kind of machine)",
+}
+
+
+def up(root: Path, node: str = "simulated") -> int:
     p = _paths(root)
     if p["state"].exists() and _platform_alive(json.loads(p["state"].read_text())):
         print(f"a testbed already runs in {root}; `sniffer testbed down` first", file=sys.stderr)
@@ -54,12 +62,23 @@ def up(root: Path) -> int:
     except Exception:
         kube.stop()
         raise
+    print(f"node: {node}: {NODE_REASONS[node]}", file=sys.stderr)
+    image = ""
+    if node == "real":
+        print("starting the real node (containerd, kubelet, scheduler, controller-manager) ...",
+              file=sys.stderr)
+        try:
+            image = realnode.start(p["node"], kube).image
+        except Exception:
+            _terminate(platform.pid)
+            kube.stop()
+            raise
     shutil.copyfile(kube.kubeconfig, p["kubeconfig"])
     p["kubeconfig"].chmod(0o600)
     state = {"apiserver_url": kube.url, "apiserver_pid": kube.pid,
              "platform_url": platform.url, "platform_pid": platform.pid,
              "platform_token_file": str(platform.token_file.resolve()),
-             "kubectl": str(binaries.kubectl)}
+             "kubectl": str(binaries.kubectl), "node": node}
     p["state"].write_text(json.dumps(state, indent=2))
     exports = {
         "KUBECONFIG": str(p["kubeconfig"].resolve()),
@@ -67,6 +86,8 @@ def up(root: Path) -> int:
         "SNIFFER_PLATFORM_TOKEN_FILE": state["platform_token_file"],
         "SNIFFER_KUBECTL": str(binaries.kubectl),
     }
+    if image:
+        exports["SNIFFER_TESTBED_IMAGE"] = image
     text = "".join(f"export {k}={v}\n" for k, v in exports.items())
     p["env"].write_text(text)
     print(text, end="")
@@ -87,7 +108,14 @@ def status(root: Path) -> int:
           f"{'running' if kube_ok else 'NOT RUNNING'}")
     print(f"platform        {state['platform_url']}  pid {state['platform_pid']}  "
           f"{'running' if platform_ok else 'NOT RUNNING'}")
-    return 0 if kube_ok and platform_ok else 1
+    node_ok = True
+    node = realnode.attach(p["node"])
+    if node is not None:
+        for name, pid in node.pids.items():
+            ok = realnode.alive(pid)
+            node_ok = node_ok and ok
+            print(f"{name:<24}pid {pid}  {'running' if ok else 'NOT RUNNING'}")
+    return 0 if kube_ok and platform_ok and node_ok else 1
 
 
 def down(root: Path) -> int:
@@ -95,6 +123,9 @@ def down(root: Path) -> int:
     if p["state"].exists():
         state = json.loads(p["state"].read_text())
         _terminate(int(state["platform_pid"]))
+    node = realnode.attach(p["node"])
+    if node is not None:
+        node.stop()
     with contextlib.suppress(apiserver.ApiServerError):
         apiserver.attach(p["kube"]).stop()
     shutil.rmtree(root, ignore_errors=True)
@@ -136,7 +167,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--dir", type=Path, default=DEFAULT_DIR,
                         help="state folder (default: ./.testbed)")
     sub = parser.add_subparsers(dest="action", required=True)
-    sub.add_parser("up", help="start the API server and the platform in the background")
+    up_parser = sub.add_parser("up", help="start the API server and the platform in the background")
+    up_parser.add_argument("--node", choices=sorted(NODE_REASONS), default="simulated",
+                           help="who runs the pods: the simulator (default) or a real node")
     sub.add_parser("status", help="show what runs")
     sub.add_parser("down", help="stop everything and remove the state")
     sub.add_parser("simulate", help="run the pod simulator (its options: simulate --help)",
@@ -149,7 +182,7 @@ def main(argv: list[str]) -> int:
     root: Path = args.dir.resolve()  # children run in their own folders
     if args.action == "up":
         root.mkdir(parents=True, exist_ok=True)
-        return up(root)
+        return up(root, args.node)
     if args.action == "status":
         return status(root)
     if args.action == "down":

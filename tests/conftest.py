@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-pytest_plugins = ["tests.fixtures.kube", "tests.fixtures.platform"]
+pytest_plugins = ["tests.fixtures.kube", "tests.fixtures.platform", "tests.fixtures.realnode"]
 
 
 @pytest.fixture(autouse=True)

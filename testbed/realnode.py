@@ -1,0 +1,346 @@
+"""A real Kubernetes node beside the testbed's API server: containerd, kubelet, scheduler and
+controller-manager, all on loopback.
+
+Contract (work in progress, issue 12):
+
+* `start(workdir, kube)` starts containerd (own root, state and socket under ``workdir``),
+  imports the busybox workload image and the blocking pause image (`testbed.nodeimages`),
+  then kube-scheduler, kube-controller-manager and a kubelet registered as node
+  ``localhost``; it returns a `RealNode` only when that node reports Ready, else raises
+  `RealNodeError` with the tail of the failing process's log and stops what it started.
+* Every listener binds 127.0.0.1. Pods get addresses from a CNI bridge with no gateway and
+  no masquerade: a pod can reach only its own loopback and the bridge's other pods.
+* `RealNode.stop()` stops the kubelet first (so it starts nothing new), every container,
+  containerd, the scheduler and the controller-manager, then unmounts what the kubelet
+  mounted under its root and removes the paths outside ``workdir`` that the kubelet and
+  containerd write (`OUTSIDE_PATHS`), the CNI bridge and the kubepods/k8s.io cgroups.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from testbed import nodebuild, nodeimages, nodepackages
+from testbed.apiserver import ApiServer
+
+NODE_NAME = "localhost"
+READY_TIMEOUT = 180.0
+STOP_TIMEOUT = 20.0
+TERMINATED_POD_GC_THRESHOLD = 50
+OUTSIDE_PATHS = (Path("/var/log/pods"), Path("/var/log/containers"),
+                 Path("/var/lib/kubelet/device-plugins/kubelet.sock"))
+BRIDGE = "sniffer0"
+CGROUPS = ("kubepods", "k8s.io")
+
+
+class RealNodeError(RuntimeError):
+    """The node did not come up; the message carries the failing process's log tail."""
+
+
+@dataclass
+class RealNode:
+    """The running node's processes and files."""
+
+    workdir: Path
+    image: str
+    pause_image: str
+    pids: dict[str, int] = field(default_factory=dict)
+
+    def stop(self) -> None:
+        """Stop every process, container and mount this node made (see the contract)."""
+        _stop_node(self.workdir, self.pids)
+
+
+def _dirs(workdir: Path) -> dict[str, Path]:
+    return {n: workdir / n for n in ("containerd", "cni", "kubelet", "logs")}
+
+
+def containerd_config(workdir: Path, pause_image: str) -> str:
+    """containerd's config (version 3) for this node."""
+    d = _dirs(workdir)["containerd"]
+    cri = 'plugins."io.containerd.cri.v1.runtime"'
+    return f"""version = 3
+root = "{d / 'root'}"
+state = "{d / 'state'}"
+[grpc]
+  address = "{d / 'containerd.sock'}"
+[ttrpc]
+  address = "{d / 'containerd.sock.ttrpc'}"
+[debug]
+  address = ""
+[metrics]
+  address = ""
+[{cri}]
+  restrict_oom_score_adj = true
+  disable_apparmor = true
+  [{cri}.containerd]
+    default_runtime_name = "runc"
+    [{cri}.containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [{cri}.containerd.runtimes.runc.options]
+        BinaryName = "{nodepackages.RUNC}"
+  [{cri}.cni]
+    bin_dirs = ["{nodepackages.CNI_BIN_DIR}"]
+    conf_dir = "{_dirs(workdir)['cni'] / 'conf'}"
+[plugins."io.containerd.cri.v1.images"]
+  snapshotter = "overlayfs"
+  [plugins."io.containerd.cri.v1.images".pinned_images]
+    sandbox = "{pause_image}"
+[plugins."io.containerd.grpc.v1.cri"]
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+"""
+
+
+def cni_conflist(workdir: Path) -> str:
+    """A bridge with no gateway and no masquerade: pods reach only each other."""
+    return json.dumps({
+        "cniVersion": "1.0.0", "name": "sniffer-testbed",
+        "plugins": [{"type": "bridge", "bridge": BRIDGE, "isGateway": False,
+                     "ipMasq": False, "hairpinMode": False,
+                     "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.244.0.0/16"}]],
+                              "dataDir": str(_dirs(workdir)["cni"] / "ipam")}},
+                    {"type": "loopback"}]}, indent=2)
+
+
+def kubelet_config(workdir: Path, *, port: int = 10250, healthz_port: int = 10248) -> str:
+    """The KubeletConfiguration (JSON is YAML) for this node."""
+    sock = _dirs(workdir)["containerd"] / "containerd.sock"
+    return json.dumps({
+        "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
+        "failCgroupV1": False, "cgroupDriver": "cgroupfs",
+        "containerRuntimeEndpoint": f"unix://{sock}",
+        "authentication": {"anonymous": {"enabled": True}, "webhook": {"enabled": False}},
+        "authorization": {"mode": "AlwaysAllow"},
+        "address": "127.0.0.1", "port": port, "readOnlyPort": 0,
+        "healthzBindAddress": "127.0.0.1", "healthzPort": healthz_port,
+        "failSwapOn": False, "enforceNodeAllocatable": [],
+        "evictionHard": {"memory.available": "1Mi", "nodefs.available": "1%",
+                         "imagefs.available": "1%", "nodefs.inodesFree": "1%"},
+        "resolvConf": "", "maxPods": 500, "serializeImagePulls": False,
+        "podLogsDir": str(OUTSIDE_PATHS[0]),
+    }, indent=2)
+
+
+def _spawn(name: str, argv: list[str], workdir: Path,
+           env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    log = open(_dirs(workdir)["logs"] / f"{name}.log", "ab")  # noqa: SIM115 - child owns it
+    try:
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                start_new_session=True, env=env)
+    finally:
+        log.close()
+
+
+def _tail(workdir: Path, name: str, lines: int = 30) -> str:
+    path = _dirs(workdir)["logs"] / f"{name}.log"
+    if not path.exists():
+        return "(no log)"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _wait(what: str, check: object, procs: dict[str, subprocess.Popen[bytes]],
+          workdir: Path, timeout: float) -> None:
+    assert callable(check)
+    deadline = time.monotonic() + timeout
+    while not check():
+        for name, proc in procs.items():
+            if proc.poll() is not None:
+                raise RealNodeError(f"{name} exited with {proc.returncode} while waiting for "
+                                    f"{what}:\n{_tail(workdir, name)}")
+        if time.monotonic() > deadline:
+            raise RealNodeError(f"timed out after {timeout:.0f}s waiting for {what}:\n"
+                                + "\n".join(f"--- {n}\n{_tail(workdir, n)}" for n in procs))
+        time.sleep(0.2)
+
+
+def _node_ready(kube: ApiServer) -> bool:
+    out = subprocess.run(kube.kubectl_command(
+        "get", "node", NODE_NAME, "-o",
+        "jsonpath={.status.conditions[?(@.type=='Ready')].status}"),
+        capture_output=True, text=True, check=False)
+    return out.returncode == 0 and out.stdout.strip() == "True"
+
+
+def start(workdir: Path, kube: ApiServer, *,
+          pod_gc_threshold: int = TERMINATED_POD_GC_THRESHOLD,
+          timeout: float = READY_TIMEOUT) -> RealNode:
+    """Start the node against ``kube`` and wait until it is Ready (see the contract)."""
+    workdir = workdir.resolve()
+    nodepackages.ensure()
+    kubebin = nodebuild.ensure_kube()
+    ctrd = nodebuild.ensure_containerd()
+    dirs = _dirs(workdir)
+    for d in dirs.values():
+        d.mkdir(parents=True, exist_ok=True)
+    (dirs["cni"] / "conf").mkdir(exist_ok=True)
+    image = nodeimages.workload_image(nodepackages.BUSYBOX)
+    pause = nodeimages.pause_image(nodepackages.BUSYBOX)
+    (dirs["containerd"] / "config.toml").write_text(containerd_config(workdir, pause.name))
+    (dirs["cni"] / "conf" / "10-sniffer-testbed.conflist").write_text(cni_conflist(workdir))
+    (dirs["kubelet"] / "config.json").write_text(kubelet_config(workdir))
+    sock = dirs["containerd"] / "containerd.sock"
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    node = RealNode(workdir=workdir, image=image.name, pause_image=pause.name)
+    try:
+        env = {**os.environ, "PATH": f"{ctrd.bin_dir}:{os.environ.get('PATH', '')}"}
+        procs["containerd"] = _spawn("containerd", [
+            str(ctrd.containerd), "--config", str(dirs["containerd"] / "config.toml")],
+            workdir, env)
+        node.pids["containerd"] = procs["containerd"].pid
+        _wait("containerd's socket", sock.exists, procs, workdir, 60)
+        for img in (pause, image):
+            tar = dirs["containerd"] / f"{img.name.rsplit('/', 1)[1].replace(':', '-')}.tar"
+            tar.write_bytes(img.archive)
+            proc = subprocess.run([str(ctrd.ctr), "--address", str(sock), "-n", "k8s.io",
+                                   "images", "import", str(tar)],
+                                  capture_output=True, text=True, check=False)
+            if proc.returncode != 0:
+                raise RealNodeError(f"ctr images import {img.name} failed:\n"
+                                    f"{proc.stdout}{proc.stderr}")
+        state = Path(str(kube.workdir)) / "state"
+        common = [f"--kubeconfig={kube.kubeconfig}",
+                  f"--authentication-kubeconfig={kube.kubeconfig}",
+                  f"--authorization-kubeconfig={kube.kubeconfig}",
+                  "--leader-elect=false", "--bind-address=127.0.0.1"]
+        procs["kube-scheduler"] = _spawn("kube-scheduler", [
+            str(kubebin.scheduler), *common, "--secure-port=10259"], workdir)
+        node.pids["kube-scheduler"] = procs["kube-scheduler"].pid
+        procs["kube-controller-manager"] = _spawn("kube-controller-manager", [
+            str(kubebin.controller_manager), *common, "--secure-port=10257",
+            f"--service-account-private-key-file={state / 'service-account.key'}",
+            f"--root-ca-file={state / 'cert' / 'apiserver.crt'}",
+            "--use-service-account-credentials=false",
+            f"--terminated-pod-gc-threshold={pod_gc_threshold}"], workdir)
+        node.pids["kube-controller-manager"] = procs["kube-controller-manager"].pid
+        procs["kubelet"] = _spawn("kubelet", [
+            str(kubebin.kubelet), f"--config={dirs['kubelet'] / 'config.json'}",
+            f"--kubeconfig={kube.kubeconfig}", f"--root-dir={dirs['kubelet'] / 'root'}",
+            f"--cert-dir={dirs['kubelet'] / 'root' / 'pki'}",
+            f"--hostname-override={NODE_NAME}"], workdir)
+        node.pids["kubelet"] = procs["kubelet"].pid
+        _wait(f"node {NODE_NAME} Ready", lambda: _node_ready(kube), procs, workdir, timeout)
+    except BaseException:
+        node.stop()
+        raise
+    (workdir / "pids.json").write_text(json.dumps(
+        {"image": node.image, "pause_image": node.pause_image, "pids": node.pids}))
+    return node
+
+
+def attach(workdir: Path) -> RealNode | None:
+    """The node `start` left running in ``workdir`` (its processes may have died since), or
+    None if no node was started there."""
+    pids_file = workdir.resolve() / "pids.json"
+    if not pids_file.exists():
+        return None
+    saved = json.loads(pids_file.read_text())
+    return RealNode(workdir=workdir.resolve(), image=saved.get("image", ""),
+                    pause_image=saved.get("pause_image", ""),
+                    pids={k: int(v) for k, v in saved.get("pids", {}).items()})
+
+
+def alive(pid: int) -> bool:
+    """True iff a process with this id exists."""
+    return _alive(pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _terminate(pid: int) -> None:
+    if not _alive(pid):
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while _alive(pid) and time.monotonic() < deadline:
+        with_reap(pid)
+        time.sleep(0.05)
+    if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
+    with_reap(pid)
+
+
+def with_reap(pid: int) -> None:
+    """Collect ``pid`` if it is our exited child, so it does not linger as a zombie."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def _stop_node(workdir: Path, pids: dict[str, int]) -> None:
+    if "kubelet" in pids:
+        _terminate(pids["kubelet"])
+    ctr = nodebuild.ensure_containerd(quiet=True).ctr
+    sock = _dirs(workdir)["containerd"] / "containerd.sock"
+    if sock.exists() and "containerd" in pids and _alive(pids["containerd"]):
+        tasks = subprocess.run([str(ctr), "--address", str(sock), "-n", "k8s.io", "tasks",
+                                "ls", "-q"], capture_output=True, text=True, check=False)
+        for task in tasks.stdout.split():
+            subprocess.run([str(ctr), "--address", str(sock), "-n", "k8s.io", "tasks", "kill",
+                            "-s", "SIGKILL", task], capture_output=True, check=False)
+    for name in ("containerd", "kube-scheduler", "kube-controller-manager"):
+        if name in pids:
+            _terminate(pids[name])
+    # A shim outlives containerd until its task is deleted; ours name our socket.
+    for pid in _shims_of(sock):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    _unmount_under(workdir)
+    # Shim sockets and runc state land here whatever containerd's state dir is.
+    for path in (*OUTSIDE_PATHS, Path("/run/containerd/s"), Path("/run/containerd/runc/k8s.io")):
+        subprocess.run(["rm", "-rf", str(path)], check=False)
+    (workdir / "pids.json").unlink(missing_ok=True)
+    subprocess.run(["ip", "link", "delete", BRIDGE], capture_output=True, check=False)
+    _remove_cgroups()
+
+
+def _remove_cgroups() -> None:
+    """Remove the (by now empty) cgroups the kubelet and containerd made, deepest first."""
+    for hierarchy in Path("/sys/fs/cgroup").iterdir():
+        for top in CGROUPS:
+            root = hierarchy / top
+            if not root.is_dir():
+                continue
+            for d in sorted((p for p in root.rglob("*") if p.is_dir()),
+                            key=lambda p: len(p.parts), reverse=True):
+                with contextlib.suppress(OSError):
+                    d.rmdir()
+            with contextlib.suppress(OSError):
+                root.rmdir()
+
+
+def _shims_of(sock: Path) -> list[int]:
+    """Process ids of the containerd shims started for the containerd at ``sock``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if (args and args[0].endswith(b"containerd-shim-runc-v2")
+                and str(sock).encode() in args):
+            found.append(int(proc.name))
+    return found
+
+
+def _unmount_under(workdir: Path) -> None:
+    """Unmount every mount point at or below ``workdir``, deepest first."""
+    prefix = str(workdir)
+    points = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+    for point in sorted((p for p in points if p == prefix or p.startswith(prefix + "/")),
+                        key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True, check=False)
