@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -259,7 +259,7 @@ class KubeClient:
 
     async def watch_pods(self, namespace: str | None, *, label_selector: str,
                          resource_version: str, timeout_seconds: int, read_timeout: float,
-                         slim: bool = False) -> AsyncIterator[WatchEvent | MalformedEvent]:
+                         slim: bool = False) -> AsyncGenerator[WatchEvent | MalformedEvent, None]:
         """Stream watch events from `resource_version` with bookmarks.
 
         Ends normally when the server closes the stream (its `timeout_seconds` elapsed);

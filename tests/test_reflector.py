@@ -178,3 +178,37 @@ async def test_gone_on_reopen_relists_and_pods_deleted_in_the_gap_become_deletio
             assert not h.store.is_deleted(f"{namespace}/stays")
     finally:
         await admin.close()
+
+
+async def test_a_consumer_error_closes_the_watch_connection_before_it_propagates(
+        apiserver, namespace, admin, tmp_path):
+    pods = Pods(admin, namespace)
+    await pods.create("before", "run-before")
+    proxy = Proxy(int(apiserver.url.rsplit(":", 1)[1]))
+    await proxy.start()
+    kube = await KubeClient.connect(
+        kubeconfig=str(proxied_kubeconfig(apiserver, proxy.port, tmp_path / "kubeconfig")))
+    store = PodStore((namespace,))
+
+    def on_change(key: str) -> None:
+        if key == f"{namespace}/during":  # seen on the watch, not the initial list
+            raise RuntimeError("handler bug")
+
+    reflector = Reflector(kube, store, on_change, namespaces=(namespace,),
+                          label_selector="sniffer.io/run-id", metrics=Recorder())
+    task = asyncio.create_task(reflector.run())
+    try:
+        await asyncio.wait_for(store.wait_synced(), 30)
+        await eventually(lambda: proxy.live == 1)  # the watch, on the listing's connection
+        await pods.create("during", "run-during")
+        # The raised exception (held here, with its traceback) keeps the reflector's
+        # frames alive: only an explicit close of the watch releases its connection.
+        with pytest.raises(ExceptionGroup) as raised:
+            await asyncio.wait_for(task, 30)
+        assert isinstance(raised.value.exceptions[0], RuntimeError)
+        await eventually(lambda: proxy.live == 0, bound_s=5.0)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await kube.close()
+        await proxy.stop()

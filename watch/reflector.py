@@ -15,6 +15,9 @@ Contract (client-go's Reflector, in asyncio):
   bytes): a LIST of 100k pods never holds their managedFields, images or IDs, and each
   listed pod the store would keep as a settled record (`PodStore.compact`) is compacted
   as its page is projected, so the LIST never holds those pods' full views either.
+* A watch stream ends (and its connection is released) before `_watch` returns or
+  raises, whatever the consumer of its events raised: never left to the garbage
+  collector.
 * One loop per namespace (or one for all namespaces); `run()` returns only when
   cancelled.
 """
@@ -22,6 +25,7 @@ Contract (client-go's Reflector, in asyncio):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -174,33 +178,34 @@ class Reflector:
             namespace, label_selector=self._selector, resource_version=resource_version,
             timeout_seconds=self._rng.randint(low, high), read_timeout=self._read_timeout_s,
             slim=True)
-        async for event in stream:
-            self.last_event_at = time.monotonic()
-            if isinstance(event, MalformedEvent):
-                self._metrics.malformed("watch_line")
-                log.warning("skipping malformed watch line", extra={"error": event.message})
-                continue
-            self._metrics.event(event.type)
-            if event.type == "BOOKMARK":
-                rv = (event.object.get("metadata") or {}).get("resourceVersion")
-                if isinstance(rv, str) and rv:
-                    resource_version = rv
-                continue
-            pod = self._project(event.object, "watch")
-            if pod is None:
-                continue
-            resource_version = pod.resource_version or resource_version
-            if event.type == "DELETED":
-                changed = self._store.delete(pod, now=time.time())
-            elif event.type in ("ADDED", "MODIFIED"):
-                changed = self._store.upsert(pod)
-            else:
-                self._metrics.malformed("event_type")
-                log.warning("skipping watch event of unknown type",
-                            extra={"event_type": event.type[:40]})
-                continue
-            if changed:
-                self._on_change(pod.key)
+        async with contextlib.aclosing(stream):
+            async for event in stream:
+                self.last_event_at = time.monotonic()
+                if isinstance(event, MalformedEvent):
+                    self._metrics.malformed("watch_line")
+                    log.warning("skipping malformed watch line", extra={"error": event.message})
+                    continue
+                self._metrics.event(event.type)
+                if event.type == "BOOKMARK":
+                    rv = (event.object.get("metadata") or {}).get("resourceVersion")
+                    if isinstance(rv, str) and rv:
+                        resource_version = rv
+                    continue
+                pod = self._project(event.object, "watch")
+                if pod is None:
+                    continue
+                resource_version = pod.resource_version or resource_version
+                if event.type == "DELETED":
+                    changed = self._store.delete(pod, now=time.time())
+                elif event.type in ("ADDED", "MODIFIED"):
+                    changed = self._store.upsert(pod)
+                else:
+                    self._metrics.malformed("event_type")
+                    log.warning("skipping watch event of unknown type",
+                                extra={"event_type": event.type[:40]})
+                    continue
+                if changed:
+                    self._on_change(pod.key)
         return resource_version
 
     def _project(self, obj: dict[str, object], where: str) -> PodView | None:
