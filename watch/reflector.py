@@ -9,7 +9,8 @@ Contract (client-go's Reflector, in asyncio):
 * 410 Gone, at open or mid-stream, relists; so does an expired continue token.
   A stream that ends normally, or goes silent for `read_timeout_s` (half-open), is
   reopened from the last resourceVersion seen (bookmarks advance it), without a relist.
-* Errors back off exponentially with full jitter, capped; a success resets the backoff.
+* Errors back off exponentially with equal jitter (at least half the capped delay, so a
+  retry never comes at once), capped; a success resets the backoff.
 * A malformed object or line is logged and counted, then skipped; it never ends the loop.
 * Objects are decoded slim (only what `sniffer.podview.project` reads, straight from the
   bytes): a LIST of 100k pods never holds their managedFields, images or IDs, and each
@@ -63,7 +64,8 @@ class _NoMetrics:
 
 
 class Backoff:
-    """Exponential backoff with full jitter: delay n is uniform in [0, min(cap, base·2ⁿ)]."""
+    """Exponential backoff with equal jitter: delay n is uniform in [c/2, c] for
+    c = min(cap, base·2ⁿ)."""
 
     def __init__(self, base: float = 0.5, cap: float = 30.0,
                  rng: random.Random | None = None) -> None:
