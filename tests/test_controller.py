@@ -158,13 +158,14 @@ async def test_a_change_whose_write_was_cancelled_stays_unsettled(
     run_id = new_run_id()
     platform.create_run(run_id, pod_namespace=NS, pod_name="busy")
     now = [1_000.0]
-    client = PlatformClient(platform.url, platform.token_file, timeout=60)
+    hang_s = 60  # the write must still be in flight when the shutdown cancels it
+    client = PlatformClient(platform.url, platform.token_file, timeout=hang_s)
     h = Harness(platform, client, max_retries=3, clock=lambda: now[0])
     task = asyncio.create_task(h.controller.run(), name="controller-under-test")
     try:
         await eventually(lambda: h.controller.running)
         # Every write hangs, and would be refused if it ever arrived.
-        platform.set_faults(latency_ms=60_000, error_rate=1.0, error_status=503)
+        platform.set_faults(latency_ms=hang_s * 1000, error_rate=1.0, error_status=503)
         h.change(pod(run_id, 1, "Running"))
         await eventually(lambda: h.controller.longest_busy_s() > 0)
         task.cancel()
