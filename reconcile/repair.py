@@ -22,7 +22,8 @@ Contract:
   pod found there that cannot be read keeps the run from being judged lost.
 * Finalizer release (finalizer_left, and after a terminal write for a pod that carries
   it): a strategic-merge patch with the pod's uid as precondition; idempotent, and a pod
-  that is gone or was replaced under the same name is left alone.
+  that is gone or was replaced under the same name is left alone
+  (`sniffer.pods.release_finalizer`; a 409 is an error, the finalizer is still there).
 * Transient errors (platform 408/429/5xx and transport errors, Kubernetes transport
   errors, 429 and 5xx) are retried `retries` times with doubling backoff from
   `retry_delay_s` (a Retry-After is honoured up to `max_retry_delay_s`), then FAILED.
@@ -31,6 +32,7 @@ Contract:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -43,7 +45,7 @@ from opentelemetry import trace
 
 from reconcile.diff import Mismatch, MismatchKind, diff
 from reconcile.snapshot import BadPod, Snapshot, project_into
-from sniffer.kube import JSON, Conflict, KubeError, NotFound, Page, UidChanged
+from sniffer.kube import JSON, KubeError, NotFound, Page
 from sniffer.platform_model import (
     Outcome,
     PlatformError,
@@ -52,6 +54,7 @@ from sniffer.platform_model import (
     StateUpdate,
     UpdateResult,
 )
+from sniffer.pods import list_pages, release_finalizer
 from sniffer.podview import OUTCOME_FINALIZER, RUN_ID_LABEL, PodView
 from sniffer.states import StatePolicy
 
@@ -251,14 +254,7 @@ class Repairer:
     async def _release(self, namespace: str, name: str, uid: str | None) -> bool:
         """Remove Sniffer's finalizer from this very pod (uid precondition); True if a
         patch landed, False if the pod is gone or is another pod now."""
-        meta: JSON = {"$deleteFromPrimitiveList/finalizers": [OUTCOME_FINALIZER]}
-        if uid:
-            meta["uid"] = uid
-        try:
-            await self._kube.patch_pod(namespace, name, {"metadata": meta})
-        except (NotFound, Conflict, UidChanged):  # gone, or the name is another pod's now
-            return False
-        return True
+        return await release_finalizer(self._kube, namespace, name, uid)
 
     # --- the re-read ------------------------------------------------------------------
 
@@ -290,15 +286,12 @@ class Repairer:
                              bad: list[BadPod]) -> None:
         selector = f"{self._selector},{RUN_ID_LABEL}={run_id}" if self._selector else (
             f"{RUN_ID_LABEL}={run_id}")
-        token: str | None = None
-        while True:
-            page = await self._kube.list_pods(namespace, label_selector=selector, limit=100,
-                                              continue_token=token, slim=True)
-            for obj in page.items:
-                project_into(obj, pods, bad)
-            token = page.continue_token
-            if token is None:
-                return
+        async with contextlib.aclosing(list_pages(self._kube, namespace,
+                                                  label_selector=selector,
+                                                  page_size=100)) as pages:
+            async for page in pages:
+                for obj in page.items:
+                    project_into(obj, pods, bad)
 
     async def _get_pod(self, namespace: str, name: str, uid: str | None,
                        pods: list[PodView], bad: list[BadPod]) -> None:
