@@ -45,6 +45,7 @@ from opentelemetry import trace
 
 from reconcile.diff import Mismatch, MismatchKind, diff
 from reconcile.snapshot import BadPod, Snapshot, project_into
+from sniffer.backoff import backoff_delay
 from sniffer.kube import JSON, KubeError, NotFound, Page
 from sniffer.platform_model import (
     Outcome,
@@ -177,18 +178,17 @@ class Repairer:
         return result
 
     async def _repair_with_retries(self, m: Mismatch) -> RepairResult:
-        delay = self._retry_delay_s
         for attempt in range(self._retries + 1):
             try:
                 return await self._repair_once(m)
             except (PlatformUnavailable, KubeError) as exc:
                 if not _transient(exc) or attempt == self._retries:
                     return _failed(m, exc)
-                wait = delay
+                wait = backoff_delay(attempt, base=self._retry_delay_s,
+                                     cap=self._max_retry_delay_s)
                 if isinstance(exc, PlatformUnavailable) and exc.retry_after is not None:
                     wait = max(wait, exc.retry_after)
                 await asyncio.sleep(min(wait, self._max_retry_delay_s))
-                delay *= 2
             except PlatformError as exc:
                 return _failed(m, exc)
             except Exception as exc:  # one bad object must never end the pass

@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from sniffer.backoff import Backoff
 from sniffer.kube import Gone, KubeClient, KubeError, MalformedEvent, WatchStalled
 from sniffer.pods import list_pages
 from sniffer.podview import MalformedPod, PodView, project
@@ -62,24 +63,6 @@ class _NoMetrics:
 
     def malformed(self, where: str) -> None:
         pass
-
-
-class Backoff:
-    """Exponential backoff with equal jitter: delay n is uniform in [c/2, c] for
-    c = min(cap, base·2ⁿ)."""
-
-    def __init__(self, base: float = 0.5, cap: float = 30.0,
-                 rng: random.Random | None = None) -> None:
-        self._base, self._cap, self._failures = base, cap, 0
-        self._rng = rng or random.Random()
-
-    def next(self) -> float:
-        ceiling = min(self._cap, self._base * (2 ** self._failures))
-        self._failures = min(self._failures + 1, 30)
-        return self._rng.uniform(ceiling / 2, ceiling)
-
-    def reset(self) -> None:
-        self._failures = 0
 
 
 class Reflector:
