@@ -37,7 +37,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Protocol
 
@@ -228,12 +227,7 @@ class Repairer:
             assert m.run_id is not None
             t = m.target
             pod = m.pod if m.kind is MismatchKind.POD_AHEAD else None
-            update = StateUpdate(
-                run_id=m.run_id, state=t.state.value, reason=t.reason, message=t.message,
-                exit_code=t.exit_code, started_at=_utc(t.started_at),
-                finished_at=_utc(t.finished_at), pod_uid=pod.uid if pod else None,
-                pod_name=pod.name if pod else None,
-                pod_namespace=pod.namespace if pod else None)
+            update = StateUpdate.derived(m.run_id, t, pod)
             result = await self._platform.update_state(update, expected_state=run.state)
             if result.outcome is Outcome.NOT_FOUND:
                 return RepairResult(m, RepairOutcome.FAILED, "none",
@@ -334,7 +328,3 @@ def _transient(exc: Exception) -> bool:
 
 def _failed(m: Mismatch, exc: Exception) -> RepairResult:
     return RepairResult(m, RepairOutcome.FAILED, "none", f"{type(exc).__name__}: {exc}")
-
-
-def _utc(epoch: float | None) -> datetime | None:
-    return None if epoch is None else datetime.fromtimestamp(epoch, UTC)
