@@ -57,6 +57,7 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 from opentelemetry import propagate, trace
 
+from sniffer.nullmetrics import NULL_METRICS
 from sniffer.platform_model import (
     STATES,
     Outcome,
@@ -93,15 +94,6 @@ class PlatformMetrics(Protocol):
 
     def update(self, outcome: str) -> None:
         """A state update ended with this `Outcome` value."""
-
-
-class _NoMetrics:
-    def request(self, method: str, route: str, status: int | None, error: str | None,
-                seconds: float) -> None:
-        pass
-
-    def update(self, outcome: str) -> None:
-        pass
 
 
 class _State(enum.Enum):
@@ -147,7 +139,7 @@ class PlatformClient:
         # One slot per pooled connection; the timeout starts once a slot is held, so
         # waiting for a free connection never counts against a request's time budget.
         self._slots = asyncio.Semaphore(max_connections)
-        self._metrics: PlatformMetrics = metrics or _NoMetrics()
+        self._metrics: PlatformMetrics = metrics or NULL_METRICS
         parts = urlsplit(base)
         self._server: dict[str, str | int] = {
             "server.address": parts.hostname or "",
