@@ -117,7 +117,7 @@ class Running:
         if not self.alive:
             return self.final.get("cpu_s", 0.0)
         t = self.ps.cpu_times()
-        return t.user + t.system
+        return float(t.user + t.system)
 
     def rss(self) -> int:
         return self.ps.memory_info().rss if self.alive else int(self.final.get("rss", 0))
