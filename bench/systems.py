@@ -180,7 +180,7 @@ def _peer_env(target: Target) -> dict[str, str]:
 
 
 def _sniffer(label: str, description: str, *, finalizers: bool, workers: int = 64) -> System:
-    return System(label, description, lambda t: [sys.executable, "-m", "sniffer.cli", "watch"],
+    return System(label, description, lambda t: [sys.executable, "-m", "cli", "watch"],
                   lambda t: _sniffer_env(t, finalizers=finalizers, workers=workers),
                   "pod cache synced")
 
