@@ -10,6 +10,7 @@ from typing import Any, cast
 import pytest
 
 from sniffer.kube import KubeClient
+from tests.fixtures.clock import FakeClock
 from watch.leader import LeaderElector, LeaderObservation, LeadershipLost
 
 
@@ -122,14 +123,6 @@ def test_a_free_lease_settles_nothing():
     assert seen.settled_before() is None
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 500.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 class LeaseOnly:
     """A KubeClient that serves one Lease record to GET; a standby never writes."""
 
@@ -146,7 +139,7 @@ class LeaseOnly:
 
 
 async def test_a_standby_reports_deletions_settled_once_the_leader_renewed_for_the_window():
-    clock, settled = FakeClock(), list[float]()
+    clock, settled = FakeClock(500.0), list[float]()
     kube = LeaseOnly({"holderIdentity": "leader", "leaseDurationSeconds": 2,
                       "acquireTime": "t0", "leaseTransitions": 0})
     standby = LeaderElector(cast(KubeClient, kube), name="sniffer-test", namespace="ns",
