@@ -184,3 +184,20 @@ async def test_a_standby_observes_a_live_leader_on_a_real_lease(kube, namespace)
         for task in (leading, standing_by):
             task.cancel()
         await asyncio.gather(leading, standing_by, return_exceptions=True)
+
+
+@pytest.mark.parametrize("spec", [
+    {"holderIdentity": "leader", "leaseDurationSeconds": "soon"},
+    {"holderIdentity": "leader", "leaseDurationSeconds": 2, "leaseTransitions": "many"},
+    {"holderIdentity": "leader", "leaseDurationSeconds": -2},
+    {"holderIdentity": ["leader"], "leaseDurationSeconds": 2},
+])
+async def test_a_malformed_lease_is_unreadable_not_a_crash(spec: dict[str, Any]) -> None:
+    # A real API server refuses such a Lease; a non-conforming one must not kill the elector.
+    kube = LeaseOnly({})
+    kube.record["spec"] = spec
+    standby = LeaderElector(cast(KubeClient, kube), name="sniffer-test", namespace="ns",
+                            identity="standby", lease_duration_s=3.0, renew_deadline_s=2.0,
+                            retry_period_s=0.5, clock=FakeClock(500.0))
+    assert not await standby._try_acquire_or_renew()
+    assert not standby.is_leader
