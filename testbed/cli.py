@@ -8,7 +8,9 @@ Contract:
   testbed at once. A second ``up`` in the same folder is refused while one runs.
 * ``status`` says what runs (exit 0 when both answer, 1 otherwise).
 * ``down`` stops everything ``up`` started and removes its state.
-* ``simulate ...`` runs the pod simulator against this testbed (options: ``--help``).
+* ``simulate ...`` runs the pod simulator against this testbed (options: ``--help``);
+  ``simulate --node real ...`` plays the lifecycles for real on the real node instead
+  (`testbed.realcli`; options: ``simulate --node real --help``).
 
 `.testbed/env` exports KUBECONFIG, SNIFFER_PLATFORM_URL, SNIFFER_PLATFORM_TOKEN_FILE and
 SNIFFER_KUBECTL. The platform token is exported as a file path, never as a value:
@@ -139,6 +141,9 @@ def simulate(root: Path, argv: list[str]) -> int:
         for line in env_file.read_text().splitlines():
             key, _, value = line.removeprefix("export ").partition("=")
             os.environ.setdefault(key, value)
+    if "--node" in argv or any(a.startswith("--node=") for a in argv):
+        from testbed.realcli import main as real_main
+        return real_main(argv)
     from testbed.simulator.__main__ import main as simulator_main
     return simulator_main(argv)
 

@@ -34,6 +34,10 @@ NODE_NAME = "localhost"
 READY_TIMEOUT = 180.0
 STOP_TIMEOUT = 20.0
 TERMINATED_POD_GC_THRESHOLD = 50
+CRASHLOOP_MAX_BACKOFF = "2s"
+"""The kubelet's crash-loop back-off cap (`crashLoopBackOff.maxContainerRestartPeriod`,
+beta and on by default since 1.35): a crash loop reaches Sniffer's restart threshold in
+seconds, not the minutes of the default 10 s doubling to 300 s."""
 OUTSIDE_PATHS = (Path("/var/log/pods"), Path("/var/log/containers"),
                  Path("/var/lib/kubelet/device-plugins/kubelet.sock"))
 BRIDGE = "sniffer0"
@@ -126,6 +130,7 @@ def kubelet_config(workdir: Path, *, port: int = 10250, healthz_port: int = 1024
                          "imagefs.available": "1%", "nodefs.inodesFree": "1%"},
         "resolvConf": "", "maxPods": 500, "serializeImagePulls": False,
         "podLogsDir": str(OUTSIDE_PATHS[0]),
+        "crashLoopBackOff": {"maxContainerRestartPeriod": CRASHLOOP_MAX_BACKOFF},
     }, indent=2)
 
 
