@@ -181,8 +181,9 @@ def _container(name: str, image: str, script: str) -> dict[str, Any]:
 
 
 def manifest(lc: RealLifecycle, *, name: str, namespace: str, run_id: str,
-             image: str) -> dict[str, Any]:
-    """The pod the platform's runtime creates for one play of `lc`."""
+             image: str, finalizers: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The pod the platform's runtime creates for one play of `lc` (with `finalizers`, as
+    if a watcher had already added its own before it went down)."""
     main = _container("main" if lc.kind is Kind.JOB else lc.kind.value, lc.image or image,
                       lc.script)
     if lc.memory_limit:
@@ -216,7 +217,8 @@ def manifest(lc: RealLifecycle, *, name: str, namespace: str, run_id: str,
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "namespace": namespace,
                      "labels": {RUN_ID_LABEL: run_id, KIND_LABEL: lc.kind.value,
-                                LIFECYCLE_LABEL: lc.name, **MANAGED_BY}},
+                                LIFECYCLE_LABEL: lc.name, **MANAGED_BY},
+                     **({"finalizers": list(finalizers)} if finalizers else {})},
         "spec": spec,
     }
 

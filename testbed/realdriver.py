@@ -128,11 +128,12 @@ def _crash_looped(restarts: int) -> Any:
 class _Driver:
     def __init__(self, kube: KubeClient, api: PodApi, runs: RunsClient, feed: PodFeed, *,
                  namespace: str, image: str, crashloop_restarts: int, bound_s: float,
-                 decided_within_s: float) -> None:
+                 decided_within_s: float, finalizers: tuple[str, ...]) -> None:
         self.kube, self.api, self.runs, self.feed = kube, api, runs, feed
         self.namespace, self.image = namespace, image
         self.crashloop_restarts = crashloop_restarts
         self.bound_s, self.decided_within_s = bound_s, decided_within_s
+        self.finalizers = finalizers
         self.node_lock = asyncio.Lock()  # node patches read-modify-write the node
 
     async def _until(self, play: Play, check: Any, what: str) -> JSON | None:
@@ -183,7 +184,7 @@ class _Driver:
         await self.runs.create(play.run_id, kind=lc.kind.value, namespace=ns, pod_name=name,
                                traceparent=None)
         await self.api.create_pod(manifest(lc, name=name, namespace=ns, run_id=play.run_id,
-                                           image=self.image))
+                                           image=self.image, finalizers=self.finalizers))
         if lc.waits_running:
             await self._until(play, _main_running, "running main container")
         act = lc.act
@@ -233,8 +234,10 @@ async def _ensure(kube: KubeClient, path: str, obj: JSON) -> None:
 async def drive(kube: KubeClient, platform_url: str, token_file: Path, names: list[str], *,
                 namespace: str, image: str, run_prefix: str | None = None,
                 crashloop_restarts: int = 5, bound_s: float = 180.0,
-                decided_within_s: float = 60.0) -> RealResult:
-    """Play every lifecycle in `names` at once on the real node (see the contract)."""
+                decided_within_s: float = 60.0, finalizers: tuple[str, ...] = ()
+                ) -> RealResult:
+    """Play every lifecycle in `names` at once on the real node (see the contract);
+    `finalizers` are set on every pod at creation."""
     unknown = [n for n in names if n not in CATALOGUE]
     if unknown:
         raise ValueError(f"unknown real-node lifecycles: {', '.join(unknown)}; "
@@ -256,7 +259,7 @@ async def drive(kube: KubeClient, platform_url: str, token_file: Path, names: li
         runs = RunsClient(platform_url, token_file, session, limit)
         driver = _Driver(kube, api, runs, feed, namespace=namespace, image=image,
                          crashloop_restarts=crashloop_restarts, bound_s=bound_s,
-                         decided_within_s=decided_within_s)
+                         decided_within_s=decided_within_s, finalizers=finalizers)
 
         async def one(play: Play) -> None:
             try:
