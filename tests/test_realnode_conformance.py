@@ -14,6 +14,8 @@ Re-record with ``sniffer testbed up --node real`` and
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from sniffer.kube import KubeClient
@@ -31,7 +33,7 @@ from testbed.simulator.driver import simulate
 POLICY = StatePolicy(image_pull_failure_after_s=2.0)
 
 
-def _versions(name: str) -> list[dict]:  # type: ignore[type-arg]
+def _versions(name: str) -> list[dict[str, Any]]:
     document = kubeletrecord.load(kubeletrecord.FIXTURES / f"{name}.json")
     assert document["lifecycle"] == name
     return [event["pod"] for event in document["events"]]
