@@ -65,6 +65,8 @@ class Act(StrEnum):
     CANCEL_PENDING = "cancel-pending"  # user cancels while it is unschedulable
     REAP_CRASHLOOP = "reap-crashloop"  # the platform reaps it past the restart threshold
     REAP_WHEN_DECIDED = "reap-when-decided"  # stuck for good: reaped once the platform ruled
+    AWAIT_POD_GC = "await-pod-gc"  # ends by itself, then pod GC deletes it (a low
+    # --terminated-pod-gc-threshold and newer finished pods)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +135,9 @@ CATALOGUE: dict[str, RealLifecycle] = {lc.name: lc for lc in (
                   "then reaped", Kind.JOB, "exit 0", _job(_F, "InvalidImageName", None),
                   act=Act.REAP_WHEN_DECIDED, image="localhost/Sniffer/UPPER:case",
                   waits_running=False),
+    RealLifecycle("pod-gc", "exits 0 at once; then pod GC deletes it (a low "
+                  "terminated-pod-gc-threshold, newer finished pods)", Kind.JOB, "exit 0",
+                  _job(_S, "Completed", 0), act=Act.AWAIT_POD_GC, waits_running=False),
     RealLifecycle("unschedulable", "selects a node label no node has; the user cancels it "
                   "while pending", Kind.JOB, "exit 0", _CANCELLED, act=Act.CANCEL_PENDING,
                   waits_running=False),

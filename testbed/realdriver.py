@@ -13,7 +13,9 @@ Contract:
 * Waits are for conditions the watch delivers (`testbed.podfeed`), each bounded by
   ``bound_s`` (a broken node fails the play with an error, it does not hang). Pods the
   platform reaps once it has decided (crash loops, stuck images) are reaped when the
-  platform run is terminal, or after ``decided_within_s`` if no Sniffer decides it.
+  platform run is terminal, or after ``decided_within_s`` if no Sniffer decides it. The
+  pod-GC lifecycle waits for the controller-manager's pod GC to delete its finished pod,
+  which needs a node started with a low ``pod_gc_threshold`` and newer finished pods.
 * The node is shared: the taint lifecycle's NoExecute taint and the late-scheduled
   lifecycle's label are removed again when their play ends, whatever happened.
 * A play whose calls fail records an `error` and the others go on.
@@ -101,6 +103,10 @@ def _ended(pod: JSON | None, gone: bool) -> bool:
     if meta.get("deletionTimestamp"):
         return phase in TERMINAL_PHASES or meta.get("deletionGracePeriodSeconds") == 0
     return phase in TERMINAL_PHASES
+
+
+def _deleting(pod: JSON | None, gone: bool) -> bool:
+    return gone or bool(((pod or {}).get("metadata") or {}).get("deletionTimestamp"))
 
 
 def _unschedulable(pod: JSON | None, gone: bool) -> bool:
@@ -217,6 +223,10 @@ class _Driver:
                 finally:
                     async with self.node_lock:
                         await self._patch_node({"metadata": {"labels": {label: None}}})
+        elif act is Act.AWAIT_POD_GC:
+            await self._until(play, _ended, "end")
+            await self._until(play, _deleting, "pod GC (is the node's "
+                              "--terminated-pod-gc-threshold exceeded?)")
         elif act is Act.REAP_CRASHLOOP or act is Act.REAP_WHEN_DECIDED:
             check = (_crash_looped(self.crashloop_restarts) if act is Act.REAP_CRASHLOOP
                      else _waiting_on("ErrImageNeverPull", "InvalidImageName"))

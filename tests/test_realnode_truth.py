@@ -1,9 +1,10 @@
 """Truth tests: Sniffer judged by what a real kubelet writes (issue 12).
 
 Every lifecycle of `testbed.realcatalogue` is played for real on the session's real node
-(`real_node`), all at once, and the reference Platform must end holding the state,
-reason and exit code the catalogue says, with start and finish times: through
-`sniffer watch` alone, and through `sniffer reconcile` alone after a watcher outage.
+(`real_node`, whose pod GC collects finished pods at once), all at once, and the
+reference Platform must end holding the state, reason and exit code the catalogue says,
+with start and finish times: through `sniffer watch` alone (with and without its
+finalizers), and through `sniffer reconcile` alone after a watcher outage.
 These tests need root and this kind of machine, and FAIL (never skip) without the node.
 Every wait is for a condition (a pod's status, a platform run); the bounds only turn a
 broken node into a failure.
@@ -73,11 +74,15 @@ def _times_are_set(result: RealResult, platform: PlatformServer) -> list[tuple[s
     return bad
 
 
+@pytest.mark.parametrize("finalizers", ["true", "false"])
 async def test_every_real_lifecycle_reaches_the_platform_through_sniffer_watch(
-        real_node: RealNodeBed, platform: PlatformServer,
-        truth: tuple[KubeClient, str]) -> None:
+        real_node: RealNodeBed, platform: PlatformServer, truth: tuple[KubeClient, str],
+        finalizers: str) -> None:
+    # Without finalizers, pods that deletions or pod GC remove are gone for good once the
+    # kubelet is done: the watcher must have reported them from the versions it saw.
     kube, namespace = truth
     env = watcher_env(real_node.kube, platform, namespace,
+                      SNIFFER_FINALIZERS_ENABLED=finalizers,
                       SNIFFER_STATES_IMAGE_PULL_FAILURE_AFTER_S=IMAGE_PULL_FAILURE_AFTER_S)
     async with running_watcher(settings_for(env)):
         result = await drive(kube, platform.url, platform.token_file, list(CATALOGUE),
@@ -106,7 +111,7 @@ ONLY_THE_WATCHER_CAN_TELL = frozenset({
 # when it runs (left alone to their end, or held by the finalizer the watcher added
 # before it went down). Pods the platform reaps on its own decision need a decider first.
 RECONCILABLE = [name for name, lc in CATALOGUE.items()
-                if lc.act not in (Act.REAP_CRASHLOOP, Act.REAP_WHEN_DECIDED)
+                if lc.act not in (Act.REAP_CRASHLOOP, Act.REAP_WHEN_DECIDED, Act.AWAIT_POD_GC)
                 and name not in ONLY_THE_WATCHER_CAN_TELL]
 
 
