@@ -48,7 +48,7 @@ unit: $(STAMP)
 	$(VENV)/bin/pytest -q -m "not testbed"
 
 demo: install testbed
-	$(PY) -m testbed.demo
+	$(PY) -m testbed.demo $(DEMO_ARGS)
 
 # Benchmarks (bench/): Sniffer side by side with its peers on one testbed. `bench` is the
 # full run (about 30 minutes on 2 cores; BENCH_ARGS="--help" lists its options);

@@ -14,6 +14,7 @@ Re-record with ``sniffer testbed up --node real`` and
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -27,6 +28,7 @@ from testbed.podfeed import feeding
 from testbed.realcatalogue import CATALOGUE, SIMULATED_AS, Act
 from testbed.simulator.config import Distribution, SimConfig
 from testbed.simulator.driver import simulate
+from tests.fixtures.watcher import BOUND_S
 
 # The recordings were made with no Sniffer deciding; a stuck image is judged under a
 # short stuck-image rule (the truth tests run Sniffer with the same).
@@ -37,6 +39,11 @@ def _versions(name: str) -> list[dict[str, Any]]:
     document = kubeletrecord.load(kubeletrecord.FIXTURES / f"{name}.json")
     assert document["lifecycle"] == name
     return [event["pod"] for event in document["events"]]
+
+
+def _at_its_end(pod: dict[str, Any] | None, gone: bool) -> bool:
+    """A simulated pod's last version: gone, or in a terminal phase."""
+    return gone or ((pod or {}).get("status") or {}).get("phase") in ("Succeeded", "Failed")
 
 
 def test_every_real_lifecycle_has_a_recorded_kubelet_fixture() -> None:
@@ -63,8 +70,7 @@ def test_the_kubelets_recorded_statuses_end_in_the_lifecycles_expected_outcome(
 
 @pytest.mark.parametrize("name", sorted(SIMULATED_AS))
 async def test_the_simulator_matches_the_kubelet_recording(
-        name: str, apiserver: object, platform: PlatformServer, kube: KubeClient,
-        namespace: str) -> None:
+        name: str, platform: PlatformServer, kube: KubeClient, namespace: str) -> None:
     lc = CATALOGUE[name]
     real = judge(_versions(name), policy=POLICY,
                  cancel_requested=lc.act in (Act.CANCEL, Act.CANCEL_PENDING))
@@ -74,7 +80,11 @@ async def test_the_simulator_matches_the_kubelet_recording(
                        run_prefix=f"conf-{namespace[-6:]}")
     async with feeding(kube, namespace) as feed:
         result = await simulate(kube, platform.url, platform.token_file, config)
-    assert result.errors == []
+        assert result.errors == []
+        # The simulator's last writes were accepted; wait for the watch to deliver them.
+        for outcome in result.outcomes:
+            await asyncio.wait_for(feed.until(outcome.pod.split("/", 1)[1], _at_its_end),
+                                   BOUND_S)
     judged = 0
     for pod_name, history in feed.history.items():
         simulated = judge([obj for _, obj in history], policy=POLICY,
