@@ -37,6 +37,14 @@ TERMINATED_POD_GC_THRESHOLD = 50
 OUTSIDE_PATHS = (Path("/var/log/pods"), Path("/var/log/containers"),
                  Path("/var/lib/kubelet/device-plugins/kubelet.sock"))
 BRIDGE = "sniffer0"
+POD_SUBNET = "10.244.0.0/16"
+HOST_ADDRESS = "10.244.0.1"
+"""The host's own address on the bridge: the one place outside a pod a pod can reach (no
+route leads elsewhere). Services pods must reach (the API server, the platform) are
+relayed from here to loopback (`testbed.podaccess`); pods never get a default route."""
+APISERVER_EXTRA_ARGS = (f"--advertise-address={HOST_ADDRESS}",)
+"""kube-apiserver flags for a server this node serves: its self-signed certificate then
+names HOST_ADDRESS too, where pods reach it through `testbed.podaccess`."""
 CGROUPS = ("kubepods", "k8s.io")
 
 
@@ -105,7 +113,10 @@ def cni_conflist(workdir: Path) -> str:
         "cniVersion": "1.0.0", "name": "sniffer-testbed",
         "plugins": [{"type": "bridge", "bridge": BRIDGE, "isGateway": False,
                      "ipMasq": False, "hairpinMode": False,
-                     "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.244.0.0/16"}]],
+                     # The gateway is never given to a pod (host-local skips it) and,
+                     # with isGateway false, becomes no route: it is HOST_ADDRESS.
+                     "ipam": {"type": "host-local",
+                              "ranges": [[{"subnet": POD_SUBNET, "gateway": HOST_ADDRESS}]],
                               "dataDir": str(_dirs(workdir)["cni"] / "ipam")}},
                     {"type": "loopback"}]}, indent=2)
 
@@ -169,6 +180,12 @@ def _node_ready(kube: ApiServer) -> bool:
     return out.returncode == 0 and out.stdout.strip() == "True"
 
 
+def _default_account(kube: ApiServer) -> bool:
+    return subprocess.run(kube.kubectl_command("-n", "default", "get", "serviceaccount",
+                                               "default"),
+                          capture_output=True, check=False).returncode == 0
+
+
 def start(workdir: Path, kube: ApiServer, *,
           pod_gc_threshold: int = TERMINATED_POD_GC_THRESHOLD,
           timeout: float = READY_TIMEOUT) -> RealNode:
@@ -220,6 +237,7 @@ def start(workdir: Path, kube: ApiServer, *,
             "--use-service-account-credentials=false",
             f"--terminated-pod-gc-threshold={pod_gc_threshold}"], workdir)
         node.pids["kube-controller-manager"] = procs["kube-controller-manager"].pid
+        _bridge_up()
         procs["kubelet"] = _spawn("kubelet", [
             str(kubebin.kubelet), f"--config={dirs['kubelet'] / 'config.json'}",
             f"--kubeconfig={kube.kubeconfig}", f"--root-dir={dirs['kubelet'] / 'root'}",
@@ -227,12 +245,29 @@ def start(workdir: Path, kube: ApiServer, *,
             f"--hostname-override={NODE_NAME}"], workdir)
         node.pids["kubelet"] = procs["kubelet"].pid
         _wait(f"node {NODE_NAME} Ready", lambda: _node_ready(kube), procs, workdir, timeout)
+        # With the ServiceAccount admission plugin on, a pod is admitted only once its
+        # account exists; the controller-manager makes `default` shortly after it starts.
+        _wait("ServiceAccount default/default", lambda: _default_account(kube), procs,
+              workdir, timeout)
     except BaseException:
         node.stop()
         raise
     (workdir / "pids.json").write_text(json.dumps(
         {"image": node.image, "pause_image": node.pause_image, "pids": node.pids}))
     return node
+
+
+def _bridge_up() -> None:
+    """Make the CNI bridge before the first pod, holding `HOST_ADDRESS` (the bridge plugin
+    adopts an existing bridge and, with isGateway false, leaves its address alone)."""
+    subprocess.run(["ip", "link", "add", BRIDGE, "type", "bridge"], capture_output=True,
+                   check=False)  # exists already after an unclean stop: adopted as is
+    prefix = POD_SUBNET.split("/")[1]
+    for argv in (["ip", "addr", "replace", f"{HOST_ADDRESS}/{prefix}", "dev", BRIDGE],
+                 ["ip", "link", "set", BRIDGE, "up"]):
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise RealNodeError(f"`{' '.join(argv)}` failed: {proc.stderr.strip()}")
 
 
 def attach(workdir: Path) -> RealNode | None:
