@@ -310,6 +310,7 @@ def test_the_runbooks_dry_pass_works_as_written(cluster: Cluster, orphan: tuple[
     proc = cluster.sh(script)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
+    print(out)  # the runbook's own example output, captured on the real node
     run_id, pod = orphan
     assert re.search(rf"^{run_id}\s+orphan_pod\s+batch/{pod}\s.*reported", out, re.MULTILINE), out
     assert "pass (dry run: nothing written):" in out, out
@@ -322,6 +323,7 @@ def test_the_runbooks_real_pass_works_as_written(cluster: Cluster, orphan: tuple
     assert proc.returncode == 0, proc.stdout + proc.stderr
     run_id, pod = orphan
     out = proc.stdout
+    print(out)
     assert re.search(rf"^{run_id}\s+orphan_pod\s+batch/{pod}\s.*reported", out, re.MULTILINE), out
     assert re.search(r"^result: ok, 1 reported for a human \(exit 0\)", out, re.MULTILINE), out
     job = re.search(r"^(sniffer-reconcile-manual-\d+)\s", out, re.MULTILINE)
@@ -330,7 +332,38 @@ def test_the_runbooks_real_pass_works_as_written(cluster: Cluster, orphan: tuple
                     f"job/{job.group(1)}")
 
 
-# -- failover and removal --------------------------------------------------------------------
+# -- rollout, failover and removal ------------------------------------------------------------
+
+def test_a_rollout_restart_under_load_loses_no_outcome(cluster: Cluster):
+    c = cluster
+    until(c.two_ready, "2 Ready watchers")
+    # The reconciler would repair what the watchers miss; it is held off so that every
+    # outcome below is the watchers' own across the handover.
+    c.kubectl("-n", NS, "patch", "cronjob/sniffer-reconcile", "--type=merge",
+              "-p", '{"spec":{"suspend":true}}')
+    try:
+        expected: dict[str, str] = {}
+
+        def submit(count: int) -> None:
+            for i in range(count):
+                code = 0 if i % 4 else 3
+                run_id, _ = c.workload(WATCHED[i % 3], command=f"sleep {1 + i % 5}; exit {code}")
+                expected[run_id] = "succeeded" if code == 0 else "failed"
+
+        submit(20)
+        before = {p["metadata"]["name"] for p in c.watchers()}
+        c.kubectl("-n", NS, "rollout", "restart", "deployment/sniffer-watch")
+        submit(20)  # created while the replicas are replaced one by one
+        c.kubectl("-n", NS, "rollout", "status", "deployment/sniffer-watch", "--timeout=5m")
+        after = until(c.two_ready, "2 Ready watchers after the rollout")
+        assert not before & set(after), (before, after)  # both replicas really replaced
+        until(lambda: all(c.run_state(r) == want for r, want in expected.items()),
+              "every run's outcome on the platform")
+        assert c.lease_holder() in after
+    finally:
+        c.kubectl("-n", NS, "patch", "cronjob/sniffer-reconcile", "--type=merge",
+                  "-p", '{"spec":{"suspend":false}}')
+
 
 def test_deleting_the_leader_pod_hands_the_lease_to_the_standby(cluster: Cluster):
     c = cluster
