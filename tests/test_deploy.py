@@ -58,7 +58,7 @@ from tests.fixtures.watcher import Pods, eventually
 
 REPO = Path(__file__).resolve().parents[1]
 KUSTOMIZE = REPO / "kustomize"
-OVERLAYS = ("dev", "staging", "prod")
+OVERLAYS = ("dev", "staging", "prod", "testbed")
 K8S_SCHEMA_VERSION = "1.36.0"  # the testbed's Kubernetes minor
 LEASE_RELEASE_BUDGET_S = 5  # watch.app's bound on the lease release at shutdown
 POD_LABEL = "app.kubernetes.io/name"
@@ -219,7 +219,7 @@ def test_grace_periods_and_deadlines_leave_room_for_shutdown(overlay: str, tmp_p
 def test_watcher_replicas_probes_budget_and_spread(overlay: str, tmp_path: Path):
     objs = rendered(overlay)
     watch = one(objs, "Deployment", "sniffer-watch")
-    assert watch["spec"]["replicas"] == {"dev": 1, "staging": 2, "prod": 2}[overlay]
+    assert watch["spec"]["replicas"] == {"dev": 1, "staging": 2, "prod": 2, "testbed": 2}[overlay]
     settings, _ = settings_of(objs, watch, tmp_path)
     spec = pod_template(watch)["spec"]
     (container,) = spec["containers"]
