@@ -29,6 +29,7 @@ from pathlib import Path
 
 from testbed import nodebuild, nodeimages, nodepackages
 from testbed.apiserver import ApiServer
+from testbed.kubeletpki import KubeletPki
 
 NODE_NAME = "localhost"
 READY_TIMEOUT = 180.0
@@ -121,8 +122,11 @@ def cni_conflist(workdir: Path) -> str:
                     {"type": "loopback"}]}, indent=2)
 
 
-def kubelet_config(workdir: Path, *, port: int = 10250, healthz_port: int = 10248) -> str:
-    """The KubeletConfiguration (JSON is YAML) for this node."""
+def kubelet_config(workdir: Path, *, port: int = 10250, healthz_port: int = 10248,
+                   pki: KubeletPki | None = None) -> str:
+    """The KubeletConfiguration (JSON is YAML) for this node. With ``pki`` the kubelet
+    serves its certificate and accepts only the API server's client certificate
+    (`testbed.kubeletpki`); without, anyone on loopback (anonymous)."""
     sock = _dirs(workdir)["containerd"] / "containerd.sock"
     return json.dumps({
         "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
@@ -137,6 +141,7 @@ def kubelet_config(workdir: Path, *, port: int = 10250, healthz_port: int = 1024
                          "imagefs.available": "1%", "nodefs.inodesFree": "1%"},
         "resolvConf": "", "maxPods": 500, "serializeImagePulls": False,
         "podLogsDir": str(OUTSIDE_PATHS[0]),
+        **(pki.kubelet_settings() if pki else {}),
     }, indent=2)
 
 
@@ -188,8 +193,12 @@ def _default_account(kube: ApiServer) -> bool:
 
 def start(workdir: Path, kube: ApiServer, *,
           pod_gc_threshold: int = TERMINATED_POD_GC_THRESHOLD,
+          kubelet_pki: KubeletPki | None = None,
           timeout: float = READY_TIMEOUT) -> RealNode:
-    """Start the node against ``kube`` and wait until it is Ready (see the contract)."""
+    """Start the node against ``kube`` and wait until it is Ready (see the contract).
+
+    ``kubelet_pki``: the pairs ``kube`` was started with (`KubeletPki.apiserver_args`), so
+    that the API server and the kubelet verify each other."""
     workdir = workdir.resolve()
     nodepackages.ensure()
     kubebin = nodebuild.ensure_kube()
@@ -202,7 +211,7 @@ def start(workdir: Path, kube: ApiServer, *,
     pause = nodeimages.pause_image(nodepackages.BUSYBOX)
     (dirs["containerd"] / "config.toml").write_text(containerd_config(workdir, pause.name))
     (dirs["cni"] / "conf" / "10-sniffer-testbed.conflist").write_text(cni_conflist(workdir))
-    (dirs["kubelet"] / "config.json").write_text(kubelet_config(workdir))
+    (dirs["kubelet"] / "config.json").write_text(kubelet_config(workdir, pki=kubelet_pki))
     sock = dirs["containerd"] / "containerd.sock"
     procs: dict[str, subprocess.Popen[bytes]] = {}
     node = RealNode(workdir=workdir, image=image.name, pause_image=pause.name)

@@ -11,8 +11,11 @@ reference platform and an OTLP receiver through relays on the node's bridge addr
 * a workload run on the node reaches the platform through the deployed watcher, and its
   trace reaches the collector, found by run id;
 * the containers run as UID 65532 on a read-only root filesystem, seen from inside;
+* `kubectl logs`/`exec` reach the kubelet with both sides' certificates verified, and the
+  kubelet refuses anyone else;
 * the CronJob fires on its schedule and `kubectl logs` shows its report;
 * the runbook's dry pass and real pass, run word for word from docs/runbook.md;
+* `kubectl rollout restart` with workloads running: no outcome lost;
 * `kubectl delete pod` of the leader: the standby takes the Lease and reports;
 * the uninstall procedure of docs/deploy.md leaves no finalizer behind.
 
@@ -24,9 +27,12 @@ from __future__ import annotations
 
 import json
 import re
+import ssl
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -275,6 +281,21 @@ def test_the_containers_run_as_non_root_on_a_read_only_root_filesystem(cluster: 
     assert "root-mount ro" in out, out
     assert "rootfs Read-only file system" in out, out
     assert "tmp writable" in out, out
+
+
+def test_the_kubelet_serves_logs_only_to_the_api_server_and_proves_who_it_is(
+        cluster: Cluster):
+    """`kubectl logs`/`exec` above went API server → kubelet with both sides verified; a
+    caller without the API server's client certificate is refused."""
+    pki = cluster.bed.kubelet_pki
+    ctx = ssl.create_default_context(cafile=str(pki.ca))  # verifies the kubelet's cert
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen("https://localhost:10250/pods", context=ctx, timeout=10)
+    assert refused.value.code == 401
+    ctx.load_cert_chain(str(pki.client_cert), str(pki.client_key))
+    with urllib.request.urlopen("https://localhost:10250/pods", context=ctx, timeout=10) as r:
+        pods = json.loads(r.read())
+    assert any(p["metadata"]["namespace"] == NS for p in pods["items"])
 
 
 # -- the reconciler: scheduled, and on-call's runbook ----------------------------------------
