@@ -43,6 +43,10 @@ HOST_ADDRESS = "10.244.0.1"
 """The host's own address on the bridge: the one place outside a pod a pod can reach (no
 route leads elsewhere). Services pods must reach (the API server, the platform) are
 relayed from here to loopback (`testbed.podaccess`); pods never get a default route."""
+POD_REACHABLE_PORTS = (6443, 8080, 4318)
+"""The only TCP ports of HOST_ADDRESS a pod may open (iptables, `_bridge_up`): the relays
+of the API server, the platform and OTLP that kustomize/overlays/testbed names. Anything
+else the host serves on a wildcard address stays out of the pods' reach."""
 APISERVER_EXTRA_ARGS = (f"--advertise-address={HOST_ADDRESS}",)
 """kube-apiserver flags for a server this node serves: its self-signed certificate then
 names HOST_ADDRESS too, where pods reach it through `testbed.podaccess`."""
@@ -266,17 +270,38 @@ def start(workdir: Path, kube: ApiServer, *,
     return node
 
 
+def _input_rules() -> list[list[str]]:
+    """iptables INPUT rules for traffic from the pods to the host, first match first:
+    replies to the host's own connections (the kubelet's probes), the relay ports, and
+    nothing else."""
+    ports = ",".join(map(str, POD_REACHABLE_PORTS))
+    return [["-i", BRIDGE, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED",
+             "-j", "ACCEPT"],
+            ["-i", BRIDGE, "-p", "tcp", "-m", "multiport", "--dports", ports, "-j", "ACCEPT"],
+            ["-i", BRIDGE, "-j", "DROP"]]
+
+
 def _bridge_up() -> None:
     """Make the CNI bridge before the first pod, holding `HOST_ADDRESS` (the bridge plugin
-    adopts an existing bridge and, with isGateway false, leaves its address alone)."""
+    adopts an existing bridge and, with isGateway false, leaves its address alone), and
+    let pods open only `POD_REACHABLE_PORTS` on the host."""
     subprocess.run(["ip", "link", "add", BRIDGE, "type", "bridge"], capture_output=True,
                    check=False)  # exists already after an unclean stop: adopted as is
     prefix = POD_SUBNET.split("/")[1]
+    _remove_input_rules()  # left by an unclean stop: never twice
+    inserts = [["iptables", "-I", "INPUT", "1", *rule] for rule in reversed(_input_rules())]
     for argv in (["ip", "addr", "replace", f"{HOST_ADDRESS}/{prefix}", "dev", BRIDGE],
-                 ["ip", "link", "set", BRIDGE, "up"]):
+                 *inserts, ["ip", "link", "set", BRIDGE, "up"]):
         proc = subprocess.run(argv, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise RealNodeError(f"`{' '.join(argv)}` failed: {proc.stderr.strip()}")
+
+
+def _remove_input_rules() -> None:
+    for rule in _input_rules():
+        while subprocess.run(["iptables", "-D", "INPUT", *rule], capture_output=True,
+                             check=False).returncode == 0:
+            pass
 
 
 def attach(workdir: Path) -> RealNode | None:
@@ -347,6 +372,7 @@ def _stop_node(workdir: Path, pids: dict[str, int]) -> None:
         subprocess.run(["rm", "-rf", str(path)], check=False)
     (workdir / "pids.json").unlink(missing_ok=True)
     subprocess.run(["ip", "link", "delete", BRIDGE], capture_output=True, check=False)
+    _remove_input_rules()
     _remove_cgroups()
 
 
