@@ -18,10 +18,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# testbed.image: Sniffer's image from the Dockerfile (buildah, no registry), cached by
+# content under ~/.cache/sniffer; a warm call only hashes the build context.
 testbed: $(STAMP)
 	$(PY) -m testbed.build
 	$(PY) -m testbed.nodepackages
 	$(PY) -m testbed.nodebuild
+	$(PY) -m testbed.image
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
