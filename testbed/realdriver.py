@@ -37,7 +37,7 @@ from typing import Any
 
 import aiohttp
 
-from sniffer.kube import Conflict, KubeClient, KubeError
+from sniffer.kube import Conflict, KubeClient, KubeError, NotFound
 from sniffer.podview import CANCEL_ANNOTATION
 from testbed.podfeed import PodFeed, feeding
 from testbed.realcatalogue import (
@@ -241,6 +241,23 @@ async def _ensure(kube: KubeClient, path: str, obj: JSON) -> None:
         await kube.request_json("POST", path, body=obj)
 
 
+async def _default_service_account(kube: KubeClient, namespace: str, bound_s: float) -> None:
+    """Until the controller-manager made the namespace's default ServiceAccount: an API
+    server with ServiceAccount admission refuses pods before it exists."""
+    deadline = time.monotonic() + bound_s
+    while True:
+        try:
+            await kube.request_json(
+                "GET", f"/api/v1/namespaces/{namespace}/serviceaccounts/default")
+            return
+        except NotFound:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no default ServiceAccount in {namespace} within "
+                                   f"{bound_s:g} s (is the controller-manager running?)"
+                                   ) from None
+            await asyncio.sleep(0.1)
+
+
 async def drive(kube: KubeClient, platform_url: str, token_file: Path, names: list[str], *,
                 namespace: str, image: str, run_prefix: str | None = None,
                 crashloop_restarts: int = 5, bound_s: float = 180.0,
@@ -260,6 +277,7 @@ async def drive(kube: KubeClient, platform_url: str, token_file: Path, names: li
     limit = asyncio.Semaphore(32)
     api = PodApi(kube, limit, counters=Counters())
     await api.ensure_namespace(namespace)
+    await _default_service_account(kube, namespace, bound_s)
     if any(p.lifecycle.act is Act.PREEMPT for p in plays):
         for pc in priority_classes():
             await _ensure(kube, "/apis/scheduling.k8s.io/v1/priorityclasses", pc)
