@@ -58,7 +58,7 @@ class ProtoError(ValueError):
 # sub-table). Field numbers are k8s.io/api core/v1 and apimachinery meta/v1 generated.proto
 # (v0.36). A key absent from a table is skipped by its wire type, whatever its number.
 
-_STR, _INT, _BOOL, _TIME, _MSG, _STRS, _MSGS, _MAP = range(8)
+_STR, _INT, _BOOL, _TIME, _MSG, _STRS, _MSGS, _MAP, _NAME, _BAD = range(10)
 _VARINT, _LEN = 0, 2
 Table = dict[int, tuple[str, int, Any]]
 
@@ -92,7 +92,7 @@ _STATUS: Table = {
     _f(10, _LEN): ("initContainerStatuses", _MSGS, _CONTAINER_STATUS)}
 _CONTAINER: Table = {_f(1, _LEN): ("name", _STR, None),
                      _f(24, _LEN): ("restartPolicy", _STR, None)}
-_SPEC: Table = {_f(2, _LEN): ("containers", _MSGS, _CONTAINER),
+_SPEC: Table = {_f(2, _LEN): ("containers", _NAME, None),
                 _f(20, _LEN): ("initContainers", _MSGS, _CONTAINER)}
 _METADATA: Table = {
     _f(1, _LEN): ("name", _STR, None), _f(3, _LEN): ("namespace", _STR, None),
@@ -100,9 +100,9 @@ _METADATA: Table = {
     _f(8, _LEN): ("creationTimestamp", _TIME, None),
     _f(9, _LEN): ("deletionTimestamp", _TIME, None),
     _f(10, _VARINT): ("deletionGracePeriodSeconds", _INT, None),
-    _f(11, _LEN): ("labels", _MAP, frozenset({RUN_ID_LABEL, KIND_LABEL})),
-    _f(12, _LEN): ("annotations", _MAP, frozenset({CANCEL_ANNOTATION,
-                                                    TRACEPARENT_ANNOTATION})),
+    _f(11, _LEN): ("labels", _MAP, frozenset({RUN_ID_LABEL.encode(), KIND_LABEL.encode()})),
+    _f(12, _LEN): ("annotations", _MAP, frozenset({CANCEL_ANNOTATION.encode(),
+                                                    TRACEPARENT_ANNOTATION.encode()})),
     _f(14, _LEN): ("finalizers", _STRS, None)}
 _POD: Table = {_f(1, _LEN): ("metadata", _MSG, _METADATA), _f(2, _LEN): ("spec", _MSG, _SPEC),
                _f(3, _LEN): ("status", _MSG, _STATUS)}
@@ -127,7 +127,6 @@ def _strict(table: Table) -> None:
             table.setdefault(key & ~7 | wire, (name, _BAD, None))
 
 
-_BAD = 8
 for _table in (_WAITING, _RUNNING, _TERMINATED, _STATE, _CONTAINER_STATUS, _CONDITION,
                _STATUS, _CONTAINER, _SPEC, _METADATA, _POD, _LIST_META, _POD_LIST,
                _STATUS_OBJECT, _TYPE_META, _UNKNOWN, _WATCH_EVENT):
@@ -171,8 +170,11 @@ def _rfc3339(seconds: int) -> str:
             f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}Z")
 
 
-def _time(buf: bytes, i: int, end: int) -> str | None:
-    """A metav1.Time message (seconds = 1, nanos = 2, ignored as the server ignores it)."""
+@lru_cache(maxsize=4096)
+def _time(buf: bytes) -> str | None:
+    """A metav1.Time message (seconds = 1, nanos = 2, ignored as the server ignores it).
+    Cached by its bytes: most pods share their timestamps with others."""
+    i, end = 0, len(buf)
     if i == end:
         return None  # Go writes the zero time as an empty message; JSON says null
     seconds = 0
@@ -232,20 +234,33 @@ def _message(buf: bytes, i: int, end: int, table: Table,
              out: dict[str, Any] | None = None) -> dict[str, Any]:
     """The kept fields of the message in buf[i:end] (merged into `out` if given, as a
     repeated non-repeated message field merges in Go)."""
+    # The hot loop of every decode: varints of one byte (nearly all keys and lengths) are
+    # read inline; only longer ones call `_varint`.
     if out is None:
         out = {}
+    get = table.get
     while i < end:
         key = buf[i]
         i += 1
         if key >= 0x80:
             key, i = _varint(buf, i - 1)
-        field = table.get(key)
-        if field is None:
-            i = _skip(buf, i, key)
+        field = get(key)
+        if field is None:  # not kept: skip it by its wire type
+            wire = key & 7
+            if wire == _LEN:
+                n = buf[i]
+                i += n + 1 if n < 0x80 else 0
+                if n >= 0x80:
+                    n, i = _varint(buf, i)
+                    i += n
+            elif wire == _VARINT:
+                while buf[i] >= 0x80:
+                    i += 1
+                i += 1
+            else:
+                i = _skip(buf, i, key)
             continue
         name, kind, sub = field
-        if kind == _BAD:
-            raise ProtoError(f"field {name!r} has wire type {key & 7}")
         if kind == _INT:
             raw, i = _varint(buf, i)
             out[name] = _signed(raw)
@@ -254,6 +269,8 @@ def _message(buf: bytes, i: int, end: int, table: Table,
             raw, i = _varint(buf, i)
             out[name] = raw != 0
             continue
+        if kind == _BAD:
+            raise ProtoError(f"field {name!r} has wire type {key & 7}")
         n = buf[i]
         i += 1
         if n >= 0x80:
@@ -263,7 +280,7 @@ def _message(buf: bytes, i: int, end: int, table: Table,
             raise ProtoError(f"field {name!r} overruns its message ({n} bytes)")
         if kind == _STR:
             if n:
-                out[name] = _text(buf, i, j)
+                out[name] = buf[i:j].decode("utf-8", "replace")
             else:
                 out.pop(name, None)
         elif kind == _MSGS:
@@ -271,29 +288,56 @@ def _message(buf: bytes, i: int, end: int, table: Table,
             if items is None:
                 items = out[name] = []
             items.append(_message(buf, i, j, sub))
+        elif kind == _TIME:
+            out[name] = _time(buf[i:j])
         elif kind == _MSG:
             prior = out.get(name)
             out[name] = _message(buf, i, j, sub, prior if isinstance(prior, dict) else None)
-        elif kind == _TIME:
-            out[name] = _time(buf, i, j)
+        elif kind == _NAME:
+            items = out.get(name)
+            if items is None:
+                items = out[name] = []
+            items.append(_first_name(buf, i, j))
         elif kind == _STRS:
             strings = out.get(name)
             if strings is None:
                 strings = out[name] = []
-            strings.append(_text(buf, i, j))
+            strings.append(buf[i:j].decode("utf-8", "replace"))
         else:  # _MAP: only the wanted keys are kept
             entries = out.get(name)
             if entries is None:
                 entries = out[name] = {}
+            # An entry is `0a <len> key 12 <len> value`: look at the key's bytes first.
+            if buf[i] == 0x0A and buf[i + 1] < 0x80 and buf[i + 2:i + 2 + buf[i + 1]] not in sub:
+                i = j
+                continue
             k, v = _map_entry(buf, i, j)
-            if k in sub:
+            if k.encode() in sub:
                 entries[k] = v
         i = j
     if i != end:
         raise ProtoError("a field overruns its message")
-    for name, value in _DEFAULTS.get(id(table), ()):
-        out.setdefault(name, value)
+    defaults = _DEFAULTS.get(id(table))
+    if defaults:
+        for name, value in defaults:
+            out.setdefault(name, value)
     return out
+
+
+def _first_name(buf: bytes, i: int, end: int) -> dict[str, Any]:
+    """A main container of the spec: only its name (field 1, which Go writes first), the
+    rest not even scanned (`project` needs no more of it)."""
+    while i < end:
+        key, i = _varint(buf, i)
+        if key == 0x0A:
+            n, i = _varint(buf, i)
+            if i + n > end:
+                raise ProtoError("container name overruns its message")
+            return {"name": buf[i:i + n].decode("utf-8", "replace")} if n else {}
+        i = _skip(buf, i, key)
+    if i != end:
+        raise ProtoError("a field overruns its message")
+    return {}
 
 
 def _decode(buf: bytes, i: int, end: int, table: Table) -> dict[str, Any]:
