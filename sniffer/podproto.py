@@ -58,7 +58,8 @@ class ProtoError(ValueError):
 # sub-table). Field numbers are k8s.io/api core/v1 and apimachinery meta/v1 generated.proto
 # (v0.36). A key absent from a table is skipped by its wire type, whatever its number.
 
-_STR, _INT, _BOOL, _TIME, _MSG, _STRS, _MSGS, _MAP, _NAME, _BAD = range(10)
+# (The kinds of length-delimited fields first: `_message` tells them apart by one compare.)
+_STR, _MSGS, _TIME, _MSG, _NAME, _STRS, _MAP, _INT, _BOOL, _BAD = range(10)
 _VARINT, _LEN = 0, 2
 Table = dict[int, tuple[str, int, Any]]
 
@@ -242,15 +243,22 @@ def _message(buf: bytes, i: int, end: int, table: Table,
     while i < end:
         key = buf[i]
         i += 1
-        if key >= 0x80:
-            key, i = _varint(buf, i - 1)
+        if key >= 0x80:  # fields 16 to 2047 have two-byte keys
+            if buf[i] < 0x80:
+                key = key & 0x7F | buf[i] << 7
+                i += 1
+            else:
+                key, i = _varint(buf, i - 1)
         field = get(key)
         if field is None:  # not kept: skip it by its wire type
             wire = key & 7
             if wire == _LEN:
                 n = buf[i]
-                i += n + 1 if n < 0x80 else 0
-                if n >= 0x80:
+                if n < 0x80:
+                    i += n + 1
+                elif buf[i + 1] < 0x80:
+                    i += (n & 0x7F | buf[i + 1] << 7) + 2
+                else:
                     n, i = _varint(buf, i)
                     i += n
             elif wire == _VARINT:
@@ -261,20 +269,25 @@ def _message(buf: bytes, i: int, end: int, table: Table,
                 i = _skip(buf, i, key)
             continue
         name, kind, sub = field
-        if kind == _INT:
-            raw, i = _varint(buf, i)
-            out[name] = _signed(raw)
+        if kind >= _INT:  # the varint kinds, and a kept field sent with a wrong wire type
+            if kind == _BAD:
+                raise ProtoError(f"field {name!r} has wire type {key & 7}")
+            raw = buf[i]
+            if raw < 0x80:
+                i += 1
+            else:
+                raw, i = _varint(buf, i)
+                raw = _signed(raw)
+            out[name] = raw if kind == _INT else raw != 0
             continue
-        if kind == _BOOL:
-            raw, i = _varint(buf, i)
-            out[name] = raw != 0
-            continue
-        if kind == _BAD:
-            raise ProtoError(f"field {name!r} has wire type {key & 7}")
         n = buf[i]
-        i += 1
-        if n >= 0x80:
-            n, i = _varint(buf, i - 1)
+        if n < 0x80:
+            i += 1
+        elif buf[i + 1] < 0x80:
+            n = n & 0x7F | buf[i + 1] << 7
+            i += 2
+        else:
+            n, i = _varint(buf, i)
         j = i + n
         if j > end:
             raise ProtoError(f"field {name!r} overruns its message ({n} bytes)")
