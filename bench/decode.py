@@ -45,6 +45,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from sniffer.podproto import _rfc3339
 from sniffer.podview import PodView, project
 
 TEMPLATES = Path(__file__).with_name("decode_pods.json")
@@ -58,17 +59,8 @@ Decoder = Callable[[bytes], list[Any]]
 
 def _decoder(name: str) -> Decoder | None:
     """Page bytes → the list of items `project` takes; None if not installed."""
-    if name == "podproto":
-        try:
-            from sniffer.podproto import proto_list
-        except ImportError:
-            return None
-        return lambda body: proto_list(body)["items"]
-    if name == "upb":
-        try:
-            return _upb_decoder()
-        except (ImportError, RuntimeError, OSError, subprocess.CalledProcessError):
-            return None
+    if name in PROTOBUF:
+        return _protobuf_decoder(name)
     if name == "stdlib":
         return lambda body: json.loads(body)["items"]
     if name == "orjson":
@@ -88,6 +80,16 @@ def _decoder(name: str) -> Decoder | None:
     if decode is None:  # a tree from before it existed decoded with the stdlib
         return lambda body: json.loads(body)["items"]
     return lambda body: decode(body, slim=True).items
+
+
+def _protobuf_decoder(name: str) -> Decoder | None:
+    if name == "podproto":
+        from sniffer.podproto import proto_list
+        return lambda body: proto_list(body)["items"]
+    try:
+        return _UpbSlim().decode
+    except (ImportError, RuntimeError, OSError, subprocess.CalledProcessError):
+        return None
 
 
 class _Template:
@@ -368,99 +370,105 @@ def proto_pages(pods: int, page: int, seed: int = 7) -> Iterator[bytes]:
         yield b"k8s\x00" + unknown
 
 
-def _upb_decoder() -> Decoder:
-    """Candidate (a): the generated classes parse the page (upb, in C), then the slim
-    dicts `project` reads are filled from the messages, with `sniffer.podproto`'s
-    semantics (empty string = absent, empty Time = null, seconds only)."""
-    core = generated_core()
-    import importlib
+def _when(t: Any) -> str | None:
+    return _rfc3339(t.seconds) if t.HasField("seconds") else None
 
-    from sniffer.podproto import _rfc3339
+
+def _set(out: dict[str, Any], message: Any, names: tuple[str, ...]) -> None:
+    """The non-empty strings among `names` (empty reads as absent, as in podproto)."""
+    for name in names:
+        if v := getattr(message, name):
+            out[name] = v
+
+
+def _detail(d: Any, kind: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if kind != "running":
+        _set(out, d, ("reason", "message"))
+    if kind == "terminated":
+        out["exitCode"] = d.exitCode
+        out["finishedAt"] = _when(d.finishedAt)
+    if kind != "waiting" and d.HasField("startedAt"):
+        out["startedAt"] = _when(d.startedAt)
+    return out
+
+
+def _state(s: Any) -> dict[str, Any]:
+    return {fd.name: _detail(v, fd.name) for fd, v in s.ListFields()}
+
+
+def _container_status(c: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"restartCount": c.restartCount, "state": _state(c.state),
+                           "lastState": _state(c.lastState)}
+    _set(out, c, ("name",))
+    if c.HasField("started"):
+        out["started"] = c.started
+    return out
+
+
+def _upb_metadata(m: Any) -> dict[str, Any]:
     from sniffer.podview import (
         CANCEL_ANNOTATION,
         KIND_LABEL,
         RUN_ID_LABEL,
         TRACEPARENT_ANNOTATION,
     )
-    runtime = importlib.import_module("k8s.io.apimachinery.pkg.runtime.generated_pb2")
+    meta: dict[str, Any] = {"creationTimestamp": _when(m.creationTimestamp), "name": m.name,
+                            "namespace": m.namespace, "uid": m.uid,
+                            "resourceVersion": m.resourceVersion}
+    if m.HasField("deletionTimestamp"):
+        meta["deletionTimestamp"] = _when(m.deletionTimestamp)
+    if m.HasField("deletionGracePeriodSeconds"):
+        meta["deletionGracePeriodSeconds"] = m.deletionGracePeriodSeconds
+    labels, annotations = m.labels, m.annotations
+    meta["labels"] = {k: labels[k] for k in (RUN_ID_LABEL, KIND_LABEL) if k in labels}
+    meta["annotations"] = {k: annotations[k] for k in (
+        CANCEL_ANNOTATION, TRACEPARENT_ANNOTATION) if k in annotations}
+    meta["finalizers"] = list(m.finalizers)
+    return meta
 
-    def when(t: Any) -> str | None:
-        return _rfc3339(t.seconds) if t.HasField("seconds") else None
 
-    def detail(d: Any, kind: str) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        if kind != "running":
-            if v := d.reason:
-                out["reason"] = v
-            if v := d.message:
-                out["message"] = v
-        if kind == "terminated":
-            out["exitCode"] = d.exitCode
-            out["finishedAt"] = when(d.finishedAt)
-        if kind != "waiting" and d.HasField("startedAt"):
-            out["startedAt"] = when(d.startedAt)
-        return out
+def _upb_status(st: Any) -> dict[str, Any]:
+    status: dict[str, Any] = {}
+    _set(status, st, ("phase", "message", "reason"))
+    if st.HasField("startTime"):
+        status["startTime"] = _when(st.startTime)
+    conditions = []
+    for c in st.conditions:
+        cond: dict[str, Any] = {"lastTransitionTime": _when(c.lastTransitionTime),
+                                "type": c.type, "status": c.status}
+        if v := c.reason:
+            cond["reason"] = v
+        if v := c.message:
+            cond["message"] = v
+        conditions.append(cond)
+    status["conditions"] = conditions
+    status["containerStatuses"] = [_container_status(c) for c in st.containerStatuses]
+    status["initContainerStatuses"] = [_container_status(c) for c in st.initContainerStatuses]
+    return status
 
-    def state(s: Any) -> dict[str, Any]:
-        return {fd.name: detail(v, fd.name) for fd, v in s.ListFields()}
 
-    def container_status(c: Any) -> dict[str, Any]:
-        out: dict[str, Any] = {"restartCount": c.restartCount, "state": state(c.state),
-                               "lastState": state(c.lastState)}
-        if v := c.name:
-            out["name"] = v
-        if c.HasField("started"):
-            out["started"] = c.started
-        return out
+class _UpbSlim:
+    """Candidate (a): the generated classes parse the page (upb, in C), then the slim
+    dicts `project` reads are filled from the messages, with `sniffer.podproto`'s
+    semantics (empty string = absent, empty Time = null, seconds only)."""
 
+    def __init__(self) -> None:
+        import importlib
+        self.core = generated_core()
+        self.runtime = importlib.import_module("k8s.io.apimachinery.pkg.runtime.generated_pb2")
+
+    def decode(self, body: bytes) -> list[Any]:
+        unknown = self.runtime.Unknown.FromString(body[4:])
+        return [self.pod(p) for p in self.core.PodList.FromString(unknown.raw).items]
+
+    @staticmethod
     def pod(p: Any) -> dict[str, Any]:
-        m, st = p.metadata, p.status
-        meta: dict[str, Any] = {"creationTimestamp": when(m.creationTimestamp)}
-        for name in ("name", "namespace", "uid", "resourceVersion"):
-            if v := getattr(m, name):
-                meta[name] = v
-        if m.HasField("deletionTimestamp"):
-            meta["deletionTimestamp"] = when(m.deletionTimestamp)
-        if m.HasField("deletionGracePeriodSeconds"):
-            meta["deletionGracePeriodSeconds"] = m.deletionGracePeriodSeconds
-        labels, annotations = m.labels, m.annotations
-        meta["labels"] = {k: labels[k] for k in (RUN_ID_LABEL, KIND_LABEL) if k in labels}
-        meta["annotations"] = {k: annotations[k] for k in (
-            CANCEL_ANNOTATION, TRACEPARENT_ANNOTATION) if k in annotations}
-        if m.finalizers:
-            meta["finalizers"] = list(m.finalizers)
-        status: dict[str, Any] = {}
-        if v := st.phase:
-            status["phase"] = v
-        if v := st.message:
-            status["message"] = v
-        if v := st.reason:
-            status["reason"] = v
-        if st.HasField("startTime"):
-            status["startTime"] = when(st.startTime)
-        conditions = []
-        for c in st.conditions:
-            cond: dict[str, Any] = {"type": c.type, "status": c.status,
-                                    "lastTransitionTime": when(c.lastTransitionTime)}
-            if v := c.reason:
-                cond["reason"] = v
-            if v := c.message:
-                cond["message"] = v
-            conditions.append(cond)
-        status["conditions"] = conditions
-        status["containerStatuses"] = [container_status(c) for c in st.containerStatuses]
-        status["initContainerStatuses"] = [container_status(c)
-                                           for c in st.initContainerStatuses]
         spec = {"containers": [{"name": c.name} for c in p.spec.containers],
                 "initContainers": [{"name": c.name, "restartPolicy": c.restartPolicy}
                                    for c in p.spec.initContainers]}
-        return {"metadata": meta, "spec": spec, "status": status}
-
-    def decode(body: bytes) -> list[Any]:
-        unknown = runtime.Unknown.FromString(body[4:])
-        return [pod(p) for p in core.PodList.FromString(unknown.raw).items]
-
-    return decode
+        return {"metadata": _upb_metadata(p.metadata), "spec": spec,
+                "status": _upb_status(p.status)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -177,7 +177,8 @@ def test_frames_are_the_same_however_the_stream_is_chunked(frames, size):
     got = []
     for i in range(0, len(stream), size):
         got += splitter.feed(stream[i:i + size])
-    assert got == frames and splitter.pending == 0
+    assert got == frames
+    assert splitter.pending == 0
 
 
 def test_an_oversized_frame_length_is_refused_before_it_is_buffered():

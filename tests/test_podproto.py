@@ -153,7 +153,8 @@ async def test_a_protobuf_list_projects_to_the_views_of_the_json_list(raw, names
     by_name = {v.name: v for v in views}  # the variants arrived as variants
     assert by_name["job-running"].deletion_timestamp is not None
     assert by_name["job-running"].deletion_grace_period_s == 45
-    assert by_name["nb-cancel"].cancel_requested and by_name["nb-cancel"].kind == "notebook"
+    assert by_name["nb-cancel"].cancel_requested
+    assert by_name["nb-cancel"].kind == "notebook"
     assert by_name["app-odd-messages"].message == "é" * MESSAGE_LIMIT
     assert any(c.sidecar for c in by_name["job-init-running"].init_containers)
     assert by_name["job-disruption-target"].disruption is not None
@@ -178,7 +179,9 @@ async def test_protobuf_pages_carry_the_same_continue_tokens_and_items(raw, name
             break
         assert decoded["metadata"]["continue"]
         token = {"continue": decoded["metadata"]["continue"]}  # the protobuf page's token
-    assert pages > 1 and pb_views == js_views and len(pb_views) == len(STATUS_SHAPES) + 3
+    assert pages > 1
+    assert pb_views == js_views
+    assert len(pb_views) == len(STATUS_SHAPES) + 3
 
 
 async def test_a_protobuf_get_projects_to_the_view_of_the_json_get(raw, namespace):
@@ -218,7 +221,8 @@ async def test_a_protobuf_watch_yields_the_events_and_views_of_the_json_watch(ra
     js = await watch_events(raw, namespace, JSON_TYPE, before, last)
     assert pb == js
     kinds = {kind for kind, _ in pb}
-    assert kinds == {"ADDED", "MODIFIED"} and len(pb) > 2 * len(STATUS_SHAPES)
+    assert kinds == {"ADDED", "MODIFIED"}
+    assert len(pb) > 2 * len(STATUS_SHAPES)
 
 
 async def test_a_protobuf_bookmark_carries_its_resource_version(raw, namespace):
