@@ -9,23 +9,30 @@
 * `FrameSplitter` yields the same frames however the stream is chunked, and refuses an
   oversized length before buffering it.
 
-The reflector's handling of what the decoder refuses (counted, logged, skipped) is the
-same path as for JSON lines: tests/test_fuzz_watch.py.
+* The reflector, fed a protobuf stream of hostile frames between good ones through the
+  real frame splitter and decoder: every bad frame or object is counted as malformed and
+  skipped, every good pod lands in the store, and the loop is still running afterwards.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import dataclasses
 import json
+import logging
 import ssl
+import time
 import urllib.error
 import urllib.request
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import Any, cast
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from sniffer.kube import KubeClient, MalformedEvent, Page, _frames, decode_event_proto
 from sniffer.podproto import (
     WATCH_CONTENT_TYPE,
     FrameSplitter,
@@ -36,8 +43,11 @@ from sniffer.podproto import (
 )
 from sniffer.podview import MalformedPod, project
 from testbed.apiserver import ApiServer
-from tests.test_fuzz_watch import SHAPES, real_pod
+from tests.test_fuzz_watch import SHAPES, Counting, _Strict, real_pod
+from tests.test_kube_decode import feed
 from tests.test_podproto import CONTENT_TYPE
+from watch.reflector import Reflector
+from watch.store import PodStore
 
 FUZZ = settings(max_examples=300, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -185,3 +195,99 @@ def test_an_oversized_frame_length_is_refused_before_it_is_buffered():
     splitter = FrameSplitter(1 << 10)
     with pytest.raises(ProtoError, match="limit"):
         splitter.feed((1 << 30).to_bytes(4, "big") + b"x")
+
+
+# -- the reflector loop, on the protobuf wire ---------------------------------------------
+
+class ProtoFakeKube:
+    """What the reflector needs of `KubeClient`: an empty LIST, then one scripted protobuf
+    watch stream through the real frame splitter and decoder (as `KubeClient.watch_pods`
+    does on the protobuf wire), then silence."""
+
+    def __init__(self, stream: bytes) -> None:
+        self._stream: bytes | None = stream
+
+    async def list_pods(self, namespace: str | None, *, label_selector: str, limit: int,
+                        continue_token: str | None = None, slim: bool = False) -> Page:
+        return Page(items=[], resource_version="1", continue_token=None)
+
+    async def watch_pods(self, namespace: str | None, *, label_selector: str,
+                         resource_version: str, timeout_seconds: int, read_timeout: float,
+                         slim: bool = False) -> AsyncIterator[Any]:
+        stream, self._stream = self._stream, None
+        if stream is None:
+            await asyncio.Event().wait()
+            return
+        async for frame in _frames(feed([stream[i:i + 4096]
+                                         for i in range(0, len(stream), 4096)]), read_timeout):
+            try:
+                yield decode_event_proto(frame)
+            except MalformedEvent as bad:
+                yield bad
+
+
+def framed(frames: list[bytes]) -> bytes:
+    return b"".join(len(f).to_bytes(4, "big") + f for f in frames)
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(st.data(), st.lists(st.lists(MUTATION, min_size=1, max_size=3), min_size=1, max_size=8),
+       st.lists(st.binary(max_size=64), max_size=3))
+def test_the_reflector_skips_bad_frames_and_keeps_going(wire, data, mutations, noise):
+    good = wire["frames"]
+    bad = []
+    for how in mutations:
+        frame = data.draw(st.sampled_from(good))
+        for step in how:
+            frame = mutate(frame, step)
+        bad.append(frame)
+    bad += noise
+    outcomes = [judged(proto_event, frame) for frame in bad]
+    assume("other" not in outcomes)  # a mutation that made a valid ERROR event: not hostile
+    expected_bad = sum(1 for o in outcomes if o in ("error", "malformed pod"))
+    interleaved: list[bytes] = []
+    for i in range(max(len(bad), len(good))):
+        interleaved += bad[i:i + 1] + good[i:i + 1]
+    # The good frames once more at the end: whatever a mutated frame made of a good pod
+    # (it may even have turned it into a deletion), the last word is the real one.
+    final = {}  # each pod's view after the last real frame: what the store must end with
+    for frame in good:
+        view = project(proto_event(frame)["object"])
+        final[view.key] = view
+    asyncio.run(_reflect(framed(interleaved + good), expected_bad, final))
+
+
+async def _reflect(stream: bytes, expected_bad: int, final: dict[str, Any]) -> None:
+    store = PodStore(("fuzz-proto",))
+    changed: list[str] = []
+    metrics = Counting()
+    reflector = Reflector(cast(KubeClient, ProtoFakeKube(stream)), store, changed.append,
+                          namespaces=("fuzz-proto",), label_selector="sniffer.io/run-id",
+                          metrics=metrics)
+    handler = _Strict()
+    logger = logging.getLogger("watch.reflector")
+    logger.addHandler(handler)
+    task = asyncio.create_task(reflector.run())
+    try:
+        deadline = time.monotonic() + 60
+        while not all(_same(store.get(key), view) for key, view in final.items()) or \
+                sum(metrics.malformed_by.values()) < expected_bad:
+            assert not task.done(), task.exception() if task.done() else None
+            assert time.monotonic() < deadline, (changed, metrics.malformed_by)
+            await asyncio.sleep(0.01)
+        assert not task.done(), "the reflector loop ended"
+        assert set(metrics.restarts) <= {"timeout"}, "a bad frame must not restart the watch"
+        assert len(handler.lines) >= expected_bad
+        assert set(changed) >= set(final)
+    finally:
+        logger.removeHandler(handler)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def _same(cached: Any, view: Any) -> bool:
+    """The store's view is the real one (the store adds history, not projection)."""
+    return cached is not None and cached.resource_version == view.resource_version and \
+        dataclasses.replace(cached, deleted_while_active=False) == view
