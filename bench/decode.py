@@ -9,7 +9,8 @@ Contract:
   of `--page` pods (the reflector's page size). The same seed gives the same bytes.
 * Speed: for each decoder, the CPU time (`time.process_time`) to turn every page's bytes
   into `PodView`s, split into decoding and projecting; the best of `--repeat` passes (the
-  machine is shared: the minimum is the least disturbed). Pages are built before timing.
+  machine is shared: the minimum is the least disturbed), the decoders' passes taken in
+  turn so that a busy spell falls on all of them. Pages are built before timing.
 * Memory (`--memory`): for each decoder, in a fresh child process, the pods are decoded
   page by page and kept in a dict keyed by `PodView.key` (as the store keeps them); the
   report gives RSS growth per pod and, from tracemalloc, the heap the kept views hold.
@@ -173,6 +174,19 @@ def time_decoder(decode: Decoder, bodies: list[bytes]) -> tuple[float, float, in
         count += len(views)
         del items, views
     return decode_s, project_s, count
+
+
+def _interleaved(names: list[str], wires: dict[str, list[bytes]], repeat: int,
+                 ) -> dict[str, list[tuple[float, float, int]]]:
+    """`repeat` timed passes of each decoder (none for one not installed), in turn."""
+    decoders = {name: _decoder(name) for name in names}
+    runs: dict[str, list[tuple[float, float, int]]] = {name: [] for name in names}
+    for _ in range(repeat):  # passes interleaved: a busy spell hits every decoder
+        for name, decode in decoders.items():
+            wire = "protobuf" if name in PROTOBUF else "json"
+            if decode is not None and wire in wires:
+                runs[name].append(time_decoder(decode, wires[wire]))
+    return runs
 
 
 def _rss() -> int:
@@ -496,14 +510,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"(protobuf decoders: the same pods in {sum(map(len, wires['protobuf'])) / 1e6:,.0f}"
               " MB of protobuf)")
     print(f"{'decoder':10} {'decode':>8} {'project':>8} {'total':>8} {'µs/pod':>8}")
+    runs = _interleaved(names, wires, args.repeat)
     for name in names:
-        decode = _decoder(name)
-        wire = "protobuf" if name in PROTOBUF else "json"
-        if decode is None or wire not in wires:
+        if not runs[name]:
             print(f"{name:10} not installed")
             continue
-        runs = [time_decoder(decode, wires[wire]) for _ in range(args.repeat)]
-        d, pr, n = min(runs, key=lambda r: r[0] + r[1])
+        d, pr, n = min(runs[name], key=lambda r: r[0] + r[1])
         print(f"{name:10} {d:8.2f} {pr:8.2f} {d + pr:8.2f} {(d + pr) * 1e6 / n:8.1f}")
     if args.memory:
         del bodies, wires
