@@ -6,7 +6,7 @@ Contract:
   process and, unless `install_globals` is False (tests), installs them as the global
   providers, so
   ``trace.get_tracer`` in any module (controller, platform client, reconciler) uses them.
-  Caller duty: call `Telemetry.shutdown()` before the process exits (``sniffer.cli`` does,
+  Caller duty: call `Telemetry.shutdown()` before the process exits (``cli.main`` does,
   in a ``finally``, after SIGTERM too).
 * What is exported is decided by `plan()` from the environment:
 
