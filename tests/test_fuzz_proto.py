@@ -34,6 +34,7 @@ from hypothesis import strategies as st
 
 from sniffer.kube import KubeClient, MalformedEvent, Page, _frames, decode_event_proto
 from sniffer.podproto import (
+    CONTENT_TYPE,
     WATCH_CONTENT_TYPE,
     FrameSplitter,
     ProtoError,
@@ -45,7 +46,6 @@ from sniffer.podview import MalformedPod, project
 from testbed.apiserver import ApiServer
 from tests.test_fuzz_watch import SHAPES, Counting, _Strict, real_pod
 from tests.test_kube_decode import feed
-from tests.test_podproto import CONTENT_TYPE
 from watch.reflector import Reflector
 from watch.store import PodStore
 
