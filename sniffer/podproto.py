@@ -6,7 +6,9 @@ Contract:
   ``application/vnd.kubernetes.protobuf`` LIST response, GET response and watch frame
   (one length-delimited frame of a ``;stream=watch`` response, without its length) into
   the dicts `sniffer.podwire` gives for the JSON of the same object: only the fields
-  `sniffer.podview.project` reads, every other field skipped, never materialised.
+  `sniffer.podview.project` reads, every other field skipped, never materialised (a
+  main container of the spec carries only its name: its restartPolicy is read for init
+  containers alone).
 * For any pod the API server sends, `project(proto_pod(pb))` equals
   `project(slim_pod(json))`, value for value (tests/test_podproto.py checks it against a
   real kube-apiserver). The values are what Go's JSON encoding of the decoded object
@@ -117,7 +119,6 @@ _STATUS_OBJECT: Table = {  # metav1.Status, the object of an ERROR event
 _TYPE_META: Table = {_f(2, _LEN): ("kind", _STR, None)}
 _UNKNOWN: Table = {_f(1, _LEN): ("typeMeta", _MSG, _TYPE_META),
                    _f(3, _LEN): ("contentEncoding", _STR, None)}
-_RAW_EXTENSION: Table = {}
 _WATCH_EVENT: Table = {_f(1, _LEN): ("type", _STR, None)}
 
 
