@@ -35,7 +35,15 @@ from kubernetes.aio import client as kclient
 
 from sniffer.kubecredentials import Credentials
 from sniffer.podproto import CONTENT_TYPE as PROTOBUF
-from sniffer.podproto import FrameSplitter, ProtoError, proto_event, proto_list, proto_pod
+from sniffer.podproto import (
+    MAGIC,
+    FrameSplitter,
+    ProtoError,
+    proto_event,
+    proto_list,
+    proto_pod,
+    proto_status,
+)
 from sniffer.podwire import slim_event, slim_list, slim_pod
 from sniffer.reauth import retry_once_unauthorized
 
@@ -116,10 +124,14 @@ class _Refused:
 def _error_for(status: int, body: bytes | str) -> KubeError:
     message = ""
     try:
-        data = json.loads(body) if body else {}
+        # An answer to a protobuf request carries its Status in protobuf.
+        if isinstance(body, bytes) and body.startswith(MAGIC):
+            data: object = proto_status(body)
+        else:
+            data = json.loads(body) if body else {}
         if isinstance(data, dict):
             message = str(data.get("message") or data.get("reason") or "")
-    except ValueError:
+    except ValueError:  # ProtoError is one
         message = (body[:200].decode(errors="replace") if isinstance(body, bytes)
                    else body[:200])
     cls = {410: Gone, 401: Unauthorized, 409: Conflict, 404: NotFound}.get(status, KubeError)

@@ -22,7 +22,8 @@ Contract:
   (tests/test_fuzz_proto.py). Judging the values (a bad run id, a missing name) is left
   to `project`, as on the JSON path.
 * ERROR events carry their Status as ``{"kind": "Status", "code", "reason", "message"}``
-  so the caller judges them as it judges JSON ones.
+  so the caller judges them as it judges JSON ones; `proto_status(body)` reads the
+  Status of an error answer (the server encodes errors as it would have the object).
 * `FrameSplitter` cuts a watch stream's bytes into frames (4-byte big-endian length, then
   the frame); a frame longer than its limit raises `ProtoError` before it is buffered.
 * Pure: no I/O, no logging.
@@ -42,7 +43,7 @@ from sniffer.podview import (
 )
 
 __all__ = ["CONTENT_TYPE", "MAGIC", "WATCH_CONTENT_TYPE", "FrameSplitter", "ProtoError",
-           "proto_event", "proto_list", "proto_pod"]
+           "proto_event", "proto_list", "proto_pod", "proto_status"]
 
 CONTENT_TYPE = "application/vnd.kubernetes.protobuf"
 WATCH_CONTENT_TYPE = CONTENT_TYPE + ";stream=watch"
@@ -399,6 +400,7 @@ def _raw(buf: bytes, i: int, end: int, number: int) -> bytes:
     return found
 
 
+_STATUS_KINDS = frozenset({"Status"})
 _POD_KINDS = frozenset({"Pod"})
 _LIST_KINDS = frozenset({"PodList"})
 _EVENT_KINDS = frozenset({"Pod", "Status"})
@@ -414,6 +416,12 @@ def proto_pod(body: bytes) -> dict[str, Any]:
     """One pod (a GET response), slim."""
     _, raw = _unwrap(body, _POD_KINDS)
     return _decode(raw, 0, len(raw), _POD)
+
+
+def proto_status(body: bytes) -> dict[str, Any]:
+    """An error answer's metav1.Status: ``{"code", "reason", "message"}`` (those present)."""
+    _, raw = _unwrap(body, _STATUS_KINDS)
+    return _decode(raw, 0, len(raw), _STATUS_OBJECT)
 
 
 def proto_event(frame: bytes) -> dict[str, Any]:

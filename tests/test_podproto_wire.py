@@ -19,7 +19,7 @@ import pytest
 import trustme
 from aiohttp import web
 
-from sniffer.kube import KubeClient, WatchEvent
+from sniffer.kube import KubeClient, KubeError, NotFound, WatchEvent
 from sniffer.podproto import CONTENT_TYPE
 from sniffer.podview import PodView, project
 from testbed.apiserver import ApiServer
@@ -176,3 +176,17 @@ async def test_protobuf_is_asked_for_as_client_go_asks(raw, namespace):
         "GET", f"/api/v1/namespaces/{namespace}/pods",
         accept=f"{CONTENT_TYPE}, application/json")
     assert (status, content_type) == (200, CONTENT_TYPE)
+
+
+async def test_an_error_answered_in_protobuf_keeps_its_message(apiserver, namespace):
+    client = await KubeClient.connect(kubeconfig=str(apiserver.kubeconfig))
+    try:
+        with pytest.raises(NotFound, match='pods "no-such-pod" not found'):
+            await client.get_pod(namespace, "no-such-pod", slim=True)
+        with pytest.raises(KubeError, match="invalid continue token") as refused:
+            await client.list_pods(namespace, label_selector=SELECTOR, limit=1,
+                                   continue_token="not-a-token", slim=True)
+        assert refused.value.status == 400
+        assert client.wire == "protobuf"
+    finally:
+        await client.close()
