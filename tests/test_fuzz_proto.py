@@ -255,6 +255,12 @@ def test_the_reflector_skips_bad_frames_and_keeps_going(wire, data, mutations, n
     for frame in good:
         view = project(proto_event(frame)["object"])
         final[view.key] = view
+    # A mutation can make a valid pod out of a real one (a resourceVersion with another
+    # digit, say): no decoder can tell, and the store may rightly keep it over the real
+    # frames that follow. Those pods' end state is the hostile data's, not checked.
+    for frame, outcome in zip(bad, outcomes, strict=True):
+        if outcome == "pod":
+            final.pop(project(proto_event(frame)["object"]).key, None)
     asyncio.run(_reflect(framed(interleaved + good), expected_bad, final))
 
 
