@@ -174,23 +174,9 @@ def derive(pod: PodView, *, now: float, policy: StatePolicy,
     if pod.final_state_unknown and pod.phase not in ("Succeeded", "Failed"):
         return lost(cancel, started_at=_started_at(pod))
     if pod.deletion_timestamp is not None:
-        requested = pod.deletion_timestamp - (pod.deletion_grace_period_s or 0)
-        deleted = _deleted(pod, cancel, requested)
-        if pod.phase in ("Pending", "Running"):
-            # A failure rule that had already fired when the deletion came (a crash loop
-            # past its limit, a stuck image pull) is the outcome; the deletion only reaped.
-            active = _active(pod, requested, policy, R if pod.phase == "Running" else Q)
-            return active if active.state is F else deleted
-        if pod.phase not in ("Succeeded", "Failed"):
-            return deleted
-        looped = crash_looped(pod, policy)
-        if looped is not None and looped.last is not None and deleted.reason != "Cancelled":
-            # it had already failed by the platform's rule when reaped
-            return Derived(F, CRASHLOOP, f"container {looped.name}: restarted "
-                           f"{looped.restart_count} times", looped.last.exit_code,
-                           _started_at(pod), looped.last.finished_at)
-        if _ended_by_deletion(pod, deleted, requested):
-            return deleted  # the deletion ended the pod: the terminal phase is its echo
+        outcome = _deletion_outcome(pod, pod.deletion_timestamp, cancel, policy)
+        if outcome is not None:
+            return outcome
     if pod.phase == "Succeeded":
         return Derived(S, "Completed", None, 0, _started_at(pod), _finished_at(pod))
     if pod.phase == "Failed":
@@ -216,6 +202,30 @@ def lost(cancel_requested: bool, *, started_at: float | None = None) -> Derived:
         return Derived(C, "Cancelled", CANCELLED_LOST_MESSAGE, started_at=started_at)
     return Derived(F, POD_LOST_REASON, POD_LOST_MESSAGE, started_at=started_at)
 
+
+
+def _deletion_outcome(pod: PodView, deletion_timestamp: float, cancel: bool,
+                      policy: StatePolicy) -> Derived | None:
+    """Rule 1 for a pod whose deletion was requested; None: its terminal phase speaks
+    for itself (it had ended before the deletion)."""
+    requested = deletion_timestamp - (pod.deletion_grace_period_s or 0)
+    deleted = _deleted(pod, cancel, requested)
+    if pod.phase in ("Pending", "Running"):
+        # A failure rule that had already fired when the deletion came (a crash loop
+        # past its limit, a stuck image pull) is the outcome; the deletion only reaped.
+        active = _active(pod, requested, policy, R if pod.phase == "Running" else Q)
+        return active if active.state is F else deleted
+    if pod.phase not in ("Succeeded", "Failed"):
+        return deleted
+    looped = crash_looped(pod, policy)
+    if looped is not None and looped.last is not None and deleted.reason != "Cancelled":
+        # it had already failed by the platform's rule when reaped
+        return Derived(F, CRASHLOOP, f"container {looped.name}: restarted "
+                       f"{looped.restart_count} times", looped.last.exit_code,
+                       _started_at(pod), looped.last.finished_at)
+    if _ended_by_deletion(pod, deleted, requested):
+        return deleted  # the deletion ended the pod: the terminal phase is its echo
+    return None
 
 
 def _deleted(pod: PodView, cancel: bool, requested: float) -> Derived:
