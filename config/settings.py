@@ -43,6 +43,10 @@ class KubeSettings:
     server sends bookmarks about once a minute, so this must comfortably exceed 60 s."""
     verify_tls: bool = True
     """Verify the API server's certificate. Turning this off is logged at every start."""
+    wire: str = "protobuf"
+    """Encoding of pod LISTs and watches: protobuf (the API server's cheapest) or json.
+    A server or proxy that refuses protobuf (406, 415 or a JSON answer) gets JSON from
+    then on, logged once."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +205,7 @@ class Settings:
         need(0 < k.watch_timeout_min_s <= k.watch_timeout_max_s, "kube.watch_timeout_min_s",
              "must be > 0 and <= kube.watch_timeout_max_s", k.watch_timeout_min_s)
         need(k.read_timeout_s > 0, "kube.read_timeout_s", "must be > 0", k.read_timeout_s)
+        need(k.wire in ("protobuf", "json"), "kube.wire", "must be protobuf or json", k.wire)
         need(w.count >= 1, "workers.count", "must be >= 1", w.count)
         need(w.max_retries >= 0, "workers.max_retries", "must be >= 0", w.max_retries)
         need(0 < w.base_delay_s <= w.max_delay_s, "workers.base_delay_s",

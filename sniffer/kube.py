@@ -9,7 +9,12 @@ Contract:
   only the fields `sniffer.podview.project` reads, decoded by msgspec straight from the
   bytes (`sniffer.podwire`); `project` gives the same view for either. Bytes that schema
   refuses are decoded the general way, so errors are found and reported as without it.
-* `watch_pods` yields one `WatchEvent` per line, however long the line (aiohttp's
+* Wire: with ``wire="protobuf"`` (the default, setting ``kube.wire``) slim LISTs, GETs
+  and watches ask for the API server's protobuf encoding (``sniffer.podproto``: the same
+  slim dicts, the same views) with JSON as the second choice; a 406 or 415 to that
+  request, or a JSON answer, turns the client to JSON for good, logged once. Non-slim
+  reads and every write are JSON.
+* `watch_pods` yields one `WatchEvent` per line or protobuf frame, however long (aiohttp's
   ``readline`` stops at 128 KiB; pods with big annotations exceed it). A stream that is
   silent for ``read_timeout`` raises `WatchStalled`: a half-open connection cannot hang
   the caller. 410 Gone, at open or as an ERROR event mid-stream, raises `Gone`.
@@ -29,6 +34,16 @@ import aiohttp
 from kubernetes.aio import client as kclient
 
 from sniffer.kubecredentials import Credentials
+from sniffer.podproto import CONTENT_TYPE as PROTOBUF
+from sniffer.podproto import (
+    MAGIC,
+    FrameSplitter,
+    ProtoError,
+    proto_event,
+    proto_list,
+    proto_pod,
+    proto_status,
+)
 from sniffer.podwire import slim_event, slim_list, slim_pod
 from sniffer.reauth import retry_once_unauthorized
 
@@ -38,7 +53,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 JSON = dict[str, Any]
-_MAX_LINE = 64 * 1024 * 1024  # A watch line beyond this is hostile, not a pod.
+_MAX_LINE = 64 * 1024 * 1024  # A watch line (or frame) beyond this is hostile, not a pod.
+_JSON = "application/json"
+_PROTOBUF_FIRST = f"{PROTOBUF}, {_JSON}"  # as client-go asks: protobuf, else JSON
+_REFUSED = (406, 415)  # what a server or proxy that will not speak protobuf answers
 
 
 class KubeError(Exception):
@@ -106,10 +124,14 @@ class _Refused:
 def _error_for(status: int, body: bytes | str) -> KubeError:
     message = ""
     try:
-        data = json.loads(body) if body else {}
+        # An answer to a protobuf request carries its Status in protobuf.
+        if isinstance(body, bytes) and body.startswith(MAGIC):
+            data: object = proto_status(body)
+        else:
+            data = json.loads(body) if body else {}
         if isinstance(data, dict):
             message = str(data.get("message") or data.get("reason") or "")
-    except ValueError:
+    except ValueError:  # ProtoError is one
         message = (body[:200].decode(errors="replace") if isinstance(body, bytes)
                    else body[:200])
     cls = {410: Gone, 401: Unauthorized, 409: Conflict, 404: NotFound}.get(status, KubeError)
@@ -124,23 +146,34 @@ class KubeClient:
     Create with `await KubeClient.connect(...)` (or `from_settings`); the caller must
     `await close()`."""
 
-    def __init__(self, credentials: Credentials) -> None:
+    def __init__(self, credentials: Credentials, *, wire: str = "protobuf") -> None:
         self._credentials = credentials
         self._api = kclient.ApiClient(credentials.configuration)
+        self._protobuf = wire == "protobuf"
+        """Slim reads ask for protobuf first; False from the first refusal on (for good)."""
 
     @classmethod
     async def connect(cls, *, kubeconfig: str | None = None, context: str | None = None,
-                      verify_tls: bool = True, pool_size: int = 32) -> KubeClient:
+                      verify_tls: bool = True, pool_size: int = 32,
+                      wire: str = "protobuf") -> KubeClient:
         """Load credentials (`sniffer.kubecredentials.Credentials.load`) and connect;
-        unusable ones raise `CredentialsError`."""
+        unusable ones raise `CredentialsError`. `wire`: "protobuf" or "json"."""
         return cls(await Credentials.load(kubeconfig=kubeconfig, context=context,
-                                          verify_tls=verify_tls, pool_size=pool_size))
+                                          verify_tls=verify_tls, pool_size=pool_size),
+                   wire=wire)
 
     @classmethod
     async def from_settings(cls, kube: KubeSettings, *, pool_size: int) -> KubeClient:
-        """`connect` with the kubeconfig, context and TLS choice of `kube` settings."""
+        """`connect` with the kubeconfig, context, TLS choice and wire of `kube` settings."""
         return await cls.connect(kubeconfig=kube.kubeconfig, context=kube.context,
-                                 verify_tls=kube.verify_tls, pool_size=pool_size)
+                                 verify_tls=kube.verify_tls, pool_size=pool_size,
+                                 wire=kube.wire)
+
+    @property
+    def wire(self) -> str:
+        """The encoding slim reads ask for now: "protobuf", or "json" (chosen, or after
+        a refusal)."""
+        return "protobuf" if self._protobuf else "json"
 
     @property
     def host(self) -> str:
@@ -152,7 +185,7 @@ class KubeClient:
     async def request(self, method: str, path: str, *, query: Mapping[str, Any] | None = None,
                       body: Any = None, content_type: str = "application/json",
                       client_timeout: aiohttp.ClientTimeout | None = None,
-                      ) -> aiohttp.ClientResponse:
+                      accept: str = _JSON) -> aiohttp.ClientResponse:
         """Send one request and return the open response (status < 400).
 
         Caller duty: read or release the response. Raises a `KubeError` subclass for
@@ -165,9 +198,9 @@ class KubeClient:
         async def attempt() -> aiohttp.ClientResponse | _Refused:
             # The REST client serialises JSON bodies itself (for any *json content type).
             try:
+                headers = {**await self._credentials.headers(content_type), "Accept": accept}
                 resp = await self._api.rest_client.request(
-                    method, url, headers=await self._credentials.headers(content_type),
-                    body=body, _request_timeout=timeout)
+                    method, url, headers=headers, body=body, _request_timeout=timeout)
             except TimeoutError as exc:  # aiohttp's socket/connect timeouts subclass it
                 raise Timeout(0, f"{method} {path}: {type(exc).__name__}") from exc
             except aiohttp.ClientError as exc:
@@ -213,17 +246,19 @@ class KubeClient:
         read), later pages from the same snapshot via the continue token; an expired
         token raises `Gone`. `slim`: items carry only what `project` reads."""
         path = self.pods_path(namespace)
-        response = await self.request("GET", path, query={
+        response, protobuf = await self._read(path, slim, query={
             "labelSelector": label_selector or None, "limit": limit,
             "continue": continue_token}, client_timeout=aiohttp.ClientTimeout(total=120))
-        return decode_pod_list(await _body(response, "GET", path), slim=slim)
+        body = await _body(response, "GET", path)
+        return decode_pod_list_proto(body) if protobuf else decode_pod_list(body, slim=slim)
 
     async def get_pod(self, namespace: str, name: str, *, slim: bool = False) -> JSON:
         """One pod by name (a missing one raises `NotFound`); `slim`: as `list_pods`."""
         path = self.pods_path(namespace, name)
-        response = await self.request("GET", path)
-        return decode_pod(await _body(response, "GET", path), slim=slim,
-                          what=f"GET {path}: response")
+        response, protobuf = await self._read(path, slim)
+        body, what = await _body(response, "GET", path), f"GET {path}: response"
+        return decode_pod_proto(body, what) if protobuf else decode_pod(body, slim=slim,
+                                                                          what=what)
 
     async def watch_pods(self, namespace: str | None, *, label_selector: str,
                          resource_version: str, timeout_seconds: int, read_timeout: float,
@@ -240,13 +275,20 @@ class KubeClient:
                  "labelSelector": label_selector or None}
         # No total timeout: the server ends the stream; silence is caught per read.
         try:
-            response = await self.request(
-                "GET", self.pods_path(namespace), query=query,
+            response, protobuf = await self._read(
+                self.pods_path(namespace), slim, query=query,
                 client_timeout=aiohttp.ClientTimeout(total=None, sock_connect=read_timeout,
                                                      sock_read=read_timeout))
         except Timeout as exc:
             raise WatchStalled(0, f"watch did not open within {read_timeout:g}s") from exc
         try:
+            if protobuf:
+                async for frame in _frames(response.content, read_timeout):
+                    try:
+                        yield decode_event_proto(frame)
+                    except MalformedEvent as bad:
+                        yield bad
+                return
             async for line in _lines(response.content, read_timeout):
                 try:
                     yield decode_event(line, slim=slim)
@@ -254,6 +296,32 @@ class KubeClient:
                     yield bad
         finally:
             response.release()
+
+    async def _read(self, path: str, slim: bool, **kw: Any,
+                    ) -> tuple[aiohttp.ClientResponse, bool]:
+        """GET `path` (protobuf asked for first iff `slim` and the wire is protobuf): the
+        open response and whether its body is protobuf. A 406/415 to protobuf is asked
+        again in JSON; either refusal turns the wire to JSON (`_refused`)."""
+        if not (slim and self._protobuf):
+            return await self.request("GET", path, **kw), False
+        try:
+            response = await self.request("GET", path, accept=_PROTOBUF_FIRST, **kw)
+        except KubeError as exc:
+            if exc.status not in _REFUSED:
+                raise
+            self._refused(f"HTTP {exc.status}")
+            return await self.request("GET", path, **kw), False
+        content_type = response.headers.get("Content-Type", "")
+        if content_type.startswith(PROTOBUF):
+            return response, True
+        self._refused(f"Content-Type {content_type[:80] or 'none'}")
+        return response, False
+
+    def _refused(self, answer: str) -> None:
+        if self._protobuf:  # no await between check and change: logged exactly once
+            self._protobuf = False
+            log.warning("the API server (or a proxy) refused protobuf; using JSON from now "
+                        "on", extra={"answer": answer})
 
     async def patch_pod(self, namespace: str, name: str, patch: JSON | list[JSON], *,
                         content_type: str = "application/strategic-merge-patch+json") -> JSON:
@@ -283,6 +351,19 @@ def decode_pod_list(body: bytes, *, slim: bool = False) -> Page:
     data = slim_list(body) if slim else None
     if data is None:  # not slim, or refused by the slim schema: the general way
         data = _json_object(body, "LIST response")
+    return _page(data)
+
+
+def decode_pod_list_proto(body: bytes) -> Page:
+    """Decode a protobuf LIST response (slim items); bytes that are not one raise
+    `KubeError` naming what was wrong."""
+    try:
+        return _page(proto_list(body))
+    except ProtoError as exc:
+        raise KubeError(200, f"LIST response: {exc}") from exc
+
+
+def _page(data: JSON) -> Page:
     meta = data.get("metadata")
     meta = meta if isinstance(meta, dict) else {}
     items = data.get("items") or []
@@ -297,6 +378,14 @@ def decode_pod(body: bytes, *, slim: bool = False, what: str = "GET pod response
     """Decode one pod (`slim`: only what `project` reads); not a JSON object: `KubeError`."""
     data = slim_pod(body) if slim else None  # None: refused by the slim schema, or not slim
     return _json_object(body, what) if data is None else data
+
+
+def decode_pod_proto(body: bytes, what: str = "GET pod response") -> JSON:
+    """Decode one protobuf pod (slim); bytes that are not one raise `KubeError`."""
+    try:
+        return proto_pod(body)
+    except ProtoError as exc:
+        raise KubeError(200, f"{what}: {exc}") from exc
 
 
 def _json_object(body: bytes, what: str, status: int = 200) -> JSON:
@@ -321,6 +410,20 @@ def decode_event(line: bytes, *, slim: bool = False) -> WatchEvent:
             data = json.loads(line)
         except (ValueError, RecursionError) as exc:
             raise MalformedEvent(0, f"watch line is not JSON ({len(line)} bytes)") from exc
+    return _event(data)
+
+
+def decode_event_proto(frame: bytes) -> WatchEvent:
+    """Decode one protobuf watch frame (slim object), judged as `decode_event` judges a
+    line: ERROR events raise, malformed frames raise `MalformedEvent`."""
+    try:
+        data = proto_event(frame)
+    except ProtoError as exc:
+        raise MalformedEvent(0, f"watch frame of {len(frame)} bytes: {exc}") from exc
+    return _event(data)
+
+
+def _event(data: object) -> WatchEvent:
     if not isinstance(data, dict):
         raise MalformedEvent(0, "watch line is not an object")
     kind = data.get("type")
@@ -366,6 +469,22 @@ async def _lines(stream: aiohttp.StreamReader, read_timeout: float) -> AsyncIter
             pending += len(chunk) - start
             if pending > _MAX_LINE:
                 raise KubeError(0, f"watch line longer than {_MAX_LINE} bytes")
+
+
+async def _frames(stream: aiohttp.StreamReader, read_timeout: float) -> AsyncIterator[bytes]:
+    """Split a ``;stream=watch`` protobuf stream into its length-delimited frames. A
+    length over the limit, or a stream that ends inside a frame, is a broken stream
+    (`KubeError`): the framing cannot be found again after it."""
+    splitter = FrameSplitter(_MAX_LINE)
+    while chunk := await _chunk(stream, read_timeout):
+        try:
+            frames = splitter.feed(chunk)
+        except ProtoError as exc:
+            raise KubeError(0, f"watch stream broke: {exc}") from exc
+        for frame in frames:
+            yield frame
+    if splitter.pending:
+        raise KubeError(0, f"watch stream ended inside a frame ({splitter.pending} bytes)")
 
 
 async def _chunk(stream: aiohttp.StreamReader, read_timeout: float) -> bytes:

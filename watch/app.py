@@ -111,9 +111,8 @@ class Watcher:
         if not s.platform.verify_tls:
             log.warning("TLS verification of the platform is OFF (platform.verify_tls=false)")
         # One connection per finalizer worker (patches) plus one per watch stream.
-        kube = await KubeClient.connect(
-            kubeconfig=s.kube.kubeconfig, context=s.kube.context, verify_tls=s.kube.verify_tls,
-            pool_size=s.finalizers.workers + len(s.kube.namespaces) + 4)
+        kube = await KubeClient.from_settings(
+            s.kube, pool_size=s.finalizers.workers + len(s.kube.namespaces) + 4)
         # The lease gets its own connections: renewals must never queue behind a burst of
         # finalizer patches, or a busy leader would lose its lease.
         lease_kube = await KubeClient.connect(kubeconfig=s.kube.kubeconfig,
