@@ -32,7 +32,7 @@ from testbed.platform.launcher import AdminError, PlatformServer
 from tests.fixtures.proxy import Proxy
 from tests.fixtures.watcher import Pods, eventually
 from tests.test_reflector import proxied_kubeconfig
-from watch.acks import TERMINAL_UNKNOWN, Acked
+from watch.ledger import TERMINAL_UNKNOWN, Acked
 from watch.app import drain_in_order
 from watch.controller import Controller
 from watch.finalizers import Finalizers

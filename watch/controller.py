@@ -5,7 +5,7 @@ Contract:
   once (the queue guarantees it), other keys are handled in parallel.
 * The handler derives the workload state from the cached pod (`sniffer.states.derive`)
   and sends an update only when it is ahead of what the platform last acknowledged
-  for the run (`watch.acks`), with that state as the write's precondition. Relisting
+  for the run (`watch.ledger`), with that state as the write's precondition. Relisting
   thousands of finished pods after a restart sends nothing that is already right:
   acknowledgements are seeded from one listing of the platform's non-terminal runs.
 * Each handler result (or exception) is one `watch.outcomes.Outcome`, mapped to exactly
@@ -30,7 +30,7 @@ Contract:
   any more and the finalizer queue is shut down too (its waiting keys still go out).
 * Settled pods (`watch.store`): a pod is settled iff it is finished, carries no Sniffer
   finalizer and the platform acknowledged a terminal state for its run, by the rule of
-  `watch.acks.Acks.settled` (the controller answers the store's question with it). The
+  `watch.ledger.RunLedger.terminal_acknowledged`. The
   store keeps such pods as `SettledPod` records; the handler does nothing for a record
   but forget its tombstone, and compacts a view once it settles it. `seed()` may be
   called before the first LIST, so listed pods are judged as they come.
@@ -57,9 +57,9 @@ from sniffer.platform_model import Outcome as PlatformOutcome
 from sniffer.platform_model import StateUpdate
 from sniffer.podview import PodView
 from sniffer.states import Derived, StatePolicy, Underivable, derive
-from watch.acks import Acked, Acks
 from watch.finalizers import Finalizers
 from watch.finalizing import FinalizerLoop
+from watch.ledger import Acked, RunLedger
 from watch.outcomes import DONE, INTERRUPTED, Outcome, OutcomeMap, Result, outcome_of
 from watch.store import PodStore, SettledPod
 from watch.workqueue import ShutDown, WorkQueue
@@ -113,7 +113,7 @@ class Controller:
                  metrics: ControllerMetrics | None = None,
                  clock: Callable[[], float] = time.time,
                  finalizer_queue: WorkQueue[str] | None = None,
-                 finalizer_workers: int = 16) -> None:
+                 finalizer_workers: int = 16, ledger: RunLedger | None = None) -> None:
         self._store = store
         self._queue = queue
         self._platform = platform
@@ -122,8 +122,8 @@ class Controller:
         self._is_leader = is_leader
         self._metrics: ControllerMetrics = metrics or _NoMetrics()
         self._clock = clock
-        self._acks = Acks(platform, clock=clock)
-        """The handler's one record of what the platform acknowledged, and the seed."""
+        self._acks = ledger if ledger is not None else RunLedger(platform, clock=clock)
+        """The one record of what the platform acknowledged, and the seed."""
         self._observed: dict[str, float] = {}
         """key → wall time its oldest unsettled change was observed (freshness); an entry
         exists iff `on_change` saw a change of the key that no outcome has settled since
@@ -133,9 +133,6 @@ class Controller:
                                     settled=self._settled)
         self._busy: dict[str, float] = {}
         self._started = False
-        self._unknown_runs: set[str] = set()
-        """A run id is here iff the platform's last answer about it was "no such run" and
-        no deletion of a pod of the run was handled since."""
         self.finalizing = FinalizerLoop(
             store=store, knowledge=self,
             queue=finalizer_queue if finalizer_queue is not None else WorkQueue[str](),
@@ -202,7 +199,7 @@ class Controller:
             self.finalizing.queue.shut_down()
 
     async def seed(self) -> None:
-        """Take the acknowledgement seed (`watch.acks.Acks.seed`). `run()` takes a fresh
+        """Take the acknowledgement seed (`watch.ledger.RunLedger.seed`). `run()` takes a fresh
         one; calling it before the first LIST as well lets the store keep the pods it
         settles as records from the start. Caller duty: not concurrently with itself."""
         await self._acks.seed()
@@ -234,9 +231,9 @@ class Controller:
 
     def settled(self, pod: PodView) -> bool:
         """The store's question (`watch.store.Acknowledgements`): has the platform
-        acknowledged a terminal state for `pod`'s run? `watch.acks.Acks.settled` answers
+        acknowledged a terminal state for `pod`'s run? The ledger answers
         it. Reads only; no await."""
-        return self._acks.settled(pod)
+        return self._acks.terminal_acknowledged(pod)
 
     def acked(self, run_id: str) -> Acked | None:
         """`watch.finalizing.RunKnowledge`: the platform's last answer about the run."""
@@ -244,7 +241,7 @@ class Controller:
 
     def run_unknown(self, run_id: str) -> bool:
         """`watch.finalizing.RunKnowledge`: was the platform's last answer "no such run"?"""
-        return run_id in self._unknown_runs
+        return self._acks.unknown(run_id)
 
     # --- the handler ---------------------------------------------------------------------
 
@@ -257,7 +254,6 @@ class Controller:
             # Acknowledged terminal, no finalizer of ours: nothing to send or release.
             if self._store.is_deleted(key):
                 self._acks.forget(pod.run_id)
-                self._unknown_runs.discard(pod.run_id)
                 self._store.forget_tombstone(key, pod)
             return DONE
         if pod.run_id is None:
@@ -360,7 +356,7 @@ class Controller:
     def _forget_if_deleted(self, pod: PodView) -> Outcome:
         if self._store.is_deleted(pod.key):
             self._store.forget_tombstone(pod.key, pod)
-            self._unknown_runs.discard(pod.run_id or "")
+            self._acks.forget_unknown(pod.run_id or "")
         return DONE
 
     async def _refresh(self, pod: PodView) -> Acked | None:
@@ -375,11 +371,9 @@ class Controller:
 
     def _record(self, run_id: str, acked: Acked) -> None:
         self._acks.record(run_id, acked)
-        self._unknown_runs.discard(run_id)
 
     def _unknown(self, run_id: str) -> None:
-        self._acks.forget(run_id)
-        self._unknown_runs.add(run_id)
+        self._acks.record_unknown(run_id)
 
 
 def _utc(epoch: float | None) -> datetime | None:

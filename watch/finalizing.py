@@ -53,8 +53,8 @@ from typing import Protocol
 
 from sniffer.podview import OUTCOME_FINALIZER, PodView
 from sniffer.states import StatePolicy, Underivable, derive
-from watch.acks import Acked
 from watch.finalizers import Finalizers
+from watch.ledger import Acked
 from watch.outcomes import DONE, INTERRUPTED, Outcome, OutcomeMap, outcome_of
 from watch.store import Cached, PodStore
 from watch.workqueue import ShutDown, WorkQueue
