@@ -2,7 +2,7 @@
 
 Contract:
 * The handler's answer for one key is one `Outcome`. An exception it raises becomes one
-  too (`outcome_of`), so one bad object never kills a worker.
+  too (`outcome_of`), so one bad object never kills a worker (`watch.workers`).
 * Retry policy: transient failures retry — the platform unavailable (408/429/5xx,
   timeouts; its Retry-After is the retry's least delay), Kubernetes API errors, any
   unexpected exception. A platform rejection is not retried: the change is dropped.
@@ -20,7 +20,7 @@ Contract:
   ============= ======================================== ================
 
   A RETRY of a key that has already been requeued `max_retries` times is a DROP; with
-  `max_retries` None (the finalizer loop, `watch.finalizing`) never: a release given up
+  `max_retries` None (the finalizer loop, `watch.finalizer_loop`) never: a release given up
   would leave its pod stuck Terminating, so it is retried, with backoff, until it succeeds.
 * A change is *dropped* (logged at error, counted by `dropped` and by the `dropped`
   metric) iff it is given up with no retry pending. Nobody handles it again until the
@@ -29,7 +29,7 @@ Contract:
   `INTERRUPTED`, a REQUEUE: whatever it was writing may never have been written, so its
   change stays pending (its freshness clock keeps running) and, if the queue still takes
   work, the key is handled again. The worker re-raises the `CancelledError`.
-* `settled(key)` is called iff the key's observed change is no longer pending (the
+* `resolved(key)` is called iff the key's observed change is no longer pending (the
   "no" rows above): the caller stops the change's freshness clock there.
 """
 
@@ -113,7 +113,7 @@ class OutcomeStore(Protocol):
 
 
 class OutcomeMetrics(Protocol):
-    """The labels `finish` reports (part of `watch.controller.ControllerMetrics`)."""
+    """The labels `finish` reports (part of `watch.handler.HandlerMetrics`)."""
 
     def outcome(self, result: str) -> None: ...
     def dropped(self, state: str, reason: str) -> None: ...
@@ -123,12 +123,12 @@ class OutcomeMap:
     """Applies each handler outcome to the queue. Constructing starts nothing."""
 
     def __init__(self, *, queue: OutcomeQueue, store: OutcomeStore, metrics: OutcomeMetrics,
-                 max_retries: int | None, settled: Callable[[str], None]) -> None:
+                 max_retries: int | None, resolved: Callable[[str], None]) -> None:
         self._queue = queue
         self._store = store
         self._metrics = metrics
         self._max_retries = max_retries
-        self._settled = settled
+        self._resolved = resolved
         self.handled = 0
         """Outcomes finished so far (any result); informational, for tests and the demo."""
         self.dropped = 0
@@ -148,13 +148,13 @@ class OutcomeMap:
         self._metrics.outcome(result.value)
         if result is Result.DONE:
             self._queue.forget(key)
-            self._settled(key)
+            self._resolved(key)
         elif result is Result.REQUEUE:
             self._queue.forget(key)
             self._queue.add(key)
         elif result is Result.REQUEUE_AFTER:
             self._queue.forget(key)
-            self._settled(key)
+            self._resolved(key)
             self._queue.add_after(key, outcome.delay)
         elif result is Result.RETRY:
             log.info("retrying", extra={"key": key, "error": outcome.error,
@@ -168,6 +168,6 @@ class OutcomeMap:
             self._metrics.dropped(pod.phase if pod else "unknown", outcome.error or "")
             self.dropped += 1
             self._queue.forget(key)
-            self._settled(key)
+            self._resolved(key)
             if pod is not None and self._store.is_deleted(key):
                 self._store.forget_tombstone(key, pod)
