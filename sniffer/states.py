@@ -10,6 +10,8 @@ Contract:
   (time rules report the moment they fired, not the moment they were evaluated).
 * `recheck_after` is set iff a time rule may still fire for this pod: after that many
   seconds (> 0) the caller must derive again even if the pod did not change.
+* `judged` is set iff the result is a failure rule fired for a pod not yet ended (Pending or
+  Running): a judgement over this view, not a fact the pod reports.
 * `Underivable` is returned for phase Unknown or a phase this module does not know; the
   caller keeps the last state and waits for the next event (the reconciler is the backstop).
 
@@ -136,6 +138,10 @@ class Derived:
     started_at: float | None = None
     finished_at: float | None = None
     recheck_after: float | None = None
+    judged: bool = False
+    """True iff the state is a failure the rules decided for a pod that has not ended (still
+    Pending or Running). It rests on the view being the pod's latest and cannot be undone,
+    so a writer confirms that view on the API server first."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,7 +325,8 @@ def _active(pod: PodView, now: float, policy: StatePolicy, state: WorkloadState)
     fired = [rule for rule in rules if rule.at <= now]
     if fired:
         first = min(fired, key=lambda rule: rule.at)  # the first of equals: spec order
-        return Derived(F, first.reason, first.message, first.exit_code, started, first.at)
+        return Derived(F, first.reason, first.message, first.exit_code, started, first.at,
+                       judged=True)
     recheck = min((rule.at - now for rule in rules), default=None)
     return Derived(state, reason, message, None, started, None, recheck)
 

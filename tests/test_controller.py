@@ -60,6 +60,7 @@ class Harness:
         self.platform = platform
         self.controller = Controller(
             store=self.store, queue=self.queue, platform=client,
+            pods=cast(KubeClient, None),  # no rule of the default policy fires here
             finalizers=Finalizers(cast(KubeClient, None), enabled=False),
             policy=StatePolicy(), workers=2, max_retries=max_retries, clock=clock)
         self.store.acknowledgements = self.controller  # as watch.app wires them

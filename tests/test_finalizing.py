@@ -278,7 +278,7 @@ async def loop(apiserver: ApiServer, platform: PlatformServer, namespace: str,
     queue, finalizer_queue = WorkQueue[str](_limiter()), WorkQueue[str](_limiter())
     metrics = Recorder()
     controller = Controller(
-        store=store, queue=queue, platform=client,
+        store=store, queue=queue, platform=client, pods=watching,
         finalizers=Finalizers(patching, enabled=finalizers), policy=StatePolicy(), workers=8,
         max_retries=1000, is_leader=is_leader, metrics=metrics,
         finalizer_queue=finalizer_queue, finalizer_workers=4)

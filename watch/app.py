@@ -151,7 +151,7 @@ class Watcher:
                 on_settled=lambda before: _forget_settled(store, before))
         self.elector = elector
         self.controller = controller = Controller(
-            store=store, queue=queue, platform=platform,
+            store=store, queue=queue, platform=platform, pods=kube,
             finalizers=Finalizers(kube, enabled=s.finalizers.enabled),
             policy=state_policy(s), workers=w.count, max_retries=w.max_retries,
             is_leader=(lambda: elector.is_leader) if elector else (lambda: True),

@@ -35,6 +35,12 @@ Contract:
   but forget its tombstone, and compacts a view once it settles it. `seed()` may be
   called before the first LIST, so listed pods are judged as they come.
 * Writes happen only while `is_leader()` is true (checked right before each write).
+* A failure the state rules decided for a pod that has not ended (`Derived.judged`: stuck
+  Pending, image pull, crash loop) is sent only after a quorum read of the pod shows the
+  cached resourceVersion is still the latest: a terminal state cannot be undone, and a
+  cache that lags its watch would otherwise fail a pod that has since started or
+  finished. If the cache is behind (or the pod is gone) the key retries; the watch event
+  on its way brings the newer view.
 * `run()` returns when the queue is shut down and every worker of both pools finished
   its key.
 """
@@ -52,6 +58,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from sniffer.kube import JSON, NotFound
 from sniffer.platform import PlatformClient
 from sniffer.platform_model import Outcome as PlatformOutcome
 from sniffer.platform_model import StateUpdate
@@ -104,11 +111,17 @@ class _NoMetrics:
         pass
 
 
+class PodReader(Protocol):
+    """The API server read that confirms a judged failure (`sniffer.kube.KubeClient`)."""
+
+    async def get_pod(self, namespace: str, name: str, *, slim: bool = False) -> JSON: ...
+
+
 class Controller:
     """Turns pod changes into platform updates. Constructing starts nothing."""
 
     def __init__(self, *, store: PodStore, queue: WorkQueue[str], platform: PlatformClient,
-                 finalizers: Finalizers, policy: StatePolicy, workers: int,
+                 pods: PodReader, finalizers: Finalizers, policy: StatePolicy, workers: int,
                  max_retries: int, is_leader: Callable[[], bool] = lambda: True,
                  metrics: ControllerMetrics | None = None,
                  clock: Callable[[], float] = time.time,
@@ -117,6 +130,7 @@ class Controller:
         self._store = store
         self._queue = queue
         self._platform = platform
+        self._pods = pods
         self._policy = policy
         self._workers = workers
         self._is_leader = is_leader
@@ -287,7 +301,26 @@ class Controller:
             return await self._settle(pod, acked, derived)
         if not self._is_leader():
             return Outcome.retry("not the leader")
+        if derived.judged and (behind := await self._cache_behind(pod)) is not None:
+            return Outcome.retry(behind)
         return await self._send(pod, acked, derived)
+
+    async def _cache_behind(self, pod: PodView) -> str | None:
+        """Why the cached `pod` is not the API server's latest (None: it is). A GET
+        without resourceVersion is a quorum read, never older than the watch."""
+        try:
+            fresh = await self._pods.get_pod(pod.namespace, pod.name, slim=True)
+        except NotFound:
+            return "judged failure not sent: the pod is gone on the API server"
+        metadata = fresh.get("metadata")
+        latest = metadata.get("resourceVersion") if isinstance(metadata, dict) else None
+        if latest == pod.resource_version:
+            return None
+        log.info("judged failure not sent: the cache is behind the API server",
+                 extra={"key": pod.key, "run_id": pod.run_id, "reason": "cache behind",
+                        "cached": pod.resource_version, "latest": latest})
+        return f"judged failure not sent: cached resourceVersion {pod.resource_version}, " \
+               f"API server has {latest}"
 
     async def _send(self, pod: PodView, acked: Acked, derived: Derived) -> Outcome:
         assert pod.run_id is not None and acked.state is not None

@@ -58,6 +58,10 @@ class Ctx:
         self.gaps: list[Window] = []
         self.overrides: dict[str, Expectation] = {}
         self.allowed_reasons: dict[str, frozenset[str]] = {}
+        self.alternatives: dict[str, list[Expectation]] = {}
+        """run id → other outcomes a correct Sniffer may show, each as honest as the
+        simulator's expectation (set by a scenario's `expect`, e.g. failed by the pending
+        rule for a pod the API server still held Pending past its threshold)."""
         self.notes: list[str] = []
         self.reconciles: list[dict[str, Any]] = []
         self.reconciler_wrote: dict[str, float] = {}

@@ -79,9 +79,14 @@ async def gone_after_compaction_and_restart(ctx: Ctx, phase_jobs: int) -> None:
             ctx.notes.append("API server restarted on the same data directory and port")
             phase2 = ctx.start_simulation(half, label="b")
             await asyncio.sleep(5)
+            lists = scan_logs(w.log_path for w in ctx.watchers.values())[1]["lists"]
             await asyncio.to_thread(ctx.proxy.unblock)
             if not await wait_for_log(ctx, "expired", 1):
                 ctx.notes.append("no 410 seen after the restart")
+            # The gap ends when the relist has given the cache a view again, not at the
+            # 410: a deletion that completes between the two is first seen finished.
+            if not await wait_for_log(ctx, "lists", lists + 1):
+                ctx.notes.append("no relist seen after the 410")
             ctx.gap_ends(gap)
     finally:
         await asyncio.to_thread(ctx.proxy.unblock)

@@ -202,6 +202,8 @@ async def _verdict(ctx: Ctx, result: Result, observer: PodObserver) -> None:
         pods = await list_pods(ctx.kube, ctx.namespace)
         present = {str((p["metadata"].get("labels") or {}).get(RUN_ID_LABEL)) for p in pods}
         alternatives = gap_alternatives(ctx, observer.finalized, present, runs)
+        for run_id, alts in ctx.alternatives.items():
+            alternatives.setdefault(run_id, []).extend(alts)
         verdict = judge(expected, alternatives, ctx.allowed_reasons, runs,
                         before_reconcile=before_reconcile)
         return verdict, finalizers_left(pods, unfinished)
@@ -231,6 +233,10 @@ async def _verdict(ctx: Ctx, result: Result, observer: PodObserver) -> None:
     result.lost_examples = verdict.wrong[:10]
     result.reported_as_pod_lost = verdict.pod_lost
     result.reason_unknowable = verdict.reason_unknowable
+    result.failed_while_pending = verdict.failed_while_pending
+    if verdict.failed_while_pending:
+        ctx.notes.append(f"{verdict.failed_while_pending} run(s) failed by the pending rule: "
+                         "the API server held their pod Pending past its threshold")
     result.finalizers_left = len(left)
     if verdict.wrong:
         result.problems.append(f"{len(verdict.wrong)} run(s) not in the state their pod "

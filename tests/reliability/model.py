@@ -105,6 +105,9 @@ class Result:
     """Runs accepted as "pod lost": created and deleted unseen during a watcher gap."""
     reason_unknowable: int = 0
     """Runs judged by state only: their pod was deleted and gone within a watcher gap."""
+    failed_while_pending: int = 0
+    """Runs failed by the pending rule although their pod started later: the API server
+    held it Pending past the rule's threshold (the simulator lagged), so both are right."""
     regressed: int = 0
     finalizers_left: int = 0
     tracebacks: int = 0

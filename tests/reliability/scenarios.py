@@ -16,13 +16,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterable
 
 from testbed.simulator.lifecycles import Expectation, State
+from testbed.simulator.records import SimResult
 from tests.reliability import faults
 from tests.reliability.context import Ctx
 from tests.reliability.model import Load, Scenario, Step
-from tests.reliability.verdict import scan_logs
+from tests.reliability.verdict import PENDING_REASONS, scan_logs
 
 LOAD = Load(jobs=1000, rate=25)
 FAST_LEASE = {"SNIFFER_LEADER_LEASE_DURATION_S": "10", "SNIFFER_LEADER_RENEW_DEADLINE_S": "7",
@@ -31,7 +33,8 @@ STUCK_LIFECYCLES = ("unschedulable", "image-pull")
 STUCK_REASONS = frozenset({"Unschedulable", "ErrImagePull", "ImagePullBackOff"})
 STUCK_ENV = {"SNIFFER_STATES_PENDING_FAILURE_AFTER_S": "8",
              "SNIFFER_STATES_IMAGE_PULL_FAILURE_AFTER_S": "8"}
-# Every lifecycle that leaves Pending at once, with more pods that never start: not
+# Every lifecycle that leaves Pending at once (a pod the simulator, lagging, leaves Pending
+# past the threshold may be failed there: `pending_past`), with more pods that never start: not
 # late-scheduled (bound after half its duration, too close to the threshold for one honest
 # expectation) nor init-error (its init container runs for the whole duration, so the
 # pending rule fails it "Initializing" before the container's own error).
@@ -126,12 +129,46 @@ def stuck_failed(ctx: Ctx) -> list[str]:
 async def expect_stuck(ctx: Ctx) -> None:
     """Pods that never start are failed by the watcher's state rules once past the (low)
     thresholds, before their user gives up on them: the simulator's oracle assumes the
-    rules never fire, so these runs expect failed with a pending reason."""
+    rules never fire, so these runs expect failed with a pending reason.
+
+    A pod of the other lifecycles leaves Pending at once unless the simulator lags (a
+    loaded machine); if the API server still held it Pending past the pending threshold,
+    failing it there is right too (`pending_past`)."""
     for sim in ctx.sims:
         for outcome in sim.outcomes:
             if outcome.lifecycle in STUCK_LIFECYCLES:
                 ctx.overrides[outcome.run_id] = Expectation(State.FAILED, None, None)
                 ctx.allowed_reasons[outcome.run_id] = STUCK_REASONS
+    limit_s = float(STUCK_ENV["SNIFFER_STATES_PENDING_FAILURE_AFTER_S"])
+    for run_id in pending_past(ctx.sims, limit_s) - set(ctx.overrides):
+        ctx.alternatives.setdefault(run_id, []).extend(
+            Expectation(State.FAILED, reason, None) for reason in sorted(PENDING_REASONS))
+
+
+def pending_past(sims: Iterable[SimResult], limit_s: float) -> set[str]:
+    """Runs whose pod the API server may still have held Pending `limit_s` after its
+    creation, when the watcher's pending rule fires.
+
+    The rule fires at creationTimestamp + `limit_s`, and creationTimestamp (whole seconds,
+    set while the create was in flight) is at least the floor of the create's send time.
+    The watcher fails the pod only if a read at or after that moment shows it Pending, so
+    the pod's first change out of Pending was accepted after it. Runs whose first change
+    out of Pending was accepted at or before it are not in the set: failing one of those
+    is a defect."""
+    out: set[str] = set()
+    for sim in sims:
+        created: dict[str, float] = {}
+        left: dict[str, float] = {}
+        for c in sim.changes:
+            if c.op == "create":
+                created.setdefault(c.run_id, c.sent_at)
+            elif (not c.op.startswith("run-") and c.expect != State.QUEUED
+                    and c.run_id in created):
+                left.setdefault(c.run_id, c.accepted_at)
+        for run_id, at in created.items():
+            if left.get(run_id, float("inf")) > math.floor(at) + limit_s:
+                out.add(run_id)
+    return out
 
 
 async def expect_blind_stops(ctx: Ctx) -> None:

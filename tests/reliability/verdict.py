@@ -57,6 +57,9 @@ class Judgement:
     was requested and completed within a watcher gap (see `gap_alternatives`)."""
     awaiting_reconcile: int = 0
     """Runs of pods deleted unseen that are still open: only the reconciler can tell."""
+    failed_while_pending: int = 0
+    """Runs accepted as failed with a pending reason: a scenario's alternative for a pod
+    the API server held Pending past the pending rule's threshold."""
 
 
 def judge(expected: Mapping[str, Expectation],
@@ -67,13 +70,16 @@ def judge(expected: Mapping[str, Expectation],
     """Mismatches after the honest adjustments (see the module docstring). With
     `before_reconcile`, open runs of pods deleted unseen are counted apart, not wrong."""
     wrong: list[str] = []
-    pod_lost = unknowable = awaiting = 0
+    pod_lost = unknowable = awaiting = pending = 0
     for m in mismatches(expected, runs):
         alts = alternatives.get(m.run_id, ())
         fits = [alt for alt in alts if not mismatches({m.run_id: alt}, runs)]
         if fits:
             if any(alt.reason in LOST_REASONS for alt in fits):
                 pod_lost += 1
+            elif any(alt.state is State.FAILED and alt.reason in PENDING_REASONS
+                     for alt in fits):
+                pending += 1
             else:
                 unknowable += 1
             continue
@@ -86,10 +92,13 @@ def judge(expected: Mapping[str, Expectation],
         run = runs.get(run_id)
         if run is not None and run.get("reason") not in reasons:
             wrong.append(f"{run_id}: reason {run.get('reason')!r} not in {sorted(reasons)}")
-    return Judgement(wrong, pod_lost, unknowable, awaiting)
+    return Judgement(wrong, pod_lost, unknowable, awaiting, pending)
 
 
 LOST_REASONS = frozenset({"PodLost", "Cancelled"})
+PENDING_REASONS = frozenset({"Scheduling", "Unschedulable", "SchedulingGated", "Initializing",
+                             "PodInitializing", "ContainerCreating"})
+"""The reasons `sniffer.states` gives a pod that is Pending with no container problem."""
 DELETION_SHAPES = frozenset({"terminating", "evicting", "deleted", "deleted-when-finished"})
 GONE_SHAPES = frozenset({"deleted", "deleted-when-finished"})
 

@@ -1,0 +1,39 @@
+"""The fault matrix's oracle rules that are pure functions of the simulator's records."""
+
+from __future__ import annotations
+
+from testbed.simulator.records import Change, SimResult
+from tests.reliability.scenarios import pending_past
+
+T0 = 1_800_000_000.4  # a creation sent 0.4 s into a second: creationTimestamp may floor it
+
+
+def change(run_id: str, op: str, expect: str, at: float) -> Change:
+    return Change(run_id=run_id, pod=f"ns/{run_id}", op=op, actor="kubelet", shape="s",
+                  expect=expect, sent_at=at - 0.01, accepted_at=at, resource_version="1",
+                  lifecycle="succeeded", kind="job")
+
+
+def sim(*changes: Change) -> SimResult:
+    return SimResult(run_prefix="oracle", seed=1, started_at=T0, finished_at=T0 + 60,
+                     created=1, finished=1, expected={}, changes=list(changes))
+
+
+def test_a_pod_that_left_pending_before_the_rule_could_fire_may_not_be_failed_pending() -> None:
+    records = sim(change("a", "run-create", "queued", T0 - 1),
+                  change("a", "create", "queued", T0),
+                  change("a", "status", "queued", T0 + 3),  # ContainerCreating
+                  change("a", "status", "running", T0 + 7.5))  # floor(T0) + 8 is later
+    assert pending_past([records], 8.0) == set()
+
+
+def test_a_pod_still_pending_when_the_rule_fires_may_be_failed_pending() -> None:
+    records = sim(change("b", "create", "queued", T0),
+                  change("b", "status", "running", T0 + 7.7))  # after floor(T0) + 8
+    assert pending_past([records], 8.0) == {"b"}
+
+
+def test_a_pod_that_never_left_pending_may_be_failed_pending() -> None:
+    records = sim(change("c", "create", "queued", T0),
+                  change("c", "run-cancel", "cancelled", T0 + 20))  # the platform's, not the pod's
+    assert pending_past([records], 8.0) == {"c"}
