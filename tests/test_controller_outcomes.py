@@ -68,17 +68,17 @@ class Harness:
         self.queue = RecordingQueue(requeues)
         self.store = PodStore((NS,))
         self.metrics = RecordingMetrics()
-        self.settled: list[str] = []
+        self.resolved: list[str] = []
         self.map = OutcomeMap(queue=self.queue, store=self.store, metrics=self.metrics,
-                              max_retries=max_retries, settled=self.settled.append)
+                              max_retries=max_retries, resolved=self.resolved.append)
 
 
-def test_done_forgets_the_key_and_settles_its_change() -> None:
+def test_done_forgets_the_key_and_resolves_its_change() -> None:
     h = Harness()
     h.map.finish(KEY, DONE)
     assert h.queue.ops == [("forget", KEY)]
     assert h.metrics.outcomes == ["done"]
-    assert h.settled == [KEY]
+    assert h.resolved == [KEY]
     assert (h.map.handled, h.map.dropped) == (1, 0)
 
 
@@ -87,15 +87,15 @@ def test_requeue_adds_the_key_again_and_leaves_its_change_pending() -> None:
     h.map.finish(KEY, Outcome(Result.REQUEUE))
     assert h.queue.ops == [("forget", KEY), ("add", KEY)]
     assert h.metrics.outcomes == ["requeue"]
-    assert h.settled == []
+    assert h.resolved == []
 
 
-def test_requeue_after_settles_the_change_and_plans_a_recheck() -> None:
+def test_requeue_after_resolves_the_change_and_plans_a_recheck() -> None:
     h = Harness()
     h.map.finish(KEY, Outcome(Result.REQUEUE_AFTER, delay=7.0))
     assert h.queue.ops == [("forget", KEY), ("add_after", KEY, 7.0)]
     assert h.metrics.outcomes == ["requeue_after"]
-    assert h.settled == [KEY]
+    assert h.resolved == [KEY]
 
 
 def test_a_retry_below_the_limit_is_rate_limited_for_at_least_the_retry_after() -> None:
@@ -103,7 +103,7 @@ def test_a_retry_below_the_limit_is_rate_limited_for_at_least_the_retry_after() 
     h.map.finish(KEY, Outcome.retry("platform unavailable: 503", retry_after=30.0))
     assert h.queue.ops == [("add_rate_limited", KEY, 30.0)]
     assert h.metrics.outcomes == ["retry"]
-    assert h.settled == []
+    assert h.resolved == []
     assert h.map.dropped == 0
 
 
@@ -116,7 +116,7 @@ def test_a_retry_at_the_limit_is_dropped_with_no_retry_pending(
     assert h.queue.ops == [("forget", KEY)]
     assert h.metrics.outcomes == ["drop"]
     assert h.metrics.drops == [("Running", "platform unavailable: 503")]
-    assert h.settled == [KEY]
+    assert h.resolved == [KEY]
     assert h.map.dropped == 1
     # The reliability verdict counts drops by this message; operators filter on the name.
     [record] = caplog.records

@@ -7,7 +7,7 @@ Contract (the Kubernetes Job controller's pod-tracking technique, KEP-2307):
 * `release(pod)` removes it. Callers must only release once the platform has
   acknowledged a terminal state for the pod's run, or the pod stopped being tracked,
   or the run is unknown to the platform: the finalizer never outlives its purpose
-  (`watch.finalizing` decides when).
+  (`watch.finalizer_loop` decides when).
 * Both are idempotent strategic-merge patches, one per pod, without a resourceVersion
   precondition, so they never conflict with the kubelet or other controllers touching
   the pod. Both carry the pod's uid: a patch decided for one pod never lands on a new

@@ -25,7 +25,14 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from watch.outcomes import INTERRUPTED, Outcome, OutcomeMap, OutcomeMetrics, OutcomeStore, outcome_of
+from watch.outcomes import (
+    INTERRUPTED,
+    Outcome,
+    OutcomeMap,
+    OutcomeMetrics,
+    OutcomeStore,
+    outcome_of,
+)
 from watch.workqueue import ShutDown, WorkQueue
 
 

@@ -1,4 +1,4 @@
-"""watch.finalizing: where Sniffer's finalizer belongs, and the loop that puts it there.
+"""watch.finalizer_loop: where Sniffer's finalizer belongs, and the loop that puts it there.
 
 * `decide` is pure: unit tests over pod views and acknowledgements, including an
   exhaustive check of the central invariant (no release of a tracked, known, own pod
@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import dataclasses
 import itertools
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
@@ -32,11 +33,11 @@ from testbed.platform.launcher import AdminError, PlatformServer
 from tests.fixtures.proxy import Proxy
 from tests.fixtures.watcher import Pods, eventually
 from tests.test_reflector import proxied_kubeconfig
-from watch.ledger import TERMINAL_UNKNOWN, Acked
 from watch.app import drain_in_order
 from watch.controller import Controller
+from watch.finalizer_loop import Action, FinalizerLoop, decide
 from watch.finalizers import Finalizers
-from watch.finalizing import Action, FinalizerLoop, decide
+from watch.ledger import TERMINAL_UNKNOWN, Acked, RunLedger
 from watch.ratelimit import (
     BucketRateLimiter,
     ItemExponentialFailureRateLimiter,
@@ -76,12 +77,12 @@ def view(phase: str = "Running", *, held: bool = False, run_id: str | None = "ru
                                           "ready": phase == "Running", "state": state}]}})
 
 
-def judge(pod: Any, *, acked: Acked | None = RUNNING, settled: bool | None = None,
+def judge(pod: Any, *, acked: Acked | None = RUNNING, terminal: bool | None = None,
           unknown: bool = False, deleted: bool = False, enabled: bool = True) -> Any:
-    if settled is None:
-        settled = acked is not None and acked.terminal
-    return decide(pod, deleted=deleted, acked=acked, settled=settled, unknown=unknown,
-                  enabled=enabled, now=NOW, policy=StatePolicy())
+    if terminal is None:
+        terminal = acked is not None and acked.terminal
+    return decide(pod, deleted=deleted, acked=acked, terminal_acknowledged=terminal,
+                  unknown=unknown, enabled=enabled, now=NOW, policy=StatePolicy())
 
 
 def test_a_live_tracked_pod_of_an_open_run_gains_the_finalizer() -> None:
@@ -109,7 +110,7 @@ def test_release_once_the_platform_acknowledged_a_terminal_state() -> None:
     assert (decision.action, decision.why) == (Action.RELEASE, "acknowledged")
     # The seed's rule: not among the open runs at the listing, pod older than it.
     assert judge(view("Succeeded", held=True), acked=TERMINAL_UNKNOWN).action is Action.RELEASE
-    assert judge(view("Succeeded", held=True), acked=None, settled=True).action \
+    assert judge(view("Succeeded", held=True), acked=None, terminal=True).action \
         is Action.RELEASE
 
 
@@ -151,13 +152,13 @@ def test_the_finalizer_of_a_known_own_run_never_goes_before_a_terminal_acknowled
     pods = [view(phase, held=True, deleting=deleting)
             for phase in ("Pending", "Running", "Succeeded", "Failed")
             for deleting in (False, True)]
-    for pod, acked, settled, enabled in itertools.product(
+    for pod, acked, terminal, enabled in itertools.product(
             pods, states, (False, True), (False, True)):
-        if settled and not (acked is None or acked.terminal):
-            continue  # `settled` is the acknowledgement's terminal flag or the seed's rule
-        decision = judge(pod, acked=acked, settled=settled, enabled=enabled)
+        if terminal and not (acked is None or acked.terminal):
+            continue  # `terminal` is the acknowledgement's terminal flag or the seed's rule
+        decision = judge(pod, acked=acked, terminal=terminal, enabled=enabled)
         if decision.action is Action.RELEASE:
-            assert settled, (pod.phase, acked, settled)
+            assert terminal, (pod.phase, acked, terminal)
 
 
 def test_enqueue_skips_pods_that_can_need_no_patch() -> None:
@@ -177,13 +178,13 @@ def test_enqueue_skips_pods_that_can_need_no_patch() -> None:
 
 
 class _Nothing:
-    def acked(self, run_id: str) -> Acked | None:
+    def get(self, run_id: str) -> Acked | None:
         return None
 
-    def settled(self, pod: PodView) -> bool:
+    def terminal_acknowledged(self, pod: PodView) -> bool:
         return False
 
-    def run_unknown(self, run_id: str) -> bool:
+    def unknown(self, run_id: str) -> bool:
         return False
 
 
@@ -220,7 +221,7 @@ async def test_drain_in_order_lets_the_first_queues_last_keys_add_work_to_the_ne
 # --- the loop, against the API server and the platform -----------------------------------
 
 class Recorder:
-    """`watch.controller.ControllerMetrics`, keeping the finalizer operations."""
+    """`watch.handler.HandlerMetrics`, keeping the finalizer operations."""
 
     def __init__(self) -> None:
         self.finalizer_ops: list[str] = []
@@ -274,15 +275,15 @@ async def loop(apiserver: ApiServer, platform: PlatformServer, namespace: str,
         kubeconfig=str(proxied_kubeconfig(apiserver, proxy.port, tmp_path / "kubeconfig")))
     watching = await KubeClient.connect(kubeconfig=str(apiserver.kubeconfig))
     client = PlatformClient(platform.url, platform.token_file, timeout=30)
-    store = PodStore((namespace,))
+    ledger = RunLedger(client, clock=time.time)
+    store = PodStore((namespace,), compaction=ledger)
     queue, finalizer_queue = WorkQueue[str](_limiter()), WorkQueue[str](_limiter())
     metrics = Recorder()
     controller = Controller(
-        store=store, queue=queue, platform=client, pods=watching,
+        store=store, ledger=ledger, queue=queue, platform=client, pods=watching,
         finalizers=Finalizers(patching, enabled=finalizers), policy=StatePolicy(), workers=8,
         max_retries=1000, is_leader=is_leader, metrics=metrics,
         finalizer_queue=finalizer_queue, finalizer_workers=4)
-    store.acknowledgements = controller
     reflector = Reflector(watching, store, controller.on_change, namespaces=(namespace,),
                           label_selector="sniffer.io/run-id")
     reflecting = asyncio.create_task(reflector.run(), name="reflector-under-test")
@@ -353,15 +354,15 @@ async def start_runs(platform: PlatformServer, pods: Pods, count: int) -> dict[s
 
 
 class _Running:
-    """`watch.finalizing.RunKnowledge`: every run is open (running)."""
+    """`watch.finalizer_loop.RunKnowledge`: every run is open (running)."""
 
-    def acked(self, run_id: str) -> Acked | None:
+    def get(self, run_id: str) -> Acked | None:
         return RUNNING
 
-    def settled(self, pod: PodView) -> bool:
+    def terminal_acknowledged(self, pod: PodView) -> bool:
         return False
 
-    def run_unknown(self, run_id: str) -> bool:
+    def unknown(self, run_id: str) -> bool:
         return False
 
 
@@ -480,7 +481,7 @@ async def test_shutdown_drains_the_releases_the_last_acknowledgements_enqueued(
         platform.set_faults(latency_ms=3000)
         await asyncio.gather(*(h.pods.succeeded(n) for n in ids))
         # Every terminal update is in flight at the platform when the shutdown begins.
-        await eventually(lambda: len(h.controller._busy) == len(ids))
+        await eventually(lambda: h.controller.pool.busy == len(ids))
         assert await all_held(h.pods, ids)
         assert await drain_in_order((h.queue, h.finalizer_queue), 30)
         await asyncio.wait_for(h.working, 30)
@@ -514,4 +515,4 @@ async def test_a_pod_whose_run_the_platform_does_not_know_loses_a_leftover_final
         assert not await held(h.pods, "orphan")
         orphan = h.store.get(f"{namespace}/orphan")
         assert orphan is not None and orphan.run_id is not None
-        assert h.controller.run_unknown(orphan.run_id)
+        assert h.controller.ledger.unknown(orphan.run_id)
