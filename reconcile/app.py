@@ -58,7 +58,6 @@ import logging
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Protocol
 
 from opentelemetry import trace
@@ -70,7 +69,8 @@ from reconcile.repair import PodAccess, Repairer, RepairHooks, RepairOutcome, Ru
 from reconcile.report import PassReport, render_json, render_table
 from reconcile.snapshot import PodLister, RunReader, Snapshot, take
 from sniffer.cleanup import bounded
-from sniffer.kube import CredentialsError, KubeClient, KubeError
+from sniffer.kube import KubeClient, KubeError
+from sniffer.kubecredentials import CredentialsError
 from sniffer.platform import PlatformClient, PlatformMetrics
 from sniffer.platform_model import PlatformError
 from sniffer.podview import RUN_ID_PATTERN
@@ -204,20 +204,14 @@ async def run_reconcile(settings: Settings, stop: asyncio.Event, *, dry_run: boo
             return 2
     s = settings
     try:
-        kube = await KubeClient.connect(kubeconfig=s.kube.kubeconfig, context=s.kube.context,
-                                        verify_tls=s.kube.verify_tls,
-                                        pool_size=s.reconcile.concurrency + 4)
+        kube = await KubeClient.from_settings(s.kube, pool_size=s.reconcile.concurrency + 4)
     except CredentialsError:
         raise  # a configuration error: the CLI says so once and exits 2, as for `watch`
     except Exception as exc:
         print(f"sniffer: cannot connect to Kubernetes: {exc}", file=sys.stderr)
         return 1
-    platform = PlatformClient(s.platform.url, Path(s.platform.token_file),
-                              timeout=s.platform.timeout_s,
-                              max_connections=s.platform.max_connections,
-                              verify_tls=s.platform.verify_tls,
-                              ca_file=Path(s.platform.ca_file) if s.platform.ca_file else None,
-                              metrics=metrics.platform if metrics else None)
+    platform = PlatformClient.from_settings(s.platform,
+                                            metrics=metrics.platform if metrics else None)
     try:
         report = await Reconciler(s, kube=kube, platform=platform).run_pass(
             stop, dry_run=dry_run, only=only)

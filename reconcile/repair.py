@@ -22,7 +22,8 @@ Contract:
   pod found there that cannot be read keeps the run from being judged lost.
 * Finalizer release (finalizer_left, and after a terminal write for a pod that carries
   it): a strategic-merge patch with the pod's uid as precondition; idempotent, and a pod
-  that is gone or was replaced under the same name is left alone.
+  that is gone or was replaced under the same name is left alone
+  (`sniffer.pods.release_finalizer`; a 409 is an error, the finalizer is still there).
 * Transient errors (platform 408/429/5xx and transport errors, Kubernetes transport
   errors, 429 and 5xx) are retried `retries` times with doubling backoff from
   `retry_delay_s` (a Retry-After is honoured up to `max_retry_delay_s`), then FAILED.
@@ -31,11 +32,11 @@ Contract:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Protocol
 
@@ -43,7 +44,8 @@ from opentelemetry import trace
 
 from reconcile.diff import Mismatch, MismatchKind, diff
 from reconcile.snapshot import BadPod, Snapshot, project_into
-from sniffer.kube import JSON, Conflict, KubeError, NotFound, Page, UidChanged
+from sniffer.backoff import backoff_delay
+from sniffer.kube import JSON, KubeError, NotFound, Page
 from sniffer.platform_model import (
     Outcome,
     PlatformError,
@@ -52,6 +54,7 @@ from sniffer.platform_model import (
     StateUpdate,
     UpdateResult,
 )
+from sniffer.pods import list_pages, release_finalizer
 from sniffer.podview import OUTCOME_FINALIZER, RUN_ID_LABEL, PodView
 from sniffer.states import StatePolicy
 
@@ -174,18 +177,17 @@ class Repairer:
         return result
 
     async def _repair_with_retries(self, m: Mismatch) -> RepairResult:
-        delay = self._retry_delay_s
         for attempt in range(self._retries + 1):
             try:
                 return await self._repair_once(m)
             except (PlatformUnavailable, KubeError) as exc:
                 if not _transient(exc) or attempt == self._retries:
                     return _failed(m, exc)
-                wait = delay
+                wait = backoff_delay(attempt, base=self._retry_delay_s,
+                                     cap=self._max_retry_delay_s)
                 if isinstance(exc, PlatformUnavailable) and exc.retry_after is not None:
                     wait = max(wait, exc.retry_after)
                 await asyncio.sleep(min(wait, self._max_retry_delay_s))
-                delay *= 2
             except PlatformError as exc:
                 return _failed(m, exc)
             except Exception as exc:  # one bad object must never end the pass
@@ -225,12 +227,7 @@ class Repairer:
             assert m.run_id is not None
             t = m.target
             pod = m.pod if m.kind is MismatchKind.POD_AHEAD else None
-            update = StateUpdate(
-                run_id=m.run_id, state=t.state.value, reason=t.reason, message=t.message,
-                exit_code=t.exit_code, started_at=_utc(t.started_at),
-                finished_at=_utc(t.finished_at), pod_uid=pod.uid if pod else None,
-                pod_name=pod.name if pod else None,
-                pod_namespace=pod.namespace if pod else None)
+            update = StateUpdate.derived(m.run_id, t, pod)
             result = await self._platform.update_state(update, expected_state=run.state)
             if result.outcome is Outcome.NOT_FOUND:
                 return RepairResult(m, RepairOutcome.FAILED, "none",
@@ -251,14 +248,7 @@ class Repairer:
     async def _release(self, namespace: str, name: str, uid: str | None) -> bool:
         """Remove Sniffer's finalizer from this very pod (uid precondition); True if a
         patch landed, False if the pod is gone or is another pod now."""
-        meta: JSON = {"$deleteFromPrimitiveList/finalizers": [OUTCOME_FINALIZER]}
-        if uid:
-            meta["uid"] = uid
-        try:
-            await self._kube.patch_pod(namespace, name, {"metadata": meta})
-        except (NotFound, Conflict, UidChanged):  # gone, or the name is another pod's now
-            return False
-        return True
+        return await release_finalizer(self._kube, namespace, name, uid)
 
     # --- the re-read ------------------------------------------------------------------
 
@@ -290,15 +280,12 @@ class Repairer:
                              bad: list[BadPod]) -> None:
         selector = f"{self._selector},{RUN_ID_LABEL}={run_id}" if self._selector else (
             f"{RUN_ID_LABEL}={run_id}")
-        token: str | None = None
-        while True:
-            page = await self._kube.list_pods(namespace, label_selector=selector, limit=100,
-                                              continue_token=token, slim=True)
-            for obj in page.items:
-                project_into(obj, pods, bad)
-            token = page.continue_token
-            if token is None:
-                return
+        async with contextlib.aclosing(list_pages(self._kube, namespace,
+                                                  label_selector=selector,
+                                                  page_size=100)) as pages:
+            async for page in pages:
+                for obj in page.items:
+                    project_into(obj, pods, bad)
 
     async def _get_pod(self, namespace: str, name: str, uid: str | None,
                        pods: list[PodView], bad: list[BadPod]) -> None:
@@ -341,7 +328,3 @@ def _transient(exc: Exception) -> bool:
 
 def _failed(m: Mismatch, exc: Exception) -> RepairResult:
     return RepairResult(m, RepairOutcome.FAILED, "none", f"{type(exc).__name__}: {exc}")
-
-
-def _utc(epoch: float | None) -> datetime | None:
-    return None if epoch is None else datetime.fromtimestamp(epoch, UTC)

@@ -29,6 +29,7 @@ Contract:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -37,6 +38,7 @@ from opentelemetry import trace
 
 from sniffer.kube import Gone, Page
 from sniffer.platform_model import PlatformError, Run
+from sniffer.pods import list_pages
 from sniffer.podview import (
     OUTCOME_FINALIZER,
     RUN_ID_LABEL,
@@ -168,20 +170,17 @@ async def _list_namespace(kube: PodLister, namespace: str | None, selector: str,
     """Append the projections of every pod of one paginated LIST."""
     start_pods, start_bad = len(pods), len(bad)
     for attempt in range(_GONE_RESTARTS + 1):
-        token: str | None = None
         try:
-            while True:
-                page = await kube.list_pods(namespace, label_selector=selector,
-                                            limit=page_size, continue_token=token, slim=True)
-                token = page.continue_token
-                items = page.items
-                del page
-                items.reverse()
-                while items:  # each raw object is dropped as soon as it is projected
-                    project_into(items.pop(), pods, bad)
-                del items
-                if token is None:
-                    return
+            async with contextlib.aclosing(list_pages(kube, namespace, label_selector=selector,
+                                                      page_size=page_size)) as pages:
+                async for page in pages:
+                    items = page.items
+                    del page
+                    items.reverse()
+                    while items:  # each raw object is dropped as soon as it is projected
+                        project_into(items.pop(), pods, bad)
+                    del items
+            return
         except Gone:
             if attempt == _GONE_RESTARTS:
                 raise

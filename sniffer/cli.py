@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from config import ConfigError, Settings, load_settings
-from sniffer.kube import CredentialsError
+from sniffer.kubecredentials import CredentialsError
 from sniffer.logs import setup_logging
 
 if TYPE_CHECKING:
@@ -180,9 +180,7 @@ async def _remove_finalizers(settings: Settings) -> int:
     from sniffer.kube import KubeClient
     from watch.finalizers import remove_all
 
-    kube = await KubeClient.connect(kubeconfig=settings.kube.kubeconfig,
-                                    context=settings.kube.context,
-                                    verify_tls=settings.kube.verify_tls)
+    kube = await KubeClient.from_settings(settings.kube, pool_size=32)
     try:
         report = await remove_all(kube, namespaces=settings.kube.namespaces,
                                   label_selector=settings.kube.label_selector,

@@ -1,10 +1,9 @@
 """Raw, fast access to the Kubernetes API for the few calls Sniffer makes.
 
 Contract:
-* Credentials, TLS and the pooled HTTP session come from `kubernetes.aio`: in-cluster
-  config when ``KUBERNETES_SERVICE_HOST`` is set, else the kubeconfig (client certs,
-  bearer tokens, exec plugins). A 401 reloads the credentials once and retries, so
-  rotated service-account tokens and expiring exec-plugin tokens keep working.
+* Credentials and TLS come from `sniffer.kubecredentials`; the pooled HTTP session from
+  `kubernetes.aio`. A 401 reloads the credentials once and retries, so rotated
+  service-account tokens and expiring exec-plugin tokens keep working.
 * Bodies are plain ``json.loads`` dicts, never generated models (those are ~25x slower).
   With ``slim=True``, LIST items, `get_pod`'s pod and watch objects are slim dicts with
   only the fields `sniffer.podview.project` reads, decoded by msgspec straight from the
@@ -15,26 +14,25 @@ Contract:
   silent for ``read_timeout`` raises `WatchStalled`: a half-open connection cannot hang
   the caller. 410 Gone, at open or as an ERROR event mid-stream, raises `Gone`.
 * Errors are typed (`KubeError` and subclasses) and carry no credentials.
-* TLS verification is on unless the caller (or the kubeconfig, with
-  ``insecure-skip-tls-verify``) turns it off, and turning it off is logged either way.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
 import aiohttp
 from kubernetes.aio import client as kclient
-from kubernetes.aio import config as kconfig
-from kubernetes.aio.config.config_exception import ConfigException
 
+from sniffer.kubecredentials import Credentials
 from sniffer.podwire import slim_event, slim_list, slim_pod
+
+if TYPE_CHECKING:
+    from config.settings import KubeSettings
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +47,6 @@ class KubeError(Exception):
         super().__init__(f"kubernetes API: {status} {message}" if status else message)
         self.status = status
         self.message = message
-
-
-class CredentialsError(Exception):
-    """No usable credentials: a missing or malformed kubeconfig, or not in a cluster."""
 
 
 class Gone(KubeError):
@@ -118,75 +112,33 @@ def _error_for(status: int, body: bytes | str) -> KubeError:
 class KubeClient:
     """An authenticated connection to one API server.
 
-    Create with `await KubeClient.connect(...)`; the caller must `await close()`.
-    """
+    Create with `await KubeClient.connect(...)` (or `from_settings`); the caller must
+    `await close()`."""
 
-    def __init__(self, configuration: kclient.Configuration, *, kubeconfig: str | None,
-                 context: str | None, in_cluster: bool) -> None:
-        self._configuration = configuration
-        self._kubeconfig = kubeconfig
-        self._context = context
-        self._in_cluster = in_cluster
-        self._api = kclient.ApiClient(configuration)
+    def __init__(self, credentials: Credentials) -> None:
+        self._credentials = credentials
+        self._api = kclient.ApiClient(credentials.configuration)
 
     @classmethod
     async def connect(cls, *, kubeconfig: str | None = None, context: str | None = None,
                       verify_tls: bool = True, pool_size: int = 32) -> KubeClient:
-        """Load credentials (in-cluster if ``KUBERNETES_SERVICE_HOST`` is set and no
-        kubeconfig is given, else kubeconfig / $KUBECONFIG / ~/.kube/config)."""
-        configuration = kclient.Configuration()
-        in_cluster = kubeconfig is None and "KUBERNETES_SERVICE_HOST" in os.environ
-        path = kubeconfig or os.environ.get("KUBECONFIG") or None
-        try:
-            await cls._load(configuration, path, context, in_cluster)
-        except (ConfigException, OSError, ValueError, TypeError, KeyError) as exc:
-            where = "in-cluster credentials" if in_cluster else (
-                f"kubeconfig {path or '~/.kube/config'}")
-            raise CredentialsError(f"{where}: {exc}") from None
-        configuration.connection_pool_maxsize = pool_size
-        # trust_env makes aiohttp look up ~/.netrc and proxy settings in a thread for every
-        # request (a quarter of the CPU of a finalizer burst); in-cluster and kubeconfig
-        # credentials never come from there.
-        configuration.client_session_kwargs = {"trust_env": False}
-        if not verify_tls:
-            log.warning("TLS verification of the Kubernetes API server is OFF "
-                        "(kube.verify_tls=false); do not run like this in production")
-            configuration.verify_ssl = False
-        elif not configuration.verify_ssl:
-            log.warning("TLS verification of the Kubernetes API server is OFF (the "
-                        "kubeconfig sets insecure-skip-tls-verify); do not run like this "
-                        "in production")
-        return cls(configuration, kubeconfig=path, context=context, in_cluster=in_cluster)
+        """Load credentials (`sniffer.kubecredentials.Credentials.load`) and connect;
+        unusable ones raise `CredentialsError`."""
+        return cls(await Credentials.load(kubeconfig=kubeconfig, context=context,
+                                          verify_tls=verify_tls, pool_size=pool_size))
 
-    @staticmethod
-    async def _load(configuration: kclient.Configuration, path: str | None,
-                    context: str | None, in_cluster: bool) -> None:
-        if in_cluster:
-            kconfig.load_incluster_config(client_configuration=configuration)
-        else:
-            await kconfig.load_kube_config(config_file=path, context=context,
-                                           client_configuration=configuration,
-                                           persist_config=False)
+    @classmethod
+    async def from_settings(cls, kube: KubeSettings, *, pool_size: int) -> KubeClient:
+        """`connect` with the kubeconfig, context and TLS choice of `kube` settings."""
+        return await cls.connect(kubeconfig=kube.kubeconfig, context=kube.context,
+                                 verify_tls=kube.verify_tls, pool_size=pool_size)
 
     @property
     def host(self) -> str:
-        return str(self._configuration.host)
+        return self._credentials.host
 
     async def close(self) -> None:
         await self._api.close()
-
-    async def _headers(self, content_type: str = "application/json") -> dict[str, str]:
-        headers = {"Accept": "application/json", "Content-Type": content_type}
-        auth = await self._configuration.auth_settings()
-        bearer = auth.get("BearerToken")
-        if bearer and bearer.get("value"):
-            headers["Authorization"] = str(bearer["value"])
-        return headers
-
-    async def _reload_credentials(self) -> None:
-        log.info("API server answered 401; reloading credentials")
-        await self._load(self._configuration, self._kubeconfig, self._context,
-                         self._in_cluster)
 
     async def request(self, method: str, path: str, *, query: Mapping[str, Any] | None = None,
                       body: Any = None, content_type: str = "application/json",
@@ -204,7 +156,8 @@ class KubeClient:
         for attempt in (1, 2):
             try:
                 resp = await self._api.rest_client.request(
-                    method, url, headers=await self._headers(content_type), body=data,
+                    method, url, headers=await self._credentials.headers(content_type),
+                    body=data,
                     _request_timeout=client_timeout or aiohttp.ClientTimeout(total=60),
                 )
             except TimeoutError as exc:  # aiohttp's socket/connect timeouts subclass it
@@ -222,7 +175,8 @@ class KubeClient:
             finally:
                 response.release()
             if response.status == 401 and attempt == 1:
-                await self._reload_credentials()
+                log.info("API server answered 401; reloading credentials")
+                await self._credentials.reload()
                 continue
             raise _error_for(response.status, payload)
         raise AssertionError("unreachable")

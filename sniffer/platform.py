@@ -51,7 +51,7 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote, urlsplit
 
 import aiohttp
@@ -73,6 +73,9 @@ from sniffer.platform_model import (
     rejection,
 )
 from sniffer.platform_token import TokenFile
+
+if TYPE_CHECKING:
+    from config.settings import PlatformSettings
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)
@@ -149,6 +152,16 @@ class PlatformClient:
         self._server: dict[str, str | int] = {
             "server.address": parts.hostname or "",
             "server.port": parts.port or (443 if parts.scheme == "https" else 80)}
+
+    @classmethod
+    def from_settings(cls, platform: PlatformSettings, *,
+                      metrics: PlatformMetrics | None = None) -> PlatformClient:
+        """A client for the server, token file, timeout, pool and TLS of `platform`
+        settings."""
+        return cls(platform.url, Path(platform.token_file), timeout=platform.timeout_s,
+                   max_connections=platform.max_connections, verify_tls=platform.verify_tls,
+                   ca_file=Path(platform.ca_file) if platform.ca_file else None,
+                   metrics=metrics)
 
     def __repr__(self) -> str:
         return f"PlatformClient({self._base!r}, state={self._state.value})"

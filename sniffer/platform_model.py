@@ -27,7 +27,10 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:  # only the attributes are read; states needs nothing of the platform
+    from sniffer.states import Derived
 
 STATES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
@@ -162,6 +165,17 @@ class Run:
             raise ValueError(f"run lacks field {exc.args[0]!r}") from None
 
 
+class NamedPod(Protocol):
+    """What `StateUpdate.derived` reads of a pod (a `PodView`, a reconcile `PodRef`)."""
+
+    @property
+    def namespace(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def uid(self) -> str | None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class StateUpdate:
     """The state (and details) to report for one run. ``None`` fields are not sent.
@@ -192,6 +206,17 @@ class StateUpdate:
             value = getattr(self, name)
             if value is not None and value.tzinfo is None:
                 raise ValueError(f"{name} is a naive datetime")
+
+    @classmethod
+    def derived(cls, run_id: str, derived: Derived,
+                pod: NamedPod | None = None) -> StateUpdate:
+        """The update that reports `derived` for `run_id`, naming `pod` (if given) as the
+        run's pod; epoch-second times become UTC datetimes."""
+        return cls(run_id=run_id, state=derived.state.value, reason=derived.reason,
+                   message=derived.message, exit_code=derived.exit_code,
+                   started_at=_utc(derived.started_at), finished_at=_utc(derived.finished_at),
+                   pod_uid=pod.uid if pod else None, pod_name=pod.name if pod else None,
+                   pod_namespace=pod.namespace if pod else None)
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {"state": self.state}
@@ -293,3 +318,7 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _utc(epoch: float | None) -> datetime | None:
+    return None if epoch is None else datetime.fromtimestamp(epoch, UTC)

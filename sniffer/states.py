@@ -38,20 +38,8 @@ Rules, in order (the Kubernetes shapes they cover are in tests/test_states.py):
    sidecars still starting), a container's waiting reason (ContainerCreating,
    PodInitializing, ImagePullBackOff, ...); failure rules apply as for Running.
 
-Failure rules for a waiting container (init, sidecar or main):
-
-* InvalidImageName fails at once: the image reference can never be pulled.
-* ErrImagePull, ImagePullBackOff, ErrImageNeverPull, CreateContainerConfigError,
-  CreateContainerError, RunContainerError, PreStartHookError, PostStartHookError fail after
-  `image_pull_failure_after_s`, counted from the later of the pod's start (else creation)
-  and the container's last termination: a missing Secret or a registry outage can heal.
-* CrashLoopBackOff fails once `restart_count >= crashloop_failure_restarts`, or once the
-  crash loop is `crashloop_failure_after_s` old. One snapshot shows only the last run, so
-  the age is a lower bound: from the start of the last run if it was shorter than the
-  limit (it was part of the loop), else from its end. A wrong terminal state cannot be
-  undone, so the rule errs towards waiting.
-* With `pending_failure_after_s` set, a pod still Pending that long after creation fails
-  with its pending reason (stuck unschedulable, stuck ContainerCreating, ...).
+The failure rules for waiting containers, crash loops and long Pending pods are
+`sniffer.failure_rules`' contract; `StatePolicy` holds their limits.
 
 `started_at` is status.startTime, else the earliest main container start; None while
 queued (and for a pod deleted while Pending, unless a main container had started).
@@ -66,6 +54,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
+from sniffer.failure_rules import (
+    CRASHLOOP,
+    crash_looped,
+    first_problem,
+    pending_message,
+    pending_reason,
+    pending_rule,
+    waiting_rules,
+)
 from sniffer.podview import ConditionView, ContainerView, PodView, WorkloadKind
 
 
@@ -154,13 +151,6 @@ class Underivable:
 
 Derivation = Derived | Underivable
 
-IMMEDIATE_FAILURES = frozenset({"InvalidImageName"})
-TIMED_FAILURES = frozenset({
-    "ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "CreateContainerConfigError",
-    "CreateContainerError", "RunContainerError", "PreStartHookError", "PostStartHookError",
-})
-CRASHLOOP = "CrashLoopBackOff"
-_PROBLEMS = IMMEDIATE_FAILURES | TIMED_FAILURES | {CRASHLOOP}
 _DISRUPTION = "DisruptionTarget"
 # A kubelet stops a deleted pod's containers within its grace period (30 s by default) and
 # then deletes it for good, which moves deletionTimestamp to that moment; containers that
@@ -187,9 +177,12 @@ def derive(pod: PodView, *, now: float, policy: StatePolicy,
             return active if active.state is F else deleted
         if pod.phase not in ("Succeeded", "Failed"):
             return deleted
-        looped = _crash_loop_limit(pod, policy)
-        if looped is not None and deleted.reason != "Cancelled":
-            return looped  # it had already failed by the platform's rule when reaped
+        looped = crash_looped(pod, policy)
+        if looped is not None and looped.last is not None and deleted.reason != "Cancelled":
+            # it had already failed by the platform's rule when reaped
+            return Derived(F, CRASHLOOP, f"container {looped.name}: restarted "
+                           f"{looped.restart_count} times", looped.last.exit_code,
+                           _started_at(pod), looped.last.finished_at)
         if _ended_by_deletion(pod, deleted, requested):
             return deleted  # the deletion ended the pod: the terminal phase is its echo
     if pod.phase == "Succeeded":
@@ -288,39 +281,21 @@ def _first_failure(
 # --- active pods: running or queued, and the failure rules --------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Rule:
-    """A failure rule that applies to the pod: it fires at `at` with this outcome."""
-
-    at: float
-    reason: str
-    message: str | None
-    exit_code: int | None
-
-
 def _active(pod: PodView, now: float, policy: StatePolicy, state: WorkloadState) -> Derived:
     """Running or queued, unless a failure rule fired; then the earliest rule decides."""
     watched = [c for c in pod.init_containers if state is Q or c.sidecar]
     watched.extend(pod.containers)
-    problem = next((c for c in watched if c.state == "waiting" and c.reason in _PROBLEMS),
-                   None)
     if state is Q:
-        reason: str | None = _pending_reason(pod)
-        message = _pending_message(pod)
+        reason: str | None = pending_reason(pod)
+        message = pending_message(pod)
     else:
+        problem = first_problem(watched)
         reason, message = (problem.reason, problem.message) if problem else (None, None)
-    rules = []
-    for c in watched:
-        at = _fails_at(pod, c, policy) if c.state == "waiting" else None
-        if at is not None and c.reason is not None:
-            exit_code = c.last.exit_code if c.last and c.reason == CRASHLOOP else None
-            rules.append(_Rule(at, c.reason, f"container {c.name}: {c.message or c.reason}",
-                               exit_code))
-    if state is Q and policy.pending_failure_after_s is not None:
-        rules.append(_Rule(pod.created_at + policy.pending_failure_after_s,
-                           reason or "Pending",
-                           f"pending for over {policy.pending_failure_after_s:g} s: "
-                           f"{message or reason}", None))
+    rules = waiting_rules(pod, watched, policy)
+    if state is Q:
+        stuck = pending_rule(pod, policy, reason, message)
+        if stuck is not None:
+            rules.append(stuck)
     started = _started_at(pod) if state is R else None
     fired = [rule for rule in rules if rule.at <= now]
     if fired:
@@ -329,76 +304,6 @@ def _active(pod: PodView, now: float, policy: StatePolicy, state: WorkloadState)
                        judged=True)
     recheck = min((rule.at - now for rule in rules), default=None)
     return Derived(state, reason, message, None, started, None, recheck)
-
-
-def _crash_loop_limit(pod: PodView, policy: StatePolicy) -> Derived | None:
-    """Failed by the crash-loop rule, judged from a stopped pod: a main container that
-    restarted at least `crashloop_failure_restarts` times after failing runs."""
-    for c in pod.containers:
-        last = c.last
-        if (c.restart_count >= policy.crashloop_failure_restarts and last is not None
-                and last.exit_code):
-            return Derived(F, CRASHLOOP, f"container {c.name}: restarted {c.restart_count} "
-                           "times", last.exit_code, _started_at(pod), last.finished_at)
-    return None
-
-
-def _fails_at(pod: PodView, c: ContainerView, policy: StatePolicy) -> float | None:
-    """When the rule for waiting container `c` fires, or None if no rule applies."""
-    anchor = pod.start_time if pod.start_time is not None else pod.created_at
-    if c.reason in IMMEDIATE_FAILURES:
-        return pod.changed_at if pod.changed_at is not None else anchor
-    if c.reason in TIMED_FAILURES:
-        if c.last is not None and c.last.finished_at is not None:
-            anchor = max(anchor, c.last.finished_at)
-        return anchor + policy.image_pull_failure_after_s
-    if c.reason != CRASHLOOP:
-        return None
-    last = c.last
-    if c.restart_count >= policy.crashloop_failure_restarts:
-        if last is not None and last.finished_at is not None:
-            return last.finished_at
-        return pod.changed_at if pod.changed_at is not None else anchor
-    if last is None or last.finished_at is None:
-        return None
-    limit = policy.crashloop_failure_after_s
-    began = last.finished_at
-    if last.started_at is not None and last.finished_at - last.started_at < limit:
-        began = last.started_at
-    return began + limit
-
-
-def _pending_reason(pod: PodView) -> str:
-    scheduled = pod.scheduled
-    if scheduled is not None and scheduled.status != "True":
-        return scheduled.reason or "Unschedulable"
-    for c in pod.init_containers:
-        if c.sidecar:
-            if c.state == "waiting" and c.reason in _PROBLEMS:
-                return c.reason or "Initializing"
-            if not (c.state == "running" and c.started):
-                return "Initializing"
-        elif not (c.state == "terminated" and c.exit_code == 0):
-            if c.state == "waiting" and c.reason in _PROBLEMS:
-                return c.reason or "Initializing"
-            return "Initializing"
-    waiting = [c.reason for c in pod.containers if c.state == "waiting" and c.reason]
-    problems = [r for r in waiting if r in _PROBLEMS]
-    if problems or waiting:
-        return (problems or waiting)[0]
-    if scheduled is None and not pod.containers:
-        return "Scheduling"
-    return "ContainerCreating"
-
-
-def _pending_message(pod: PodView) -> str | None:
-    scheduled = pod.scheduled
-    if scheduled is not None and scheduled.status != "True" and scheduled.message:
-        return scheduled.message
-    for c in (*pod.init_containers, *pod.containers):
-        if c.state == "waiting" and c.reason in _PROBLEMS and c.message:
-            return f"container {c.name}: {c.message}"
-    return None
 
 
 # --- times -------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any
@@ -22,6 +23,7 @@ from sniffer.platform_model import (
     read_run,
     rejection,
 )
+from sniffer.states import Derived, WorkloadState
 
 
 class _State(enum.StrEnum):
@@ -127,3 +129,24 @@ def test_parse_retry_after_reads_http_dates() -> None:
     assert parse_retry_after(format_datetime(when, usegmt=True), now=now) == pytest.approx(120)
     past = datetime.fromtimestamp(now - 60, UTC)
     assert parse_retry_after(format_datetime(past, usegmt=True), now=now) == 0.0
+
+
+def test_state_update_derived_reports_the_derived_state_and_names_the_pod() -> None:
+    @dataclass(frozen=True)
+    class Pod:
+        namespace: str
+        name: str
+        uid: str | None
+
+    derived = Derived(WorkloadState.FAILED, "OOMKilled", "container main: OOMKilled", 137,
+                      started_at=1_700_000_000.0, finished_at=1_700_000_060.5)
+    update = StateUpdate.derived("run-1", derived, Pod("ns", "p", "uid-1"))
+    assert update == StateUpdate(
+        run_id="run-1", state="failed", reason="OOMKilled",
+        message="container main: OOMKilled", exit_code=137,
+        started_at=datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC),
+        finished_at=datetime(2023, 11, 14, 22, 14, 20, 500000, tzinfo=UTC),
+        pod_uid="uid-1", pod_name="p", pod_namespace="ns")
+    bare = StateUpdate.derived("run-1", Derived(WorkloadState.RUNNING))
+    assert (bare.pod_uid, bare.pod_name, bare.pod_namespace, bare.started_at) == (
+        None, None, None, None)

@@ -13,16 +13,19 @@ Contract (the Kubernetes Job controller's pod-tracking technique, KEP-2307):
   the pod. Both carry the pod's uid: a patch decided for one pod never lands on a new
   pod that took its name (the decision may be made from a cache that lags); the API
   server refuses it as an attempt to change the immutable uid (422). A pod that is
-  already gone, or whose name a new pod took, counts as done.
+  already gone, or whose name a new pod took, counts as done. `release` is
+  `sniffer.pods.release_finalizer`, the one copy the reconciler uses too.
 * `remove_all` is the uninstall path (`sniffer finalizers remove`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 
 from sniffer.kube import Conflict, KubeClient, NotFound, UidChanged
+from sniffer.pods import list_pages, release_finalizer
 from sniffer.podview import OUTCOME_FINALIZER as FINALIZER
 from sniffer.podview import PodView
 
@@ -52,13 +55,7 @@ class Finalizers:
         """Remove the finalizer if present; True if a patch was sent."""
         if FINALIZER not in pod.finalizers:
             return False
-        try:
-            await self._kube.patch_pod(pod.namespace, pod.name, {
-                "metadata": {"uid": pod.uid,
-                             "$deleteFromPrimitiveList/finalizers": [FINALIZER]}})
-        except (NotFound, UidChanged):
-            return False
-        return True
+        return await release_finalizer(self._kube, pod.namespace, pod.name, pod.uid)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,28 +71,23 @@ async def remove_all(kube: KubeClient, *, namespaces: tuple[str, ...], label_sel
     was not yet recorded lose that protection; run `sniffer reconcile` first."""
     scanned = removed = failed = 0
     for namespace in namespaces or (None,):
-        token: str | None = None
-        while True:
-            # Slim: it reads only metadata name, namespace and finalizers, which
-            # `sniffer.podwire` keeps.
-            page = await kube.list_pods(namespace, label_selector=label_selector,
-                                        limit=page_size, continue_token=token, slim=True)
-            for obj in page.items:
-                scanned += 1
-                meta = obj.get("metadata") or {}
-                if FINALIZER not in (meta.get("finalizers") or []):
-                    continue
-                try:
-                    await kube.patch_pod(str(meta.get("namespace")), str(meta.get("name")), {
-                        "metadata": {"$deleteFromPrimitiveList/finalizers": [FINALIZER]}})
-                    removed += 1
-                except NotFound:
-                    pass
-                except Exception as exc:  # report and continue: uninstall must make progress
-                    failed += 1
-                    log.error("could not remove finalizer", extra={
-                        "pod": f"{meta.get('namespace')}/{meta.get('name')}", "error": str(exc)})
-            token = page.continue_token
-            if token is None:
-                break
+        # Slim: it reads only metadata name, namespace and finalizers, which
+        # `sniffer.podwire` keeps.
+        async with contextlib.aclosing(list_pages(kube, namespace, label_selector=label_selector,
+                                                  page_size=page_size)) as pages:
+            async for page in pages:
+                for obj in page.items:
+                    scanned += 1
+                    meta = obj.get("metadata") or {}
+                    if FINALIZER not in (meta.get("finalizers") or []):
+                        continue
+                    try:
+                        if await release_finalizer(kube, str(meta.get("namespace")),
+                                                   str(meta.get("name")), None):
+                            removed += 1
+                    except Exception as exc:  # report and go on: uninstall must progress
+                        failed += 1
+                        log.error("could not remove finalizer", extra={
+                            "pod": f"{meta.get('namespace')}/{meta.get('name')}",
+                            "error": str(exc)})
     return RemovalReport(scanned=scanned, removed=removed, failed=failed)

@@ -25,6 +25,8 @@ import time
 from collections.abc import Callable, Hashable
 from typing import Generic, Protocol, TypeVar
 
+from sniffer.backoff import backoff_delay, check_backoff
+
 K = TypeVar("K", bound=Hashable)
 K_contra = TypeVar("K_contra", bound=Hashable, contravariant=True)
 
@@ -55,11 +57,7 @@ class ItemExponentialFailureRateLimiter(Generic[K]):
 
     def __init__(self, base_delay: float = 0.005, max_delay: float = 60.0, *,
                  jitter: float = 0.0, rng: random.Random | None = None) -> None:
-        if not 0 < base_delay <= max_delay:
-            raise ValueError(f"base_delay: must be > 0 and <= max_delay "
-                             f"(got {base_delay!r}, max_delay {max_delay!r})")
-        if not 0 <= jitter < 1:
-            raise ValueError(f"jitter: must be in [0, 1) (got {jitter!r})")
+        check_backoff(base_delay, max_delay, jitter)
         self._base = base_delay
         self._max = max_delay
         self._jitter = jitter
@@ -69,11 +67,8 @@ class ItemExponentialFailureRateLimiter(Generic[K]):
     def when(self, key: K) -> float:
         exp = self._failures.get(key, 0)
         self._failures[key] = exp + 1
-        # 2**exp overflows a float past exp ~1023; the cap is reached long before.
-        delay = self._max if exp >= 1023 else min(self._base * 2.0 ** exp, self._max)
-        if self._jitter:
-            delay *= 1.0 - self._jitter * self._rng.random()
-        return delay
+        return backoff_delay(exp, base=self._base, cap=self._max, jitter=self._jitter,
+                             rng=self._rng)
 
     def forget(self, key: K) -> None:
         self._failures.pop(key, None)

@@ -33,7 +33,9 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from sniffer.backoff import Backoff
 from sniffer.kube import Gone, KubeClient, KubeError, MalformedEvent, WatchStalled
+from sniffer.pods import list_pages
 from sniffer.podview import MalformedPod, PodView, project
 from watch.store import Cached, PodStore
 
@@ -61,24 +63,6 @@ class _NoMetrics:
 
     def malformed(self, where: str) -> None:
         pass
-
-
-class Backoff:
-    """Exponential backoff with equal jitter: delay n is uniform in [c/2, c] for
-    c = min(cap, base·2ⁿ)."""
-
-    def __init__(self, base: float = 0.5, cap: float = 30.0,
-                 rng: random.Random | None = None) -> None:
-        self._base, self._cap, self._failures = base, cap, 0
-        self._rng = rng or random.Random()
-
-    def next(self) -> float:
-        ceiling = min(self._cap, self._base * (2 ** self._failures))
-        self._failures = min(self._failures + 1, 30)
-        return self._rng.uniform(ceiling / 2, ceiling)
-
-    def reset(self) -> None:
-        self._failures = 0
 
 
 class Reflector:
@@ -151,27 +135,25 @@ class Reflector:
     async def _relist(self, namespace: str | None, cause: str) -> str:
         """Paginated LIST, then replace the store; returns the list's resourceVersion."""
         pods: list[Cached] = []
-        token: str | None = None
-        while True:
-            page = await self._kube.list_pods(namespace, label_selector=self._selector,
-                                              limit=self._page_size, continue_token=token,
-                                              slim=True)
-            self.last_event_at = time.monotonic()
-            for obj in page.items:
-                pod = self._project(obj, "list")
-                if pod is not None:
-                    pods.append(self._store.compact(pod))
-            token = page.continue_token
-            if token is None:
-                break
+        resource_version = ""
+        pages = list_pages(self._kube, namespace, label_selector=self._selector,
+                           page_size=self._page_size)
+        async with contextlib.aclosing(pages):
+            async for page in pages:
+                self.last_event_at = time.monotonic()
+                for obj in page.items:
+                    pod = self._project(obj, "list")
+                    if pod is not None:
+                        pods.append(self._store.compact(pod))
+                resource_version = page.resource_version
         changed = self._store.replace(namespace, pods, now=time.time())
         self._metrics.relist(cause)
         log.info("listed pods", extra={"namespace": namespace, "pods": len(pods),
                                        "changed": len(changed), "cause": cause,
-                                       "resource_version": page.resource_version})
+                                       "resource_version": resource_version})
         for key in changed:
             self._on_change(key)
-        return page.resource_version
+        return resource_version
 
     async def _watch(self, namespace: str | None, resource_version: str) -> str:
         """Consume one watch stream; returns the last resourceVersion seen."""

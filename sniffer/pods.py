@@ -1,0 +1,70 @@
+"""The two pod operations every part of Sniffer composes from `KubeClient`'s calls.
+
+Contract:
+* `list_pages` yields every page of one paginated LIST, in order. The first page is a
+  consistent read from etcd; later pages come from the same snapshot through the continue
+  token, so together they are one point-in-time list, whose resourceVersion is the last
+  page's. An expired token raises `Gone` from the iteration: the caller starts over (a
+  partial list is not a list).
+* `release_finalizer` removes one finalizer from one pod with a strategic-merge patch,
+  without a resourceVersion precondition (it never conflicts with the kubelet or other
+  controllers), but with the pod's uid when known: a release decided for one pod never
+  lands on a new pod that took its name. It answers True iff the patch landed; False iff
+  the pod is gone (404) or its name belongs to another pod now (the API server refuses a
+  patch that would change the immutable uid with 422, `UidChanged`). Everything else,
+  409 from a patch the server gave up retrying included, is raised: the finalizer is
+  still there and the caller must retry or report it.
+* Both take the small protocols below, so tests and callers may pass any client that
+  has the call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from typing import Protocol
+
+from sniffer.kube import JSON, NotFound, Page, UidChanged
+from sniffer.podview import OUTCOME_FINALIZER
+
+
+class PageLister(Protocol):
+    """The `KubeClient` call `list_pages` makes."""
+
+    async def list_pods(self, namespace: str | None, *, label_selector: str, limit: int,
+                        continue_token: str | None = None, slim: bool = False) -> Page: ...
+
+
+class PodPatcher(Protocol):
+    """The `KubeClient` call `release_finalizer` makes."""
+
+    async def patch_pod(self, namespace: str, name: str, patch: JSON | list[JSON], *,
+                        content_type: str = ...) -> JSON: ...
+
+
+async def list_pages(kube: PageLister, namespace: str | None, *, label_selector: str,
+                     page_size: int, slim: bool = True) -> AsyncGenerator[Page, None]:
+    """Every page of the LIST of `namespace`'s pods (None: all namespaces) that match
+    `label_selector`, `page_size` items at most per page; `slim`: as
+    `KubeClient.list_pods`."""
+    token: str | None = None
+    while True:
+        page = await kube.list_pods(namespace, label_selector=label_selector,
+                                    limit=page_size, continue_token=token, slim=slim)
+        token = page.continue_token
+        yield page
+        if token is None:
+            return
+
+
+async def release_finalizer(kube: PodPatcher, namespace: str, name: str, uid: str | None,
+                            finalizer: str = OUTCOME_FINALIZER) -> bool:
+    """Remove `finalizer` from pod `namespace/name` if that pod still has uid `uid` (None:
+    whichever pod has the name, for uninstall). True iff the patch landed."""
+    meta: JSON = {"$deleteFromPrimitiveList/finalizers": [finalizer]}
+    if uid:
+        meta["uid"] = uid
+    try:
+        await kube.patch_pod(namespace, name, {"metadata": meta})
+    except (NotFound, UidChanged):  # gone, or the name is another pod's now
+        return False
+    return True
