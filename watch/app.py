@@ -38,7 +38,6 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from config.loader import ConfigError
 from config.settings import Settings
@@ -114,23 +113,15 @@ class Watcher:
             raise RuntimeError("Watcher.run() called twice")
         self._started = True
         s = self.settings
-        token_file = Path(s.platform.token_file)
         if not s.platform.verify_tls:
             log.warning("TLS verification of the platform is OFF (platform.verify_tls=false)")
         # One connection per finalizer worker (patches) plus one per watch stream.
-        kube = await KubeClient.connect(
-            kubeconfig=s.kube.kubeconfig, context=s.kube.context, verify_tls=s.kube.verify_tls,
-            pool_size=s.finalizers.workers + len(s.kube.namespaces) + 4)
+        kube = await KubeClient.from_settings(
+            s.kube, pool_size=s.finalizers.workers + len(s.kube.namespaces) + 4)
         # The lease gets its own connections: renewals must never queue behind a burst of
         # finalizer patches, or a busy leader would lose its lease.
-        lease_kube = await KubeClient.connect(kubeconfig=s.kube.kubeconfig,
-                                              context=s.kube.context,
-                                              verify_tls=s.kube.verify_tls, pool_size=2)
-        platform = PlatformClient(s.platform.url, token_file, timeout=s.platform.timeout_s,
-                                  max_connections=s.platform.max_connections,
-                                  verify_tls=s.platform.verify_tls,
-                                  ca_file=Path(s.platform.ca_file) if s.platform.ca_file
-                                  else None, metrics=self._metrics.platform)
+        lease_kube = await KubeClient.from_settings(s.kube, pool_size=2)
+        platform = PlatformClient.from_settings(s.platform, metrics=self._metrics.platform)
         try:
             return await self._run(stop, kube, lease_kube, platform)
         finally:

@@ -39,7 +39,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Protocol
 
 from opentelemetry import trace
@@ -203,11 +202,7 @@ class PlatformHandler:
 
     async def _send(self, pod: PodView, acked: Acked, derived: Derived) -> Outcome:
         assert pod.run_id is not None and acked.state is not None
-        update = StateUpdate(
-            run_id=pod.run_id, state=derived.state.value, reason=derived.reason,
-            message=derived.message, exit_code=derived.exit_code,
-            started_at=_utc(derived.started_at), finished_at=_utc(derived.finished_at),
-            pod_uid=pod.uid, pod_name=pod.name, pod_namespace=pod.namespace)
+        update = StateUpdate.derived(pod.run_id, derived, pod)
         links = _links(pod.traceparent)
         with tracer.start_as_current_span(
                 "sniffer.state_change", kind=SpanKind.INTERNAL, links=links,
@@ -289,10 +284,6 @@ class PlatformHandler:
 
     def _unknown(self, run_id: str) -> None:
         self._ledger.record_unknown(run_id)
-
-
-def _utc(epoch: float | None) -> datetime | None:
-    return None if epoch is None else datetime.fromtimestamp(epoch, UTC)
 
 
 def _links(traceparent: str | None) -> list[Link]:
