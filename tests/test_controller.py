@@ -23,9 +23,9 @@ from sniffer.platform import PlatformClient
 from sniffer.podview import PodView, project
 from sniffer.states import StatePolicy
 from testbed.platform.launcher import PlatformServer
+from tests.fixtures.timers import FakeTimers
 from tests.fixtures.watcher import eventually
 from tests.test_workqueue import Limiter
-from tests.test_workqueue_holds import FakeTimers
 from watch.controller import Controller
 from watch.finalizers import Finalizers
 from watch.ledger import RunLedger

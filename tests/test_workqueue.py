@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 
 import pytest
@@ -18,6 +19,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from tests.fixtures.timers import FakeTimers
 from watch.workqueue import ShutDown, WorkQueue
 
 # Delays in these tests are tiny and only order events; nothing asserts how fast anything
@@ -85,6 +87,12 @@ class FakeClock:
 
 def new_queue(delay: float = 0.0) -> WorkQueue[str]:
     return WorkQueue(Limiter(delay))
+
+
+def timed_queue(delay: float = 0.0) -> tuple[WorkQueue[str], FakeTimers]:
+    """A queue whose delays fire only when the test advances its `FakeTimers`."""
+    timers = FakeTimers()
+    return WorkQueue(Limiter(delay), timers=timers), timers
 
 
 async def get(queue: WorkQueue[str]) -> str:
@@ -267,15 +275,16 @@ async def test_delayed_keys_come_out_in_due_order() -> None:
     assert [await get(queue), await get(queue)] == ["early", "late"]
 
 
-async def test_earliest_delay_of_a_key_wins_and_the_later_one_is_dropped() -> None:
-    queue = new_queue()
+def test_earliest_delay_of_a_key_wins_and_the_later_one_is_dropped() -> None:
+    queue, timers = timed_queue()
     queue.add_after("a", 0.05)
     queue.add_after("a", 0.01)
     queue.add_after("a", 0.03)
-    key = await get(queue)
-    queue.done(key)
-    await asyncio.sleep(0.08)
+    timers.advance(0.01)
+    assert drain_now(queue) == ["a"]
+    timers.advance(0.07)  # past both later delays
     assert len(queue) == 0
+    assert timers.armed == 0
 
 
 def check_delay_invariants(queue: WorkQueue[str]) -> None:
@@ -287,23 +296,26 @@ def check_delay_invariants(queue: WorkQueue[str]) -> None:
 
 
 @pytest.mark.parametrize("seed", range(10))
-async def test_delayed_adds_each_arrive_once_in_due_order(seed: int) -> None:
+def test_delayed_adds_each_arrive_once_in_due_order(seed: int) -> None:
     rng = random.Random(seed)
-    queue = new_queue()
-    loop = asyncio.get_running_loop()
-    due: dict[str, float] = {}
+    queue, loop = timed_queue()
+    due: dict[str, tuple[float, int]] = {}  # key -> (due, when that due was set)
+    order = itertools.count()
     for _ in range(40):
         key, delay = rng.choice("abcdefgh"), rng.choice([0.0, 0.001, 0.005, 0.01, 0.02])
         queue.add_after(key, delay)
         if delay > 0:
             assert queue._waiting[key] <= loop.time() + delay
-            due[key] = queue._waiting[key]
+            if key not in due or due[key][0] != queue._waiting[key]:
+                # Fake time is exact, so keys can fall due at the same instant: those
+                # come out in the order their delays were set.
+                due[key] = (queue._waiting[key], next(order))
         check_delay_invariants(queue)
         while len(queue):  # keys added at once are handled right away
             done_key = queue.get_nowait()
             queue.done(done_key)
         if rng.random() < 0.2:
-            await asyncio.sleep(0.003)
+            loop.advance(0.003)
             check_delay_invariants(queue)
             for key in [k for k, d in due.items() if k not in queue._waiting]:
                 del due[key]  # it fired: it is waiting or was handled above
@@ -311,29 +323,29 @@ async def test_delayed_adds_each_arrive_once_in_due_order(seed: int) -> None:
                 queue.done(queue.get_nowait())
     expected = sorted(due, key=due.__getitem__)
     seen: list[str] = []
-    while len(seen) < len(expected):
-        key = await get(queue)
-        queue.done(key)
-        seen.append(key)
-        check_delay_invariants(queue)
+    while len(seen) < len(expected) and loop.armed:
+        loop.advance(0.0005)  # finer than any two distinct due times
+        for key in drain_now(queue):
+            seen.append(key)
+            check_delay_invariants(queue)
     assert seen == expected
     assert not queue._waiting and queue._timer is None
 
 
-async def test_delayed_add_of_a_waiting_key_coalesces() -> None:
-    queue = new_queue()
+def test_delayed_add_of_a_waiting_key_coalesces() -> None:
+    queue, timers = timed_queue()
     queue.add("a")
     queue.add_after("a", 0.01)
-    await asyncio.sleep(0.03)
+    timers.advance(0.03)
     assert drain_now(queue) == ["a"]
 
 
-async def test_delayed_add_of_a_key_in_flight_runs_it_again_after_done() -> None:
-    queue = new_queue()
+def test_delayed_add_of_a_key_in_flight_runs_it_again_after_done() -> None:
+    queue, timers = timed_queue()
     queue.add("a")
     key = queue.get_nowait()
     queue.add_after("a", 0.01)
-    await asyncio.sleep(0.03)
+    timers.advance(0.03)  # the delay has fired
     assert len(queue) == 0
     queue.done(key)
     assert drain_now(queue) == ["a"]
@@ -396,24 +408,25 @@ async def test_waiting_get_raises_shutdown_when_the_queue_shuts_down() -> None:
         await getter
 
 
-async def test_adds_are_ignored_after_shutdown() -> None:
-    limiter = Limiter(delay=0.01)
-    queue: WorkQueue[str] = WorkQueue(limiter)
+def test_adds_are_ignored_after_shutdown() -> None:
+    limiter, timers = Limiter(delay=0.01), FakeTimers()
+    queue: WorkQueue[str] = WorkQueue(limiter, timers=timers)
     queue.shut_down()
     queue.add("a")
     queue.add_after("b", 0)
     queue.add_after("c", 0.01)
     queue.add_rate_limited("d")
-    await asyncio.sleep(0.03)
+    assert timers.armed == 0, "no delay was scheduled"
+    timers.advance(0.03)
     assert len(queue) == 0
     assert limiter.attempts == {}
 
 
-async def test_shutdown_drops_pending_delays() -> None:
-    queue = new_queue()
+def test_shutdown_drops_pending_delays() -> None:
+    queue, timers = timed_queue()
     queue.add_after("a", 0.01)
     queue.shut_down()
-    await asyncio.sleep(0.03)
+    timers.advance(0.03)
     with pytest.raises(ShutDown):
         queue.get_nowait()
 
