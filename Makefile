@@ -26,6 +26,7 @@ testbed: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy .
+	$(VENV)/bin/lint-imports
 
 # The suite imports the benchmark harness too (tests/test_bench_*.py) and ends with
 # bench-quick, so it installs the bench extra.

@@ -30,6 +30,7 @@ from kubernetes.aio import client as kclient
 
 from sniffer.kubecredentials import Credentials
 from sniffer.podwire import slim_event, slim_list, slim_pod
+from sniffer.reauth import retry_once_unauthorized
 
 if TYPE_CHECKING:
     from config.settings import KubeSettings
@@ -94,6 +95,14 @@ class Page:
     continue_token: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class _Refused:
+    """An answer >= 400, its body read and the connection released."""
+
+    status: int
+    payload: bytes
+
+
 def _error_for(status: int, body: bytes | str) -> KubeError:
     message = ""
     try:
@@ -151,15 +160,14 @@ class KubeClient:
         url = self.host + path
         if query:
             url += "?" + urlencode({k: v for k, v in query.items() if v is not None})
-        # The REST client serialises JSON bodies itself (for any *json content type).
-        data = body
-        for attempt in (1, 2):
+        timeout = client_timeout or aiohttp.ClientTimeout(total=60)
+
+        async def attempt() -> aiohttp.ClientResponse | _Refused:
+            # The REST client serialises JSON bodies itself (for any *json content type).
             try:
                 resp = await self._api.rest_client.request(
                     method, url, headers=await self._credentials.headers(content_type),
-                    body=data,
-                    _request_timeout=client_timeout or aiohttp.ClientTimeout(total=60),
-                )
+                    body=body, _request_timeout=timeout)
             except TimeoutError as exc:  # aiohttp's socket/connect timeouts subclass it
                 raise Timeout(0, f"{method} {path}: {type(exc).__name__}") from exc
             except aiohttp.ClientError as exc:
@@ -174,12 +182,18 @@ class KubeClient:
                 payload = b""
             finally:
                 response.release()
-            if response.status == 401 and attempt == 1:
-                log.info("API server answered 401; reloading credentials")
-                await self._credentials.reload()
-                continue
-            raise _error_for(response.status, payload)
-        raise AssertionError("unreachable")
+            return _Refused(response.status, payload)
+
+        result = await retry_once_unauthorized(
+            attempt, lambda r: isinstance(r, _Refused) and r.status == 401, self._renew)
+        if isinstance(result, _Refused):
+            raise _error_for(result.status, result.payload)
+        return result
+
+    async def _renew(self) -> bool:
+        log.info("API server answered 401; reloading credentials")
+        await self._credentials.reload()
+        return True
 
     async def request_json(self, method: str, path: str, **kw: Any) -> JSON:
         response = await self.request(method, path, **kw)

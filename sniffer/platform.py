@@ -57,6 +57,7 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 from opentelemetry import propagate, trace
 
+from sniffer.nullmetrics import NULL_METRICS
 from sniffer.platform_model import (
     STATES,
     Outcome,
@@ -73,6 +74,7 @@ from sniffer.platform_model import (
     rejection,
 )
 from sniffer.platform_token import TokenFile
+from sniffer.reauth import retry_once_unauthorized
 
 if TYPE_CHECKING:
     from config.settings import PlatformSettings
@@ -93,15 +95,6 @@ class PlatformMetrics(Protocol):
 
     def update(self, outcome: str) -> None:
         """A state update ended with this `Outcome` value."""
-
-
-class _NoMetrics:
-    def request(self, method: str, route: str, status: int | None, error: str | None,
-                seconds: float) -> None:
-        pass
-
-    def update(self, outcome: str) -> None:
-        pass
 
 
 class _State(enum.Enum):
@@ -147,7 +140,7 @@ class PlatformClient:
         # One slot per pooled connection; the timeout starts once a slot is held, so
         # waiting for a free connection never counts against a request's time budget.
         self._slots = asyncio.Semaphore(max_connections)
-        self._metrics: PlatformMetrics = metrics or _NoMetrics()
+        self._metrics: PlatformMetrics = metrics or NULL_METRICS
         parts = urlsplit(base)
         self._server: dict[str, str | int] = {
             "server.address": parts.hostname or "",
@@ -217,7 +210,8 @@ class PlatformClient:
                         **self._server},
         ) as span:
             started = time.perf_counter()
-            for attempt in (1, 2):
+
+            async def attempt() -> tuple[int, bytes, str | None]:
                 headers = {"Authorization": f"Bearer {self._token.current()}",
                            "Accept": "application/json"}
                 propagate.inject(headers)
@@ -225,9 +219,8 @@ class PlatformClient:
                     async with self._slots, asyncio.timeout(self._timeout), session.request(
                         method, url, json=body, params=params, headers=headers
                     ) as response:
-                        status = response.status
-                        raw = await response.read()
-                        retry_after = response.headers.get("Retry-After")
+                        return (response.status, await response.read(),
+                                response.headers.get("Retry-After"))
                 except TimeoutError:
                     span.set_attribute("error.type", "timeout")
                     self._metrics.request(method, route, None, "timeout",
@@ -242,10 +235,9 @@ class PlatformClient:
                     raise PlatformUnavailable(
                         f"{method} {route}: {type(exc).__name__}: {exc}"
                     ) from None
-                if status == 401 and attempt == 1 and self._token.reread():
-                    log.info("platform answered 401; retrying once with the re-read token")
-                    continue
-                break
+
+            status, raw, retry_after = await retry_once_unauthorized(
+                attempt, lambda answer: answer[0] == 401, self._reread_token)
             span.set_attribute("http.response.status_code", status)
             self._metrics.request(method, route, status, None, time.perf_counter() - started)
             log.debug("%s %s -> %d in %.1f ms", method, route, status,
@@ -262,6 +254,12 @@ class PlatformClient:
                 status, "malformed_response",
                 f"{method} {route}: body is not JSON: {raw[:200]!r}",
             ) from None
+
+    async def _reread_token(self) -> bool:
+        if not self._token.reread():
+            return False  # the same token again would get the same answer
+        log.info("platform answered 401; retrying once with the re-read token")
+        return True
 
     # -- API ---------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""`sniffer testbed ...`: a local test bed in the current folder (development only).
+"""`python -m testbed ...`: a local test bed in the current folder (development only).
 
 Contract:
 * ``up [--node simulated|real]`` starts a real kube-apiserver (with embedded etcd) and the
@@ -51,7 +51,7 @@ NODE_REASONS = {
 def up(root: Path, node: str = "simulated") -> int:
     p = _paths(root)
     if p["state"].exists() and _platform_alive(json.loads(p["state"].read_text())):
-        print(f"a testbed already runs in {root}; `sniffer testbed down` first", file=sys.stderr)
+        print(f"a testbed already runs in {root}; `python -m testbed down` first", file=sys.stderr)
         return 1
     binaries = ensure_binaries()
     print("starting kube-apiserver ...", file=sys.stderr)
@@ -163,7 +163,7 @@ def _terminate(pid: int, timeout: float = 10.0) -> None:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="sniffer testbed", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m testbed", description=__doc__.split("\n")[0])
     parser.add_argument("--dir", type=Path, default=DEFAULT_DIR,
                         help="state folder (default: ./.testbed)")
     sub = parser.add_subparsers(dest="action", required=True)

@@ -470,10 +470,11 @@ def test_the_image_venv_from_the_lock_file_runs_sniffer(image_venv: Path, tmp_pa
            "PYTHONDONTWRITEBYTECODE": "1"}
     proc = run(["sniffer", "--help"], env=env, cwd=tmp_path)
     assert "watch" in proc.stdout and "reconcile" in proc.stdout
+    assert "testbed" not in proc.stdout, "the test bed is not part of the production command"
     # Every module the image ships imports with only the locked dependencies.
     script = (
         "import importlib, pkgutil\n"
-        "for top in ('config', 'sniffer', 'watch', 'reconcile'):\n"
+        "for top in ('cli', 'config', 'sniffer', 'watch', 'reconcile'):\n"
         "    try:\n"
         "        pkg = importlib.import_module(top)\n"
         "    except ModuleNotFoundError:\n"
@@ -482,7 +483,9 @@ def test_the_image_venv_from_the_lock_file_runs_sniffer(image_venv: Path, tmp_pa
         "        importlib.import_module(info.name)\n"
         "        print(info.name)\n")
     proc = run(["python", "-c", script], env=env, cwd=tmp_path)
-    assert "sniffer.cli" in proc.stdout and "watch.app" in proc.stdout
+    assert "cli.main" in proc.stdout and "watch.app" in proc.stdout
+    proc = run(["python", "-c", "import testbed"], env=env, cwd=tmp_path, check=False)
+    assert proc.returncode != 0, "the test bed stays out of the production wheel"
     # A configuration error is reported by name, exit 2, before anything starts.
     proc = run(["sniffer", "watch"], env=env, cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "platform.url" in proc.stderr
@@ -671,7 +674,7 @@ def run_as(rbac: InstalledRbac, workload: Obj, kubeconfig: Path, platform: Platf
 
 def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with open(log, "wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "sniffer.cli", *args], env=env,
+        return subprocess.Popen([sys.executable, "-m", "cli", *args], env=env,
                                 stdout=out, stderr=out, cwd=log.parent)
 
 
@@ -799,14 +802,14 @@ async def test_the_reconciler_does_its_job_as_its_own_service_account(
         await pods.running("missed")
         await pods.succeeded("missed")
         dry = await asyncio.to_thread(
-            run, [sys.executable, "-m", "sniffer.cli", "reconcile", "--dry-run"], env=env,
+            run, [sys.executable, "-m", "cli", "reconcile", "--dry-run"], env=env,
             cwd=tmp_path, check=False, timeout=120)
         assert dry.returncode == 0, dry.stdout + dry.stderr
         assert run_id in dry.stdout
         assert (platform.get_run(run_id) or {}).get("state") == "queued"
         assert await _has_finalizer(pods, "missed")
         real = await asyncio.to_thread(
-            run, [sys.executable, "-m", "sniffer.cli", "reconcile", "--only", run_id,
+            run, [sys.executable, "-m", "cli", "reconcile", "--only", run_id,
                   "--output", "json"], env=env, cwd=tmp_path, check=False, timeout=120)
         assert real.returncode == 0, real.stdout + real.stderr
         assert (platform.get_run(run_id) or {}).get("state") == "succeeded"

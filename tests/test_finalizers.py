@@ -1,5 +1,4 @@
-"""watch.finalizers against a real kube-apiserver: adding, releasing, and the uninstall
-path (`remove_all`, which lists slim)."""
+"""watch.finalizers against a real kube-apiserver: adding and releasing."""
 
 from __future__ import annotations
 
@@ -9,7 +8,7 @@ import uuid
 from sniffer.kube import KubeClient
 from sniffer.podview import OUTCOME_FINALIZER, project
 from tests.fixtures.watcher import Pods
-from watch.finalizers import Finalizers, remove_all
+from watch.finalizers import Finalizers
 
 
 async def test_ensure_then_release_puts_and_takes_the_finalizer(
@@ -23,21 +22,6 @@ async def test_ensure_then_release_puts_and_takes_the_finalizer(
     assert not await finalizers.ensure(held), "already there: no patch"
     assert await finalizers.release(held)
     assert await pods.finalizers("p") == []
-
-
-async def test_remove_all_takes_the_finalizer_off_every_tracked_pod_across_pages(
-        kube: KubeClient, namespace: str) -> None:
-    pods = Pods(kube, namespace)
-    finalizers = Finalizers(kube, enabled=True)
-    for i in range(5):
-        view = project(await pods.create(f"p{i}", f"run-{uuid.uuid4().hex[:12]}"))
-        if i % 2 == 0:
-            await finalizers.ensure(view)
-    report = await remove_all(kube, namespaces=(namespace,),
-                              label_selector="sniffer.io/run-id", page_size=2)
-    assert (report.scanned, report.removed, report.failed) == (5, 3, 0)
-    for i in range(5):
-        assert await pods.finalizers(f"p{i}") == []
 
 
 async def test_a_release_decided_for_a_pod_never_lands_on_a_new_pod_that_took_its_name(

@@ -24,7 +24,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import sniffer.cli as cli
+import cli.main as cli
 from config.settings import Settings
 from testbed.apiserver import ApiServer
 
@@ -82,7 +82,7 @@ def test_a_bad_setting_stops_the_program_with_one_error_naming_it(
         command: str) -> None:
     config = tmp_path / "sniffer.yaml"
     config.write_text(yaml_text)
-    done = subprocess.run([sys.executable, "-m", "sniffer.cli", command, "--config",
+    done = subprocess.run([sys.executable, "-m", "cli", command, "--config",
                            str(config)], env=clean_env(tmp_path, **env), capture_output=True,
                           text=True, cwd=REPO, timeout=120)
     assert_one_clear_error(done.returncode, done.stdout, done.stderr, *needles)
@@ -90,7 +90,7 @@ def test_a_bad_setting_stops_the_program_with_one_error_naming_it(
 
 
 def test_a_missing_config_file_is_one_error(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "sniffer.cli", "watch", "--config",
+    done = subprocess.run([sys.executable, "-m", "cli", "watch", "--config",
                            str(tmp_path / "absent.yaml")], env=clean_env(tmp_path),
                           capture_output=True, text=True, cwd=REPO, timeout=120)
     assert_one_clear_error(done.returncode, done.stdout, done.stderr, "cannot read")
@@ -170,7 +170,7 @@ def test_a_port_in_use_is_one_clear_error(tmp_path: Path, setting: str,
                         **{setting: str(taken.getsockname()[1])})
         if setting == "SNIFFER_TELEMETRY_PROMETHEUS_PORT":
             del env["OTEL_SDK_DISABLED"]  # the endpoint is part of the SDK's metrics
-        proc = subprocess.Popen([sys.executable, "-m", "sniffer.cli", "watch"], env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "cli", "watch"], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 cwd=REPO)
         try:
@@ -184,7 +184,7 @@ def test_a_port_in_use_is_one_clear_error(tmp_path: Path, setting: str,
 
 
 def test_a_missing_kubeconfig_is_one_clear_error(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "sniffer.cli", "watch"],
+    done = subprocess.run([sys.executable, "-m", "cli", "watch"],
                           env=clean_env(tmp_path), capture_output=True, text=True, cwd=REPO,
                           timeout=120)
     assert_one_clear_error(done.returncode, done.stdout, done.stderr, "kube.kubeconfig")

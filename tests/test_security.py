@@ -76,7 +76,7 @@ def watch_env(apiserver: ApiServer, platform: PlatformServer, namespace: str,
 
 def sniffer(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with open(log, "wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "sniffer.cli", *args], env=env,
+        return subprocess.Popen([sys.executable, "-m", "cli", *args], env=env,
                                 stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
 
 
@@ -156,7 +156,7 @@ def test_with_verification_on_a_wrong_ca_fails_the_reconcile_pass(
                                  **{"certificate-authority": str(wrong_ca)})
     env = watch_env(apiserver, platform, namespace,
                     SNIFFER_KUBE_KUBECONFIG=str(kubeconfig))
-    done = subprocess.run([sys.executable, "-m", "sniffer.cli", "reconcile", "--output",
+    done = subprocess.run([sys.executable, "-m", "cli", "reconcile", "--output",
                            "json"], env=env, capture_output=True, text=True, cwd=REPO,
                           timeout=BOUND_S)
     assert done.returncode == 1, done.stderr
@@ -206,7 +206,7 @@ def test_a_platform_token_in_the_environment_is_refused_before_anything_starts(
     token = "tok-" + secrets.token_urlsafe(24)
     env = clean_env(SNIFFER_PLATFORM_URL="http://127.0.0.1:9", SNIFFER_PLATFORM_TOKEN=token,
                     SNIFFER_KUBE_KUBECONFIG=str(tmp_path / "no-such-kubeconfig"))
-    done = subprocess.run([sys.executable, "-m", "sniffer.cli", *command], env=env,
+    done = subprocess.run([sys.executable, "-m", "cli", *command], env=env,
                           capture_output=True, text=True, cwd=REPO, timeout=BOUND_S)
     assert done.returncode == 2
     assert done.stdout == ""
@@ -220,7 +220,7 @@ def test_an_unreadable_token_file_stops_the_watcher_before_it_connects(tmp_path:
     env = clean_env(SNIFFER_PLATFORM_URL="http://127.0.0.1:9",
                     SNIFFER_PLATFORM_TOKEN_FILE=str(tmp_path / "missing-token"),
                     SNIFFER_KUBE_KUBECONFIG=str(tmp_path / "no-such-kubeconfig"))
-    done = subprocess.run([sys.executable, "-m", "sniffer.cli", "watch"], env=env,
+    done = subprocess.run([sys.executable, "-m", "cli", "watch"], env=env,
                           capture_output=True, text=True, cwd=REPO, timeout=BOUND_S)
     assert done.returncode == 2
     assert "platform.token_file" in done.stderr and "Traceback" not in done.stderr
@@ -236,7 +236,7 @@ def test_unusable_credentials_exit_2_from_either_command(command: list[str], tmp
     env = clean_env(SNIFFER_PLATFORM_URL="http://127.0.0.1:9",
                     SNIFFER_PLATFORM_TOKEN_FILE=str(token_file),
                     SNIFFER_KUBE_KUBECONFIG=str(kubeconfig))
-    done = subprocess.run([sys.executable, "-m", "sniffer.cli", *command], env=env,
+    done = subprocess.run([sys.executable, "-m", "cli", *command], env=env,
                           capture_output=True, text=True, cwd=REPO, timeout=BOUND_S)
     assert done.returncode == 2, done.stderr  # a configuration error, as documented
     assert "no usable Kubernetes credentials" in done.stderr

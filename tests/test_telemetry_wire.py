@@ -73,7 +73,7 @@ class Program:
         self.stdout_path, self.stderr_path = workdir / "stdout", workdir / "stderr"
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "sniffer.cli", *args], cwd=ROOT, env=dict(env),
+                [sys.executable, "-m", "cli", *args], cwd=ROOT, env=dict(env),
                 stdout=out, stderr=err, stdin=subprocess.DEVNULL)
 
     @property

@@ -1,4 +1,4 @@
-"""`sniffer testbed up|status|simulate|down`, as a new user runs it, in a fresh folder."""
+"""`python -m testbed up|status|simulate|down`, as a new user runs it, in a fresh folder."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 
 def sniffer(cwd: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "sniffer.cli", "testbed", *args], cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "testbed", *args], cwd=cwd,
                           capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
 

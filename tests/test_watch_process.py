@@ -20,7 +20,7 @@ from tests.test_watch import run_state
 def spawn(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     full = {**os.environ, **env, "SNIFFER_TELEMETRY_LOG_FORMAT": "text"}
     with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "sniffer.cli", "watch"], env=full,
+        return subprocess.Popen([sys.executable, "-m", "cli", "watch"], env=full,
                                 stdout=out, stderr=out)
 
 

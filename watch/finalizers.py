@@ -15,21 +15,15 @@ Contract (the Kubernetes Job controller's pod-tracking technique, KEP-2307):
   server refuses it as an attempt to change the immutable uid (422). A pod that is
   already gone, or whose name a new pod took, counts as done. `release` is
   `sniffer.pods.release_finalizer`, the one copy the reconciler uses too.
-* `remove_all` is the uninstall path (`sniffer finalizers remove`).
+* Uninstall (`sniffer finalizers remove`) is `cli.uninstall`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
-from dataclasses import dataclass
-
 from sniffer.kube import Conflict, KubeClient, NotFound, UidChanged
-from sniffer.pods import list_pages, release_finalizer
+from sniffer.pods import release_finalizer
 from sniffer.podview import OUTCOME_FINALIZER as FINALIZER
 from sniffer.podview import PodView
-
-log = logging.getLogger(__name__)
 
 
 class Finalizers:
@@ -56,38 +50,3 @@ class Finalizers:
         if FINALIZER not in pod.finalizers:
             return False
         return await release_finalizer(self._kube, pod.namespace, pod.name, pod.uid)
-
-
-@dataclass(frozen=True, slots=True)
-class RemovalReport:
-    scanned: int
-    removed: int
-    failed: int
-
-
-async def remove_all(kube: KubeClient, *, namespaces: tuple[str, ...], label_selector: str,
-                     page_size: int = 500) -> RemovalReport:
-    """Remove Sniffer's finalizer from every tracked pod (uninstall). Pods whose outcome
-    was not yet recorded lose that protection; run `sniffer reconcile` first."""
-    scanned = removed = failed = 0
-    for namespace in namespaces or (None,):
-        # Slim: it reads only metadata name, namespace and finalizers, which
-        # `sniffer.podwire` keeps.
-        async with contextlib.aclosing(list_pages(kube, namespace, label_selector=label_selector,
-                                                  page_size=page_size)) as pages:
-            async for page in pages:
-                for obj in page.items:
-                    scanned += 1
-                    meta = obj.get("metadata") or {}
-                    if FINALIZER not in (meta.get("finalizers") or []):
-                        continue
-                    try:
-                        if await release_finalizer(kube, str(meta.get("namespace")),
-                                                   str(meta.get("name")), None):
-                            removed += 1
-                    except Exception as exc:  # report and go on: uninstall must progress
-                        failed += 1
-                        log.error("could not remove finalizer", extra={
-                            "pod": f"{meta.get('namespace')}/{meta.get('name')}",
-                            "error": str(exc)})
-    return RemovalReport(scanned=scanned, removed=removed, failed=failed)

@@ -35,6 +35,7 @@ from typing import Protocol
 
 from sniffer.backoff import Backoff
 from sniffer.kube import Gone, KubeClient, KubeError, MalformedEvent, WatchStalled
+from sniffer.nullmetrics import NULL_METRICS
 from sniffer.pods import list_pages
 from sniffer.podview import MalformedPod, PodView, project
 from watch.store import Cached, PodStore
@@ -49,20 +50,6 @@ class ReflectorMetrics(Protocol):
     def relist(self, cause: str) -> None: ...
     def watch_restart(self, cause: str) -> None: ...
     def malformed(self, where: str) -> None: ...
-
-
-class _NoMetrics:
-    def event(self, kind: str) -> None:
-        pass
-
-    def relist(self, cause: str) -> None:
-        pass
-
-    def watch_restart(self, cause: str) -> None:
-        pass
-
-    def malformed(self, where: str) -> None:
-        pass
 
 
 class Reflector:
@@ -81,7 +68,7 @@ class Reflector:
         self._page_size = page_size
         self._watch_timeout_s = watch_timeout_s
         self._read_timeout_s = read_timeout_s
-        self._metrics: ReflectorMetrics = metrics or _NoMetrics()
+        self._metrics: ReflectorMetrics = metrics or NULL_METRICS
         self._rng = rng or random.Random()
         self._started = False
         self.last_event_at = time.monotonic()

@@ -1,4 +1,4 @@
-"""``python -m testbed.simulator`` (and ``sniffer testbed simulate``): the pod simulator CLI.
+"""``python -m testbed.simulator`` (and ``python -m testbed simulate``): the pod simulator CLI.
 
 Contract:
 

@@ -6,7 +6,7 @@ Contract:
   reference platform, in a fresh namespace, and returns a `Result`. It never raises for a
   failed check: every problem is a line in `Result.problems`, and `Result.ok` is True iff
   there is none. It does raise if the testbed itself cannot be had.
-* The flow: start the watcher(s) as real processes (`python -m sniffer.cli watch`,
+* The flow: start the watcher(s) as real processes (`python -m cli watch`,
   finalizer mode on unless the scenario says otherwise) and wait until they are ready →
   run the simulator and the scenario's fault schedule side by side (or the scenario's own
   `drive`) → wait, bounded, until the platform is consistent → run `sniffer reconcile`

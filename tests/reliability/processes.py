@@ -1,7 +1,7 @@
 """The processes a scenario watches: `sniffer watch` replicas, `sniffer reconcile` passes,
 and an independent observer of the namespace.
 
-* `WatcherProcess`: one replica as a real process (``python -m sniffer.cli watch``),
+* `WatcherProcess`: one replica as a real process (``python -m cli watch``),
   restartable (each life appends to the same log); SIGKILL is a crash whose exit code is
   not judged, SIGTERM a stop whose exit code is.
 * `PodObserver`: a list+watch of its own that records which pods ever carried Sniffer's
@@ -51,7 +51,7 @@ class WatcherProcess:
         self.port = free_port()
         env = {**self.env, "SNIFFER_HEALTH_PORT": str(self.port)}
         with open(self.log_path, "ab") as out:
-            self._proc = subprocess.Popen([sys.executable, "-m", "sniffer.cli", "watch"],
+            self._proc = subprocess.Popen([sys.executable, "-m", "cli", "watch"],
                                           env=env, stdout=out, stderr=out, cwd=REPO)
 
     @property
@@ -188,9 +188,9 @@ class PodObserver:
 
 def spawn(args: list[str], env: Mapping[str, str], stdout: Path,
            stderr: Path) -> subprocess.Popen[bytes]:
-    """`python -m sniffer.cli <args>` with its output in files."""
+    """`python -m cli <args>` with its output in files."""
     with open(stdout, "wb") as out, open(stderr, "wb") as err:
-        return subprocess.Popen([sys.executable, "-m", "sniffer.cli", *args], env=dict(env),
+        return subprocess.Popen([sys.executable, "-m", "cli", *args], env=dict(env),
                                 stdout=out, stderr=err, cwd=REPO)
 
 

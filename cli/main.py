@@ -1,11 +1,12 @@
-"""The `sniffer` command.
+"""The `sniffer` command (the console script; also ``python -m cli``).
 
 Subcommands:
 * ``sniffer watch``: the long-running watcher (Deployment).
 * ``sniffer reconcile``: one level-triggered repair pass (CronJob, or ad hoc).
 * ``sniffer finalizers remove``: strip Sniffer's finalizer from every tracked pod
-  (uninstall).
-* ``sniffer testbed up|status|down|simulate``: the local test bed (development only).
+  (uninstall, `cli.uninstall`).
+
+The local test bed is not part of this command: it has its own, ``python -m testbed``.
 
 Contract: configuration errors print one message naming each bad field and exit 2
 before anything starts; SIGTERM and SIGINT stop a command cleanly (exit 0).
@@ -54,9 +55,6 @@ def build_parser() -> argparse.ArgumentParser:
     fsub = f.add_subparsers(dest="action", required=True)
     rm = fsub.add_parser("remove", help="remove Sniffer's finalizer from all tracked pods")
     _add_config(rm)
-    t = sub.add_parser("testbed", help="local test bed: API server, platform, simulator",
-                       add_help=False)
-    t.add_argument("args", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -84,9 +82,6 @@ def run_until_signalled(main: Callable[[asyncio.Event], Coroutine[Any, Any, int]
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["testbed"]:
-        from testbed.cli import main as testbed_main  # development only; lazily imported
-        return testbed_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         settings = _settings(args, require_platform=args.command != "finalizers")
@@ -120,7 +115,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         finally:
             telemetry.shutdown()  # export everything before exit, after SIGTERM too
     if args.command == "finalizers":
-        return run_until_signalled(lambda stop: _remove_finalizers(settings))
+        from cli.uninstall import uninstall
+        return run_until_signalled(lambda stop: uninstall(settings))
     raise AssertionError(args.command)
 
 
@@ -174,22 +170,6 @@ def check_token_file(settings: Settings) -> bool:
         return True
     print(f"sniffer: platform.token_file: {path} is not a readable file", file=sys.stderr)
     return False
-
-
-async def _remove_finalizers(settings: Settings) -> int:
-    from sniffer.kube import KubeClient
-    from watch.finalizers import remove_all
-
-    kube = await KubeClient.from_settings(settings.kube, pool_size=32)
-    try:
-        report = await remove_all(kube, namespaces=settings.kube.namespaces,
-                                  label_selector=settings.kube.label_selector,
-                                  page_size=settings.kube.page_size)
-    finally:
-        await kube.close()
-    print(f"scanned {report.scanned} tracked pods, removed {report.removed} finalizers, "
-          f"{report.failed} failures")
-    return 1 if report.failed else 0
 
 
 if __name__ == "__main__":

@@ -1,11 +1,12 @@
-"""What telemetry costs per processed state change: ``python -m sniffer.telemetry.overhead``.
+"""What telemetry costs per processed state change: ``python -m bench.telemetry_overhead``.
 
 Prints microseconds per change for
 
 * ``hot path``: the metric calls one processed change makes on the event loop (a watch
   event, queue add/get/done with depth updates, sent, the platform call's duration and
   outcome, acknowledged with its latency, the handler outcome), with `WatchTelemetry` on a
-  real SDK MeterProvider, minus the same calls on no-op sinks;
+  real SDK MeterProvider, minus the same calls on the no-op sink
+  (`sniffer.nullmetrics.NULL_METRICS`, the watcher's default);
 * ``collection``: the work deferred to the metric reader's thread, per change (buffered
   histogram samples handed to the SDK, observable callbacks), measured by one collect
   after N changes;
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -29,48 +31,17 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import Link, SpanKind
 
+from sniffer.nullmetrics import NULL_METRICS
 from sniffer.telemetry.catalogue import BY_NAME
 from sniffer.telemetry.pipeline import WatchTelemetry
 
 ROUTE = "/api/v1/runs/{id}"
 
 
-class _Noop:
-    """The same calls doing nothing: what the watcher's default no-op sinks cost."""
-
-    def event(self, kind: str) -> None:
-        pass
-
-    def add(self) -> None:
-        pass
-
-    def depth(self, depth: int) -> None:
-        pass
-
-    def get(self, queued_s: float) -> None:
-        pass
-
-    def sent(self, state: str) -> None:
-        pass
-
-    def request(self, method: str, route: str, status: int | None, error: str | None,
-                seconds: float) -> None:
-        pass
-
-    def update(self, outcome: str) -> None:
-        pass
-
-    def acknowledged(self, state: str, observed_at: float, changed_at: float | None) -> None:
-        pass
-
-    def done(self, work_s: float) -> None:
-        pass
-
-    def outcome(self, result: str) -> None:
-        pass
-
-
-def _one_change(t: WatchTelemetry | None, noop: _Noop) -> Callable[[float], None]:
+def _one_change(t: WatchTelemetry | None) -> Callable[[float], None]:
+    # Without telemetry each component reports to the shared no-op sink, as it does in the
+    # watcher when metrics are off.
+    noop: Any = NULL_METRICS
     reflector = t.reflector if t else noop
     queue = t.queue if t else noop
     controller = t.controller if t else noop
@@ -105,11 +76,10 @@ def measure(n: int = 20_000) -> dict[str, float]:
     reader = InMemoryMetricReader()
     provider = MeterProvider(metric_readers=[reader])
     telemetry = WatchTelemetry(provider.get_meter("sniffer"), leader_election=False)
-    noop = _Noop()
     base, hot, deferred = [], [], []
     for _ in range(5):  # n changes stay below DRAIN_AT: one collection per round
-        base.append(_per_call_us(_one_change(None, noop), n))
-        hot.append(_per_call_us(_one_change(telemetry, noop), n))
+        base.append(_per_call_us(_one_change(None), n))
+        hot.append(_per_call_us(_one_change(telemetry), n))
         started = time.thread_time()
         reader.collect()
         deferred.append((time.thread_time() - started) / n * 1e6)
@@ -169,7 +139,7 @@ def measure(n: int = 20_000) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sniffer.telemetry.overhead")
+    parser = argparse.ArgumentParser(prog="python -m bench.telemetry_overhead")
     parser.add_argument("-n", type=int, default=20_000,
                         help="changes per measurement (keep it below DRAIN_AT)")
     args = parser.parse_args(argv)

@@ -1,0 +1,11 @@
+"""`python -m testbed up|status|down|simulate`: the local test bed's own entry point.
+
+Development only: the test bed is not in the production wheel, and `sniffer --help` does
+not offer it (`testbed.cli` is the command).
+"""
+
+import sys
+
+from testbed.cli import main
+
+sys.exit(main(sys.argv[1:]))
