@@ -36,11 +36,12 @@ import asyncio
 import time
 from collections.abc import Callable
 
+from sniffer.nullmetrics import NULL_METRICS
 from sniffer.platform import PlatformClient
 from sniffer.states import StatePolicy
 from watch.finalizer_loop import FinalizerLoop
 from watch.finalizers import Finalizers
-from watch.handler import HandlerMetrics, NoMetrics, PlatformHandler, PodReader
+from watch.handler import HandlerMetrics, PlatformHandler, PodReader
 from watch.ledger import RunLedger
 from watch.store import PodStore
 from watch.workers import WorkerPool
@@ -69,7 +70,7 @@ class Controller:
         self._clock = clock
         self.ledger = ledger
         """The one record of what the platform acknowledged, and the seed."""
-        sink: ControllerMetrics = metrics or NoMetrics()
+        sink: ControllerMetrics = metrics or NULL_METRICS
         self._observed: dict[str, float] = {}
         """key → wall time its oldest pending change was observed (freshness); an entry
         exists iff `on_change` saw a change of the key that its outcome map has not

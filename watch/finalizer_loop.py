@@ -51,6 +51,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
 
+from sniffer.nullmetrics import NULL_METRICS
 from sniffer.podview import OUTCOME_FINALIZER, PodView
 from sniffer.states import StatePolicy, Underivable, derive
 from watch.finalizers import Finalizers
@@ -135,17 +136,6 @@ class FinalizerMetrics(Protocol):
     def finalizer(self, op: str) -> None: ...
 
 
-class _NoOutcomeMetrics:
-    """The loop's outcomes are not the handler's (the metric `sniffer.handler.outcomes`
-    counts those); its queue's metrics show its retries."""
-
-    def outcome(self, result: str) -> None:
-        pass
-
-    def dropped(self, state: str, reason: str) -> None:
-        pass
-
-
 class FinalizerLoop:
     """Puts Sniffer's finalizer where it belongs. Constructing starts nothing."""
 
@@ -161,8 +151,10 @@ class FinalizerLoop:
         self._is_leader = is_leader
         self._metrics = metrics
         self._clock = clock
+        # The loop's outcomes are not the handler's (the metric sniffer.handler.outcomes
+        # counts those): its pool reports none; its queue's metrics show its retries.
         self.pool = WorkerPool(name="finalizer-worker", queue=queue, handler=self,
-                               workers=workers, store=store, metrics=_NoOutcomeMetrics(),
+                               workers=workers, store=store, metrics=NULL_METRICS,
                                max_retries=None)
         """The loop's workers; a release given up would leave a pod stuck Terminating,
         so it retries for ever."""

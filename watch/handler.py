@@ -46,6 +46,7 @@ from opentelemetry.trace import Link, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from sniffer.kube import JSON, NotFound
+from sniffer.nullmetrics import NULL_METRICS
 from sniffer.platform import PlatformClient
 from sniffer.platform_model import Outcome as PlatformOutcome
 from sniffer.platform_model import StateUpdate
@@ -73,31 +74,6 @@ class HandlerMetrics(Protocol):
     def finalizer(self, op: str) -> None: ...
     def orphan(self) -> None: ...
     def underivable(self) -> None: ...
-
-
-class NoMetrics:
-    """Reports nothing."""
-
-    def outcome(self, result: str) -> None:
-        pass
-
-    def sent(self, state: str) -> None:
-        pass
-
-    def acknowledged(self, state: str, observed_at: float, changed_at: float | None) -> None:
-        pass
-
-    def dropped(self, state: str, reason: str) -> None:
-        pass
-
-    def finalizer(self, op: str) -> None:
-        pass
-
-    def orphan(self) -> None:
-        pass
-
-    def underivable(self) -> None:
-        pass
 
 
 class PodReader(Protocol):
@@ -134,7 +110,7 @@ class PlatformHandler:
         self._finalizer_loop = finalizer_loop
         self._observed_at = observed_at
         self._is_leader = is_leader
-        self._metrics: HandlerMetrics = metrics or NoMetrics()
+        self._metrics: HandlerMetrics = metrics or NULL_METRICS
         self._clock = clock
 
     async def handle(self, key: str) -> Outcome:
