@@ -27,7 +27,7 @@ from tests.fixtures.timers import FakeTimers
 from tests.fixtures.watcher import eventually
 from tests.test_workqueue import Limiter
 from watch.controller import Controller
-from watch.finalizers import Finalizers
+from watch.finalizer_patch import Finalizers
 from watch.ledger import RunLedger
 from watch.store import PodStore, SettledPod
 from watch.workqueue import WorkQueue

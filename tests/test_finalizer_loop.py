@@ -36,7 +36,7 @@ from tests.test_reflector import proxied_kubeconfig
 from watch.app import drain_in_order
 from watch.controller import Controller
 from watch.finalizer_loop import Action, FinalizerLoop, decide
-from watch.finalizers import Finalizers
+from watch.finalizer_patch import Finalizers
 from watch.ledger import TERMINAL_UNKNOWN, Acked, RunLedger
 from watch.ratelimit import (
     BucketRateLimiter,

@@ -29,7 +29,7 @@ from tests.test_finalizer_loop import Recorder
 from tests.test_reflector import proxied_kubeconfig
 from tests.test_workqueue import Limiter
 from watch.controller import Controller
-from watch.finalizers import Finalizers
+from watch.finalizer_patch import Finalizers
 from watch.ledger import RunLedger
 from watch.reflector import Reflector
 from watch.store import PodStore

@@ -46,7 +46,7 @@ from sniffer.kube import KubeClient
 from sniffer.platform import PlatformClient, PlatformMetrics
 from sniffer.states import StatePolicy
 from watch.controller import Controller, ControllerMetrics
-from watch.finalizers import Finalizers
+from watch.finalizer_patch import Finalizers
 from watch.health import HealthServer
 from watch.leader import LeaderElector
 from watch.ledger import SEED_MARGIN_S, RunLedger

@@ -40,7 +40,7 @@ from sniffer.nullmetrics import NULL_METRICS
 from sniffer.platform import PlatformClient
 from sniffer.states import StatePolicy
 from watch.finalizer_loop import FinalizerLoop
-from watch.finalizers import Finalizers
+from watch.finalizer_patch import Finalizers
 from watch.handler import HandlerMetrics, PlatformHandler, PodReader
 from watch.ledger import RunLedger
 from watch.store import PodStore

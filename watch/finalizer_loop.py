@@ -54,7 +54,7 @@ from typing import Protocol
 from sniffer.nullmetrics import NULL_METRICS
 from sniffer.podview import OUTCOME_FINALIZER, PodView
 from sniffer.states import StatePolicy, Underivable, derive
-from watch.finalizers import Finalizers
+from watch.finalizer_patch import Finalizers
 from watch.ledger import Acked
 from watch.outcomes import DONE, Outcome
 from watch.store import Cached, PodStore

@@ -1,4 +1,7 @@
-"""Sniffer's pod finalizer: no outcome can vanish with its pod.
+"""The finalizer patch: adding and releasing Sniffer's pod finalizer, one pod at a time.
+
+No outcome can vanish with its pod. When to patch is the finalizer loop's decision
+(`watch.finalizer_loop`); this module only sends the patch.
 
 Contract (the Kubernetes Job controller's pod-tracking technique, KEP-2307):
 * `ensure(pod)` adds ``sniffer.io/outcome`` to a live, tracked, not-yet-terminal pod.
