@@ -26,8 +26,8 @@ from sniffer.states import StatePolicy, WorkloadState
 from testbed.platform.launcher import PlatformServer
 from watch.handler import PlatformHandler
 from watch.ledger import Acked, RunLedger
-from watch.outcomes import Result
 from watch.store import PodStore, SettledPod
+from watch.workers import Result
 from watch.workqueue import WorkQueue
 
 NS = "hdl"

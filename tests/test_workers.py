@@ -15,14 +15,13 @@ import pytest
 from tests.fixtures.timers import FakeTimers
 from tests.fixtures.watcher import eventually
 from tests.test_workqueue import Limiter
-from watch.outcomes import DONE, Outcome, Result
 from watch.store import PodStore
-from watch.workers import WorkerPool
+from watch.workers import DONE, Outcome, Result, WorkerPool
 from watch.workqueue import WorkQueue
 
 
 class Labels:
-    """`watch.outcomes.OutcomeMetrics`, keeping the outcome labels."""
+    """`watch.workers.OutcomeMetrics`, keeping the outcome labels."""
 
     def __init__(self) -> None:
         self.results: list[str] = []
@@ -135,3 +134,30 @@ async def test_run_twice_is_refused_and_workers_must_be_positive() -> None:
     with pytest.raises(ValueError, match="workers"):
         WorkerPool(name="x", queue=queue, handler=Scripted({}), workers=0,
                    store=PodStore(()), metrics=Labels(), max_retries=None)
+
+
+async def test_changes_enter_only_once_accepted_and_stay_pending_until_resolved() -> None:
+    """A standby's pool queues nothing; a leader's stamps each change's observation
+    time, keeps the oldest stamp of a key while its change is pending, and clears it
+    when the outcome resolves it (the freshness clock)."""
+    now = [100.0]
+    handler = Scripted({"k": Outcome.retry("later")})
+    timers = FakeTimers()
+    queue: WorkQueue[str] = WorkQueue(Limiter(delay=1.0), timers=timers)
+    p = WorkerPool(name="test-worker", queue=queue, handler=handler, workers=1,
+                   store=PodStore(("w",)), metrics=Labels(), max_retries=3,
+                   clock=lambda: now[0])
+    p.on_change("k")
+    assert len(queue) == 0 and p.observed_at("k") is None, "not accepting yet"
+    p.accept()
+    p.on_change("k")
+    now[0] = 105.0
+    p.on_change("k")
+    assert p.observed_at("k") == 100.0 and p.oldest_pending_age() == 5.0
+    async with running(p):
+        await eventually(lambda: p.outcomes.handled == 1)
+        assert p.observed_at("k") == 100.0, "a retry leaves it pending"
+        handler.script["k"] = DONE
+        timers.advance(1.0)  # the retry is due
+        await eventually(lambda: p.outcomes.handled == 2)
+    assert p.observed_at("k") is None and p.oldest_pending_age() == 0.0

@@ -6,10 +6,10 @@ queue with `watch.handler.PlatformHandler` as its handler, and the finalizer loo
 (`watch.store`) and the run ledger (`watch.ledger`).
 
 Contract:
-* `on_change(key)` (the reflector's callback) enqueues the key once `run()` started;
-  before that (a standby) nothing is queued: `run()` enqueues every cached pod when it
-  starts.
-* Each handler result (or exception) is one `watch.outcomes.Outcome`, mapped to exactly
+* `on_change(key)` (the reflector's callback) is the platform pool's
+  (`WorkerPool.on_change`): it enqueues the key once `run()` started; before that (a
+  standby) nothing is queued: `run()` enqueues every cached pod when it starts.
+* Each handler result (or exception) is one `watch.workers.Outcome`, mapped to exactly
   one queue operation and one metric label in one place, `OutcomeMap.finish`
   (controller-runtime's reconcileHandler); that module holds the retry policy.
 * Transient failures (platform 429/5xx/timeouts, API errors) retry with per-key
@@ -23,7 +23,7 @@ Contract:
   handles it again until the pod changes; the finalizer keeps the pod, and
   `sniffer reconcile` repairs the run.
 * Freshness: `oldest_unhandled_age()` is the age of the oldest observed change that is
-  still pending (its outcome map has not *resolved* it).
+  still pending (the pool's outcome map has not *resolved* it).
 * `run()` runs both pools; once the platform queue is shut down and its workers
   finished, nothing enqueues finalizer work any more and the finalizer queue is shut
   down too (its waiting keys still go out). It returns when every worker of both pools
@@ -67,14 +67,9 @@ class Controller:
         `clock` is wall time."""
         self._store = store
         self._queue = queue
-        self._clock = clock
         self.ledger = ledger
         """The one record of what the platform acknowledged, and the seed."""
         sink: ControllerMetrics = metrics or NULL_METRICS
-        self._observed: dict[str, float] = {}
-        """key → wall time its oldest pending change was observed (freshness); an entry
-        exists iff `on_change` saw a change of the key that its outcome map has not
-        resolved since (`_resolved`)."""
         self._started = False
         self.finalizing = FinalizerLoop(
             store=store, knowledge=ledger,
@@ -85,24 +80,17 @@ class Controller:
         self.handler = PlatformHandler(
             store=store, ledger=ledger, platform=platform, pods=pods, policy=policy,
             attempts=queue, finalizer_loop=self.finalizing.enqueue,
-            observed_at=self._observed.get, is_leader=is_leader, metrics=sink, clock=clock)
+            observed_at=self._observed_at, is_leader=is_leader, metrics=sink, clock=clock)
         self.pool = WorkerPool(name="worker", queue=queue, handler=self.handler,
                                workers=workers, store=store, metrics=sink,
-                               max_retries=max_retries, resolved=self._resolved)
+                               max_retries=max_retries, clock=clock)
         """The platform workers."""
-
-    def on_change(self, key: str) -> None:
+        self.on_change = self.pool.on_change
         """Reflector callback: a pod changed. Never blocks."""
-        if not self._started:
-            return
-        self._observed.setdefault(key, self._clock())
-        self._queue.add(key)
 
     def oldest_unhandled_age(self) -> float:
         """Seconds since the oldest change not yet resolved was observed (0 if none)."""
-        if not self._observed:
-            return 0.0
-        return max(0.0, self._clock() - min(self._observed.values()))
+        return self.pool.oldest_pending_age()
 
     def longest_busy_s(self) -> float:
         """Seconds the longest-running handler call has been running (0 if idle)."""
@@ -134,6 +122,7 @@ class Controller:
         if self._started:
             raise RuntimeError("Controller.run() called twice")
         self._started = True
+        self.pool.accept()
         await self.seed()
         for key in self._store.all_keys():
             self._queue.add(key)
@@ -143,12 +132,12 @@ class Controller:
             # No platform worker is left to enqueue finalizer work: let it drain.
             self.finalizing.queue.shut_down()
 
+    def _observed_at(self, key: str) -> float | None:
+        # The handler is built before the pool that stamps the observations.
+        return self.pool.observed_at(key)
+
     async def seed(self) -> None:
         """Take the ledger's seed (`watch.ledger.RunLedger.seed`). `run()` takes a fresh
         one; calling it before the first LIST as well lets the store keep the pods it
         settles as records from the start. Caller duty: not concurrently with itself."""
         await self.ledger.seed()
-
-    def _resolved(self, key: str) -> None:
-        """The outcome map is through with `key`'s change: stop its freshness clock."""
-        self._observed.pop(key, None)

@@ -31,7 +31,7 @@ Contract:
   answered (or the seed listing showed the run closed).
 * Writes only while `is_leader()` is true, checked right before each patch; otherwise
   the key is retried with backoff.
-* Outcomes go through the pool's `watch.outcomes.OutcomeMap` with no retry limit: a patch that
+* Outcomes go through the pool's `watch.workers.OutcomeMap` with no retry limit: a patch that
   failed (a Kubernetes API error, anything unexpected) is retried with the queue's
   per-key exponential backoff and token bucket until it succeeds or the key's next
   decision needs no patch. A release given up would leave a pod stuck Terminating.
@@ -56,9 +56,8 @@ from sniffer.podview import OUTCOME_FINALIZER, PodView
 from sniffer.states import StatePolicy, Underivable, derive
 from watch.finalizer_patch import Finalizers
 from watch.ledger import Acked
-from watch.outcomes import DONE, Outcome
 from watch.store import Cached, PodStore
-from watch.workers import WorkerPool
+from watch.workers import DONE, Outcome, WorkerPool
 from watch.workqueue import WorkQueue
 
 # The finalizer's log lines keep the logger name they always had (the controller's).

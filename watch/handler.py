@@ -8,7 +8,7 @@ Contract:
   real state; 409: the platform has a newer or terminal state, which is recorded).
   Relisting thousands of finished pods after a restart sends nothing that is already
   right: the ledger is seeded from one listing of the platform's non-terminal runs.
-* It answers with one `watch.outcomes.Outcome`; a raised exception is the worker pool's
+* It answers with one `watch.workers.Outcome`; a raised exception is the worker pool's
   to turn into one (`watch.workers`).
 * Whatever it learns from the platform (a read, a write's answer, "no such run") is
   recorded in the ledger before it returns; nothing else records there.
@@ -53,8 +53,8 @@ from sniffer.platform_model import StateUpdate
 from sniffer.podview import PodView
 from sniffer.states import Derived, StatePolicy, Underivable, derive
 from watch.ledger import Acked, RunLedger
-from watch.outcomes import DONE, Outcome, Result
 from watch.store import PodStore, SettledPod
+from watch.workers import DONE, Outcome, Result
 
 # The handler's log lines keep the logger name they always had (the controller's):
 # operators filter on it, and the reliability verdict counts these messages.

@@ -1,4 +1,5 @@
-"""watch.outcomes: each handler outcome becomes one queue operation and one metric label.
+"""watch.workers, the outcome map: each handler outcome becomes one queue operation
+and one metric label.
 
 Pure: a recording queue stands in for the work queue, a real `PodStore` holds the pods.
 """
@@ -13,8 +14,8 @@ import pytest
 from sniffer.kube import KubeError
 from sniffer.platform_model import PlatformRejected, PlatformUnavailable
 from sniffer.podview import PodView, project
-from watch.outcomes import DONE, Outcome, OutcomeMap, Result, outcome_of
 from watch.store import PodStore
+from watch.workers import DONE, Outcome, OutcomeMap, Result, outcome_of
 
 NS = "out"
 KEY = f"{NS}/p"
