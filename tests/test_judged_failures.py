@@ -23,9 +23,9 @@ from sniffer.platform import PlatformClient
 from sniffer.states import StatePolicy
 from testbed.apiserver import ApiServer
 from testbed.platform.launcher import PlatformServer
+from tests.fixtures.metrics import Recorder
 from tests.fixtures.proxy import Proxy
 from tests.fixtures.watcher import Pods, eventually
-from tests.test_finalizer_loop import Recorder
 from tests.test_reflector import proxied_kubeconfig
 from tests.test_workqueue import Limiter
 from watch.controller import Controller
