@@ -116,11 +116,11 @@ class Testbed:
         if self.api.pid is None:
             return 0.0
         t = psutil.Process(self.api.pid).cpu_times()
-        return t.user + t.system
+        return float(t.user + t.system)
 
     def platform_cpu_s(self) -> float:
         t = psutil.Process(self.platform.pid).cpu_times()
-        return t.user + t.system
+        return float(t.user + t.system)
 
 
 class Machine:

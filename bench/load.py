@@ -150,7 +150,8 @@ class Player:
 
     async def _step(self, plan: Plan, index: int, pod: JSON, *, record: bool = True) -> JSON:
         step = plan.steps[index]
-        assert step.op is Op.STATUS and step.shape is not None, step
+        assert step.op is Op.STATUS, step
+        assert step.shape is not None, step
         status = render(step.shape, pod, time.time(), restarts=step.restarts)
         pod = await self.kube.patch_status(plan.namespace, plan.pod_name, status)
         accepted = time.time()
@@ -173,7 +174,7 @@ class Player:
                 if wait > 0:
                     await asyncio.sleep(wait)
                 pod = await self._step(plan, index, pod)
-        except Exception as e:  # counted and reported, never hidden
+        except Exception as e:  # noqa: BLE001 - counted and reported, never hidden
             self.rec.abandon(plan, e)
 
     async def start_running(self, plan: Plan) -> None:
@@ -182,7 +183,7 @@ class Player:
         try:
             pod = await self._create(plan)
             await self._step(plan, _running(plan), pod)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - counted and reported, never hidden
             self.rec.abandon(plan, e)
 
     async def finish_one(self, plan: Plan) -> None:
@@ -190,7 +191,7 @@ class Player:
         self.rec.expect[plan.run_id] = plan.lifecycle.outcome(plan.kind)
         try:
             await self._step(plan, len(plan.steps) - 1, self.pods[plan.run_id])
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - counted and reported, never hidden
             self.rec.abandon(plan, e)
 
 
@@ -254,7 +255,7 @@ async def bulk(player: Player, plans: Sequence[Plan], finished: Callable[[Plan],
             index = len(plan.steps) - 1 if done else _running(plan)
             await player._step(plan, index, pod, record=False)
             player.pods.pop(plan.run_id, None)  # 100k pod objects are not needed later
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - counted and reported, never hidden
             player.rec.abandon(plan, e)
 
     await paced(plans, 0, one, limit=limit, progress=progress)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +152,10 @@ def markdown(doc: dict[str, Any], plots: list[str]) -> str:
     return "\n".join(lines)
 
 
+_Save = Callable[[Any, str], None]
+"""Writes one figure under a name and closes it."""
+
+
 def _plots(doc: dict[str, Any], out: Path, stamp: str) -> list[str]:
     try:
         import matplotlib
@@ -158,7 +163,6 @@ def _plots(doc: dict[str, Any], out: Path, stamp: str) -> list[str]:
         import matplotlib.pyplot as plt
     except ImportError:
         return []
-    results = doc["results"]
     written: list[str] = []
 
     def save(fig: Any, name: str) -> None:
@@ -168,7 +172,14 @@ def _plots(doc: dict[str, Any], out: Path, stamp: str) -> list[str]:
         plt.close(fig)
         written.append(path.name)
 
-    # Latency CDF per system, one panel per scenario (steady: the highest rate all ran).
+    for figure in (_latency_cdf, _steady, _platform_latency, _cold_memory):
+        figure(plt, doc, save)
+    return written
+
+
+def _latency_cdf(plt: Any, doc: dict[str, Any], save: _Save) -> None:
+    """Latency CDF per system, one panel per scenario (steady: the highest rate all ran)."""
+    results = doc["results"]
     panels: list[tuple[str, list[dict[str, Any]]]] = []
     steady = [f for f in results if f["scenario"] == "steady"]
     systems = {f["system"] for f in steady}
@@ -200,6 +211,13 @@ def _plots(doc: dict[str, Any], out: Path, stamp: str) -> list[str]:
             ax.legend(fontsize=8)
         save(fig, "latency-cdf")
 
+
+
+def _steady(plt: Any, doc: dict[str, Any], save: _Save) -> None:
+    """Throughput and p99 against the offered load, steady scenario."""
+    results = doc["results"]
+    steady = [f for f in results if f["scenario"] == "steady"]
+    systems = {f["system"] for f in steady}
     if steady:
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
         for system in sorted(systems, key=lambda s: _key({"system": s})):
@@ -227,7 +245,11 @@ def _plots(doc: dict[str, Any], out: Path, stamp: str) -> list[str]:
             ax.legend(fontsize=8)
         save(fig, "steady")
 
-    # Against platform latency: the same load at 0 and +200 ms.
+
+
+def _platform_latency(plt: Any, doc: dict[str, Any], save: _Save) -> None:
+    """Against platform latency: the same load at 0 and +200 ms."""
+    results = doc["results"]
     pairs = [("steady", "slow", "p99 latency, steady load (ms, log)", "p99"),
              ("catchup", "catchup", "catch-up throughput (repairs/s)", "rate")]
     slow_rows = [f for f in results if f["scenario"] == "slow"]
@@ -241,21 +263,9 @@ def _plots(doc: dict[str, Any], out: Path, stamp: str) -> list[str]:
             for system in sorted({f["system"] for f in results if f["scenario"] == slow
                                   or (f["scenario"] == fast and what != "p99")},
                                  key=lambda s: _key({"system": s})):
-                def pick(scenario: str, ms: float, system: str = system
-                         ) -> dict[str, Any] | None:
-                    for f in results:
-                        if f["scenario"] != scenario or f["system"] != system:
-                            continue
-                        if scenario == "catchup" and f["params"]["platform_latency_ms"] != ms:
-                            continue
-                        if scenario in ("steady", "slow") and (
-                                f["params"]["rate_jobs_per_s"] != rate):
-                            continue
-                        return f
-                    return None
-
                 xs, ys = [], []
-                for x, picked in ((0.0, pick(fast, 0.0)), (latency, pick(slow, latency))):
+                for x, picked in ((0.0, _pick(results, fast, system, 0.0, rate)),
+                                  (latency, _pick(results, slow, system, latency, rate))):
                     if picked is None:
                         continue
                     y = (picked["latency_s"]["p99"] or 0) * 1000 if what == "p99" else (
@@ -271,6 +281,26 @@ def _plots(doc: dict[str, Any], out: Path, stamp: str) -> list[str]:
             ax.legend(fontsize=8)
         save(fig, "platform-latency")
 
+
+
+def _pick(results: list[dict[str, Any]], scenario: str, system: str, ms: float,
+          rate: float | None) -> dict[str, Any] | None:
+    """The result of `system` in `scenario`: at `ms` of platform latency for catch-up, at
+    the `rate` for the steady and slow scenarios."""
+    for f in results:
+        if f["scenario"] != scenario or f["system"] != system:
+            continue
+        if scenario == "catchup" and f["params"]["platform_latency_ms"] != ms:
+            continue
+        if scenario in ("steady", "slow") and f["params"]["rate_jobs_per_s"] != rate:
+            continue
+        return f
+    return None
+
+
+def _cold_memory(plt: Any, doc: dict[str, Any], save: _Save) -> None:
+    """Memory and time to quiet against the number of existing pods."""
+    results = doc["results"]
     cold = [f for f in results if f["scenario"] == "cold"]
     if cold:
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
@@ -288,7 +318,6 @@ def _plots(doc: dict[str, Any], out: Path, stamp: str) -> list[str]:
             ax.grid(True, alpha=0.3)
             ax.legend(fontsize=8)
         save(fig, "cold-memory")
-    return written
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -117,7 +117,7 @@ class Running:
         if not self.alive:
             return self.final.get("cpu_s", 0.0)
         t = self.ps.cpu_times()
-        return t.user + t.system
+        return float(t.user + t.system)
 
     def rss(self) -> int:
         return self.ps.memory_info().rss if self.alive else int(self.final.get("rss", 0))
@@ -180,7 +180,7 @@ def _peer_env(target: Target) -> dict[str, str]:
 
 
 def _sniffer(label: str, description: str, *, finalizers: bool, workers: int = 64) -> System:
-    return System(label, description, lambda t: [sys.executable, "-m", "sniffer.cli", "watch"],
+    return System(label, description, lambda t: [sys.executable, "-m", "cli", "watch"],
                   lambda t: _sniffer_env(t, finalizers=finalizers, workers=workers),
                   "pod cache synced")
 

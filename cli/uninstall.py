@@ -58,7 +58,7 @@ async def remove_all(kube: KubeClient, *, namespaces: tuple[str, ...], label_sel
                         if await release_finalizer(kube, str(meta.get("namespace")),
                                                    str(meta.get("name")), None):
                             removed += 1
-                    except Exception as exc:  # one bad pod must not stop the uninstall
+                    except Exception as exc:  # noqa: BLE001 - one bad pod must not stop the uninstall
                         failed += 1
                         log.error("could not remove finalizer", extra={
                             "pod": f"{meta.get('namespace')}/{meta.get('name')}",

@@ -18,7 +18,7 @@ import dataclasses
 import os
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,20 @@ def load_settings(path: str | Path | None = None, *, env: Mapping[str, str] | No
         raw = _read_yaml(Path(path), problems)
     groups = _groups()
     values: dict[str, dict[str, Any]] = {g: {} for g in groups}
+    _from_file(raw, groups, values, problems)
+    _from_env(env, groups, values, problems)  # after the file: the environment wins
+    settings = Settings()
+    if not problems:
+        built = {g: dataclasses.replace(getattr(settings, g), **v) for g, v in values.items()}
+        settings = Settings(**built)
+        problems.extend(settings.problems(require_platform=require_platform))
+    if problems:
+        raise ConfigError(problems)
+    return settings
+
+
+def _from_file(raw: dict[str, Any], groups: dict[str, type],
+               values: dict[str, dict[str, Any]], problems: list[str]) -> None:
     for group, content in raw.items():
         if group not in groups:
             problems.append(f"{group}: unknown section (known: {', '.join(sorted(groups))})")
@@ -61,6 +75,10 @@ def load_settings(path: str | Path | None = None, *, env: Mapping[str, str] | No
             continue
         for name, value in content.items():
             _set(groups[group], group, str(name), value, values, problems)
+
+
+def _from_env(env: Mapping[str, str], groups: dict[str, type],
+              values: dict[str, dict[str, Any]], problems: list[str]) -> None:
     for key, value in env.items():
         if not key.startswith(ENV_PREFIX) or key == ENV_PREFIX + "CONFIG":
             continue
@@ -68,14 +86,6 @@ def load_settings(path: str | Path | None = None, *, env: Mapping[str, str] | No
         group, _, name = rest.partition("_")
         if group in groups and name:
             _set(groups[group], group, name, value, values, problems, source=key)
-    settings = Settings()
-    if not problems:
-        built = {g: dataclasses.replace(getattr(settings, g), **v) for g, v in values.items()}
-        settings = Settings(**built)
-        problems.extend(settings.problems(require_platform=require_platform))
-    if problems:
-        raise ConfigError(problems)
-    return settings
 
 
 def _read_yaml(path: Path, problems: list[str]) -> dict[str, Any]:
@@ -132,29 +142,44 @@ def _coerce(tp: Any, value: object) -> object:
         return tuple(_coerce(inner, item) for item in items)
     if value is None:
         raise TypeError("must not be null")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        word = str(value).strip().lower()
-        if word not in _BOOL_WORDS:
-            raise ValueError("must be true or false")
-        return _BOOL_WORDS[word]
-    if tp is int:
-        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-            raise TypeError("must be an integer")
-        try:
-            return int(str(value).strip()) if isinstance(value, str) else int(value)  # type: ignore[call-overload]
-        except ValueError:
-            raise ValueError("must be an integer") from None
-    if tp is float:
-        if isinstance(value, bool):
-            raise TypeError("must be a number")
-        try:
-            return float(value)  # type: ignore[arg-type]
-        except ValueError:
-            raise ValueError("must be a number") from None
-    if tp is str:
-        if isinstance(value, (dict, list)):
-            raise TypeError("must be a string")
-        return str(value)
-    raise TypeError(f"unsupported type {tp}")
+    scalar = _SCALARS.get(tp)
+    if scalar is None:
+        raise TypeError(f"unsupported type {tp}")
+    return scalar(value)
+
+
+def _to_bool(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    word = str(value).strip().lower()
+    if word not in _BOOL_WORDS:
+        raise ValueError("must be true or false")
+    return _BOOL_WORDS[word]
+
+
+def _to_int(value: object) -> int:
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise TypeError("must be an integer")
+    try:
+        return int(str(value).strip()) if isinstance(value, str) else int(value)  # type: ignore[call-overload]
+    except ValueError:
+        raise ValueError("must be an integer") from None
+
+
+def _to_float(value: object) -> float:
+    if isinstance(value, bool):
+        raise TypeError("must be a number")
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except ValueError:
+        raise ValueError("must be a number") from None
+
+
+def _to_str(value: object) -> str:
+    if isinstance(value, (dict, list)):
+        raise TypeError("must be a string")
+    return str(value)
+
+
+_SCALARS: dict[object, Callable[[object], object]] = {
+    bool: _to_bool, int: _to_int, float: _to_float, str: _to_str}

@@ -207,7 +207,7 @@ async def run_reconcile(settings: Settings, stop: asyncio.Event, *, dry_run: boo
         kube = await KubeClient.from_settings(s.kube, pool_size=s.reconcile.concurrency + 4)
     except CredentialsError:
         raise  # a configuration error: the CLI says so once and exits 2, as for `watch`
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure to connect: one message, exit 1
         print(f"sniffer: cannot connect to Kubernetes: {exc}", file=sys.stderr)
         return 1
     platform = PlatformClient.from_settings(s.platform,

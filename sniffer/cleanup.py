@@ -45,8 +45,8 @@ async def bounded(awaitable: Awaitable[object], what: str, *,
     except asyncio.CancelledError:
         try:
             await asyncio.wait_for(task, timeout_s)
-        except (TimeoutError, Exception):  # the cancellation below is what matters now
+        except Exception:  # noqa: BLE001 - the cancellation re-raised below is what matters
             log.warning("cleanup interrupted", extra={"step": what})
         raise
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - a failed step must not stop the steps after it
         log.warning("cleanup failed", extra={"step": what, "error": str(exc)})

@@ -343,12 +343,7 @@ async def _lines(stream: aiohttp.StreamReader, read_timeout: float) -> AsyncIter
     parts: list[bytes] = []
     pending = 0
     while True:
-        try:
-            chunk = await stream.readany()
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise WatchStalled(0, f"watch stream silent for {read_timeout:g}s") from exc
-        except aiohttp.ClientError as exc:
-            raise KubeError(0, f"watch stream broke: {type(exc).__name__}: {exc}") from exc
+        chunk = await _chunk(stream, read_timeout)
         if not chunk:
             tail = b"".join(parts)
             if tail.strip():
@@ -371,3 +366,13 @@ async def _lines(stream: aiohttp.StreamReader, read_timeout: float) -> AsyncIter
             pending += len(chunk) - start
             if pending > _MAX_LINE:
                 raise KubeError(0, f"watch line longer than {_MAX_LINE} bytes")
+
+
+async def _chunk(stream: aiohttp.StreamReader, read_timeout: float) -> bytes:
+    """The next bytes of the stream (b"" at its end); silence and breaks are typed."""
+    try:
+        return await stream.readany()
+    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        raise WatchStalled(0, f"watch stream silent for {read_timeout:g}s") from exc
+    except aiohttp.ClientError as exc:
+        raise KubeError(0, f"watch stream broke: {type(exc).__name__}: {exc}") from exc

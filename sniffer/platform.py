@@ -298,14 +298,7 @@ class PlatformClient:
             )
             if status != 200:
                 raise rejection(status, data, route)
-            try:
-                items = data["items"]
-                after = data["next"]
-                if not isinstance(items, list) or not (after is None or isinstance(after, str)):
-                    raise ValueError("items must be a list and next a string or null")
-                runs = [Run.from_json(item) for item in items]
-            except (ValueError, KeyError, TypeError) as exc:
-                raise PlatformRejected(status, "malformed_response", f"{route}: {exc}") from None
+            runs, after = _run_page(status, data, route)
             for run in runs:
                 yield run
             if after is None:
@@ -379,3 +372,15 @@ def _quote(run_id: str) -> str:
 
 
 __all__ = ["PlatformClient", "PlatformMetrics"]
+
+
+def _run_page(status: int, data: Any, route: str) -> tuple[list[Run], str | None]:
+    """The runs of one list page and the cursor of the next (None: the last page)."""
+    try:
+        items = data["items"]
+        after = data["next"]
+        if not isinstance(items, list) or not (after is None or isinstance(after, str)):
+            raise ValueError("items must be a list and next a string or null")
+        return [Run.from_json(item) for item in items], after
+    except (ValueError, KeyError, TypeError) as exc:
+        raise PlatformRejected(status, "malformed_response", f"{route}: {exc}") from None

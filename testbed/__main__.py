@@ -8,4 +8,5 @@ import sys
 
 from testbed.cli import main
 
-sys.exit(main(sys.argv[1:]))
+if __name__ == "__main__":  # importing the module runs nothing
+    sys.exit(main(sys.argv[1:]))

@@ -92,7 +92,7 @@ class LiveWatcher:
         env = {**os.environ, **self._env, "SNIFFER_HEALTH_PORT": str(self._port),
                "SNIFFER_HEALTH_HOST": "127.0.0.1"}
         with open(self._log, "ab") as out:
-            self._proc = subprocess.Popen([sys.executable, "-m", "sniffer.cli", "watch"],
+            self._proc = subprocess.Popen([sys.executable, "-m", "cli", "watch"],
                                           env=env, stdout=out, stderr=out)
 
     async def stop(self) -> None:

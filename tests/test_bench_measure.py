@@ -78,7 +78,7 @@ def test_plans_use_only_lifecycles_every_peer_can_follow():
     assert len({p.run_id for p in plans}) == 200
 
 
-@pytest.mark.parametrize("shape, want", [
+@pytest.mark.parametrize(("shape", "want"), [
     (Shape.RUNNING, {"state": "running"}),
     (Shape.SUCCEEDED, {"state": "succeeded", "reason": "Completed", "exit_code": 0}),
     (Shape.OOM_KILLED, {"state": "failed", "reason": "OOMKilled", "exit_code": 137}),

@@ -49,7 +49,8 @@ def clean_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 def assert_one_clear_error(returncode: int, stdout: str, stderr: str, *needles: str) -> None:
     assert returncode == 2, stderr
     assert stdout == ""
-    assert stderr.startswith(HEADER) and stderr.count(HEADER) == 1, stderr
+    assert stderr.startswith(HEADER), stderr
+    assert stderr.count(HEADER) == 1, stderr
     assert "Traceback" not in stderr
     for needle in needles:
         assert needle in stderr, stderr
@@ -133,7 +134,8 @@ def test_any_value_of_any_setting_gives_one_error_before_anything_starts(
         code = cli.main(["watch"])
     assert_one_clear_error(code, stdout.getvalue(), stderr.getvalue())
     problems = stderr.getvalue().splitlines()[1:]
-    assert problems and all(line.startswith("  ") for line in problems)
+    assert problems
+    assert all(line.startswith("  ") for line in problems)
     named = {line.strip().split(" ", 1)[0].rstrip(":") for line in problems}
     # Every problem names its field; coercion problems stop before cross-field checks,
     # so the fuzzed field or the anchor (or both) is named.

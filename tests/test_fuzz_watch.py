@@ -387,7 +387,8 @@ async def _reflect(stream: bytes, good_count: int, expected_bad: int) -> None:
             await asyncio.sleep(0.01)
         for key in want:
             pod = store.get(key)
-            assert pod is not None and pod.run_id == key.rsplit("/job-", 1)[1]
+            assert pod is not None
+            assert pod.run_id == key.rsplit("/job-", 1)[1]
         assert not task.done(), "the reflector loop ended"
         assert set(metrics.restarts) <= {"timeout"}, "a bad line must not restart the watch"
         assert len(handler.lines) >= expected_bad
@@ -422,7 +423,8 @@ async def test_an_error_410_mid_stream_relists_and_turns_the_gap_into_deletions(
     try:
         deadline = time.monotonic() + 30
         while kube.listed < 2 or store.get("fuzz/job-c") is None:
-            assert not task.done() and time.monotonic() < deadline
+            assert not task.done()
+            assert time.monotonic() < deadline
             await asyncio.sleep(0.01)
         assert store.is_deleted("fuzz/job-a")
         assert store.get("fuzz/job-b").phase == "Succeeded"

@@ -36,7 +36,8 @@ async def test_a_slim_pod_projects_as_the_full_pod_in_every_shape_and_drops_the_
         full = await kube.get_pod(namespace, name)
         slim = await kube.get_pod(namespace, name, slim=True)
         assert project(slim) == project(full), name
-        assert "managedFields" in full["metadata"] and "managedFields" not in slim["metadata"]
+        assert "managedFields" in full["metadata"]
+        assert "managedFields" not in slim["metadata"]
         assert "image" not in slim["spec"]["containers"][0]
     assert project(slim).deletion_timestamp is not None
 

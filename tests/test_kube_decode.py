@@ -82,7 +82,8 @@ def test_error_event_with_410_raises_gone(line):
 def test_other_error_events_raise_a_kube_error_with_the_code():
     with pytest.raises(KubeError) as info:
         decode_event(b'{"type":"ERROR","object":{"code":500,"message":"boom"}}')
-    assert info.value.status == 500 and not isinstance(info.value, Gone)
+    assert info.value.status == 500
+    assert not isinstance(info.value, Gone)
 
 
 @given(st.binary(max_size=200))
@@ -133,7 +134,8 @@ def test_slim_list_with_a_misshapen_item_falls_back_and_keeps_the_others():
 def test_slim_events_carry_the_same_pod_and_errors_keep_their_status():
     line = json.dumps({"type": "MODIFIED", "object": REAL_PODS[-1]}).encode()
     event = decode_event(line, slim=True)
-    assert event.type == "MODIFIED" and "managedFields" not in event.object["metadata"]
+    assert event.type == "MODIFIED"
+    assert "managedFields" not in event.object["metadata"]
     assert project(event.object) == project(REAL_PODS[-1])
     with pytest.raises(Gone, match="too old"):
         decode_event(b'{"type":"ERROR","object":{"code":410,"message":"too old"}}', slim=True)
@@ -150,7 +152,8 @@ def test_a_slim_pod_projects_to_the_same_view_without_the_unread_fields():
     for pod in REAL_PODS:
         body = json.dumps(pod).encode()
         slim, full = decode_pod(body, slim=True), decode_pod(body)
-        assert full == pod and project(slim) == project(full)
+        assert full == pod
+        assert project(slim) == project(full)
         assert "managedFields" not in slim["metadata"]
         assert len(json.dumps(slim)) < len(body) / 3
 

@@ -54,7 +54,9 @@ async def test_get_run_returns_a_typed_run_with_aware_times(
     assert (run.pod_namespace, run.pod_name, run.pod_uid) == ("ns", "web-1", None)
     assert run.created_at.tzinfo is not None
     assert abs(datetime.now(UTC) - run.created_at) < timedelta(minutes=5)
-    assert not run.terminal and run.started_at is None and run.cancel_requested is False
+    assert not run.terminal
+    assert run.started_at is None
+    assert run.cancel_requested is False
 
 
 async def test_get_run_of_an_unknown_id_returns_none(client: PlatformClient) -> None:
@@ -127,8 +129,10 @@ async def test_update_outcome_conflict_carries_the_current_run_and_code(
     platform.create_run(run_id)
     platform.patch_run(run_id, state="succeeded", expected_version=1, pod_uid="uid-1")
     result = await client.update_state(StateUpdate(run_id, "running"), expected_version=2)
-    assert result.outcome is Outcome.CONFLICT and result.code == "conflict"
-    assert result.run is not None and result.run.state == "succeeded"
+    assert result.outcome is Outcome.CONFLICT
+    assert result.code == "conflict"
+    assert result.run is not None
+    assert result.run.state == "succeeded"
     assert result.run.terminal
 
 
@@ -141,8 +145,10 @@ async def test_update_outcome_conflict_pod_mismatch(
     result = await client.update_state(
         StateUpdate(run_id, "failed", pod_uid="uid-2", exit_code=1), expected_state="running"
     )
-    assert result.outcome is Outcome.CONFLICT and result.code == "pod_mismatch"
-    assert result.run is not None and result.run.pod_uid == "uid-1"
+    assert result.outcome is Outcome.CONFLICT
+    assert result.code == "pod_mismatch"
+    assert result.run is not None
+    assert result.run.pod_uid == "uid-1"
 
 
 async def test_update_outcome_precondition_failed(
@@ -153,13 +159,15 @@ async def test_update_outcome_precondition_failed(
     result = await client.update_state(StateUpdate(run_id, "running"), expected_version=5)
     assert result.outcome is Outcome.PRECONDITION_FAILED
     assert result.code == "precondition_failed"
-    assert result.run is not None and result.run.version == 1
+    assert result.run is not None
+    assert result.run.version == 1
 
 
 async def test_update_outcome_not_found(client: PlatformClient) -> None:
     result = await client.update_state(StateUpdate("no-such-run", "running"),
                                        expected_state="queued")
-    assert result.outcome is Outcome.NOT_FOUND and result.run is None
+    assert result.outcome is Outcome.NOT_FOUND
+    assert result.run is None
 
 
 async def test_an_update_without_precondition_is_rejected_with_428(
@@ -238,7 +246,8 @@ async def test_an_outage_raises_unavailable_with_the_remaining_time(
     with pytest.raises(PlatformUnavailable) as caught:
         [r async for r in client.list_runs(["queued"])]
     assert caught.value.status == 503
-    assert caught.value.retry_after is not None and 25 <= caught.value.retry_after <= 30
+    assert caught.value.retry_after is not None
+    assert 25 <= caught.value.retry_after <= 30
 
 
 async def test_a_reset_connection_raises_unavailable_and_the_client_keeps_working(
@@ -265,7 +274,8 @@ async def test_a_body_slower_than_the_timeout_raises_unavailable(
     async with PlatformClient(platform.url, platform.token_file, timeout=0.3) as client:
         with pytest.raises(PlatformUnavailable, match="no complete answer") as caught:
             await client.get_run(run_id)
-    assert caught.value.status is None and caught.value.retry_after is None
+    assert caught.value.status is None
+    assert caught.value.retry_after is None
 
 
 async def test_waiting_for_a_free_connection_does_not_count_against_the_timeout(

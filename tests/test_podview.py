@@ -148,7 +148,8 @@ def test_projects_a_running_job_pod() -> None:
     assert (view.created_at, view.start_time, view.deletion_timestamp) == (T0, T0 + 2, None)
     assert view.finalizers == (OUTCOME_FINALIZER, "batch.kubernetes.io/job-tracking")
     assert [c.type for c in view.conditions] == ["PodScheduled"]
-    assert view.scheduled is not None and view.scheduled.status == "True"
+    assert view.scheduled is not None
+    assert view.scheduled.status == "True"
     trainer = view.containers[0]
     assert (trainer.name, trainer.state, trainer.started_at, trainer.started) == (
         "trainer", "running", T0 + 11, True)

@@ -95,7 +95,7 @@ def test_jitter_spreads_keys_that_fail_in_lockstep() -> None:
                          [(0, 1, 0), (-1, 1, 0), (2, 1, 0), (1, 2, 1.0), (1, 2, -0.1)])
 def test_exponential_limiter_rejects_bad_parameters(base: float, cap: float,
                                                     jitter: float) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"base_delay|jitter"):
         ItemExponentialFailureRateLimiter(base, cap, jitter=jitter)
 
 
@@ -162,7 +162,7 @@ def test_bucket_keeps_no_per_key_history() -> None:
 
 @pytest.mark.parametrize(("qps", "burst"), [(0, 1), (-1, 1), (1, 0)])
 def test_bucket_rejects_bad_parameters(qps: float, burst: int) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"qps|burst"):
         BucketRateLimiter(qps, burst, FakeClock())
 
 
@@ -219,7 +219,7 @@ def test_max_of_forgets_in_every_limiter_and_reports_the_most_requeues() -> None
 
 
 def test_max_of_needs_a_limiter() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="at least one"):
         MaxOfRateLimiter()
 
 

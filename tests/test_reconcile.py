@@ -30,7 +30,7 @@ from reconcile.app import Reconciler
 from reconcile.diff import Mismatch, MismatchKind
 from reconcile.repair import RepairHooks, RepairOutcome
 from reconcile.report import PassReport, render_table
-from sniffer.kube import KubeClient, NotFound
+from sniffer.kube import KubeClient, KubeError, NotFound
 from sniffer.platform import PlatformClient
 from sniffer.platform_model import StateUpdate
 from sniffer.podview import OUTCOME_FINALIZER
@@ -133,7 +133,8 @@ class Bed:
         if reason:
             fields["reason"] = reason
         status, body = self.platform.patch_run(run_id, **fields)
-        assert status == 200 and body["applied"], body
+        assert status == 200, body
+        assert body["applied"], body
 
     def state(self, run_id: str) -> tuple[str, str | None, str | None]:
         run = self.platform.get_run(run_id)
@@ -248,7 +249,9 @@ async def test_each_mismatch_kind_is_repaired_with_the_right_state_or_reported(
     assert bed.state(ids["unknown_phase"])[0] == "running"
     assert bed.state(ids["foreign"])[0] == "running"
     oom = bed.platform.get_run(ids["oom"])
-    assert oom is not None and oom["exit_code"] == 137 and oom["pod_name"] == "oom"
+    assert oom is not None
+    assert oom["exit_code"] == 137
+    assert oom["pod_name"] == "oom"
     # Finalizers: released where the outcome is now recorded, untouched elsewhere.
     assert await bed.finalizers("succeeded") == []
     assert await bed.finalizers("deleted") == []
@@ -276,10 +279,12 @@ async def test_a_second_pass_finds_nothing(bed: Bed) -> None:
     bed.run(c, "queued", pod_name="c")
 
     first = await bed.reconcile()
-    assert first.repaired == 3 and first.exit_code == 0
+    assert first.repaired == 3
+    assert first.exit_code == 0
     seq = bed.last_update()
     second = await bed.reconcile()
-    assert second.results == () and second.exit_code == 0
+    assert second.results == ()
+    assert second.exit_code == 0
     assert bed.updates_since(seq) == []
     assert "result: consistent (exit 0)" in render_table(second)
 
@@ -305,7 +310,8 @@ async def test_a_job_stopped_by_a_completed_deletion_is_left_to_the_watcher_for_
     await bed.status("stopped", "Failed", reason="Error", exit_code=143)
     await bed.delete("stopped", grace=0)
     obj = await bed.get_pod("stopped")  # held by our finalizer
-    assert obj is not None and obj["metadata"]["deletionGracePeriodSeconds"] == 0
+    assert obj is not None
+    assert obj["metadata"]["deletionGracePeriodSeconds"] == 0
     grace = 600.0
     settings = load_settings(env=env_for(bed.apiserver, bed.platform, bed.ns,
                                          SNIFFER_RECONCILE_GRACE_PERIOD_S=str(grace)))
@@ -321,7 +327,8 @@ async def test_a_job_stopped_by_a_completed_deletion_is_left_to_the_watcher_for_
     assert by_run(report) == {run_id: [(MismatchKind.POD_AHEAD, RepairOutcome.REPAIRED)]}
     assert bed.state(run_id)[:2] == ("failed", "Error")
     stopped = bed.platform.get_run(run_id)
-    assert stopped is not None and stopped["exit_code"] == 143
+    assert stopped is not None
+    assert stopped["exit_code"] == 143
     assert await bed.get_pod("stopped") is None  # the finalizer was the last one
 
 
@@ -403,7 +410,8 @@ async def test_a_run_updated_between_reread_and_write_is_never_overwritten(
 
     # Our "failed PodLost" met 409 (terminal); judged again, nothing was left to do.
     assert by_run(report) == {run_id: [(MismatchKind.POD_LOST, RepairOutcome.SKIPPED_RACE)]}
-    assert report.exit_code == 0 and report.skipped == 1
+    assert report.exit_code == 0
+    assert report.skipped == 1
     assert bed.state(run_id) == ("succeeded", "Completed", None)
     assert [u["to_state"] for u in bed.updates_since(seq)] == ["succeeded"]
 
@@ -464,7 +472,8 @@ async def test_a_pod_replaced_under_its_name_before_the_release_is_left_alone(
         report.results[0].error
     assert report.exit_code == 0
     pod = await bed.get_pod("p")
-    assert pod is not None and pod["metadata"]["uid"] != uid
+    assert pod is not None
+    assert pod["metadata"]["uid"] != uid
     assert await bed.finalizers("p") == [OUTCOME_FINALIZER]
 
 
@@ -557,7 +566,8 @@ async def test_only_limits_the_pass_to_the_named_runs(bed: Bed) -> None:
                               terminal: [(MismatchKind.FINALIZER_LEFT,
                                           RepairOutcome.REPAIRED)]}
     assert report.only == (a, terminal, "rc-never-heard-of")
-    assert report.runs_listed == 0 and report.runs_looked_up == 3
+    assert report.runs_listed == 0
+    assert report.runs_looked_up == 3
     assert bed.state(a)[:2] == ("failed", "PodLost")
     assert bed.state(b)[0] == "running"
 
@@ -589,12 +599,14 @@ async def test_a_stopped_pass_reports_what_it_did_and_a_rerun_completes_the_job(
     partial = await bed.reconciler(RepairHooks(before_reread=sigterm_during_the_second_repair),
                                    settings=settings).run_pass(stop)
 
-    assert partial.interrupted and partial.exit_code == 3
+    assert partial.interrupted
+    assert partial.exit_code == 3
     assert partial.outcomes["repaired"] == 2  # the one in flight finished
     assert partial.outcomes["not_attempted"] == 4
     assert "INTERRUPTED" in render_table(partial)
     rerun = await bed.reconcile()
-    assert rerun.repaired == 4 and rerun.exit_code == 0
+    assert rerun.repaired == 4
+    assert rerun.exit_code == 0
     assert all(bed.state(r)[:2] == ("failed", "PodLost") for r in runs)
     assert (await bed.reconcile()).results == ()
 
@@ -713,7 +725,8 @@ async def test_sigterm_stops_the_cli_with_a_partial_report_and_exit_3(bed: Bed) 
             proc.communicate()
     assert proc.returncode == 3, err
     report = json.loads(out)
-    assert report["interrupted"] and report["exit_code"] == 3
+    assert report["interrupted"]
+    assert report["exit_code"] == 3
     assert report["outcomes"]["not_attempted"] >= 1
     assert report["outcomes"]["interrupted"] == 0  # the one in flight was drained
     assert report["repaired"]["pod_lost"] == sum(bed.state(r)[0] == "failed" for r in runs)
@@ -736,12 +749,15 @@ async def test_cli_exits_0_with_json_counts_when_it_repaired_everything(bed: Bed
 
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
-    assert report["ok"] is True and report["exit_code"] == 0
+    assert report["ok"] is True
+    assert report["exit_code"] == 0
     assert report["mismatches"] == {"pod_ahead": 1, "pod_lost": 1, "finalizer_left": 0,
                                     "orphan_pod": 1, "underivable": 0, "uid_mismatch": 0}
     assert report["repaired"] == {"pod_ahead": 1, "pod_lost": 1, "finalizer_left": 0}
-    assert report["outcomes"]["reported"] == 1 and report["failed"] == 0
-    assert report["pods_listed"] == 2 and report["scope"] == [bed.ns]
+    assert report["outcomes"]["reported"] == 1
+    assert report["failed"] == 0
+    assert report["pods_listed"] == 2
+    assert report["scope"] == [bed.ns]
     items = {i["run_id"]: i for i in report["items"]}
     assert items[a]["action"] == (f"set succeeded (Completed), was running; "
                                   f"removed finalizer {OUTCOME_FINALIZER}")
@@ -771,7 +787,8 @@ async def test_cli_exits_1_and_names_the_failure_when_a_repair_fails(bed: Bed) -
 
     assert done.returncode == 1, done.stderr
     report = json.loads(done.stdout)
-    assert report["ok"] is False and report["failed"] == 1
+    assert report["ok"] is False
+    assert report["failed"] == 1
     [item] = report["items"]
     assert (item["kind"], item["outcome"]) == ("finalizer_left", "failed")
     assert "403" in item["error"]
@@ -791,7 +808,8 @@ async def test_cli_exits_1_when_the_platform_cannot_be_listed(bed: Bed) -> None:
         bed.platform.clear_faults()
     assert done.returncode == 1
     report = json.loads(done.stdout)
-    assert report["error"].startswith("PlatformUnavailable") and report["items"] == []
+    assert report["error"].startswith("PlatformUnavailable")
+    assert report["items"] == []
 
 
 def test_cli_refuses_an_invalid_run_id_before_connecting(tmp_path: Path) -> None:
@@ -829,7 +847,7 @@ async def read_only_kubeconfig(bed: Bed) -> Path:
             try:
                 await reader.list_pods(ns, label_selector="", limit=1)
                 break
-            except Exception:
+            except KubeError:  # 403 until the authorizer has the role binding
                 await asyncio.sleep(0.05)
     finally:
         await reader.close()
@@ -891,7 +909,8 @@ async def measure_a_big_pass(bed: Bed, count: int) -> None:
     started = time.perf_counter()
     timed = await bed.reconcile()
     elapsed = time.perf_counter() - started
-    assert timed.pods_listed == count and timed.results == ()
+    assert timed.pods_listed == count
+    assert timed.results == ()
     assert timed.runs_looked_up == 0  # finished pods of terminal runs cost no request
 
     reconciler = bed.reconciler()
@@ -902,14 +921,17 @@ async def measure_a_big_pass(bed: Bed, count: int) -> None:
         retained, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert report.pods_listed == count and report.results == ()
-    assert reconciler.snapshot is not None and len(reconciler.snapshot.pods) == count
+    assert report.pods_listed == count
+    assert report.results == ()
+    assert reconciler.snapshot is not None
+    assert len(reconciler.snapshot.pods) == count
     peak_per_pod = (peak - before) / count
     retained_per_pod = (retained - before) / count
 
     env = env_for(bed.apiserver, bed.platform, bed.ns)
     code, out, max_rss_mib = await asyncio.to_thread(run_measured, env)
-    assert code == 0 and json.loads(out)["pods_listed"] == count
+    assert code == 0
+    assert json.loads(out)["pods_listed"] == count
 
     print(f"\nreconcile pass over {count} pods ({timed.runs_listed} open runs listed): "
           f"{elapsed:.2f}s in-process; tracemalloc peak {peak_per_pod:.0f} B/pod, "

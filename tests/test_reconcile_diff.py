@@ -291,15 +291,19 @@ def test_diff_finds_exactly_the_expected_mismatches(snap: Snapshot,
 
 def test_pod_lost_says_pod_lost_and_names_the_pod_the_run_recorded() -> None:
     [m] = judge(snapshot([], [run("r1", pod_name="p1", pod_uid="u1")]))
-    assert m.target is not None and m.target.message == POD_LOST_MESSAGE
-    assert m.pod is not None and (m.pod.key, m.pod.uid) == (f"{NS}/p1", "u1")
+    assert m.target is not None
+    assert m.target.message == POD_LOST_MESSAGE
+    assert m.pod is not None
+    assert (m.pod.key, m.pod.uid) == (f"{NS}/p1", "u1")
     assert m.run_state is WorkloadState.RUNNING
 
 
 def test_a_pod_ahead_carries_the_pod_to_bind_the_run_to() -> None:
     [m] = judge(snapshot([pod("p1", "r1", "Succeeded", uid="u1")], [run("r1")]))
-    assert m.pod is not None and (m.pod.namespace, m.pod.name, m.pod.uid) == (NS, "p1", "u1")
-    assert m.target is not None and m.target.exit_code == 0
+    assert m.pod is not None
+    assert (m.pod.namespace, m.pod.name, m.pod.uid) == (NS, "p1", "u1")
+    assert m.target is not None
+    assert m.target.exit_code == 0
 
 
 def test_the_grace_period_counts_from_the_run_creation_to_now() -> None:
@@ -311,11 +315,13 @@ def test_the_grace_period_counts_from_the_run_creation_to_now() -> None:
 def test_a_completed_deletion_is_left_to_the_watcher_until_a_grace_period_after_it(
         ) -> None:
     stopped = stopped_job("p1", "r1", deleted_ago=0)
-    assert stopped.deletion_timestamp == NOW and stopped.deletion_grace_period_s == 0
+    assert stopped.deletion_timestamp == NOW
+    assert stopped.deletion_grace_period_s == 0
     snap = snapshot([stopped], [run("r1", age=10 * GRACE)])  # the run's age is no matter
     assert judge(snap, now=NOW + GRACE - 1) == []
     [m] = judge(snap, now=NOW + GRACE)
-    assert m.kind is MismatchKind.POD_AHEAD and m.release_finalizer
+    assert m.kind is MismatchKind.POD_AHEAD
+    assert m.release_finalizer
     assert m.target is not None
     assert (m.target.state, m.target.reason, m.target.exit_code) == (
         WorkloadState.FAILED, "Error", 143)
@@ -343,7 +349,8 @@ def test_time_rules_fire_as_in_the_watcher() -> None:
     snap = snapshot([project(raw)], [run("r1", "queued")])
     [m] = judge(snap)
     assert m.kind is MismatchKind.POD_AHEAD
-    assert m.target is not None and (m.target.state, m.target.reason) == (
+    assert m.target is not None
+    assert (m.target.state, m.target.reason) == (
         WorkloadState.FAILED, "ImagePullBackOff")
     assert judge(snap, now=NOW - 3600 + 10) == []  # before image_pull_failure_after_s
 
@@ -431,7 +438,8 @@ def apply(snap: Snapshot, mismatches: list[Mismatch]) -> Snapshot:
                 runs[m.run_id], state=m.target.state.value, reason=m.target.reason,
                 pod_uid=bind or runs[m.run_id].pod_uid)
         if m.release_finalizer:
-            assert m.pod is not None and m.pod.uid is not None
+            assert m.pod is not None
+            assert m.pod.uid is not None
             p = pods[m.pod.uid]
             pods[m.pod.uid] = dataclasses.replace(
                 p, finalizers=tuple(f for f in p.finalizers if f != OUTCOME_FINALIZER))
@@ -489,10 +497,14 @@ def test_only_completed_deletions_younger_than_the_grace_period_wait_for_the_wat
         m = eager[key]
         if m.kind is MismatchKind.POD_LOST:
             continue  # the other thing the grace period waits for
-        assert m.kind is MismatchKind.POD_AHEAD and m.pod is not None and m.pod.uid
-        assert m.target is not None and m.target.state.is_terminal
+        assert m.kind is MismatchKind.POD_AHEAD
+        assert m.pod is not None
+        assert m.pod.uid
+        assert m.target is not None
+        assert m.target.state.is_terminal
         p = pods[m.pod.uid]
-        assert p.deletion_timestamp is not None and p.deletion_grace_period_s == 0
+        assert p.deletion_timestamp is not None
+        assert p.deletion_grace_period_s == 0
         assert NOW - p.deletion_timestamp < GRACE
 
 
@@ -519,10 +531,12 @@ def test_a_completed_deletion_waits_only_where_the_watcher_would_differ_then_is_
         assert now_judged == []
     else:
         [m] = now_judged
-        assert m.kind is MismatchKind.POD_AHEAD and m.target == own
+        assert m.kind is MismatchKind.POD_AHEAD
+        assert m.target == own
         assert [m for m in judge(apply(snap, now_judged)) if m.kind.repairable] == []
     [later] = judge(snap, now=deleted_at + GRACE)
-    assert later.kind is MismatchKind.POD_AHEAD and later.target == own
+    assert later.kind is MismatchKind.POD_AHEAD
+    assert later.target == own
     assert [m for m in judge(apply(snap, [later]), now=deleted_at + GRACE)
             if m.kind.repairable] == []
 
@@ -543,6 +557,7 @@ def test_diff_does_not_depend_on_listing_order(snap: Snapshot, rng: random.Rando
 def test_orphans_and_report_only_kinds_carry_no_repair(snap: Snapshot) -> None:
     for m in judge(snap):
         if not m.kind.repairable:
-            assert m.target is None and not m.release_finalizer
+            assert m.target is None
+            assert not m.release_finalizer
         if m.kind is MismatchKind.ORPHAN_POD:
             assert m.run_id in snap.unknown_run_ids

@@ -67,8 +67,10 @@ def test_table_has_a_row_per_mismatch_and_a_summary() -> None:
     lines = text.splitlines()
     assert lines[0].split() == ["RUN", "MISMATCH", "POD", "WHAT", "WAS", "WRONG", "OUTCOME",
                                 "WHAT", "WAS", "DONE"]
-    assert lines[1].startswith("r1  ") and "repaired" in lines[1]
-    assert "ns/p2 (missing)" in lines[2] and lines[2].endswith("did it: boom")
+    assert lines[1].startswith("r1  ")
+    assert "repaired" in lines[1]
+    assert "ns/p2 (missing)" in lines[2]
+    assert lines[2].endswith("did it: boom")
     assert lines[-1] == "result: FAILED: see the rows marked failed (exit 1)"
 
 
@@ -89,4 +91,5 @@ def test_a_pass_that_could_not_list_claims_no_counts() -> None:
 def test_a_pass_stopped_while_listing_says_so() -> None:
     lines = render_table(report(interrupted=True)).splitlines()
     assert lines[0] == "pass in ns: no snapshot, 1.5s"
-    assert "INTERRUPTED" in lines[-2] and lines[-1] == "result: incomplete (exit 3)"
+    assert "INTERRUPTED" in lines[-2]
+    assert lines[-1] == "result: incomplete (exit 3)"

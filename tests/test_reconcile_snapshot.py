@@ -79,7 +79,8 @@ async def test_all_pages_are_listed_and_projected() -> None:
     s = await snap(kube, FakePlatform([run(f"r{i}") for i in range(5)]))
     assert sorted(p.name for p in s.pods) == [f"p{i}" for i in range(5)]
     assert [token for _, _, token in kube.requests] == [None, "2", "4"]
-    assert s.runs_listed == 5 and s.runs_looked_up == 0
+    assert s.runs_listed == 5
+    assert s.runs_looked_up == 0
 
 
 async def test_an_expired_continue_token_restarts_the_namespace_listing_without_duplicates(
@@ -131,7 +132,8 @@ async def test_pods_are_listed_slim_and_project_as_a_full_decode_would() -> None
         pod["metadata"]["managedFields"] = [{"manager": "kubelet", "operation": "Update"}]
     slim_kube = FakeKube(pods)
     s = await snap(slim_kube, FakePlatform([]))
-    assert slim_kube.slim and all(slim_kube.slim)
+    assert slim_kube.slim
+    assert all(slim_kube.slim)
 
     class FullKube(FakeKube):
         async def list_pods(self, namespace: str | None, *, label_selector: str, limit: int,
@@ -140,7 +142,8 @@ async def test_pods_are_listed_slim_and_project_as_a_full_decode_would() -> None
                                            limit=limit, continue_token=continue_token)
 
     full = await snap(FullKube(pods), FakePlatform([]))
-    assert s.pods == full.pods and s.bad_pods == full.bad_pods
+    assert s.pods == full.pods
+    assert s.bad_pods == full.bad_pods
     assert [b.key for b in s.bad_pods] == ["team-ml/broken"]
 
 
@@ -150,5 +153,7 @@ async def test_only_lists_the_named_runs_pods_and_reads_those_runs_whatever_thei
     platform = FakePlatform([run("r-a", "succeeded"), run("r-b")])
     s = await snap(kube, platform, only=("r-a", "r-b", "r-c"))
     assert kube.requests[0][1] == "sniffer.io/run-id,sniffer.io/run-id in (r-a,r-b,r-c)"
-    assert s.runs_listed == 0 and sorted(platform.reads) == ["r-a", "r-b", "r-c"]
-    assert set(s.runs) == {"r-a", "r-b"} and s.unknown_run_ids == {"r-c"}
+    assert s.runs_listed == 0
+    assert sorted(platform.reads) == ["r-a", "r-b", "r-c"]
+    assert set(s.runs) == {"r-a", "r-b"}
+    assert s.unknown_run_ids == {"r-c"}

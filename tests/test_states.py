@@ -590,10 +590,12 @@ def test_derive_never_raises_and_terminal_phases_give_terminal_states(
     view = project(raw)
     result = derive(view, now=T0 + now, policy=policy, cancel_requested=cancel)
     if view.phase in ("Succeeded", "Failed"):
-        assert isinstance(result, Derived) and result.state.is_terminal
+        assert isinstance(result, Derived)
+        assert result.state.is_terminal
     if isinstance(result, Derived):
         if result.recheck_after is not None:
-            assert result.recheck_after > 0 and not result.state.is_terminal
+            assert result.recheck_after > 0
+            assert not result.state.is_terminal
         if result.state.is_terminal:
             later = derive(view, now=T0 + now + 1e6, policy=policy, cancel_requested=cancel)
             assert later == result
@@ -625,12 +627,15 @@ def test_a_time_rule_fires_exactly_when_recheck_after_says(raw: dict[str, Any], 
     view = project(raw)
     first = derive(view, now=T0 + now, policy=policy)
     assume(isinstance(first, Derived) and first.recheck_after is not None)
-    assert isinstance(first, Derived) and first.recheck_after is not None
+    assert isinstance(first, Derived)
+    assert first.recheck_after is not None
     assume(first.recheck_after > 0.01)  # clear of float rounding at epoch magnitudes
     before = derive(view, now=T0 + now + first.recheck_after * 0.999, policy=policy)
-    assert isinstance(before, Derived) and before.state == first.state
+    assert isinstance(before, Derived)
+    assert before.state == first.state
     after = derive(view, now=T0 + now + first.recheck_after + 1e-3, policy=policy)
-    assert isinstance(after, Derived) and after.state is F
+    assert isinstance(after, Derived)
+    assert after.state is F
 
 
 def _views_from_fuzz() -> st.SearchStrategy[PodView]:

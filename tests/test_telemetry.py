@@ -66,7 +66,8 @@ def test_unsupported_exporters_and_protocols_are_named_in_warnings() -> None:
 def test_sdk_disabled_exports_nothing_even_with_prometheus() -> None:
     decided = plan({"OTEL_SDK_DISABLED": "true", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c"},
                    prometheus_port=9464)
-    assert decided.disabled and not decided.metrics_on
+    assert decided.disabled
+    assert not decided.metrics_on
 
 
 def test_prometheus_alone_turns_metrics_on() -> None:
@@ -107,7 +108,8 @@ def test_resource_attributes_from_the_downward_api_override_the_defaults(
     attrs = build_resource("watch").attributes
     assert attrs["service.name"] == "sniffer-watch-blue"
     assert attrs["service.namespace"] == "platform"
-    assert attrs["k8s.pod.name"] == "sniffer-0" and attrs["k8s.namespace.name"] == "ops"
+    assert attrs["k8s.pod.name"] == "sniffer-0"
+    assert attrs["k8s.namespace.name"] == "ops"
     assert attrs["service.instance.id"] == "sniffer-0"
 
 
@@ -353,7 +355,8 @@ def test_exported_log_records_redact_credential_fields(
     assert record.severity_text == "WARN"
     attributes = dict(record.attributes or {})
     assert attributes["platform_token"] == "[redacted]"
-    assert attributes["run_id"] == "r1" and attributes["attempt"] == 2
+    assert attributes["run_id"] == "r1"
+    assert attributes["attempt"] == 2
 
 
 def test_the_sdk_own_log_records_are_not_exported() -> None:

@@ -204,7 +204,9 @@ def _dashboard() -> dict[str, Any]:
 
 def test_dashboard_is_grafana_json_with_the_operator_panels() -> None:
     dashboard = _dashboard()
-    assert dashboard["title"] and dashboard["uid"] and dashboard["schemaVersion"] >= 30
+    assert dashboard["title"]
+    assert dashboard["uid"]
+    assert dashboard["schemaVersion"] >= 30
     panels = [p for p in dashboard["panels"] if p["type"] != "row"]
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))

@@ -195,14 +195,9 @@ class WatchSession:
     resource_env: dict[str, str] = field(default_factory=dict)
 
 
-@pytest.fixture(scope="module")
-def watched(apiserver: ApiServer, platform_server: PlatformServer,
-            tmp_path_factory: pytest.TempPathFactory) -> Iterator[WatchSession]:
-    if not platform_server.running:
-        platform_server.restart()
-    platform_server.clear_faults()
-    namespace = create_namespace(apiserver, "telemetry-watch")
-    receiver = OtlpReceiver().start()
+def _submitted_pods(apiserver: ApiServer, platform_server: PlatformServer,
+                   namespace: str) -> list[Pod]:
+    """PODS runs on the platform, each with its tracked pod carrying a traceparent."""
     salt = secrets.token_hex(3)
     pods = []
     for i in range(PODS):
@@ -211,6 +206,18 @@ def watched(apiserver: ApiServer, platform_server: PlatformServer,
         platform_server.create_run(pod.run_id, pod_namespace=namespace, pod_name=pod.name)
         make_tracked_pod(apiserver, namespace, pod.name, pod.run_id, traceparent)
         pods.append(pod)
+    return pods
+
+
+@pytest.fixture(scope="module")
+def watched(apiserver: ApiServer, platform_server: PlatformServer,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[WatchSession]:
+    if not platform_server.running:
+        platform_server.restart()
+    platform_server.clear_faults()
+    namespace = create_namespace(apiserver, "telemetry-watch")
+    receiver = OtlpReceiver().start()
+    pods = _submitted_pods(apiserver, platform_server, namespace)
     resource_env = {"k8s.pod.name": "sniffer-watch-7d9f-x2k4", "k8s.namespace.name": "sniffer",
                     "k8s.node.name": "node-7"}
     env = sniffer_env(apiserver, platform_server, namespace, receiver.endpoint,
@@ -280,7 +287,9 @@ def test_watcher_exits_cleanly_after_sigterm_and_the_receiver_accepted_everythin
         watched: WatchSession) -> None:
     assert watched.exit_code == 0, watched.program.stderr[-3000:]
     assert watched.receiver.errors == []
-    assert watched.receiver.metrics() and watched.receiver.spans() and watched.receiver.logs()
+    assert watched.receiver.metrics()
+    assert watched.receiver.spans()
+    assert watched.receiver.logs()
 
 
 def test_acknowledged_counter_equals_the_state_changes_made(watched: WatchSession) -> None:
@@ -334,7 +343,8 @@ def test_pipeline_metrics_report_the_work_done(watched: WatchSession) -> None:
     assert sum(p.count for p in work) >= 2 * PODS
     patches = [p for p in r.latest("sniffer.platform.request.duration")
                if p.attributes.get("http.request.method") == "PATCH"]
-    assert patches and all(p.attributes["url.template"] == "/api/v1/runs/{id}" for p in patches)
+    assert patches
+    assert all(p.attributes["url.template"] == "/api/v1/runs/{id}" for p in patches)
     assert sum(p.count for p in patches
                if p.attributes.get("http.response.status_code") == 200) == 2 * PODS
 
@@ -395,7 +405,8 @@ def test_one_state_change_span_per_change_with_a_platform_child_span(
         children = [s for s in spans if s.parent_span_id == change.span_id]
         assert [c.name for c in children] == ["PATCH /api/v1/runs/{id}"], children
         child = children[0]
-        assert child.kind == "SPAN_KIND_CLIENT" and child.trace_id == change.trace_id
+        assert child.kind == "SPAN_KIND_CLIENT"
+        assert child.trace_id == change.trace_id
         assert child.attributes["http.response.status_code"] == 200
         assert child.attributes["server.address"] == "127.0.0.1"
         assert by_id[child.span_id] is child
@@ -424,7 +435,8 @@ def test_platform_receives_w3c_traceparent_of_the_platform_call(watched: WatchSe
 def test_json_log_lines_carry_the_trace_and_span_of_their_context(
         watched: WatchSession) -> None:
     lines = watched.program.log_lines()
-    assert lines and all({"time", "level", "logger", "message"} <= set(r) for r in lines)
+    assert lines
+    assert all({"time", "level", "logger", "message"} <= set(r) for r in lines)
     spans = {(s.trace_id, s.span_id): s for s in watched.receiver.spans()}
     in_span = [r for r in lines if "trace_id" in r]
     patch_lines = [r for r in in_span if r["message"].startswith("PATCH /api/v1/runs/{id} -> ")]
@@ -551,11 +563,14 @@ def test_reconcile_metrics_count_mismatches_and_repairs_by_kind(
     assert (duration.count, duration.unit) == (1, "s")
     assert duration.attributes == {"sniffer.reconcile.result": "ok"}
     (last,) = r.latest("sniffer.reconcile.last_success")
-    assert last.unit == "s" and last.value is not None and abs(last.value - time.time()) < 300
+    assert last.unit == "s"
+    assert last.value is not None
+    assert abs(last.value - time.time()) < 300
     assert _total(r, "sniffer.platform.updates", **{"sniffer.update.outcome": "applied"}) == 3
     for point in r.metrics():
         metric = BY_NAME[point.name]
-        assert metric.component in ("reconcile", "both") and point.unit == metric.unit
+        assert metric.component in ("reconcile", "both")
+        assert point.unit == metric.unit
 
 
 def test_reconcile_exports_no_token(reconciled: ReconcileSession) -> None:

@@ -70,7 +70,7 @@ class OtlpLogHandler(logging.Handler):
                 severity_text={"WARNING": "WARN", "CRITICAL": "FATAL"}.get(
                     record.levelname, record.levelname),
                 body=record.getMessage(), attributes=attributes)
-        except Exception:
+        except Exception:  # noqa: BLE001 - logging.Handler's contract: handleError reports it
             self.handleError(record)
 
 

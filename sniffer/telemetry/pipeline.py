@@ -302,7 +302,7 @@ class WatchTelemetry:
                     def take() -> None:
                         try:
                             future.set_result(self._sample_now())
-                        except Exception as exc:
+                        except Exception as exc:  # noqa: BLE001 - raised in the caller
                             future.set_exception(exc)
 
                     loop.call_soon_threadsafe(take)

@@ -6,7 +6,7 @@ Contract:
   process and, unless `install_globals` is False (tests), installs them as the global
   providers, so
   ``trace.get_tracer`` in any module (controller, platform client, reconciler) uses them.
-  Caller duty: call `Telemetry.shutdown()` before the process exits (``sniffer.cli`` does,
+  Caller duty: call `Telemetry.shutdown()` before the process exits (``cli.main`` does,
   in a ``finally``, after SIGTERM too).
 * What is exported is decided by `plan()` from the environment:
 
@@ -271,19 +271,8 @@ def setup_telemetry(component: str, *, prometheus_port: int | None = None,
         log.info("telemetry disabled (OTEL_SDK_DISABLED=true)")
         return Telemetry(component, decided, resource, None, None, None, None, None, None)
 
-    tracer_provider = TracerProvider(resource=resource)  # sampler from OTEL_TRACES_SAMPLER
-    if "otlp" in decided.traces:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-        tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    if "console" in decided.traces:
-        tracer_provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
-
-    readers: list[MetricReader] = list(extra_readers)
-    if "otlp" in decided.metrics:
-        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
-        readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
-    if "console" in decided.metrics:
-        readers.append(PeriodicExportingMetricReader(ConsoleMetricExporter()))
+    tracer_provider = _tracer_provider(resource, decided.traces)
+    readers: list[MetricReader] = list(extra_readers) + _exporting_readers(decided.metrics)
     prometheus_server, bound_port = None, None
     if prometheus_port is not None:
         reader, prometheus_server, bound_port = _prometheus(prometheus_port)
@@ -307,6 +296,26 @@ def setup_telemetry(component: str, *, prometheus_port: int | None = None,
         "logs": list(decided.logs), "prometheus_port": bound_port})
     return Telemetry(component, decided, resource, tracer_provider, meter_provider,
                      logger_provider, log_handler, prometheus_server, bound_port)
+
+
+def _tracer_provider(resource: Resource, exporters: tuple[str, ...]) -> TracerProvider:
+    provider = TracerProvider(resource=resource)  # sampler from OTEL_TRACES_SAMPLER
+    if "otlp" in exporters:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    if "console" in exporters:
+        provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+    return provider
+
+
+def _exporting_readers(exporters: tuple[str, ...]) -> list[MetricReader]:
+    readers: list[MetricReader] = []
+    if "otlp" in exporters:
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+        readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
+    if "console" in exporters:
+        readers.append(PeriodicExportingMetricReader(ConsoleMetricExporter()))
+    return readers
 
 
 def _prometheus(port: int) -> tuple[MetricReader, Any, int]:

@@ -20,7 +20,7 @@ import math
 from collections.abc import Callable, Iterable
 
 from testbed.simulator.lifecycles import Expectation, State
-from testbed.simulator.records import SimResult
+from testbed.simulator.records import Change, SimResult
 from tests.reliability import faults
 from tests.reliability.context import Ctx
 from tests.reliability.model import Load, Scenario, Step
@@ -31,6 +31,8 @@ FAST_LEASE = {"SNIFFER_LEADER_LEASE_DURATION_S": "10", "SNIFFER_LEADER_RENEW_DEA
               "SNIFFER_LEADER_RETRY_PERIOD_S": "1"}
 STUCK_LIFECYCLES = ("unschedulable", "image-pull")
 STUCK_REASONS = frozenset({"Unschedulable", "ErrImagePull", "ImagePullBackOff"})
+STUCK_SHAPES = frozenset({"unschedulable", "err-image-pull", "image-pull-backoff"})
+"""The simulator's shapes that show those reasons."""
 STUCK_ENV = {"SNIFFER_STATES_PENDING_FAILURE_AFTER_S": "8",
              "SNIFFER_STATES_IMAGE_PULL_FAILURE_AFTER_S": "8"}
 # Every lifecycle that leaves Pending at once (a pod the simulator, lagging, leaves Pending
@@ -131,42 +133,49 @@ async def expect_stuck(ctx: Ctx) -> None:
     thresholds, before their user gives up on them: the simulator's oracle assumes the
     rules never fire, so these runs expect failed with a pending reason.
 
-    A pod of the other lifecycles leaves Pending at once unless the simulator lags (a
-    loaded machine); if the API server still held it Pending past the pending threshold,
-    failing it there is right too (`pending_past`)."""
+    A simulator lagging on a loaded machine moves its pods later than planned, and the
+    pending rule judges the pod as the API server holds it when the rule fires: a pod of
+    the other lifecycles (which leave Pending at once) still Pending then may be failed
+    with its pending reason, and a stuck pod that does not show its stuck condition yet
+    may be failed with the reason of the shape before it (`pending_past`)."""
+    limit_s = float(STUCK_ENV["SNIFFER_STATES_PENDING_FAILURE_AFTER_S"])
+    late_stuck = pending_past(ctx.sims, limit_s,
+                              until=lambda c: c.shape in STUCK_SHAPES or c.expect != State.QUEUED)
     for sim in ctx.sims:
         for outcome in sim.outcomes:
             if outcome.lifecycle in STUCK_LIFECYCLES:
                 ctx.overrides[outcome.run_id] = Expectation(State.FAILED, None, None)
-                ctx.allowed_reasons[outcome.run_id] = STUCK_REASONS
-    limit_s = float(STUCK_ENV["SNIFFER_STATES_PENDING_FAILURE_AFTER_S"])
-    for run_id in pending_past(ctx.sims, limit_s) - set(ctx.overrides):
+                ctx.allowed_reasons[outcome.run_id] = STUCK_REASONS | (
+                    PENDING_REASONS if outcome.run_id in late_stuck else frozenset())
+    late = pending_past(ctx.sims, limit_s, until=lambda c: c.expect != State.QUEUED)
+    for run_id in late - set(ctx.overrides):
         ctx.alternatives.setdefault(run_id, []).extend(
             Expectation(State.FAILED, reason, None) for reason in sorted(PENDING_REASONS))
 
 
-def pending_past(sims: Iterable[SimResult], limit_s: float) -> set[str]:
-    """Runs whose pod the API server may still have held Pending `limit_s` after its
-    creation, when the watcher's pending rule fires.
+def pending_past(sims: Iterable[SimResult], limit_s: float, *,
+                 until: Callable[[Change], bool]) -> set[str]:
+    """Runs whose pod may not have shown its first change matching `until` yet when the
+    watcher's pending rule fired, `limit_s` after the pod's creation.
 
     The rule fires at creationTimestamp + `limit_s`, and creationTimestamp (whole seconds,
     set while the create was in flight) is at least the floor of the create's send time.
-    The watcher fails the pod only if a read at or after that moment shows it Pending, so
-    the pod's first change out of Pending was accepted after it. Runs whose first change
-    out of Pending was accepted at or before it are not in the set: failing one of those
-    is a defect."""
+    The watcher judges the pod from a read at or after that moment (it confirms a judged
+    failure on the API server), so it can see the pod before that change only if the
+    change was accepted after it. Runs whose change was accepted at or before it are not
+    in the set: a failure judged from the older shape is then a defect. Only pod changes
+    count (not the platform's run-* records)."""
     out: set[str] = set()
     for sim in sims:
         created: dict[str, float] = {}
-        left: dict[str, float] = {}
+        reached: dict[str, float] = {}
         for c in sim.changes:
             if c.op == "create":
                 created.setdefault(c.run_id, c.sent_at)
-            elif (not c.op.startswith("run-") and c.expect != State.QUEUED
-                    and c.run_id in created):
-                left.setdefault(c.run_id, c.accepted_at)
+            elif not c.op.startswith("run-") and c.run_id in created and until(c):
+                reached.setdefault(c.run_id, c.accepted_at)
         for run_id, at in created.items():
-            if left.get(run_id, float("inf")) > math.floor(at) + limit_s:
+            if reached.get(run_id, float("inf")) > math.floor(at) + limit_s:
                 out.add(run_id)
     return out
 

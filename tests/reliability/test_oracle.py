@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from testbed.simulator.records import Change, SimResult
 from tests.reliability.scenarios import pending_past
+
+
+def left(c: Change) -> bool:
+    return c.expect != "queued"
 
 T0 = 1_800_000_000.4  # a creation sent 0.4 s into a second: creationTimestamp may floor it
 
@@ -24,16 +30,26 @@ def test_a_pod_that_left_pending_before_the_rule_could_fire_may_not_be_failed_pe
                   change("a", "create", "queued", T0),
                   change("a", "status", "queued", T0 + 3),  # ContainerCreating
                   change("a", "status", "running", T0 + 7.5))  # floor(T0) + 8 is later
-    assert pending_past([records], 8.0) == set()
+    assert pending_past([records], 8.0, until=left) == set()
 
 
 def test_a_pod_still_pending_when_the_rule_fires_may_be_failed_pending() -> None:
     records = sim(change("b", "create", "queued", T0),
                   change("b", "status", "running", T0 + 7.7))  # after floor(T0) + 8
-    assert pending_past([records], 8.0) == {"b"}
+    assert pending_past([records], 8.0, until=left) == {"b"}
 
 
 def test_a_pod_that_never_left_pending_may_be_failed_pending() -> None:
     records = sim(change("c", "create", "queued", T0),
                   change("c", "run-cancel", "cancelled", T0 + 20))  # the platform's, not the pod's
-    assert pending_past([records], 8.0) == {"c"}
+    assert pending_past([records], 8.0, until=left) == {"c"}
+
+
+def test_a_stuck_pod_whose_condition_came_after_the_rule_may_show_the_shape_before() -> None:
+    def stuck(c: Change) -> bool:
+        return c.shape == "unschedulable"
+    early = sim(change("d", "create", "queued", T0),
+                dataclasses.replace(change("d", "status", "queued", T0 + 2), shape="unschedulable"))
+    late = sim(change("e", "create", "queued", T0),
+               dataclasses.replace(change("e", "status", "queued", T0 + 9), shape="unschedulable"))
+    assert pending_past([early, late], 8.0, until=stuck) == {"e"}
