@@ -377,5 +377,6 @@ async def test_a_pod_whose_run_the_platform_does_not_know_loses_a_leftover_final
         await eventually(lambda: h.metrics.finalizer_ops == ["removed"])
         assert not await held(h.pods, "orphan")
         orphan = h.store.get(f"{namespace}/orphan")
-        assert orphan is not None and orphan.run_id is not None
+        assert orphan is not None
+        assert orphan.run_id is not None
         assert h.controller.ledger.unknown(orphan.run_id)

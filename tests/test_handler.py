@@ -133,7 +133,8 @@ async def test_a_409_records_the_platforms_terminal_state_and_sends_nothing_more
     assert outcome.result is Result.DONE
     assert bed.state(run_id) == "cancelled", "a terminal state never changes"
     acked = bed.ledger.get(run_id)
-    assert acked is not None and acked.state is WorkloadState.CANCELLED
+    assert acked is not None
+    assert acked.state is WorkloadState.CANCELLED
     assert "platform already has a newer or terminal state" in caplog.messages
     assert isinstance(bed.store.get(f"{NS}/p"), SettledPod)
     assert bed.finalizer_work == [f"{NS}/p"], "the release goes to the finalizer loop"

@@ -81,7 +81,8 @@ async def test_a_run_open_at_the_listing_gets_its_listed_state_and_stays_open(
     p = pod(run_id)
     assert not acks.terminal_acknowledged(p)
     acked = acks.from_seed(p)
-    assert acked is not None and acked.state is WorkloadState.QUEUED
+    assert acked is not None
+    assert acked.state is WorkloadState.QUEUED
     assert acks.get(run_id) == acked, "moved into the acknowledgements"
     assert not acks.terminal_acknowledged(p)
 
@@ -138,7 +139,8 @@ async def test_an_acknowledgement_outranks_the_seed_and_forgetting_it_restores_t
     acks.record(run_id, Acked(WorkloadState.SUCCEEDED))
     assert acks.terminal_acknowledged(p)
     acks.forget(run_id)
-    assert len(acks) == 0 and acks.terminal_acknowledged(p)
+    assert len(acks) == 0
+    assert acks.terminal_acknowledged(p)
 
 
 async def test_a_pod_without_a_run_is_never_terminal_acknowledged(client: PlatformClient) -> None:
@@ -186,9 +188,12 @@ async def test_unknown_holds_until_the_platform_answers_or_the_run_is_forgotten(
     run_id = new_run_id()
     ledger.record(run_id, Acked(WorkloadState.RUNNING))
     ledger.record_unknown(run_id)
-    assert ledger.unknown(run_id) and ledger.get(run_id) is None
+    assert ledger.unknown(run_id)
+    assert ledger.get(run_id) is None
     ledger.record(run_id, Acked(WorkloadState.RUNNING))
-    assert not ledger.unknown(run_id) and ledger.get(run_id) is not None
+    assert not ledger.unknown(run_id)
+    assert ledger.get(run_id) is not None
     ledger.record_unknown(run_id)
     ledger.forget(run_id)
-    assert not ledger.unknown(run_id) and ledger.get(run_id) is None
+    assert not ledger.unknown(run_id)
+    assert ledger.get(run_id) is None

@@ -40,7 +40,8 @@ def test_deleted_pod_stays_readable_as_a_tombstone_until_forgotten():
     store.delete(pod("p", 2, phase="Succeeded"), now=100.0)
     tomb = store.get("a/p")
     assert tomb is not None
-    assert store.is_deleted("a/p") and tomb.phase == "Succeeded"
+    assert store.is_deleted("a/p")
+    assert tomb.phase == "Succeeded"
     assert tomb.deletion_timestamp == 100.0
     assert len(store) == 0
     store.forget_tombstone("a/p", tomb)
@@ -67,7 +68,8 @@ def test_relist_reports_new_changed_and_vanished_pods_only_in_its_namespace():
     changed = store.replace("a", [pod("same", 1), pod("changes", 2), pod("new", 3)], now=5.0)
     assert sorted(changed) == ["a/changes", "a/new", "a/vanishes"]
     assert store.is_deleted("a/vanishes")
-    assert store.get("b/other-ns") is not None and not store.is_deleted("b/other-ns")
+    assert store.get("b/other-ns") is not None
+    assert not store.is_deleted("b/other-ns")
 
 
 def test_synced_only_after_every_namespace_was_listed():
@@ -158,7 +160,8 @@ def test_a_tombstone_replaced_or_handled_is_not_forgotten_twice():
     store.forget_tombstone("a/q", tomb)
     policy.before = 10.0
     assert store.tombstones == 0
-    assert store.get("a/p") is not None and not store.is_deleted("a/p")
+    assert store.get("a/p") is not None
+    assert not store.is_deleted("a/p")
     assert store._deleted_at == {}
 
 
@@ -172,7 +175,8 @@ def test_a_pod_deleted_again_keeps_the_tombstones_in_clock_order():
     clock.now = 3.0
     store.delete(pod("p", 2), now=3.0)  # p's second deletion (no upsert between)
     policy.before = 2.5
-    assert store.is_deleted("a/p") and not store.is_deleted("a/q")
+    assert store.is_deleted("a/p")
+    assert not store.is_deleted("a/q")
 
 
 # --- settled pods: compact records ----------------------------------------------------------
@@ -203,7 +207,9 @@ def test_a_finished_pod_whose_run_is_acknowledged_terminal_is_kept_as_a_record()
     record = store.get("a/p")
     assert isinstance(record, SettledPod)
     assert (record.uid, record.rv, record.run_id, record.phase) == ("u1", 7, "run-p", "Succeeded")
-    assert record.resource_version == "7" and store.settled == 1 and len(store) == 1
+    assert record.resource_version == "7"
+    assert store.settled == 1
+    assert len(store) == 1
 
 
 def test_a_pod_still_needing_the_handler_is_kept_in_full():
@@ -241,7 +247,8 @@ def test_a_pod_recreated_under_the_name_of_a_record_replaces_it():
     store.upsert(pod("p", 9, phase="Succeeded"))
     assert store.upsert(pod("p", 3, uid="u2", phase="Running"))
     current = store.get("a/p")
-    assert isinstance(current, PodView) and current.uid == "u2"
+    assert isinstance(current, PodView)
+    assert current.uid == "u2"
 
 
 def test_a_relist_of_the_same_version_keeps_the_record_and_reports_no_change():
@@ -258,7 +265,8 @@ def test_a_record_vanished_from_a_relist_is_its_own_tombstone():
     store.upsert(pod("p", 4, phase="Succeeded"))
     assert store.replace("a", [], now=50.0) == ["a/p"]
     tomb = store.get("a/p")
-    assert isinstance(tomb, SettledPod) and store.is_deleted("a/p")
+    assert isinstance(tomb, SettledPod)
+    assert store.is_deleted("a/p")
     assert tomb.deletion_timestamp == 50.0
     store.forget_tombstone("a/p", tomb)
     assert store.get("a/p") is None
@@ -269,11 +277,13 @@ def test_a_deletion_seen_while_running_survives_compaction():
     store.upsert(dataclasses.replace(pod("p", 1, phase="Running"), deletion_timestamp=5.0))
     store.upsert(dataclasses.replace(pod("p", 2, phase="Failed"), deletion_timestamp=5.0))
     record = store.get("a/p")
-    assert isinstance(record, SettledPod) and record.deleted_while_active
+    assert isinstance(record, SettledPod)
+    assert record.deleted_while_active
     store._compaction = Acks()  # e.g. a fresh store's judgement; history must stay
     store.upsert(dataclasses.replace(pod("p", 3, phase="Failed"), deletion_timestamp=5.0))
     view = store.get("a/p")
-    assert isinstance(view, PodView) and view.deleted_while_active
+    assert isinstance(view, PodView)
+    assert view.deleted_while_active
 
 
 def test_a_view_acknowledged_since_it_was_written_is_compacted_when_read():
@@ -286,8 +296,10 @@ def test_a_view_acknowledged_since_it_was_written_is_compacted_when_read():
     assert isinstance(view, PodView), "not acknowledged: kept in full"
     acks.terminal.add("run-p")
     record = store.get("a/p")
-    assert isinstance(record, SettledPod) and record.rv == 1
-    assert store.get("a/p") is record and store.settled == 1
+    assert isinstance(record, SettledPod)
+    assert record.rv == 1
+    assert store.get("a/p") is record
+    assert store.settled == 1
     store.upsert(finalized("p", 2))
     assert isinstance(store.get("a/p"), PodView), "a held finalizer keeps the view"
 

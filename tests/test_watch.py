@@ -57,7 +57,8 @@ async def test_job_lifecycle_reaches_the_platform_and_the_finalizer_follows_it(
         await eventually(lambda: _no_finalizer(pods, "job-1"))
     run = platform.get_run(run_id)
     assert run["exit_code"] == 0
-    assert run["started_at"] is not None and run["finished_at"] is not None
+    assert run["started_at"] is not None
+    assert run["finished_at"] is not None
     assert run["pod_uid"] is not None
     assert [u["to_state"] for u in platform.updates() if u["run_id"] == run_id] == [
         "running", "succeeded"]

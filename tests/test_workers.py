@@ -148,16 +148,19 @@ async def test_changes_enter_only_once_accepted_and_stay_pending_until_resolved(
                    store=PodStore(("w",)), metrics=Labels(), max_retries=3,
                    clock=lambda: now[0])
     p.on_change("k")
-    assert len(queue) == 0 and p.observed_at("k") is None, "not accepting yet"
+    assert len(queue) == 0, "not accepting yet"
+    assert p.observed_at("k") is None
     p.accept()
     p.on_change("k")
     now[0] = 105.0
     p.on_change("k")
-    assert p.observed_at("k") == 100.0 and p.oldest_pending_age() == 5.0
+    assert p.observed_at("k") == 100.0
+    assert p.oldest_pending_age() == 5.0
     async with running(p):
         await eventually(lambda: p.outcomes.handled == 1)
         assert p.observed_at("k") == 100.0, "a retry leaves it pending"
         handler.script["k"] = DONE
         timers.advance(1.0)  # the retry is due
         await eventually(lambda: p.outcomes.handled == 2)
-    assert p.observed_at("k") is None and p.oldest_pending_age() == 0.0
+    assert p.observed_at("k") is None
+    assert p.oldest_pending_age() == 0.0

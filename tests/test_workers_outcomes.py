@@ -150,7 +150,8 @@ def test_an_unavailable_platform_is_retried_after_its_retry_after() -> None:
 def test_a_platform_rejection_is_dropped_not_retried() -> None:
     outcome = outcome_of(KEY, PlatformRejected(400, "bad_request", "no"))
     assert outcome.result is Result.DROP
-    assert outcome.error is not None and outcome.error.startswith("platform rejected")
+    assert outcome.error is not None
+    assert outcome.error.startswith("platform rejected")
 
 
 def test_a_kubernetes_api_error_is_retried() -> None:
@@ -165,4 +166,5 @@ def test_an_unexpected_exception_is_retried_and_logged_with_its_traceback(
     assert outcome == Outcome.retry("ValueError: bad object")
     [record] = caplog.records
     assert (record.name, record.getMessage()) == ("watch.controller", "handler failed")
-    assert record.exc_info is not None and record.exc_info[1] is error
+    assert record.exc_info is not None
+    assert record.exc_info[1] is error

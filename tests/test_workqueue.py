@@ -358,7 +358,7 @@ class QueueMachine(RuleBasedStateMachine):
     @rule(key=st.sampled_from("abcd"))
     def done_without_get(self, key: str) -> None:
         if key not in self.processing:
-            with pytest.raises(ValueError):
+            with pytest.raises(ValueError, match="not being processed"):
                 self.queue.done(key)
 
     @rule()

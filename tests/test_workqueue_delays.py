@@ -92,7 +92,8 @@ def test_delayed_adds_each_arrive_once_in_due_order(seed: int) -> None:
             seen.append(key)
             check_delay_invariants(queue)
     assert seen == expected
-    assert not queue._waiting and queue._timer is None
+    assert not queue._waiting
+    assert queue._timer is None
 
 
 def test_delayed_add_of_a_waiting_key_coalesces() -> None:

@@ -125,21 +125,22 @@ class PlatformHandler:
                 self._store.forget_tombstone(key, pod)
             return DONE
         if pod.run_id is None:
-            self._finalize(pod)
-            return self._forget_if_deleted(pod)
+            return self._not_reported(pod)
         acked = (self._ledger.get(pod.run_id) or self._ledger.from_seed(pod)
                  or await self._refresh(pod))
         if acked is None:
             self._metrics.orphan()
             log.warning("pod's run is unknown to the platform; not reporting it",
                         extra={"key": key, "run_id": pod.run_id})
-            self._finalize(pod)
-            return self._forget_if_deleted(pod)
+            return self._not_reported(pod)
         if acked.pod_uid and acked.pod_uid != pod.uid:
             log.warning("run is bound to another pod; not reporting this one",
                         extra={"key": key, "run_id": pod.run_id, "pod_uid": pod.uid})
-            self._finalize(pod)
-            return self._forget_if_deleted(pod)
+            return self._not_reported(pod)
+        return await self._bring_in_line(pod, acked)
+
+    async def _bring_in_line(self, pod: PodView, acked: Acked) -> Outcome:
+        """The run is known and bound to `pod` (or to no pod): send what is ahead."""
         if (pod.deletion_timestamp is not None and not acked.terminal
                 and not acked.cancel_requested and not pod.cancel_requested):
             # A deletion may follow a cancel on the platform we have not seen yet.
@@ -149,7 +150,8 @@ class PlatformHandler:
         if isinstance(derived, Underivable):
             self._metrics.underivable()
             log.warning("cannot derive the pod's state; leaving it to the reconciler",
-                        extra={"key": key, "run_id": pod.run_id, "reason": derived.reason})
+                        extra={"key": pod.key, "run_id": pod.run_id,
+                               "reason": derived.reason})
             return self._forget_if_deleted(pod)
         if acked.terminal or derived.state.rank <= acked.state.rank:  # type: ignore[union-attr]
             return await self._nothing_to_send(pod, acked, derived)
@@ -158,6 +160,12 @@ class PlatformHandler:
         if derived.judged and (behind := await self._cache_behind(pod)) is not None:
             return Outcome.retry(behind)
         return await self._send(pod, acked, derived)
+
+    def _not_reported(self, pod: PodView) -> Outcome:
+        """Untracked, orphaned or foreign: the finalizer loop may release a leftover
+        finalizer; a tombstone is done with."""
+        self._finalize(pod)
+        return self._forget_if_deleted(pod)
 
     async def _cache_behind(self, pod: PodView) -> str | None:
         """Why the cached `pod` is not the API server's latest (None: it is). A GET
@@ -177,7 +185,8 @@ class PlatformHandler:
                f"API server has {latest}"
 
     async def _send(self, pod: PodView, acked: Acked, derived: Derived) -> Outcome:
-        assert pod.run_id is not None and acked.state is not None
+        assert pod.run_id is not None
+        assert acked.state is not None
         update = StateUpdate.derived(pod.run_id, derived, pod)
         links = _links(pod.traceparent)
         with tracer.start_as_current_span(
@@ -211,8 +220,7 @@ class PlatformHandler:
 
     def _orphaned(self, pod: PodView) -> Outcome:
         self._metrics.orphan()
-        self._finalize(pod)
-        return self._forget_if_deleted(pod)
+        return self._not_reported(pod)
 
     async def _nothing_to_send(self, pod: PodView, acked: Acked, derived: Derived) -> Outcome:
         """Nothing (more) to send: have the finalizer put where it belongs, plan a

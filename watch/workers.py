@@ -299,5 +299,5 @@ class WorkerPool:
     async def _handle_safely(self, key: str) -> Outcome:
         try:
             return await self._handler.handle(key)
-        except Exception as exc:  # one bad object must never kill a worker
+        except Exception as exc:  # noqa: BLE001 - one bad object must never kill a worker
             return outcome_of(key, exc)
