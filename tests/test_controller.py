@@ -35,14 +35,14 @@ from watch.workqueue import WorkQueue
 NS = "ctl"
 
 
-def pod(run_id: str, rv: int, phase: str, name: str = "busy") -> PodView:
+def pod(run_id: str, rv: int, phase: str, name: str = "busy", ns: str = NS) -> PodView:
     now = "2026-01-01T00:00:00Z"
     state: dict[str, Any] = (
         {"running": {"startedAt": now}} if phase == "Running"
         else {"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": now,
                              "finishedAt": now}})
     return project({
-        "metadata": {"name": name, "namespace": NS, "uid": f"uid-{name}",
+        "metadata": {"name": name, "namespace": ns, "uid": f"uid-{name}",
                      "resourceVersion": str(rv), "creationTimestamp": now,
                      "labels": {"sniffer.io/run-id": run_id, "sniffer.io/kind": "job"},
                      # other controllers keep touching a finished pod

@@ -21,9 +21,10 @@ import pytest
 
 from sniffer.kube import KubeClient
 from sniffer.platform import PlatformClient
-from sniffer.podview import PodView, project
+from sniffer.podview import PodView
 from sniffer.states import StatePolicy, WorkloadState
 from testbed.platform.launcher import PlatformServer
+from tests.test_controller import pod as controller_pod
 from watch.handler import PlatformHandler
 from watch.ledger import Acked, RunLedger
 from watch.store import PodStore, SettledPod
@@ -34,19 +35,8 @@ NS = "hdl"
 
 
 def pod(run_id: str, phase: str, *, rv: int = 1, uid: str = "uid-p") -> PodView:
-    now = "2026-01-01T00:00:00Z"
-    state: dict[str, Any] = (
-        {"running": {"startedAt": now}} if phase == "Running"
-        else {"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": now,
-                             "finishedAt": now}})
-    return project({
-        "metadata": {"name": "p", "namespace": NS, "uid": uid, "resourceVersion": str(rv),
-                     "creationTimestamp": now,
-                     "labels": {"sniffer.io/run-id": run_id, "sniffer.io/kind": "job"}},
-        "spec": {"restartPolicy": "Never", "containers": [{"name": "main"}]},
-        "status": {"phase": phase, "startTime": now,
-                   "containerStatuses": [{"name": "main", "restartCount": 0,
-                                          "ready": phase == "Running", "state": state}]}})
+    """The pod "p" of run `run_id` (tests/test_controller.py's builder), with its uid."""
+    return dataclasses.replace(controller_pod(run_id, rv, phase, name="p", ns=NS), uid=uid)
 
 
 class CountingClient(PlatformClient):

@@ -1,11 +1,11 @@
 """`sniffer watch`: wires the watcher together and owns its lifecycle.
 
 Contract:
-* Start order: health server → the acknowledgement seed (one listing of the platform's
-  open runs, so the cache keeps finished, acknowledged pods as small records from the
-  first LIST on) → reflector (every replica keeps a warm cache), and leader election →
-  once synced *and* elected: seed afresh, enqueue every cached pod, start the platform
-  workers and the finalizer workers (`watch.finalizing`).
+* Start order: health server → the run ledger's seed (`watch.ledger`: one listing of
+  the platform's open runs, so the cache keeps finished, acknowledged pods as small
+  records from the first LIST on) → reflector (every replica keeps a warm cache), and
+  leader election → once synced *and* elected: seed afresh, enqueue every cached pod,
+  start the platform workers and the finalizer workers (`watch.finalizer_loop`).
   `/readyz` turns ready when the cache is synced, on leader and standby alike.
 * Shutdown order, on `stop` (SIGTERM): stop taking work (shut the platform queue) → let
   in-flight updates finish → then shut the finalizer queue and let its waiting and
