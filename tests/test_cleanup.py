@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+
+import pytest
 
 from sniffer.cleanup import bounded
 
@@ -77,3 +80,63 @@ async def test_the_callers_cancellation_still_propagates_after_the_step_finished
     else:
         raise AssertionError("bounded swallowed the caller's cancellation")
     assert finished == ["done"]
+
+
+def _steps_logged(caplog: pytest.LogCaptureFixture, message: str) -> list[str | None]:
+    return [getattr(r, "step", None) for r in caplog.records if r.getMessage() == message]
+
+
+async def test_a_failing_step_is_logged_and_the_steps_after_it_still_run(
+        caplog: pytest.LogCaptureFixture) -> None:
+    ran: list[str] = []
+
+    async def broken() -> None:
+        raise OSError("connection reset")
+
+    async def next_step() -> None:
+        ran.append("next")
+
+    with caplog.at_level(logging.WARNING, logger="sniffer.cleanup"):
+        await bounded(broken(), "closing the platform client")
+        await bounded(next_step(), "releasing the lease")
+    assert ran == ["next"]
+    assert _steps_logged(caplog, "cleanup failed") == ["closing the platform client"]
+
+
+async def test_a_timed_out_step_is_logged_by_name(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="sniffer.cleanup"):
+        await bounded(asyncio.Event().wait(), "closing the kube client", timeout_s=0.01)
+    assert _steps_logged(caplog, "cleanup timed out") == ["closing the kube client"]
+
+
+async def test_a_step_that_fails_while_cancelled_is_logged_not_raised(
+        caplog: pytest.LogCaptureFixture) -> None:
+    async def step() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            raise RuntimeError("close failed half-way") from None
+
+    with caplog.at_level(logging.WARNING, logger="sniffer.cleanup"):
+        await bounded(step(), "closing", timeout_s=0.01)
+    assert _steps_logged(caplog, "cleanup failed after its cancellation") == ["closing"]
+
+
+async def test_a_cancelled_caller_waits_for_a_hung_step_only_until_the_timeout() -> None:
+    started = asyncio.Event()
+    cancelled: list[str] = []
+
+    async def step() -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.append("step")
+            raise
+
+    task = asyncio.ensure_future(bounded(step(), "closing", timeout_s=0.05))
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert cancelled == ["step"], "the hung step was cancelled, not left running"

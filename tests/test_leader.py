@@ -10,6 +10,7 @@ from typing import Any, cast
 import pytest
 
 from sniffer.kube import KubeClient
+from tests.fixtures.clock import FakeClock
 from tests.fixtures.watcher import eventually
 from watch.leader import LeaderElector, LeaderObservation, LeadershipLost
 
@@ -131,14 +132,6 @@ def test_a_free_lease_settles_nothing():
     assert seen.settled_before() is None
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 500.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 class LeaseOnly:
     """A KubeClient that serves one Lease record to GET; a standby never writes."""
 
@@ -155,7 +148,7 @@ class LeaseOnly:
 
 
 async def test_a_standby_reports_deletions_settled_once_the_leader_renewed_for_the_window():
-    clock, settled = FakeClock(), list[float]()
+    clock, settled = FakeClock(500.0), list[float]()
     kube = LeaseOnly({"holderIdentity": "leader", "leaseDurationSeconds": 2,
                       "acquireTime": "t0", "leaseTransitions": 0})
     standby = LeaderElector(cast(KubeClient, kube), name="sniffer-test", namespace="ns",
@@ -200,3 +193,20 @@ async def test_a_standby_observes_a_live_leader_on_a_real_lease(kube, namespace)
         for task in (leading, standing_by):
             task.cancel()
         await asyncio.gather(leading, standing_by, return_exceptions=True)
+
+
+@pytest.mark.parametrize("spec", [
+    {"holderIdentity": "leader", "leaseDurationSeconds": "soon"},
+    {"holderIdentity": "leader", "leaseDurationSeconds": 2, "leaseTransitions": "many"},
+    {"holderIdentity": "leader", "leaseDurationSeconds": -2},
+    {"holderIdentity": ["leader"], "leaseDurationSeconds": 2},
+])
+async def test_a_malformed_lease_is_unreadable_not_a_crash(spec: dict[str, Any]) -> None:
+    # A real API server refuses such a Lease; a non-conforming one must not kill the elector.
+    kube = LeaseOnly({})
+    kube.record["spec"] = spec
+    standby = LeaderElector(cast(KubeClient, kube), name="sniffer-test", namespace="ns",
+                            identity="standby", lease_duration_s=3.0, renew_deadline_s=2.0,
+                            retry_period_s=0.5, clock=FakeClock(500.0))
+    assert not await standby._try_acquire_or_renew()
+    assert not standby.is_leader

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.fixtures.clock import FakeClock
 from watch.ratelimit import (
     BucketRateLimiter,
     ItemExponentialFailureRateLimiter,
@@ -15,18 +16,6 @@ from watch.ratelimit import (
     RateLimiter,
     default_controller_rate_limiter,
 )
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
 
 # --- ItemExponentialFailureRateLimiter --------------------------------------------------
 

@@ -7,6 +7,7 @@ import dataclasses
 import math
 
 from sniffer.podview import OUTCOME_FINALIZER, PodView, project
+from tests.fixtures.clock import FakeClock
 from watch.store import PodStore, SettledPod
 
 
@@ -83,14 +84,6 @@ def test_synced_only_after_every_namespace_was_listed():
 # --- a standby's tombstones ---------------------------------------------------------------
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 class Standby:
     """A `watch.store.TombstonePolicy` as watch.app builds it from the elector: a standby
     keeps no tombstone of a finalized pod, and lets go of those a live leader has seen."""
@@ -106,8 +99,8 @@ class Standby:
         return -math.inf if self.leading else self.before
 
 
-def standby_store() -> tuple[PodStore, Clock, Standby]:
-    clock, policy = Clock(), Standby()
+def standby_store() -> tuple[PodStore, FakeClock, Standby]:
+    clock, policy = FakeClock(0.0), Standby()
     return PodStore(("a",), tombstones=policy, clock=clock), clock, policy
 
 

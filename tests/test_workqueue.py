@@ -18,6 +18,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from tests.fixtures.clock import FakeClock
 from tests.fixtures.timers import FakeTimers
 from watch.workqueue import ShutDown, WorkQueue
 
@@ -74,14 +75,6 @@ class Metrics:
 
     def longest_running_processor(self, seconds: float) -> None:
         self.longest.append(seconds)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def new_queue(delay: float = 0.0) -> WorkQueue[str]:
@@ -266,7 +259,7 @@ def test_queue_can_be_built_and_fed_outside_an_event_loop() -> None:
 
 
 async def test_metrics_report_adds_depth_latency_work_and_retries() -> None:
-    clock, metrics = FakeClock(), Metrics()
+    clock, metrics = FakeClock(100.0), Metrics()
     queue: WorkQueue[str] = WorkQueue(Limiter(), metrics=metrics, clock=clock)
     queue.add("a")
     queue.add("a")  # coalesced: not an add
@@ -286,7 +279,7 @@ async def test_metrics_report_adds_depth_latency_work_and_retries() -> None:
 
 
 async def test_unfinished_work_is_reported_when_the_owner_asks() -> None:
-    clock, metrics = FakeClock(), Metrics()
+    clock, metrics = FakeClock(100.0), Metrics()
     queue: WorkQueue[str] = WorkQueue(Limiter(), metrics=metrics, clock=clock)
     queue.update_unfinished_work()
     assert (metrics.unfinished, metrics.longest) == ([0], [0])

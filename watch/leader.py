@@ -188,9 +188,14 @@ class LeaderElector:
         except KubeError as exc:
             log.warning("cannot read the lease", extra={"error": str(exc)})
             return False
-        spec = lease.get("spec") or {}
-        holder = spec.get("holderIdentity") or ""
-        duration = float(spec.get("leaseDurationSeconds") or self._duration)
+        read = _read_spec(lease, self._duration)
+        if read is None:
+            # The API server validates Leases, so only a non-conforming server sends one
+            # like this; treat it as unreadable: no leadership on it, no crash.
+            log.warning("the lease is malformed; treating it as unreadable",
+                        extra={"lease": f"{self._namespace}/{self._name}"})
+            return False
+        spec, holder, duration, transitions = read
         observed = (holder, spec.get("renewTime"), spec.get("leaseTransitions"))
         if observed != self._observed:
             self._observed, self._observed_at = observed, now_mono
@@ -200,7 +205,6 @@ class LeaderElector:
                 # Someone else holds it now: stop writing at once, not at the deadline.
                 self._renewed_at = None
             return False  # held by someone else and not expired on our clock
-        transitions = int(spec.get("leaseTransitions") or 0)
         new_spec = {
             "holderIdentity": self.identity,
             "leaseDurationSeconds": int(self._duration),
@@ -266,3 +270,20 @@ class LeaderElector:
         except KubeError as exc:
             log.warning("could not release the lease; the standby waits it out",
                         extra={"error": str(exc)})
+
+
+def _read_spec(lease: dict[str, Any], default_duration: float,
+               ) -> tuple[dict[str, Any], str, float, int] | None:
+    """(spec, holder, duration, transitions) of a Lease, or None if any is malformed."""
+    spec = lease.get("spec") or {}
+    if not isinstance(spec, dict):
+        return None
+    holder = spec.get("holderIdentity") or ""
+    try:
+        duration = float(spec.get("leaseDurationSeconds") or default_duration)
+        transitions = int(spec.get("leaseTransitions") or 0)
+    except (TypeError, ValueError):
+        return None
+    if not isinstance(holder, str) or not duration > 0:
+        return None
+    return spec, holder, duration, transitions
