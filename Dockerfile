@@ -13,7 +13,11 @@
 # * Runtime: a non-root numeric user (65532) that owns nothing it runs; nothing writes
 #   outside /tmp (byte code is compiled at build time), so the root filesystem can be
 #   mounted read-only. tests/test_deploy.py replays these steps in a fresh venv.
-FROM python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d AS base
+# * BASE is a build argument only so that a machine with no registry can build from a local
+#   copy of the same Debian release and Python minor (testbed/baseimage.py, docs/deploy.md);
+#   its default is the pinned digest, and every real build uses the default.
+ARG BASE=python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d
+FROM ${BASE} AS base
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1

@@ -18,10 +18,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# testbed.image: Sniffer's image from the Dockerfile (buildah, no registry), cached by
+# content under ~/.cache/sniffer; a warm call only hashes the build context.
 testbed: $(STAMP)
 	$(PY) -m testbed.build
 	$(PY) -m testbed.nodepackages
 	$(PY) -m testbed.nodebuild
+	$(PY) -m testbed.image
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -49,7 +52,7 @@ unit: $(STAMP)
 	$(VENV)/bin/pytest -q -m "not testbed"
 
 demo: install testbed
-	$(PY) -m testbed.demo
+	$(PY) -m testbed.demo $(DEMO_ARGS)
 
 # Benchmarks (bench/): Sniffer side by side with its peers on one testbed. `bench` is the
 # full run (about 30 minutes on 2 cores; BENCH_ARGS="--help" lists its options);

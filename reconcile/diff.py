@@ -54,18 +54,18 @@ from reconcile.snapshot import BadPod, Snapshot
 from sniffer.platform_model import Run
 from sniffer.podview import OUTCOME_FINALIZER, PodView
 from sniffer.states import (
+    POD_LOST_MESSAGE,
+    POD_LOST_REASON,
     Derived,
     StatePolicy,
     Underivable,
     WorkloadState,
     advances,
     derive,
+    lost,
 )
 
-POD_LOST_REASON = "PodLost"
-POD_LOST_MESSAGE = "pod lost"
-CANCELLED_REASON = "Cancelled"
-CANCELLED_LOST_MESSAGE = "cancel requested; pod lost"
+__all__ = ["POD_LOST_MESSAGE", "POD_LOST_REASON"]  # re-exported: the report names them
 
 
 class MismatchKind(StrEnum):
@@ -227,10 +227,7 @@ def _judge_missing(run: Run, scope: tuple[str, ...], now: float,
     age = now - run.created_at.timestamp()
     if age < grace_period_s:
         return None
-    if run.cancel_requested:
-        target = Derived(WorkloadState.CANCELLED, CANCELLED_REASON, CANCELLED_LOST_MESSAGE)
-    else:
-        target = Derived(WorkloadState.FAILED, POD_LOST_REASON, POD_LOST_MESSAGE)
+    target = lost(run.cancel_requested)
     pod = (PodRef(run.pod_namespace, run.pod_name, run.pod_uid)
            if run.pod_namespace and run.pod_name else None)
     cancel = "; cancel requested" if run.cancel_requested else ""

@@ -157,6 +157,10 @@ class PodView:
     """History, not projection: the cache saw this pod deleting while still Pending or
     Running, so its deletion came before any terminal phase it reaches. Set by the
     store (`watch.store`), which sees the versions in order; `project` leaves it False."""
+    final_state_unknown: bool = False
+    """History, not projection: a relist found the pod gone and no event ever showed its
+    deletion (client-go's DeletedFinalStateUnknown), so this view is the last one seen,
+    not its end. Set by the store on such a tombstone; `project` leaves it False."""
 
     @property
     def name(self) -> str:

@@ -12,6 +12,10 @@ Contract:
   seconds (> 0) the caller must derive again even if the pod did not change.
 * `judged` is set iff the result is a failure rule fired for a pod not yet ended (Pending or
   Running): a judgement over this view, not a fact the pod reports.
+* A view marked `final_state_unknown` (the pod vanished unseen) that is not terminal is
+  *lost*: failed "PodLost", or cancelled "Cancelled" if cancel was requested, as the
+  reconciler reports a run whose pod is gone (`lost`). Its end was never seen, so no rule
+  may guess one.
 * `Underivable` is returned for phase Unknown or a phase this module does not know; the
   caller keeps the last state and waits for the next event (the reconciler is the backstop).
 
@@ -167,24 +171,12 @@ def derive(pod: PodView, *, now: float, policy: StatePolicy,
     `cancel_requested` is the platform run's cancel flag; the caller passes it so a
     cancel is honoured even when the pod annotation was never written."""
     cancel = cancel_requested or (policy.cancel_annotation and pod.cancel_requested)
+    if pod.final_state_unknown and pod.phase not in ("Succeeded", "Failed"):
+        return lost(cancel, started_at=_started_at(pod))
     if pod.deletion_timestamp is not None:
-        requested = pod.deletion_timestamp - (pod.deletion_grace_period_s or 0)
-        deleted = _deleted(pod, cancel, requested)
-        if pod.phase in ("Pending", "Running"):
-            # A failure rule that had already fired when the deletion came (a crash loop
-            # past its limit, a stuck image pull) is the outcome; the deletion only reaped.
-            active = _active(pod, requested, policy, R if pod.phase == "Running" else Q)
-            return active if active.state is F else deleted
-        if pod.phase not in ("Succeeded", "Failed"):
-            return deleted
-        looped = crash_looped(pod, policy)
-        if looped is not None and looped.last is not None and deleted.reason != "Cancelled":
-            # it had already failed by the platform's rule when reaped
-            return Derived(F, CRASHLOOP, f"container {looped.name}: restarted "
-                           f"{looped.restart_count} times", looped.last.exit_code,
-                           _started_at(pod), looped.last.finished_at)
-        if _ended_by_deletion(pod, deleted, requested):
-            return deleted  # the deletion ended the pod: the terminal phase is its echo
+        outcome = _deletion_outcome(pod, pod.deletion_timestamp, cancel, policy)
+        if outcome is not None:
+            return outcome
     if pod.phase == "Succeeded":
         return Derived(S, "Completed", None, 0, _started_at(pod), _finished_at(pod))
     if pod.phase == "Failed":
@@ -198,6 +190,42 @@ def derive(pod: PodView, *, now: float, policy: StatePolicy,
 
 
 # --- terminal outcomes --------------------------------------------------------------------
+
+POD_LOST_REASON = "PodLost"
+POD_LOST_MESSAGE = "pod lost"
+CANCELLED_LOST_MESSAGE = "cancel requested; pod lost"
+
+
+def lost(cancel_requested: bool, *, started_at: float | None = None) -> Derived:
+    """The outcome of a run whose pod is gone and whose end nobody saw."""
+    if cancel_requested:
+        return Derived(C, "Cancelled", CANCELLED_LOST_MESSAGE, started_at=started_at)
+    return Derived(F, POD_LOST_REASON, POD_LOST_MESSAGE, started_at=started_at)
+
+
+
+def _deletion_outcome(pod: PodView, deletion_timestamp: float, cancel: bool,
+                      policy: StatePolicy) -> Derived | None:
+    """Rule 1 for a pod whose deletion was requested; None: its terminal phase speaks
+    for itself (it had ended before the deletion)."""
+    requested = deletion_timestamp - (pod.deletion_grace_period_s or 0)
+    deleted = _deleted(pod, cancel, requested)
+    if pod.phase in ("Pending", "Running"):
+        # A failure rule that had already fired when the deletion came (a crash loop
+        # past its limit, a stuck image pull) is the outcome; the deletion only reaped.
+        active = _active(pod, requested, policy, R if pod.phase == "Running" else Q)
+        return active if active.state is F else deleted
+    if pod.phase not in ("Succeeded", "Failed"):
+        return deleted
+    looped = crash_looped(pod, policy)
+    if looped is not None and looped.last is not None and deleted.reason != "Cancelled":
+        # it had already failed by the platform's rule when reaped
+        return Derived(F, CRASHLOOP, f"container {looped.name}: restarted "
+                       f"{looped.restart_count} times", looped.last.exit_code,
+                       _started_at(pod), looped.last.finished_at)
+    if _ended_by_deletion(pod, deleted, requested):
+        return deleted  # the deletion ended the pod: the terminal phase is its echo
+    return None
 
 
 def _deleted(pod: PodView, cancel: bool, requested: float) -> Derived:

@@ -157,12 +157,15 @@ class ApiServer:
 
 def start(workdir: Path, *, token: str | None = None, kubectl: Path | None = None,
           apiserver_binary: Path | None = None, extra_args: Sequence[str] = (),
-          detached: bool = False, timeout: float = DEFAULT_START_TIMEOUT) -> ApiServer:
+          detached: bool = False, service_account_admission: bool = False,
+          timeout: float = DEFAULT_START_TIMEOUT) -> ApiServer:
     """Start a testbed API server whose files live in ``workdir`` and wait until it is ready.
 
     ``token`` is the admin bearer token (a random one if None). Binaries default to
     `testbed.build.ensure_binaries()` (which may build them: minutes, once). ``extra_args``
-    are appended to kube-apiserver's flags. The caller must call `ApiServer.stop`.
+    are appended to kube-apiserver's flags. ``service_account_admission`` keeps the
+    ServiceAccount admission plugin (pods get their projected token), for a server that a
+    controller-manager serves (the real node). The caller must call `ApiServer.stop`.
     """
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -185,6 +188,8 @@ def start(workdir: Path, *, token: str | None = None, kubectl: Path | None = Non
         argv = [str(apiserver_binary), f"--data-dir={state}", f"--admin-token-file={token_file}"]
         if not detached:
             argv.append("--exit-with-parent")
+        if service_account_admission:
+            argv.append("--service-account-admission")
         if extra_args:
             argv += ["--", *extra_args]
         with open(log_path, "wb") as log:

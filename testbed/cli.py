@@ -8,7 +8,9 @@ Contract:
   testbed at once. A second ``up`` in the same folder is refused while one runs.
 * ``status`` says what runs (exit 0 when both answer, 1 otherwise).
 * ``down`` stops everything ``up`` started and removes its state.
-* ``simulate ...`` runs the pod simulator against this testbed (options: ``--help``).
+* ``simulate ...`` runs the pod simulator against this testbed (options: ``--help``);
+  ``simulate --node real ...`` plays the lifecycles for real on the real node instead
+  (`testbed.realcli`; options: ``simulate --node real --help``).
 
 `.testbed/env` exports KUBECONFIG, SNIFFER_PLATFORM_URL, SNIFFER_PLATFORM_TOKEN_FILE and
 SNIFFER_KUBECTL. The platform token is exported as a file path, never as a value:
@@ -48,7 +50,8 @@ NODE_REASONS = {
 }
 
 
-def up(root: Path, node: str = "simulated") -> int:
+def up(root: Path, node: str = "simulated",
+       pod_gc_threshold: int = realnode.TERMINATED_POD_GC_THRESHOLD) -> int:
     p = _paths(root)
     if p["state"].exists() and _platform_alive(json.loads(p["state"].read_text())):
         print(f"a testbed already runs in {root}; `python -m testbed down` first", file=sys.stderr)
@@ -68,7 +71,7 @@ def up(root: Path, node: str = "simulated") -> int:
         print("starting the real node (containerd, kubelet, scheduler, controller-manager) ...",
               file=sys.stderr)
         try:
-            image = realnode.start(p["node"], kube).image
+            image = realnode.start(p["node"], kube, pod_gc_threshold=pod_gc_threshold).image
         except Exception:
             _terminate(platform.pid)
             kube.stop()
@@ -139,6 +142,9 @@ def simulate(root: Path, argv: list[str]) -> int:
         for line in env_file.read_text().splitlines():
             key, _, value = line.removeprefix("export ").partition("=")
             os.environ.setdefault(key, value)
+    if "--node" in argv or any(a.startswith("--node=") for a in argv):
+        from testbed.realcli import main as real_main
+        return real_main(argv)
     from testbed.simulator.__main__ import main as simulator_main
     return simulator_main(argv)
 
@@ -170,6 +176,10 @@ def main(argv: list[str]) -> int:
     up_parser = sub.add_parser("up", help="start the API server and the platform in the background")
     up_parser.add_argument("--node", choices=sorted(NODE_REASONS), default="simulated",
                            help="who runs the pods: the simulator (default) or a real node")
+    up_parser.add_argument("--pod-gc-threshold", type=int,
+                           default=realnode.TERMINATED_POD_GC_THRESHOLD, metavar="N",
+                           help="real node: finished pods kept before pod GC deletes the "
+                           f"oldest (default {realnode.TERMINATED_POD_GC_THRESHOLD})")
     sub.add_parser("status", help="show what runs")
     sub.add_parser("down", help="stop everything and remove the state")
     sub.add_parser("simulate", help="run the pod simulator (its options: simulate --help)",
@@ -182,7 +192,7 @@ def main(argv: list[str]) -> int:
     root: Path = args.dir.resolve()  # children run in their own folders
     if args.action == "up":
         root.mkdir(parents=True, exist_ok=True)
-        return up(root, args.node)
+        return up(root, args.node, args.pod_gc_threshold)
     if args.action == "status":
         return status(root)
     if args.action == "down":

@@ -11,7 +11,8 @@ What it shows, in order:
    simulator's expectations (must be 0), runs that went backwards (must be 0), and the
    end-to-end latency percentiles of the live phase.
 Exit status 0 iff there are no mismatches. Everything lives under ``.testbed/demo`` and is
-removed at the end (logs are kept there for a look).
+removed at the end (logs are kept there for a look). ``--node real`` runs the demo on the
+real node instead (`testbed.realdemo`: real pods, the kubelet writes every status).
 """
 
 from __future__ import annotations
@@ -347,6 +348,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=25.0)
     parser.add_argument("--dir", type=Path, default=Path(".testbed/demo"))
     parser.add_argument("--keep", action="store_true", help="keep the state folder")
+    parser.add_argument("--node", choices=["simulated", "real"], default="simulated",
+                        help="who runs the pods: the simulator (default, fast) or the real "
+                        "node (needs root; one per machine)")
     args = parser.parse_args(argv)
     args.dir = args.dir.resolve()
     shutil.rmtree(args.dir, ignore_errors=True)
@@ -356,6 +360,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
     os.environ.setdefault("OTEL_SDK_DISABLED", "true")
     try:
+        if args.node == "real":
+            from testbed.realdemo import run_real_demo
+            return asyncio.run(run_real_demo(args.dir))
         return asyncio.run(run_demo(args.jobs, args.paused_jobs, args.rate, args.dir))
     finally:
         if not args.keep:

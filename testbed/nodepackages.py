@@ -20,6 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 REQUIRED: dict[str, Path] = {
@@ -55,7 +56,12 @@ def _apt(*args: str) -> None:
 
 def ensure(*, quiet: bool = False) -> None:
     """Install the missing packages (apt-get update once, then install); see the contract."""
-    wanted = missing()
+    ensure_packages(REQUIRED, quiet=quiet)
+
+
+def ensure_packages(required: Mapping[str, Path], *, quiet: bool = False) -> None:
+    """`ensure` for another package → file map (the image builder's tools use it too)."""
+    wanted = [name for name, path in required.items() if not path.exists()]
     if not wanted:
         return
     if not quiet:
@@ -63,7 +69,7 @@ def ensure(*, quiet: bool = False) -> None:
               file=sys.stderr, flush=True)
     _apt("update")
     _apt("install", "-y", "--no-install-recommends", *wanted)
-    still = missing()
+    still = [name for name, path in required.items() if not path.exists()]
     if still:
         raise PackageError(f"still missing after apt-get install: {' '.join(still)}")
 

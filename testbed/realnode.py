@@ -29,14 +29,31 @@ from pathlib import Path
 
 from testbed import nodebuild, nodeimages, nodepackages
 from testbed.apiserver import ApiServer
+from testbed.kubeletpki import KubeletPki
 
 NODE_NAME = "localhost"
 READY_TIMEOUT = 180.0
 STOP_TIMEOUT = 20.0
 TERMINATED_POD_GC_THRESHOLD = 50
+CRASHLOOP_MAX_BACKOFF = "2s"
+"""The kubelet's crash-loop back-off cap (`crashLoopBackOff.maxContainerRestartPeriod`,
+beta and on by default since 1.35): a crash loop reaches Sniffer's restart threshold in
+seconds, not the minutes of the default 10 s doubling to 300 s."""
 OUTSIDE_PATHS = (Path("/var/log/pods"), Path("/var/log/containers"),
                  Path("/var/lib/kubelet/device-plugins/kubelet.sock"))
 BRIDGE = "sniffer0"
+POD_SUBNET = "10.244.0.0/16"
+HOST_ADDRESS = "10.244.0.1"
+"""The host's own address on the bridge: the one place outside a pod a pod can reach (no
+route leads elsewhere). Services pods must reach (the API server, the platform) are
+relayed from here to loopback (`testbed.podaccess`); pods never get a default route."""
+POD_REACHABLE_PORTS = (6443, 8080, 4318)
+"""The only TCP ports of HOST_ADDRESS a pod may open (iptables, `_bridge_up`): the relays
+of the API server, the platform and OTLP that kustomize/overlays/testbed names. Anything
+else the host serves on a wildcard address stays out of the pods' reach."""
+APISERVER_EXTRA_ARGS = (f"--advertise-address={HOST_ADDRESS}",)
+"""kube-apiserver flags for a server this node serves: its self-signed certificate then
+names HOST_ADDRESS too, where pods reach it through `testbed.podaccess`."""
 CGROUPS = ("kubepods", "k8s.io")
 
 
@@ -105,13 +122,19 @@ def cni_conflist(workdir: Path) -> str:
         "cniVersion": "1.0.0", "name": "sniffer-testbed",
         "plugins": [{"type": "bridge", "bridge": BRIDGE, "isGateway": False,
                      "ipMasq": False, "hairpinMode": False,
-                     "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.244.0.0/16"}]],
+                     # The gateway is never given to a pod (host-local skips it) and,
+                     # with isGateway false, becomes no route: it is HOST_ADDRESS.
+                     "ipam": {"type": "host-local",
+                              "ranges": [[{"subnet": POD_SUBNET, "gateway": HOST_ADDRESS}]],
                               "dataDir": str(_dirs(workdir)["cni"] / "ipam")}},
                     {"type": "loopback"}]}, indent=2)
 
 
-def kubelet_config(workdir: Path, *, port: int = 10250, healthz_port: int = 10248) -> str:
-    """The KubeletConfiguration (JSON is YAML) for this node."""
+def kubelet_config(workdir: Path, *, port: int = 10250, healthz_port: int = 10248,
+                   pki: KubeletPki | None = None) -> str:
+    """The KubeletConfiguration (JSON is YAML) for this node. With ``pki`` the kubelet
+    serves its certificate and accepts only the API server's client certificate
+    (`testbed.kubeletpki`); without, anyone on loopback (anonymous)."""
     sock = _dirs(workdir)["containerd"] / "containerd.sock"
     return json.dumps({
         "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
@@ -126,6 +149,8 @@ def kubelet_config(workdir: Path, *, port: int = 10250, healthz_port: int = 1024
                          "imagefs.available": "1%", "nodefs.inodesFree": "1%"},
         "resolvConf": "", "maxPods": 500, "serializeImagePulls": False,
         "podLogsDir": str(OUTSIDE_PATHS[0]),
+        "crashLoopBackOff": {"maxContainerRestartPeriod": CRASHLOOP_MAX_BACKOFF},
+        **(pki.kubelet_settings() if pki else {}),
     }, indent=2)
 
 
@@ -169,10 +194,20 @@ def _node_ready(kube: ApiServer) -> bool:
     return out.returncode == 0 and out.stdout.strip() == "True"
 
 
+def _default_account(kube: ApiServer) -> bool:
+    return subprocess.run(kube.kubectl_command("-n", "default", "get", "serviceaccount",
+                                               "default"),
+                          capture_output=True, check=False).returncode == 0
+
+
 def start(workdir: Path, kube: ApiServer, *,
           pod_gc_threshold: int = TERMINATED_POD_GC_THRESHOLD,
+          kubelet_pki: KubeletPki | None = None,
           timeout: float = READY_TIMEOUT) -> RealNode:
-    """Start the node against ``kube`` and wait until it is Ready (see the contract)."""
+    """Start the node against ``kube`` and wait until it is Ready (see the contract).
+
+    ``kubelet_pki``: the pairs ``kube`` was started with (`KubeletPki.apiserver_args`), so
+    that the API server and the kubelet verify each other."""
     workdir = workdir.resolve()
     nodepackages.ensure()
     kubebin = nodebuild.ensure_kube()
@@ -185,7 +220,7 @@ def start(workdir: Path, kube: ApiServer, *,
     pause = nodeimages.pause_image(nodepackages.BUSYBOX)
     (dirs["containerd"] / "config.toml").write_text(containerd_config(workdir, pause.name))
     (dirs["cni"] / "conf" / "10-sniffer-testbed.conflist").write_text(cni_conflist(workdir))
-    (dirs["kubelet"] / "config.json").write_text(kubelet_config(workdir))
+    (dirs["kubelet"] / "config.json").write_text(kubelet_config(workdir, pki=kubelet_pki))
     sock = dirs["containerd"] / "containerd.sock"
     procs: dict[str, subprocess.Popen[bytes]] = {}
     node = RealNode(workdir=workdir, image=image.name, pause_image=pause.name)
@@ -220,6 +255,7 @@ def start(workdir: Path, kube: ApiServer, *,
             "--use-service-account-credentials=false",
             f"--terminated-pod-gc-threshold={pod_gc_threshold}"], workdir)
         node.pids["kube-controller-manager"] = procs["kube-controller-manager"].pid
+        _bridge_up()
         procs["kubelet"] = _spawn("kubelet", [
             str(kubebin.kubelet), f"--config={dirs['kubelet'] / 'config.json'}",
             f"--kubeconfig={kube.kubeconfig}", f"--root-dir={dirs['kubelet'] / 'root'}",
@@ -227,12 +263,50 @@ def start(workdir: Path, kube: ApiServer, *,
             f"--hostname-override={NODE_NAME}"], workdir)
         node.pids["kubelet"] = procs["kubelet"].pid
         _wait(f"node {NODE_NAME} Ready", lambda: _node_ready(kube), procs, workdir, timeout)
+        # With the ServiceAccount admission plugin on, a pod is admitted only once its
+        # account exists; the controller-manager makes `default` shortly after it starts.
+        _wait("ServiceAccount default/default", lambda: _default_account(kube), procs,
+              workdir, timeout)
     except BaseException:
         node.stop()
         raise
     (workdir / "pids.json").write_text(json.dumps(
         {"image": node.image, "pause_image": node.pause_image, "pids": node.pids}))
     return node
+
+
+def _input_rules() -> list[list[str]]:
+    """iptables INPUT rules for traffic from the pods to the host, first match first:
+    replies to the host's own connections (the kubelet's probes), the relay ports, and
+    nothing else."""
+    ports = ",".join(map(str, POD_REACHABLE_PORTS))
+    return [["-i", BRIDGE, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED",
+             "-j", "ACCEPT"],
+            ["-i", BRIDGE, "-p", "tcp", "-m", "multiport", "--dports", ports, "-j", "ACCEPT"],
+            ["-i", BRIDGE, "-j", "DROP"]]
+
+
+def _bridge_up() -> None:
+    """Make the CNI bridge before the first pod, holding `HOST_ADDRESS` (the bridge plugin
+    adopts an existing bridge and, with isGateway false, leaves its address alone), and
+    let pods open only `POD_REACHABLE_PORTS` on the host."""
+    subprocess.run(["ip", "link", "add", BRIDGE, "type", "bridge"], capture_output=True,
+                   check=False)  # exists already after an unclean stop: adopted as is
+    prefix = POD_SUBNET.split("/")[1]
+    _remove_input_rules()  # left by an unclean stop: never twice
+    inserts = [["iptables", "-I", "INPUT", "1", *rule] for rule in reversed(_input_rules())]
+    for argv in (["ip", "addr", "replace", f"{HOST_ADDRESS}/{prefix}", "dev", BRIDGE],
+                 *inserts, ["ip", "link", "set", BRIDGE, "up"]):
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise RealNodeError(f"`{' '.join(argv)}` failed: {proc.stderr.strip()}")
+
+
+def _remove_input_rules() -> None:
+    for rule in _input_rules():
+        while subprocess.run(["iptables", "-D", "INPUT", *rule], capture_output=True,
+                             check=False).returncode == 0:
+            pass
 
 
 def attach(workdir: Path) -> RealNode | None:
@@ -303,6 +377,7 @@ def _stop_node(workdir: Path, pids: dict[str, int]) -> None:
         subprocess.run(["rm", "-rf", str(path)], check=False)
     (workdir / "pids.json").unlink(missing_ok=True)
     subprocess.run(["ip", "link", "delete", BRIDGE], capture_output=True, check=False)
+    _remove_input_rules()
     _remove_cgroups()
 
 

@@ -387,7 +387,7 @@ def check_shape(shape: str, pod: JSON, change: Change) -> None:
         assert status["reason"] == "DeadlineExceeded"
         assert status["message"] == "Pod was active on the node longer than the specified deadline"
         assert spec["activeDeadlineSeconds"] >= 1
-        _terminated(_main(pod), 143, "Error")
+        _terminated(_main(pod), 137, "Error")
     elif shape in (Shape.EVICTED, Shape.NODE_SHUTDOWN):
         _failed_pod(pod)
         disruption = _cond(pod, "DisruptionTarget")

@@ -6,6 +6,7 @@ Each fixture is a pod object shaped as the API server returns it (what `kubectl 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -660,3 +661,39 @@ def _views_from_fuzz() -> st.SearchStrategy[PodView]:
 @given(_views_from_fuzz(), offsets)
 def test_derive_takes_any_pod_that_projects(view: PodView, now: float) -> None:
     assert isinstance(derive(view, now=T0 + now, policy=POLICY), Derived | Underivable)
+
+
+# --- a pod that vanished unseen (a relist found it gone) ------------------------------------
+
+def _vanished(status: dict[str, Any], *, kind: str = "notebook") -> PodView:
+    """The store's tombstone for a pod a relist found gone: the last view seen, with the
+    deletion time the store stamps on it."""
+    view = project(pod(status, kind=kind, restart_policy="Always"))
+    return dataclasses.replace(view, deletion_timestamp=T0 + 90, final_state_unknown=True)
+
+
+RUNNING_STATUS = {"phase": "Running", "startTime": at(1), "conditions": [SCHEDULED],
+                  "containerStatuses": [running("main", 2)]}
+
+
+@pytest.mark.parametrize("kind", ["job", "notebook", "app"])
+def test_a_running_pod_that_vanished_unseen_is_lost_not_stopped_or_deleted(kind: str) -> None:
+    result = derive(_vanished(RUNNING_STATUS, kind=kind), now=T0 + 100, policy=POLICY)
+    assert isinstance(result, Derived)
+    assert (result.state, result.reason) == (WorkloadState.FAILED, "PodLost")
+    assert result.started_at == pytest.approx(T0 + 1)
+
+
+def test_a_vanished_pod_whose_cancel_was_requested_is_cancelled() -> None:
+    result = derive(_vanished(RUNNING_STATUS), now=T0 + 100, policy=POLICY,
+                    cancel_requested=True)
+    assert isinstance(result, Derived)
+    assert (result.state, result.reason) == (WorkloadState.CANCELLED, "Cancelled")
+
+
+def test_a_vanished_pod_last_seen_finished_keeps_the_outcome_it_showed() -> None:
+    status = {"phase": "Succeeded", "startTime": at(1), "conditions": [SCHEDULED],
+              "containerStatuses": [terminated("main", 0, "Completed", 2, 30)]}
+    result = derive(_vanished(status, kind="job"), now=T0 + 100, policy=POLICY)
+    assert isinstance(result, Derived)
+    assert (result.state, result.reason) == (WorkloadState.SUCCEEDED, "Completed")

@@ -15,7 +15,9 @@ Contract:
   loses the pod's final state before it was handled.
 * `replace(namespace, pods)` (a relist) makes the cache equal to the list for that
   namespace; pods that vanished become tombstones, so deletions during a watch gap are
-  seen. It returns every key whose content changed, for the caller to enqueue.
+  seen. A vanished pod whose last view was not deleting is marked
+  `final_state_unknown`: its end was never seen. It returns every key whose content
+  changed, for the caller to enqueue.
 * Updates are applied in the order the reflector delivers them; an older
   resourceVersion never overwrites a newer one (a relist can race a late watch event).
 * The one piece of history kept: a pod once seen deleting while still Pending or
@@ -247,8 +249,9 @@ class PodStore:
             del self._deleted_at[key]
         return True
 
-    def delete(self, pod: Cached, *, now: float) -> bool:
-        """Record a deletion; the last view becomes a tombstone. True if it was cached."""
+    def delete(self, pod: Cached, *, now: float, unseen: bool = False) -> bool:
+        """Record a deletion; the last view becomes a tombstone. True if it was cached.
+        `unseen`: a relist found the pod gone, so no event showed how it ended."""
         key = pod.key
         cached = self._pods.pop(key, None)
         if cached is not None and cached.uid != pod.uid:
@@ -263,7 +266,11 @@ class PodStore:
             # The DELETED event's object is a fresh projection: keep the history we saw.
             last = dataclasses.replace(last, deleted_while_active=True)
         if last.deletion_timestamp is None:
-            last = dataclasses.replace(last, deletion_timestamp=now)
+            # No deletion was seen: its time is now's; with `unseen`, so is the fact that
+            # the view is not the pod's end (`sniffer.states` then judges it lost).
+            last = (dataclasses.replace(last, deletion_timestamp=now, final_state_unknown=True)
+                    if unseen and isinstance(last, PodView)
+                    else dataclasses.replace(last, deletion_timestamp=now))
         self._tombstones[key] = last
         self._deleted_at.pop(key, None)  # re-inserted at the end: recording order
         self._deleted_at[key] = self._clock()
@@ -284,7 +291,7 @@ class PodStore:
         prefix = None if namespace is None else namespace + "/"
         for key in [k for k in self._pods if k not in seen
                     and (prefix is None or k.startswith(prefix))]:
-            self.delete(self._pods[key], now=now)
+            self.delete(self._pods[key], now=now, unseen=True)
             changed.append(key)
         self.mark_synced(namespace)
         return changed

@@ -49,6 +49,7 @@ type settings struct {
 	etcdPort       int
 	etcdPeerPort   int
 	withParent     bool
+	saAdmission    bool
 	extraArgs      []string
 }
 
@@ -61,6 +62,8 @@ func parseSettings(argv []string) (settings, error) {
 	fs.IntVar(&s.etcdPort, "etcd-port", 0, "etcd client port on 127.0.0.1 (0 = pick a free one)")
 	fs.IntVar(&s.etcdPeerPort, "etcd-peer-port", 0, "etcd peer port on 127.0.0.1 (0 = pick a free one)")
 	fs.BoolVar(&s.withParent, "exit-with-parent", false, "shut down when the starting process exits")
+	fs.BoolVar(&s.saAdmission, "service-account-admission", false,
+		"keep the ServiceAccount admission plugin (pods get their token volume); only with a controller-manager that creates service accounts")
 	if err := fs.Parse(argv); err != nil {
 		return s, err
 	}
@@ -142,7 +145,7 @@ func run(argv []string) int {
 }
 
 func apiserverArgs(s settings, f files, etcdURL string) []string {
-	return []string{
+	args := []string{
 		"--etcd-servers=" + etcdURL,
 		"--bind-address=127.0.0.1",
 		// With no default route the server cannot guess an address to advertise.
@@ -155,11 +158,16 @@ func apiserverArgs(s settings, f files, etcdURL string) []string {
 		"--service-account-key-file=" + f.saKey,
 		"--service-account-signing-key-file=" + f.saKey,
 		"--service-cluster-ip-range=10.0.0.0/24",
-		// No controller-manager reconciles endpoints or creates default service accounts.
+		// No controller-manager reconciles endpoints.
 		"--endpoint-reconciler-type=none",
-		"--disable-admission-plugins=ServiceAccount",
 		"--allow-privileged=true",
 	}
+	if !s.saAdmission {
+		// Without a controller-manager nothing creates the default service accounts, and
+		// this plugin would refuse every pod naming one that does not exist.
+		args = append(args, "--disable-admission-plugins=ServiceAccount")
+	}
+	return args
 }
 
 type files struct {

@@ -189,7 +189,7 @@ CATALOGUE: dict[str, Lifecycle] = {lc.name: lc for lc in (
               (_START, _status(Shape.OOM_KILLED)), _same(Expectation(_F, "OOMKilled", 137), JOBS)),
     Lifecycle("deadline", "runs past spec.activeDeadlineSeconds; the kubelet kills it", JOBS,
               (_START, _status(Shape.DEADLINE_EXCEEDED)),
-              _same(Expectation(_F, "DeadlineExceeded", 143), JOBS), deadline=True),
+              _same(Expectation(_F, "DeadlineExceeded", 137), JOBS), deadline=True),
     Lifecycle("evicted", "the kubelet evicts it under memory pressure", ALL_KINDS,
               (_START, _status(Shape.EVICTED)), _same(Expectation(_F, "Evicted", 137), ALL_KINDS)),
     Lifecycle("node-shutdown", "the node shuts down gracefully; the kubelet terminates it",

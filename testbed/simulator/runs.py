@@ -3,8 +3,10 @@
 Contract:
 
 * `RunsClient.create` is ``POST /api/v1/runs`` (kind, pod namespace, pod name, our run id),
-  sending the pod's ``traceparent`` header; `cancel` is ``POST /api/v1/runs/{id}/cancel``.
-  Both return an `Accepted` timed like the Kubernetes calls (resource version None).
+  sending the pod's ``traceparent`` header; `cancel` is ``POST /api/v1/runs/{id}/cancel``;
+  `state` reads a run's state (one ``GET``, not retried).
+  `create` and `cancel` return an `Accepted` timed like the Kubernetes calls (resource
+  version None).
 * The bearer token is read from the token file, and read again once after a 401 (the token
   may have been rotated).
 * 429, 5xx, connection resets and timeouts are retried with jittered backoff, honouring
@@ -98,6 +100,22 @@ class RunsClient:
 
     async def cancel(self, run_id: str) -> Accepted:
         return await self._post(f"/api/v1/runs/{quote(run_id, safe='')}/cancel", None)
+
+    async def state(self, run_id: str) -> str | None:
+        """The run's state as the platform holds it now (None if it has no such run);
+        one plain GET: the caller polls, and transport errors propagate."""
+        async with self._limit:
+            self.counters.platform_requests += 1
+            async with self._session.get(
+                    f"{self._url}/api/v1/runs/{quote(run_id, safe='')}",
+                    headers={"Authorization": f"Bearer {self._token}"}) as resp:
+                if resp.status == 404:
+                    return None
+                if resp.status != 200:
+                    raise PlatformError(resp.status, f"GET run {run_id}")
+                body = await resp.json()
+        state = body.get("state") if isinstance(body, dict) else None
+        return str(state) if state is not None else None
 
 
 def _seconds(value: str | None) -> float | None:

@@ -17,6 +17,9 @@ Contract:
 * Containers answer SIGTERM as their restart policy suggests: a batch container (pod
   ``restartPolicy: Never``) dies of it (143, Error), a server (``Always``) exits 0
   (Completed). Hard evictions kill (137). Native sidecars exit 0 when stopped.
+* A pod past its activeDeadlineSeconds is killed at the end of its grace period (137,
+  Error): the container's PID 1 ignores SIGTERM unless it handles it, as the real kubelet
+  showed (tests/fixtures/kubelet/deadline.json).
 * `terminated_on_deletion` is the kubelet's last status for a pod being deleted: running
   containers stop as they answer SIGTERM, containers that never started are reported
   ContainerStatusUnknown (137) once the pod had initialized, and the phase is terminal.
@@ -140,7 +143,7 @@ def render(shape: Shape, pod: Mapping[str, Any], now: float, *, restarts: int = 
         reason = {Shape.DEADLINE_EXCEEDED: "DeadlineExceeded", Shape.EVICTED: "Evicted",
                   Shape.NODE_SHUTDOWN: "Terminated"}[shape]
         top = {"phase": "Failed", "reason": reason, "message": message}
-        stop_all(137 if shape is Shape.EVICTED else kill)
+        stop_all(kill if shape is Shape.NODE_SHUTDOWN else 137)
         if shape is not Shape.DEADLINE_EXCEEDED:
             extra.append({"type": "DisruptionTarget", "status": "True",
                           "reason": "TerminationByKubelet", "message": message,
