@@ -307,6 +307,39 @@ def test_a_tombstone_is_never_compacted_on_read():
     assert store.get("a/p") is tomb
 
 
+# --- a relist's deletions ------------------------------------------------------------------
+
+def test_a_pod_a_relist_finds_gone_is_a_tombstone_whose_end_is_unknown():
+    store = PodStore(("a",))
+    store.upsert(pod("p", 1, phase="Running"))
+    assert store.replace("a", [], now=100.0) == ["a/p"]
+    tomb = store.get("a/p")
+    assert isinstance(tomb, PodView)
+    assert store.is_deleted("a/p")
+    assert tomb.final_state_unknown
+    assert tomb.deletion_timestamp == 100.0
+
+
+def test_a_pod_seen_deleted_by_its_event_is_a_tombstone_with_its_end():
+    store = PodStore(("a",))
+    store.upsert(pod("p", 1, phase="Running"))
+    store.delete(pod("p", 2, phase="Running"), now=100.0)
+    tomb = store.get("a/p")
+    assert isinstance(tomb, PodView)
+    assert not tomb.final_state_unknown
+
+
+def test_a_pod_last_seen_deleting_that_a_relist_finds_gone_keeps_its_deletion():
+    store = PodStore(("a",))
+    deleting = dataclasses.replace(pod("p", 1, phase="Running"), deletion_timestamp=50.0)
+    store.upsert(deleting)
+    store.replace("a", [], now=100.0)
+    tomb = store.get("a/p")
+    assert isinstance(tomb, PodView)
+    assert not tomb.final_state_unknown
+    assert tomb.deletion_timestamp == 50.0
+
+
 # --- memory: `python -m tests.test_store [PODS]` --------------------------------------------
 
 
@@ -346,30 +379,3 @@ if __name__ == "__main__":
         out = subprocess.run([sys.executable, "-m", "tests.test_store", "--child", mode,
                               str(count)], capture_output=True, text=True, check=True)
         print(f"  {mode:8} {out.stdout.strip():>6} bytes")
-
-
-def test_a_pod_a_relist_finds_gone_is_a_tombstone_whose_end_is_unknown():
-    store = PodStore(("a",))
-    store.upsert(pod("p", 1, phase="Running"))
-    assert store.replace("a", [], now=100.0) == ["a/p"]
-    tomb = store.get("a/p")
-    assert isinstance(tomb, PodView) and store.is_deleted("a/p")
-    assert tomb.final_state_unknown and tomb.deletion_timestamp == 100.0
-
-
-def test_a_pod_seen_deleted_by_its_event_is_a_tombstone_with_its_end():
-    store = PodStore(("a",))
-    store.upsert(pod("p", 1, phase="Running"))
-    store.delete(pod("p", 2, phase="Running"), now=100.0)
-    tomb = store.get("a/p")
-    assert isinstance(tomb, PodView) and not tomb.final_state_unknown
-
-
-def test_a_pod_last_seen_deleting_that_a_relist_finds_gone_keeps_its_deletion():
-    store = PodStore(("a",))
-    deleting = dataclasses.replace(pod("p", 1, phase="Running"), deletion_timestamp=50.0)
-    store.upsert(deleting)
-    store.replace("a", [], now=100.0)
-    tomb = store.get("a/p")
-    assert isinstance(tomb, PodView)
-    assert not tomb.final_state_unknown and tomb.deletion_timestamp == 50.0
