@@ -3,7 +3,8 @@
 The work queue runs on injected timers (`FakeTimers`), so a Retry-After of 30 s passes
 when the test says so; the platform's outage is switched on and off through its admin
 API. Pods come straight from a `PodStore` (no Kubernetes: finalizer mode is off and the
-pods carry no finalizer, so the handler never patches one).
+pods carry no finalizer, so the handler never patches one). The store's compaction
+policy is the controller's run ledger, as watch.app wires them.
 """
 
 from __future__ import annotations
@@ -22,25 +23,26 @@ from sniffer.platform import PlatformClient
 from sniffer.podview import PodView, project
 from sniffer.states import StatePolicy
 from testbed.platform.launcher import PlatformServer
+from tests.fixtures.timers import FakeTimers
 from tests.fixtures.watcher import eventually
 from tests.test_workqueue import Limiter
-from tests.test_workqueue_holds import FakeTimers
 from watch.controller import Controller
-from watch.finalizers import Finalizers
+from watch.finalizer_patch import Finalizers
+from watch.ledger import RunLedger
 from watch.store import PodStore, SettledPod
 from watch.workqueue import WorkQueue
 
 NS = "ctl"
 
 
-def pod(run_id: str, rv: int, phase: str, name: str = "busy") -> PodView:
+def pod(run_id: str, rv: int, phase: str, name: str = "busy", ns: str = NS) -> PodView:
     now = "2026-01-01T00:00:00Z"
     state: dict[str, Any] = (
         {"running": {"startedAt": now}} if phase == "Running"
         else {"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": now,
                              "finishedAt": now}})
     return project({
-        "metadata": {"name": name, "namespace": NS, "uid": f"uid-{name}",
+        "metadata": {"name": name, "namespace": ns, "uid": f"uid-{name}",
                      "resourceVersion": str(rv), "creationTimestamp": now,
                      "labels": {"sniffer.io/run-id": run_id, "sniffer.io/kind": "job"},
                      # other controllers keep touching a finished pod
@@ -51,26 +53,38 @@ def pod(run_id: str, rv: int, phase: str, name: str = "busy") -> PodView:
                                           "ready": phase == "Running", "state": state}]}})
 
 
+class Switch:
+    """The store's compaction policy: the run ledger, unless a test judges for it."""
+
+    def __init__(self, ledger: RunLedger) -> None:
+        self.ledger = ledger
+        self.judge: Any = ledger
+
+    def terminal_acknowledged(self, pod: PodView) -> bool:
+        return bool(self.judge.terminal_acknowledged(pod))
+
+
 class Harness:
     def __init__(self, platform: PlatformServer, client: PlatformClient,
                  max_retries: int, clock: Callable[[], float] = time.time) -> None:
         self.timers = FakeTimers()
-        self.store = PodStore((NS,))
+        self.compaction = Switch(RunLedger(client, clock=clock))
+        self.store = PodStore((NS,), compaction=self.compaction)
         self.queue: WorkQueue[str] = WorkQueue(Limiter(delay=1.0), timers=self.timers)
         self.platform = platform
         self.controller = Controller(
-            store=self.store, queue=self.queue, platform=client,
+            store=self.store, ledger=self.compaction.ledger, queue=self.queue,
+            platform=client,
             pods=cast(KubeClient, None),  # no rule of the default policy fires here
             finalizers=Finalizers(cast(KubeClient, None), enabled=False),
             policy=StatePolicy(), workers=2, max_retries=max_retries, clock=clock)
-        self.store.acknowledgements = self.controller  # as watch.app wires them
 
     def change(self, view: PodView) -> None:
         """What the reflector does for a watch event."""
         assert self.store.upsert(view)
         self.controller.on_change(view.key)
 
-    async def settled(self, handled: int) -> None:
+    async def idle(self, handled: int) -> None:
         await eventually(lambda: self.controller.handled == handled
                          and self.controller.longest_busy_s() == 0)
 
@@ -107,12 +121,12 @@ async def test_a_busy_pod_waits_out_the_retry_after_and_its_change_is_not_droppe
     platform.create_run(run_id, pod_namespace=NS, pod_name="busy")
     async with running(platform) as h:
         h.change(pod(run_id, 1, "Running"))
-        await h.settled(1)
+        await h.idle(1)
         assert run_state(platform, run_id) == "running"
         requests = platform.stats()["requests_by_status"].get("503", 0)
         platform.set_faults(outage_s=30)
         h.change(pod(run_id, 2, "Succeeded"))
-        await h.settled(2)  # 503 with Retry-After: 30
+        await h.idle(2)  # 503 with Retry-After: 30
         assert platform.stats()["requests_by_status"].get("503", 0) == requests + 1
         for rv in range(3, 28):  # every update of the busy pod adds its key again
             h.change(pod(run_id, rv, "Succeeded"))
@@ -122,7 +136,7 @@ async def test_a_busy_pod_waits_out_the_retry_after_and_its_change_is_not_droppe
         assert platform.stats()["requests_by_status"].get("503", 0) == requests + 1
         platform.set_faults(outage_s=0)
         h.timers.advance(10)  # past the Retry-After: the retry, with the latest view
-        await h.settled(3)
+        await h.idle(3)
         assert run_state(platform, run_id) == "succeeded"
         assert h.controller.dropped == 0
         assert h.queue.num_requeues(f"{NS}/busy") == 0  # forgotten on success
@@ -137,22 +151,22 @@ async def test_a_change_failing_its_last_allowed_attempt_is_dropped_then_handled
     async with running(platform, max_retries=2) as h:
         platform.set_faults(error_rate=1.0, error_status=503)
         h.change(pod(run_id, 1, "Running"))
-        await h.settled(1)
+        await h.idle(1)
         for attempt in (2, 3):
             h.change(pod(run_id, attempt, "Running"))  # coalesces into the retry
             assert len(h.queue) == 0
             h.timers.advance(1)
-            await h.settled(attempt)
+            await h.idle(attempt)
         assert h.controller.dropped == 1
         assert not h.queue._waiting, "a dropped change has no retry pending"
         platform.set_faults(error_rate=0.0)
         h.change(pod(run_id, 4, "Succeeded"))
-        await h.settled(4)
+        await h.idle(4)
         assert run_state(platform, run_id) == "succeeded"
         assert h.controller.dropped == 1
 
 
-async def test_a_change_whose_write_was_cancelled_stays_unsettled(
+async def test_a_change_whose_write_was_cancelled_stays_pending(
         platform: PlatformServer) -> None:
     """Shutdown past the drain deadline cancels a handler mid-write: the change was never
     written, so its freshness clock keeps running and it is queued again."""
@@ -217,10 +231,10 @@ async def test_a_pod_acknowledged_terminal_is_compacted_and_its_later_versions_s
         handled, sent = h.controller.handled, h.update_attempts()
         h.change(pod(run_id, 3, "Succeeded"))  # another controller touched the pod
         assert isinstance(h.store.get(f"{NS}/busy"), SettledPod), "judged as it arrived"
-        await h.settled(handled + 1)
+        await h.idle(handled + 1)
         h.store.delete(pod(run_id, 4, "Succeeded"), now=1.0)
         h.controller.on_change(f"{NS}/busy")
-        await h.settled(handled + 2)
+        await h.idle(handled + 2)
         assert h.store.get(f"{NS}/busy") is None, "the tombstone was handled"
         assert h.controller.acked_runs == 0
         assert h.update_attempts() == sent
@@ -233,17 +247,17 @@ async def test_a_new_leader_treats_cached_records_as_acknowledged(
     ids = [new_run_id() for _ in range(5)]
     client = CountingClient(platform.url, platform.token_file, timeout=5)
     h = Harness(platform, client, max_retries=3)
-    h.store.acknowledgements = _AllTerminal()
+    h.compaction.judge = _AllTerminal()  # as an earlier leader's ledger judged them
     for i, run_id in enumerate(ids):
         platform.create_run(run_id, pod_namespace=NS, pod_name=f"p{i}")
         finish_run(platform, run_id, "succeeded")
         h.store.upsert(pod(run_id, 10 + i, "Succeeded", name=f"p{i}"))
-    h.store.acknowledgements = h.controller
+    h.compaction.judge = h.compaction.ledger
     assert h.store.settled == len(ids)
     updates = h.update_attempts()
     task = asyncio.create_task(h.controller.run(), name="controller-under-test")
     try:
-        await h.settled(len(ids))
+        await h.idle(len(ids))
         assert client.calls == 0, "no run read or written"
         assert h.update_attempts() == updates
     finally:
@@ -253,7 +267,7 @@ async def test_a_new_leader_treats_cached_records_as_acknowledged(
 
 
 class _AllTerminal:
-    def settled(self, pod: PodView) -> bool:
+    def terminal_acknowledged(self, pod: PodView) -> bool:
         return True
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -22,13 +23,14 @@ from sniffer.platform import PlatformClient
 from sniffer.states import StatePolicy
 from testbed.apiserver import ApiServer
 from testbed.platform.launcher import PlatformServer
+from tests.fixtures.metrics import Recorder
 from tests.fixtures.proxy import Proxy
 from tests.fixtures.watcher import Pods, eventually
-from tests.test_finalizing import Recorder
 from tests.test_reflector import proxied_kubeconfig
 from tests.test_workqueue import Limiter
 from watch.controller import Controller
-from watch.finalizers import Finalizers
+from watch.finalizer_patch import Finalizers
+from watch.ledger import RunLedger
 from watch.reflector import Reflector
 from watch.store import PodStore
 from watch.workqueue import WorkQueue
@@ -64,14 +66,15 @@ async def watching(apiserver: ApiServer, platform: PlatformServer, namespace: st
         kubeconfig=str(proxied_kubeconfig(apiserver, proxy.port, tmp_path / "kubeconfig")))
     direct = await KubeClient.connect(kubeconfig=str(apiserver.kubeconfig))
     client = PlatformClient(platform.url, platform.token_file, timeout=30)
-    store, queue = PodStore((namespace,)), WorkQueue[str](Limiter(delay=0.05))
+    ledger = RunLedger(client, clock=time.time)
+    store = PodStore((namespace,), compaction=ledger)
+    queue = WorkQueue[str](Limiter(delay=0.05))
     metrics = Outcomes()
     controller = Controller(
-        store=store, queue=queue, platform=client, pods=direct,
+        store=store, ledger=ledger, queue=queue, platform=client, pods=direct,
         finalizers=Finalizers(direct, enabled=False),
         policy=StatePolicy(pending_failure_after_s=PENDING_LIMIT_S), workers=2,
         max_retries=1000, metrics=metrics)
-    store.acknowledgements = controller
     reflector = Reflector(lagging, store, controller.on_change, namespaces=(namespace,),
                           label_selector="sniffer.io/run-id")
     reflecting = asyncio.create_task(reflector.run(), name="reflector-under-test")

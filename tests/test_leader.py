@@ -11,6 +11,7 @@ import pytest
 
 from sniffer.kube import KubeClient
 from tests.fixtures.clock import FakeClock
+from tests.fixtures.watcher import eventually
 from watch.leader import LeaderElector, LeaderObservation, LeadershipLost
 
 
@@ -42,12 +43,20 @@ async def test_only_one_of_two_candidates_leads(kube, namespace):
 
 
 async def test_released_lease_is_taken_over_by_the_standby_without_waiting(kube, namespace):
-    a, b = elector(kube, namespace, "a"), elector(kube, namespace, "b")
+    """The standby's clock stands still, so on its clock the lease it saw held never
+    expires: it can take over only because `release()` cleared the holder. (With a
+    moving clock it would also take over once the 3 s lease ran out, and a broken
+    release would pass unnoticed.)"""
+    a = elector(kube, namespace, "a")
+    b = LeaderElector(kube, name="sniffer-test", namespace=namespace, identity="b",
+                      lease_duration_s=3.0, renew_deadline_s=2.0, retry_period_s=0.2,
+                      clock=lambda: 0.0)
     ta = asyncio.create_task(a.run())
     await asyncio.wait_for(a.wait_leader(), 30)
     tb = asyncio.create_task(b.run())
     try:
-        await asyncio.sleep(0.5)
+        # The standby has read the lease as held by `a`.
+        await eventually(lambda: b._observed is not None and b._observed[0] == "a")
         assert not b.is_leader
         ta.cancel()
         await asyncio.gather(ta, return_exceptions=True)

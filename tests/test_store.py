@@ -4,8 +4,10 @@ turn absences into deletions."""
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from sniffer.podview import OUTCOME_FINALIZER, PodView, project
+from tests.fixtures.clock import FakeClock
 from watch.store import PodStore, SettledPod
 
 
@@ -39,7 +41,8 @@ def test_deleted_pod_stays_readable_as_a_tombstone_until_forgotten():
     store.delete(pod("p", 2, phase="Succeeded"), now=100.0)
     tomb = store.get("a/p")
     assert tomb is not None
-    assert store.is_deleted("a/p") and tomb.phase == "Succeeded"
+    assert store.is_deleted("a/p")
+    assert tomb.phase == "Succeeded"
     assert tomb.deletion_timestamp == 100.0
     assert len(store) == 0
     store.forget_tombstone("a/p", tomb)
@@ -66,7 +69,8 @@ def test_relist_reports_new_changed_and_vanished_pods_only_in_its_namespace():
     changed = store.replace("a", [pod("same", 1), pod("changes", 2), pod("new", 3)], now=5.0)
     assert sorted(changed) == ["a/changes", "a/new", "a/vanishes"]
     assert store.is_deleted("a/vanishes")
-    assert store.get("b/other-ns") is not None and not store.is_deleted("b/other-ns")
+    assert store.get("b/other-ns") is not None
+    assert not store.is_deleted("b/other-ns")
 
 
 def test_synced_only_after_every_namespace_was_listed():
@@ -80,47 +84,53 @@ def test_synced_only_after_every_namespace_was_listed():
 # --- a standby's tombstones ---------------------------------------------------------------
 
 
-class Clock:
+class Standby:
+    """A `watch.store.TombstonePolicy` as watch.app builds it from the elector: a standby
+    keeps no tombstone of a finalized pod, and lets go of those a live leader has seen."""
+
     def __init__(self) -> None:
-        self.now = 0.0
+        self.leading = False
+        self.before = -math.inf
 
-    def __call__(self) -> float:
-        return self.now
+    def keep_finalized(self) -> bool:
+        return self.leading
 
-
-def standby_store() -> tuple[PodStore, Clock]:
-    clock = Clock()
-    store = PodStore(("a",), clock=clock)
-    store.keep_tombstones = False
-    return store, clock
+    def seen_before(self) -> float:
+        return -math.inf if self.leading else self.before
 
 
-def test_a_standby_forgets_only_tombstones_recorded_before_the_settled_time():
-    store, clock = standby_store()
+def standby_store() -> tuple[PodStore, FakeClock, Standby]:
+    clock, policy = FakeClock(0.0), Standby()
+    return PodStore(("a",), tombstones=policy, clock=clock), clock, policy
+
+
+def test_a_standby_forgets_only_tombstones_recorded_before_the_leader_saw_them():
+    store, clock, policy = standby_store()
     for name, at in (("early", 10.0), ("late", 20.0)):
         store.upsert(pod(name, 1))
         clock.now = at
         store.delete(pod(name, 2, phase="Succeeded"), now=at)
     assert store.tombstones == 2
-    assert store.forget_settled_tombstones(before=15.0) == 1
+    policy.before = 15.0
+    assert store.tombstones == 1
     assert store.get("a/early") is None
     assert store.is_deleted("a/late")
-    assert store.forget_settled_tombstones(before=15.0) == 0
-    assert store.forget_settled_tombstones(before=20.5) == 1
+    policy.before = 20.5
     assert store.tombstones == 0
+    assert store._deleted_at == {}
 
 
 def test_a_leader_keeps_its_tombstones_until_its_handler_forgets_them():
-    store, clock = standby_store()
-    store.keep_tombstones = True
+    store, clock, policy = standby_store()
+    policy.leading, policy.before = True, 99.0
     store.delete(pod("p", 2), now=1.0)
     clock.now = 100.0
-    assert store.forget_settled_tombstones(before=99.0) == 0
+    assert store.tombstones == 1
     assert store.is_deleted("a/p")
 
 
 def test_a_standby_keeps_no_tombstone_of_a_pod_that_carried_the_finalizer():
-    store, _ = standby_store()
+    store, _, _ = standby_store()
     finalized = project({"metadata": {"name": "f", "namespace": "a", "uid": "u1",
                                       "resourceVersion": "1", "finalizers": [OUTCOME_FINALIZER],
                                       "creationTimestamp": "2026-01-01T00:00:00Z",
@@ -133,7 +143,7 @@ def test_a_standby_keeps_no_tombstone_of_a_pod_that_carried_the_finalizer():
 
 
 def test_a_tombstone_replaced_or_handled_is_not_forgotten_twice():
-    store, clock = standby_store()
+    store, clock, policy = standby_store()
     store.delete(pod("p", 1), now=1.0)
     store.upsert(pod("p", 2, uid="u2"))  # the name was taken by a new pod
     clock.now = 5.0
@@ -141,28 +151,43 @@ def test_a_tombstone_replaced_or_handled_is_not_forgotten_twice():
     tomb = store.get("a/q")
     assert tomb is not None
     store.forget_tombstone("a/q", tomb)
-    assert store.forget_settled_tombstones(before=10.0) == 0
-    assert store.get("a/p") is not None and not store.is_deleted("a/p")
+    policy.before = 10.0
+    assert store.tombstones == 0
+    assert store.get("a/p") is not None
+    assert not store.is_deleted("a/p")
     assert store._deleted_at == {}
+
+
+def test_a_pod_deleted_again_keeps_the_tombstones_in_clock_order():
+    """Expiry pops from the front of the recording order; a re-deleted key moves to the
+    end, so a later tombstone is never dropped while an earlier one stays."""
+    store, clock, policy = standby_store()
+    store.delete(pod("p", 1), now=1.0)
+    clock.now = 2.0
+    store.delete(pod("q", 1), now=2.0)
+    clock.now = 3.0
+    store.delete(pod("p", 2), now=3.0)  # p's second deletion (no upsert between)
+    policy.before = 2.5
+    assert store.is_deleted("a/p")
+    assert not store.is_deleted("a/q")
 
 
 # --- settled pods: compact records ----------------------------------------------------------
 
 
 class Acks:
-    """The controller's side of `watch.store.Acknowledgements`: runs acknowledged terminal."""
+    """A `watch.store.CompactionPolicy` (the run ledger's part): runs acknowledged
+    terminal."""
 
     def __init__(self, *runs: str) -> None:
         self.terminal = set(runs)
 
-    def settled(self, pod: PodView) -> bool:
+    def terminal_acknowledged(self, pod: PodView) -> bool:
         return pod.run_id in self.terminal
 
 
 def settling_store(*runs: str) -> PodStore:
-    store = PodStore(("a",))
-    store.acknowledgements = Acks(*runs)
-    return store
+    return PodStore(("a",), compaction=Acks(*runs))
 
 
 def finalized(name: str, rv: int, phase: str = "Succeeded") -> PodView:
@@ -175,7 +200,9 @@ def test_a_finished_pod_whose_run_is_acknowledged_terminal_is_kept_as_a_record()
     record = store.get("a/p")
     assert isinstance(record, SettledPod)
     assert (record.uid, record.rv, record.run_id, record.phase) == ("u1", 7, "run-p", "Succeeded")
-    assert record.resource_version == "7" and store.settled == 1 and len(store) == 1
+    assert record.resource_version == "7"
+    assert store.settled == 1
+    assert len(store) == 1
 
 
 def test_a_pod_still_needing_the_handler_is_kept_in_full():
@@ -191,7 +218,7 @@ def test_a_pod_still_needing_the_handler_is_kept_in_full():
     assert store.settled == 0
 
 
-def test_without_acknowledgements_nothing_is_compacted():
+def test_without_a_compaction_policy_nothing_is_compacted():
     store = PodStore(("a",))
     store.upsert(pod("p", 1, phase="Succeeded"))
     assert isinstance(store.get("a/p"), PodView)
@@ -213,7 +240,8 @@ def test_a_pod_recreated_under_the_name_of_a_record_replaces_it():
     store.upsert(pod("p", 9, phase="Succeeded"))
     assert store.upsert(pod("p", 3, uid="u2", phase="Running"))
     current = store.get("a/p")
-    assert isinstance(current, PodView) and current.uid == "u2"
+    assert isinstance(current, PodView)
+    assert current.uid == "u2"
 
 
 def test_a_relist_of_the_same_version_keeps_the_record_and_reports_no_change():
@@ -230,7 +258,8 @@ def test_a_record_vanished_from_a_relist_is_its_own_tombstone():
     store.upsert(pod("p", 4, phase="Succeeded"))
     assert store.replace("a", [], now=50.0) == ["a/p"]
     tomb = store.get("a/p")
-    assert isinstance(tomb, SettledPod) and store.is_deleted("a/p")
+    assert isinstance(tomb, SettledPod)
+    assert store.is_deleted("a/p")
     assert tomb.deletion_timestamp == 50.0
     store.forget_tombstone("a/p", tomb)
     assert store.get("a/p") is None
@@ -241,33 +270,74 @@ def test_a_deletion_seen_while_running_survives_compaction():
     store.upsert(dataclasses.replace(pod("p", 1, phase="Running"), deletion_timestamp=5.0))
     store.upsert(dataclasses.replace(pod("p", 2, phase="Failed"), deletion_timestamp=5.0))
     record = store.get("a/p")
-    assert isinstance(record, SettledPod) and record.deleted_while_active
-    store.acknowledgements = Acks()  # e.g. a fresh store's judgement; history must stay
+    assert isinstance(record, SettledPod)
+    assert record.deleted_while_active
+    store._compaction = Acks()  # e.g. a fresh store's judgement; history must stay
     store.upsert(dataclasses.replace(pod("p", 3, phase="Failed"), deletion_timestamp=5.0))
     view = store.get("a/p")
-    assert isinstance(view, PodView) and view.deleted_while_active
+    assert isinstance(view, PodView)
+    assert view.deleted_while_active
 
 
-def test_settle_compacts_only_the_version_still_cached():
-    store = PodStore(("a",))
+def test_a_view_acknowledged_since_it_was_written_is_compacted_when_read():
+    """The handler's acknowledgement arrives after the pod's last event: the cache
+    compacts the view at its next read, and only a version still cached."""
     acks = Acks()
-    store.acknowledgements = acks
-    handled = pod("p", 1, phase="Succeeded")
-    store.upsert(handled)
-    acks.terminal.add("run-p")  # the platform acknowledged while a newer version came in
-    store.upsert(pod("p", 2, phase="Succeeded", uid="u1"))
-    newer = store.get("a/p")
-    assert isinstance(newer, SettledPod), "judged as it arrived"
-    assert not store.settle("a/p", handled)
-    assert store.get("a/p") is newer
-    store.acknowledgements = Acks()
-    store.upsert(pod("p", 3, phase="Succeeded"))
-    latest = store.get("a/p")
-    assert isinstance(latest, PodView)
-    assert not store.settle("a/p", latest), "not acknowledged: kept in full"
-    store.acknowledgements = acks
-    assert store.settle("a/p", latest)
-    assert isinstance(store.get("a/p"), SettledPod)
+    store = PodStore(("a",), compaction=acks)
+    store.upsert(pod("p", 1, phase="Succeeded"))
+    view = store.get("a/p")
+    assert isinstance(view, PodView), "not acknowledged: kept in full"
+    acks.terminal.add("run-p")
+    record = store.get("a/p")
+    assert isinstance(record, SettledPod)
+    assert record.rv == 1
+    assert store.get("a/p") is record
+    assert store.settled == 1
+    store.upsert(finalized("p", 2))
+    assert isinstance(store.get("a/p"), PodView), "a held finalizer keeps the view"
+
+
+def test_a_tombstone_is_never_compacted_on_read():
+    """The handler forgets a tombstone by identity: reading must not replace it."""
+    acks = Acks()
+    store = PodStore(("a",), compaction=acks)
+    store.delete(pod("p", 1, phase="Succeeded"), now=1.0)
+    tomb = store.get("a/p")
+    acks.terminal.add("run-p")
+    assert store.get("a/p") is tomb
+
+
+# --- a relist's deletions ------------------------------------------------------------------
+
+def test_a_pod_a_relist_finds_gone_is_a_tombstone_whose_end_is_unknown():
+    store = PodStore(("a",))
+    store.upsert(pod("p", 1, phase="Running"))
+    assert store.replace("a", [], now=100.0) == ["a/p"]
+    tomb = store.get("a/p")
+    assert isinstance(tomb, PodView)
+    assert store.is_deleted("a/p")
+    assert tomb.final_state_unknown
+    assert tomb.deletion_timestamp == 100.0
+
+
+def test_a_pod_seen_deleted_by_its_event_is_a_tombstone_with_its_end():
+    store = PodStore(("a",))
+    store.upsert(pod("p", 1, phase="Running"))
+    store.delete(pod("p", 2, phase="Running"), now=100.0)
+    tomb = store.get("a/p")
+    assert isinstance(tomb, PodView)
+    assert not tomb.final_state_unknown
+
+
+def test_a_pod_last_seen_deleting_that_a_relist_finds_gone_keeps_its_deletion():
+    store = PodStore(("a",))
+    deleting = dataclasses.replace(pod("p", 1, phase="Running"), deletion_timestamp=50.0)
+    store.upsert(deleting)
+    store.replace("a", [], now=100.0)
+    tomb = store.get("a/p")
+    assert isinstance(tomb, PodView)
+    assert not tomb.final_state_unknown
+    assert tomb.deletion_timestamp == 50.0
 
 
 # --- memory: `python -m tests.test_store [PODS]` --------------------------------------------
@@ -284,9 +354,8 @@ def _rss_per_pod(settle: bool, pods: int) -> float:
 
     decode = _decoder("sniffer")
     assert decode is not None
-    store = PodStore((None,))
-    if settle:
-        store.acknowledgements = Acks(*(f"bench-{i:06d}" for i in range(pods)))
+    store = PodStore((None,), compaction=Acks(*(f"bench-{i:06d}" for i in range(pods)))
+                     if settle else None)
     gc.collect()
     before = _rss()
     listed = [store.compact(project(item)) for body in pages(pods, 500)
@@ -310,30 +379,3 @@ if __name__ == "__main__":
         out = subprocess.run([sys.executable, "-m", "tests.test_store", "--child", mode,
                               str(count)], capture_output=True, text=True, check=True)
         print(f"  {mode:8} {out.stdout.strip():>6} bytes")
-
-
-def test_a_pod_a_relist_finds_gone_is_a_tombstone_whose_end_is_unknown():
-    store = PodStore(("a",))
-    store.upsert(pod("p", 1, phase="Running"))
-    assert store.replace("a", [], now=100.0) == ["a/p"]
-    tomb = store.get("a/p")
-    assert isinstance(tomb, PodView) and store.is_deleted("a/p")
-    assert tomb.final_state_unknown and tomb.deletion_timestamp == 100.0
-
-
-def test_a_pod_seen_deleted_by_its_event_is_a_tombstone_with_its_end():
-    store = PodStore(("a",))
-    store.upsert(pod("p", 1, phase="Running"))
-    store.delete(pod("p", 2, phase="Running"), now=100.0)
-    tomb = store.get("a/p")
-    assert isinstance(tomb, PodView) and not tomb.final_state_unknown
-
-
-def test_a_pod_last_seen_deleting_that_a_relist_finds_gone_keeps_its_deletion():
-    store = PodStore(("a",))
-    deleting = dataclasses.replace(pod("p", 1, phase="Running"), deletion_timestamp=50.0)
-    store.upsert(deleting)
-    store.replace("a", [], now=100.0)
-    tomb = store.get("a/p")
-    assert isinstance(tomb, PodView)
-    assert not tomb.final_state_unknown and tomb.deletion_timestamp == 50.0

@@ -9,7 +9,7 @@ from tests.stress import failures_in, server_modules
 
 def test_the_server_tests_are_stressed_and_the_pure_ones_are_not() -> None:
     names = {p.name for p in server_modules()}
-    assert {"test_finalizing.py", "test_reflector.py", "test_scenarios.py"} <= names
+    assert {"test_finalizer_loop.py", "test_reflector.py", "test_scenarios.py"} <= names
     assert "test_states.py" not in names and "test_workqueue.py" not in names
 
 

@@ -9,7 +9,7 @@ from cli.uninstall import remove_all
 from sniffer.kube import KubeClient
 from sniffer.podview import project
 from tests.fixtures.watcher import Pods
-from watch.finalizers import Finalizers
+from watch.finalizer_patch import Finalizers
 
 
 async def test_remove_all_takes_the_finalizer_off_every_tracked_pod_across_pages(

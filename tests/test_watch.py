@@ -7,16 +7,20 @@ with: the right state, reason and exit code, nothing lost, nothing sent twice.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 
 import pytest
 
 from sniffer.kube import KubeClient
-from sniffer.podview import OUTCOME_FINALIZER
+from sniffer.podview import OUTCOME_FINALIZER, project
 from testbed.platform.launcher import AdminError, PlatformServer
 from tests.fixtures.watcher import Pods, eventually, running_watcher, settings_for, watcher_env
 from watch.app import Watcher
 from watch.store import SettledPod
+
+SHORT_MARGIN_S = 1.0
+"""The run ledger's seed margin where a test must not wait out the default."""
 
 
 @pytest.fixture
@@ -53,7 +57,8 @@ async def test_job_lifecycle_reaches_the_platform_and_the_finalizer_follows_it(
         await eventually(lambda: _no_finalizer(pods, "job-1"))
     run = platform.get_run(run_id)
     assert run["exit_code"] == 0
-    assert run["started_at"] is not None and run["finished_at"] is not None
+    assert run["started_at"] is not None
+    assert run["finished_at"] is not None
     assert run["pod_uid"] is not None
     assert [u["to_state"] for u in platform.updates() if u["run_id"] == run_id] == [
         "running", "succeeded"]
@@ -225,11 +230,16 @@ async def test_settled_pods_are_cached_compact_and_a_takeover_or_later_change_st
             "example.com/touched": "1"}}})
         await eventually(lambda: first.controller.handled > handled and idle(first))
         assert settled(first) == len(names), "a touched settled pod is judged as it arrives"
-        await asyncio.sleep(6)  # the seed judges only pods older than it by a margin (5 s)
+        # The second watcher's seed judges only pods older than it by its margin: one
+        # second (creationTimestamp's resolution) instead of the default five, and waited
+        # for on the wall clock only if the pods are younger than that.
+        created = max([project(await pods.get(n) or {}).created_at for n in names])
+        await eventually(lambda: time.time() > created + SHORT_MARGIN_S)
         before = len(platform.updates())
 
         async with running_watcher(
-                settings_for({**base, "SNIFFER_LEADER_IDENTITY": "second"})) as second:
+                settings_for({**base, "SNIFFER_LEADER_IDENTITY": "second"}),
+                seed_margin_s=SHORT_MARGIN_S) as second:
             assert not second.controller.running
             assert settled(second) == len(names), "the standby's LIST judged by its seed"
             await first_running.__aexit__(None, None, None)  # releases the lease

@@ -29,7 +29,8 @@ async def test_every_lifecycle_reaches_the_platform_with_state_reason_and_exit_c
     async with running_watcher(settings_for(env)):
         result = await simulate(kube, platform.url, platform.token_file, config,
                                 records_path=tmp_path / "records.jsonl")
-        assert result.finished == config.jobs and not result.errors
+        assert result.finished == config.jobs
+        assert not result.errors
 
         def wrong():
             runs = {r["id"]: r for r in platform.list_runs()}

@@ -10,7 +10,7 @@ import sys
 import uuid
 from pathlib import Path
 
-from sniffer.kube import KubeClient
+from sniffer.kube import KubeClient, NotFound
 from testbed.apiserver import ApiServer
 from testbed.platform.launcher import PlatformServer
 from tests.fixtures.watcher import Pods, eventually, watcher_env
@@ -34,7 +34,7 @@ async def holder(kube: KubeClient, namespace: str) -> str | None:
     try:
         lease = await kube.request_json(
             "GET", f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/sniffer-watch")
-    except Exception:
+    except NotFound:  # not created yet; any other failure fails the test
         return None
     return lease["spec"].get("holderIdentity")
 

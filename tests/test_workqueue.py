@@ -18,6 +18,8 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from tests.fixtures.clock import FakeClock
+from tests.fixtures.timers import FakeTimers
 from watch.workqueue import ShutDown, WorkQueue
 
 # Delays in these tests are tiny and only order events; nothing asserts how fast anything
@@ -75,16 +77,14 @@ class Metrics:
         self.longest.append(seconds)
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def new_queue(delay: float = 0.0) -> WorkQueue[str]:
     return WorkQueue(Limiter(delay))
+
+
+def timed_queue(delay: float = 0.0) -> tuple[WorkQueue[str], FakeTimers]:
+    """A queue whose delays fire only when the test advances its `FakeTimers`."""
+    timers = FakeTimers()
+    return WorkQueue(Limiter(delay), timers=timers), timers
 
 
 async def get(queue: WorkQueue[str]) -> str:
@@ -243,232 +243,6 @@ async def test_concurrent_workers_never_share_a_key_and_lose_no_add(seed: int) -
         assert last_start[key] > added, f"the last add of {key!r} was never processed"
 
 
-# --- delays and rate limits ---------------------------------------------------------------
-
-
-async def test_add_after_adds_the_key_once_the_delay_passed() -> None:
-    queue = new_queue()
-    queue.add_after("a", 0.02)
-    assert len(queue) == 0
-    assert await get(queue) == "a"
-
-
-async def test_add_after_with_no_delay_adds_at_once() -> None:
-    queue = new_queue()
-    queue.add_after("a", 0)
-    queue.add_after("b", -1)
-    assert drain_now(queue) == ["a", "b"]
-
-
-async def test_delayed_keys_come_out_in_due_order() -> None:
-    queue = new_queue()
-    queue.add_after("late", 0.04)
-    queue.add_after("early", 0.01)
-    assert [await get(queue), await get(queue)] == ["early", "late"]
-
-
-async def test_earliest_delay_of_a_key_wins_and_the_later_one_is_dropped() -> None:
-    queue = new_queue()
-    queue.add_after("a", 0.05)
-    queue.add_after("a", 0.01)
-    queue.add_after("a", 0.03)
-    key = await get(queue)
-    queue.done(key)
-    await asyncio.sleep(0.08)
-    assert len(queue) == 0
-
-
-def check_delay_invariants(queue: WorkQueue[str]) -> None:
-    live = {(due, key) for due, _, key in queue._heap if queue._waiting.get(key) == due}
-    assert {key for _, key in live} == set(queue._waiting)
-    assert (queue._timer is not None) == bool(queue._waiting)
-    if queue._waiting:
-        assert queue._timer_at == min(queue._waiting.values())
-
-
-@pytest.mark.parametrize("seed", range(10))
-async def test_delayed_adds_each_arrive_once_in_due_order(seed: int) -> None:
-    rng = random.Random(seed)
-    queue = new_queue()
-    loop = asyncio.get_running_loop()
-    due: dict[str, float] = {}
-    for _ in range(40):
-        key, delay = rng.choice("abcdefgh"), rng.choice([0.0, 0.001, 0.005, 0.01, 0.02])
-        queue.add_after(key, delay)
-        if delay > 0:
-            assert queue._waiting[key] <= loop.time() + delay
-            due[key] = queue._waiting[key]
-        check_delay_invariants(queue)
-        while len(queue):  # keys added at once are handled right away
-            done_key = queue.get_nowait()
-            queue.done(done_key)
-        if rng.random() < 0.2:
-            await asyncio.sleep(0.003)
-            check_delay_invariants(queue)
-            for key in [k for k, d in due.items() if k not in queue._waiting]:
-                del due[key]  # it fired: it is waiting or was handled above
-            while len(queue):
-                queue.done(queue.get_nowait())
-    expected = sorted(due, key=due.__getitem__)
-    seen: list[str] = []
-    while len(seen) < len(expected):
-        key = await get(queue)
-        queue.done(key)
-        seen.append(key)
-        check_delay_invariants(queue)
-    assert seen == expected
-    assert not queue._waiting and queue._timer is None
-
-
-async def test_delayed_add_of_a_waiting_key_coalesces() -> None:
-    queue = new_queue()
-    queue.add("a")
-    queue.add_after("a", 0.01)
-    await asyncio.sleep(0.03)
-    assert drain_now(queue) == ["a"]
-
-
-async def test_delayed_add_of_a_key_in_flight_runs_it_again_after_done() -> None:
-    queue = new_queue()
-    queue.add("a")
-    key = queue.get_nowait()
-    queue.add_after("a", 0.01)
-    await asyncio.sleep(0.03)
-    assert len(queue) == 0
-    queue.done(key)
-    assert drain_now(queue) == ["a"]
-
-
-async def test_add_rate_limited_waits_as_long_as_the_limiter_says() -> None:
-    limiter = Limiter(delay=0.02)
-    queue: WorkQueue[str] = WorkQueue(limiter)
-    queue.add_rate_limited("a")
-    assert len(queue) == 0
-    assert await get(queue) == "a"
-    assert queue.num_requeues("a") == 1
-
-
-async def test_add_rate_limited_waits_at_least_the_given_time() -> None:
-    queue = new_queue(delay=0.0)
-    queue.add_rate_limited("a", at_least=0.02)
-    assert len(queue) == 0
-    assert await get(queue) == "a"
-
-
-def test_forget_resets_the_requeue_count() -> None:
-    limiter = Limiter()
-    queue: WorkQueue[str] = WorkQueue(limiter)
-    queue.add_rate_limited("a")
-    queue.add_rate_limited("a")
-    assert queue.num_requeues("a") == 2
-    queue.forget("a")
-    assert queue.num_requeues("a") == 0
-    assert len(queue) == 1  # forgetting does not remove the key
-
-
-async def test_default_rate_limiter_backs_a_key_off() -> None:
-    queue: WorkQueue[str] = WorkQueue()
-    queue.add_rate_limited("a")
-    assert await get(queue) == "a"
-    assert queue.num_requeues("a") == 1
-
-
-# --- shutdown -----------------------------------------------------------------------------
-
-
-async def test_get_hands_out_waiting_keys_after_shutdown_then_raises_shutdown() -> None:
-    queue = new_queue()
-    queue.add("a")
-    queue.shut_down()
-    assert await get(queue) == "a"
-    with pytest.raises(ShutDown):
-        await get(queue)
-    with pytest.raises(ShutDown):
-        queue.get_nowait()
-
-
-async def test_waiting_get_raises_shutdown_when_the_queue_shuts_down() -> None:
-    queue = new_queue()
-    getter = asyncio.create_task(get(queue))
-    await asyncio.sleep(0)
-    queue.shut_down()
-    with pytest.raises(ShutDown):
-        await getter
-
-
-async def test_adds_are_ignored_after_shutdown() -> None:
-    limiter = Limiter(delay=0.01)
-    queue: WorkQueue[str] = WorkQueue(limiter)
-    queue.shut_down()
-    queue.add("a")
-    queue.add_after("b", 0)
-    queue.add_after("c", 0.01)
-    queue.add_rate_limited("d")
-    await asyncio.sleep(0.03)
-    assert len(queue) == 0
-    assert limiter.attempts == {}
-
-
-async def test_shutdown_drops_pending_delays() -> None:
-    queue = new_queue()
-    queue.add_after("a", 0.01)
-    queue.shut_down()
-    await asyncio.sleep(0.03)
-    with pytest.raises(ShutDown):
-        queue.get_nowait()
-
-
-def test_key_in_flight_and_added_before_shutdown_is_processed_again() -> None:
-    queue = new_queue()
-    queue.add("a")
-    key = queue.get_nowait()
-    queue.add("a")
-    queue.shut_down()
-    queue.done(key)
-    assert queue.get_nowait() == "a"
-
-
-def test_shutdown_is_idempotent() -> None:
-    queue = new_queue()
-    queue.shut_down()
-    queue.shut_down()
-    assert queue.shutting_down
-
-
-async def test_shutdown_drain_waits_for_in_flight_keys() -> None:
-    queue = new_queue()
-    queue.add("a")
-    key = queue.get_nowait()
-    drain = asyncio.create_task(queue.shut_down_with_drain(BOUND))
-    for _ in range(5):
-        await asyncio.sleep(0)
-    assert not drain.done()
-    queue.done(key)
-    assert await drain is True
-
-
-async def test_shutdown_drain_waits_for_waiting_keys_to_be_handed_out_and_done() -> None:
-    queue = new_queue()
-    queue.add("a")
-    drain = asyncio.create_task(queue.shut_down_with_drain(BOUND))
-    await asyncio.sleep(0)
-    assert not drain.done()
-    queue.done(queue.get_nowait())
-    assert await drain is True
-
-
-async def test_shutdown_drain_of_an_idle_queue_returns_at_once() -> None:
-    assert await new_queue().shut_down_with_drain(0) is True
-
-
-async def test_shutdown_drain_gives_up_after_the_timeout() -> None:
-    queue = new_queue()
-    queue.add("a")
-    key = queue.get_nowait()
-    assert await queue.shut_down_with_drain(0.01) is False
-    queue.done(key)
-
-
 # --- construction and metrics -------------------------------------------------------------
 
 
@@ -485,7 +259,7 @@ def test_queue_can_be_built_and_fed_outside_an_event_loop() -> None:
 
 
 async def test_metrics_report_adds_depth_latency_work_and_retries() -> None:
-    clock, metrics = FakeClock(), Metrics()
+    clock, metrics = FakeClock(100.0), Metrics()
     queue: WorkQueue[str] = WorkQueue(Limiter(), metrics=metrics, clock=clock)
     queue.add("a")
     queue.add("a")  # coalesced: not an add
@@ -505,7 +279,7 @@ async def test_metrics_report_adds_depth_latency_work_and_retries() -> None:
 
 
 async def test_unfinished_work_is_reported_when_the_owner_asks() -> None:
-    clock, metrics = FakeClock(), Metrics()
+    clock, metrics = FakeClock(100.0), Metrics()
     queue: WorkQueue[str] = WorkQueue(Limiter(), metrics=metrics, clock=clock)
     queue.update_unfinished_work()
     assert (metrics.unfinished, metrics.longest) == ([0], [0])
@@ -577,7 +351,7 @@ class QueueMachine(RuleBasedStateMachine):
     @rule(key=st.sampled_from("abcd"))
     def done_without_get(self, key: str) -> None:
         if key not in self.processing:
-            with pytest.raises(ValueError):
+            with pytest.raises(ValueError, match="not being processed"):
                 self.queue.done(key)
 
     @rule()

@@ -1,14 +1,13 @@
 """watch.workqueue: backoff holds. A key waiting out a rate-limited retry is not handed out
 before that retry is due, however often it is added meanwhile (reliability finding 7).
 
-Time is an injected fake (`FakeTimers`): nothing here sleeps or runs an event loop.
+Time is an injected fake (`tests.fixtures.timers.FakeTimers`): nothing here sleeps or
+runs an event loop.
 """
 
 from __future__ import annotations
 
-import heapq
 import itertools
-from collections.abc import Callable
 
 import pytest
 from hypothesis import settings
@@ -23,45 +22,9 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from tests.fixtures.timers import FakeTimers
 from tests.test_workqueue import Limiter, drain_now
 from watch.workqueue import WorkQueue
-
-
-class FakeHandle:
-    def __init__(self, callback: Callable[[], object]) -> None:
-        self.callback = callback
-        self.cancelled = False
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-
-class FakeTimers:
-    """`call_at` callbacks run only when the test moves time with `advance`."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self._calls: list[tuple[float, int, FakeHandle]] = []
-        self._seq = itertools.count()
-
-    def time(self) -> float:
-        return self.now
-
-    def call_at(self, when: float, callback: Callable[[], object]) -> FakeHandle:
-        handle = FakeHandle(callback)
-        heapq.heappush(self._calls, (when, next(self._seq), handle))
-        return handle
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-        while self._calls and self._calls[0][0] <= self.now:
-            _, _, handle = heapq.heappop(self._calls)
-            if not handle.cancelled:
-                handle.callback()
-
-    @property
-    def armed(self) -> int:
-        return sum(1 for _, _, h in self._calls if not h.cancelled)
 
 
 def held_queue(delay: float = 0.0) -> tuple[WorkQueue[str], FakeTimers, Limiter]:

@@ -1,11 +1,11 @@
 """`sniffer watch`: wires the watcher together and owns its lifecycle.
 
 Contract:
-* Start order: health server → the acknowledgement seed (one listing of the platform's
-  open runs, so the cache keeps finished, acknowledged pods as small records from the
-  first LIST on) → reflector (every replica keeps a warm cache), and leader election →
-  once synced *and* elected: seed afresh, enqueue every cached pod, start the platform
-  workers and the finalizer workers (`watch.finalizing`).
+* Start order: health server → the run ledger's seed (`watch.ledger`: one listing of
+  the platform's open runs, so the cache keeps finished, acknowledged pods as small
+  records from the first LIST on) → reflector (every replica keeps a warm cache), and
+  leader election → once synced *and* elected: seed afresh, enqueue every cached pod,
+  start the platform workers and the finalizer workers (`watch.finalizer_loop`).
   `/readyz` turns ready when the cache is synced, on leader and standby alike.
 * Shutdown order, on `stop` (SIGTERM): stop taking work (shut the platform queue) → let
   in-flight updates finish → then shut the finalizer queue and let its waiting and
@@ -18,8 +18,9 @@ Contract:
   the exit.
 * A standby keeps a warm cache but queues nothing; it keeps tombstones only of pods
   deleted before a leader finalized them, and only until the live leader has been seen
-  renewing its lease for a few lease durations after the deletion (watch.leader,
-  watch.store). `/healthz` reports the tombstones kept.
+  renewing its lease for a few lease durations after the deletion (watch.leader's
+  observation, read by the store's tombstone policy, `LeaderTombstones`). `/healthz`
+  reports the tombstones kept.
 * Losing the lease stops all writes at once (the elector fences them) and ends `run`
   with `LeadershipLost`; the process exits non-zero and its Deployment restarts it as a
   standby, as client-go controllers do.
@@ -30,13 +31,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import secrets
 import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from config.loader import ConfigError
 from config.settings import Settings
@@ -45,9 +46,10 @@ from sniffer.kube import KubeClient
 from sniffer.platform import PlatformClient, PlatformMetrics
 from sniffer.states import StatePolicy
 from watch.controller import Controller, ControllerMetrics
-from watch.finalizers import Finalizers
+from watch.finalizer_patch import Finalizers
 from watch.health import HealthServer
 from watch.leader import LeaderElector
+from watch.ledger import SEED_MARGIN_S, RunLedger
 from watch.ratelimit import (
     BucketRateLimiter,
     ItemExponentialFailureRateLimiter,
@@ -89,8 +91,12 @@ class Watcher:
 
     def __init__(self, settings: Settings, *, metrics: WatchMetrics | None = None,
                  on_leader_change: Callable[[bool], None] | None = None,
-                 observe: Callable[[Watcher], None] | None = None) -> None:
+                 observe: Callable[[Watcher], None] | None = None,
+                 seed_margin_s: float = SEED_MARGIN_S) -> None:
+        """`seed_margin_s` is the run ledger's (`watch.ledger.RunLedger`); tests shorten
+        it instead of waiting it out."""
         self.settings = settings
+        self._seed_margin_s = seed_margin_s
         self._metrics = metrics or WatchMetrics()
         self._on_leader_change = on_leader_change
         self._observe = observe
@@ -107,7 +113,6 @@ class Watcher:
             raise RuntimeError("Watcher.run() called twice")
         self._started = True
         s = self.settings
-        token_file = Path(s.platform.token_file)
         if not s.platform.verify_tls:
             log.warning("TLS verification of the platform is OFF (platform.verify_tls=false)")
         # One connection per finalizer worker (patches) plus one per watch stream.
@@ -115,14 +120,8 @@ class Watcher:
             s.kube, pool_size=s.finalizers.workers + len(s.kube.namespaces) + 4)
         # The lease gets its own connections: renewals must never queue behind a burst of
         # finalizer patches, or a busy leader would lose its lease.
-        lease_kube = await KubeClient.connect(kubeconfig=s.kube.kubeconfig,
-                                              context=s.kube.context,
-                                              verify_tls=s.kube.verify_tls, pool_size=2)
-        platform = PlatformClient(s.platform.url, token_file, timeout=s.platform.timeout_s,
-                                  max_connections=s.platform.max_connections,
-                                  verify_tls=s.platform.verify_tls,
-                                  ca_file=Path(s.platform.ca_file) if s.platform.ca_file
-                                  else None, metrics=self._metrics.platform)
+        lease_kube = await KubeClient.from_settings(s.kube, pool_size=2)
+        platform = PlatformClient.from_settings(s.platform, metrics=self._metrics.platform)
         try:
             return await self._run(stop, kube, lease_kube, platform)
         finally:
@@ -139,24 +138,25 @@ class Watcher:
         # platform retries' token bucket, nor they its.
         self.finalizer_queue = finalizer_queue = WorkQueue[str](
             _limiter(s), metrics=self._metrics.finalizer_queue)
-        self.store = store = PodStore(s.kube.namespaces or (None,))
         elector = None
         if s.leader.enabled:
             elector = LeaderElector(
                 lease_kube, name=s.leader.lease_name, namespace=s.leader.lease_namespace,
                 identity=identity(s), lease_duration_s=s.leader.lease_duration_s,
                 renew_deadline_s=s.leader.renew_deadline_s,
-                retry_period_s=s.leader.retry_period_s, on_change=self._on_leader_change,
-                on_settled=lambda before: _forget_settled(store, before))
+                retry_period_s=s.leader.retry_period_s, on_change=self._on_leader_change)
         self.elector = elector
+        ledger = RunLedger(platform, clock=time.time, seed_margin_s=self._seed_margin_s)
+        self.store = store = PodStore(
+            s.kube.namespaces or (None,), compaction=ledger,
+            tombstones=LeaderTombstones(elector) if elector is not None else None)
         self.controller = controller = Controller(
-            store=store, queue=queue, platform=platform, pods=kube,
+            store=store, ledger=ledger, queue=queue, platform=platform, pods=kube,
             finalizers=Finalizers(kube, enabled=s.finalizers.enabled),
             policy=state_policy(s), workers=w.count, max_retries=w.max_retries,
             is_leader=(lambda: elector.is_leader) if elector else (lambda: True),
             metrics=self._metrics.controller, finalizer_queue=finalizer_queue,
             finalizer_workers=s.finalizers.workers)
-        store.acknowledgements = controller
         reflector = Reflector(
             kube, store, controller.on_change, namespaces=s.kube.namespaces,
             label_selector=s.kube.label_selector, page_size=s.kube.page_size,
@@ -220,9 +220,7 @@ class Watcher:
         await store.wait_synced()
         log.info("pod cache synced", extra={"cached_pods": len(store)})
         if elector is not None:
-            store.keep_tombstones = False  # a standby leaves deletions to the leader
             await elector.wait_leader()
-            store.keep_tombstones = True
         await controller.run()
 
 
@@ -256,11 +254,33 @@ async def _reflect(controller: Controller, reflector: Reflector) -> None:
     await reflector.run()
 
 
-def _forget_settled(store: PodStore, before: float) -> None:
-    """A standby forgets the tombstones a live leader has seen (see watch.leader)."""
-    if forgotten := store.forget_settled_tombstones(before):
-        log.debug("forgot tombstones the leader has seen",
-                  extra={"tombstones": forgotten, "kept": store.tombstones})
+class LeaderTombstones:
+    """The store's tombstone policy (`watch.store.TombstonePolicy`) from the elector.
+
+    While this replica does not lead it keeps no tombstone of a pod that carried the
+    finalizer (the leader added it and releases it only once the outcome is
+    acknowledged), and lets go of the tombstones recorded before the live leader's
+    observed streak covers them (`LeaderObservation.settled_before`): its memory is
+    bounded by the deletions of the last few lease durations. While it leads it keeps
+    every tombstone until its handler is through with it.
+
+    Invariant: `_before` is the latest time the observation has answered (never moves
+    back: a tombstone let go stays gone)."""
+
+    def __init__(self, elector: LeaderElector) -> None:
+        self._elector = elector
+        self._before = -math.inf
+
+    def keep_finalized(self) -> bool:
+        return self._elector.is_leader
+
+    def seen_before(self) -> float:
+        if self._elector.is_leader:
+            return -math.inf
+        seen = self._elector.observation.settled_before()
+        if seen is not None and seen > self._before:
+            self._before = seen
+        return self._before
 
 
 def _reflector_check(reflector: Reflector, read_timeout_s: float) -> str | None:

@@ -1,10 +1,18 @@
 """The pod cache: the latest projection of every tracked pod, keyed ``namespace/name``.
 
+A plain cache, as client-go's Store: it knows nothing of handlers and calls nothing back.
+Its two policies are constructor arguments: the compaction policy (which finished pods
+may be kept as small records) and the tombstone policy (which deletions it remembers).
+
 Contract:
+* Writers: only the reflector writes the cache's content (`upsert`, `delete`,
+  `replace`). The one other call that changes it is the handler's `forget_tombstone`,
+  which consumes a deletion it has handled (as client-go's DeltaFIFO pops what its
+  consumer processed). Everything else reads.
 * `get(key)` returns the newest `PodView` the reflector delivered (or its `SettledPod`,
   below), or, for a pod that was deleted, its last known one (a *tombstone*) until the
-  handler calls
-  `forget_tombstone`: a deletion never loses the pod's final state before it was handled.
+  handler calls `forget_tombstone` or the tombstone policy lets it go: a deletion never
+  loses the pod's final state before it was handled.
 * `replace(namespace, pods)` (a relist) makes the cache equal to the list for that
   namespace; pods that vanished become tombstones, so deletions during a watch gap are
   seen. A vanished pod whose last view was not deleting is marked
@@ -16,36 +24,36 @@ Contract:
   Running stays marked `deleted_while_active`, so a later terminal phase (the kubelet
   stopping its containers) is known to be the deletion's echo even when the handler
   only looks at the final view.
-* A standby (`keep_tombstones` False) keeps no tombstone of a pod that carried
-  Sniffer's finalizer, and forgets the others once a live leader has seen their
-  deletions (`forget_settled_tombstones`, driven by `watch.leader`'s observation of the
-  lease): its memory is bounded by the deletions of the last few lease durations.
-* A *settled* pod is cached as a `SettledPod` (~1/3 of a `PodView`'s memory) instead of
-  its view: finished (Succeeded/Failed), carrying no Sniffer finalizer, and its run's
-  terminal state acknowledged by the platform (`acknowledgements.settled`, the
-  controller's knowledge). Nothing about such a pod can make Sniffer send or patch
-  anything: the platform's terminal state never changes, and there is no finalizer to
-  release. `upsert` and `replace` judge each pod as it arrives (`compact`; a lister may
-  apply it page by page, so that a LIST never holds the full views of settled pods),
-  and `settle` compacts a view once the handler had its terminal state acknowledged.
-  A newer version of the pod (any watch event or relist with a newer resourceVersion)
-  replaces the record, judged afresh (its view, or a record again if still settled).
-  Readers treat a record as "acknowledged, nothing to do"; a new leader enqueuing every
-  cached pod does too, since what the platform acknowledged outlives any leader.
+* Tombstones (`TombstonePolicy`): while `keep_finalized()` is False (a standby) no
+  tombstone is kept of a pod that carried Sniffer's finalizer (the leader added it and
+  releases it only once the outcome is acknowledged); tombstones recorded before
+  `seen_before()` (a live leader has seen those deletions) are dropped whenever the
+  cache is next read or written. The default keeps every tombstone until handled.
+* A *settled* pod (finished, carrying no Sniffer finalizer, its run terminal and
+  acknowledged: `CompactionPolicy.terminal_acknowledged`, the run ledger's rule) is
+  cached as a `SettledPod` (~1/3 of a `PodView`'s memory) instead of its view: nothing
+  about it can make Sniffer send or patch anything. A pod is judged when it is written
+  (`upsert`, `replace`; the reflector may `compact` a LIST page by page, so that a LIST
+  never holds the full views of settled pods) and again when `get` reads it (a view
+  whose run was acknowledged terminal since is compacted then). A newer version of the
+  pod replaces the record, judged afresh. Readers treat a record as "acknowledged,
+  nothing to do"; a new leader enqueuing every cached pod does too, since what the
+  platform acknowledged outlives any leader.
 * Readiness: `wait_synced()` returns once every watched namespace has been listed once.
 * Single-threaded asyncio use only; no method awaits, so each call is atomic.
 
 Invariants:
 * a key is in `_pods` iff the pod exists in the last list or was added/modified since;
-* a key is in `_tombstones` iff it was deleted, its deletion is not handled yet,
-  `keep_tombstones` was set or the pod never carried Sniffer's finalizer, and no
-  `forget_settled_tombstones` on a standby covered the time it was recorded;
-* a key is in `_deleted_at` iff it is in `_tombstones` (the clock time it was recorded);
+* a key is in `_tombstones` iff it was deleted, its deletion is not handled yet, the
+  tombstone policy kept it when it was recorded and no `seen_before()` read since
+  covered the time it was recorded;
+* a key is in `_deleted_at` iff it is in `_tombstones`; `_deleted_at` is in recording
+  order, which is clock order (so expiry pops from its front);
 * a key is in `_finalized` only if it is in `_pods`, carrying that uid;
-* a key is never in both;
-* `_pods[key]` (or a tombstone) is a `SettledPod` iff the version cached was finished and
-  carried no Sniffer finalizer, and `acknowledgements.settled` held for it when it
-  arrived (`upsert`, `replace`) or when the handler asked (`settle`); every later version
+* a key is never in both `_pods` and `_tombstones`;
+* `_pods[key]` (or a tombstone) is a `SettledPod` only if the version cached was
+  finished and carried no Sniffer finalizer, and the compaction policy called its run
+  terminal and acknowledged when it was written or read; every later version
   replaced it.
 """
 
@@ -53,6 +61,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
@@ -91,14 +100,38 @@ Cached = PodView | SettledPod
 """What the cache holds for one pod: its view, or the record of a settled pod."""
 
 
-class Acknowledgements(Protocol):
-    """What the store asks the controller (`watch.controller.Controller`)."""
+class CompactionPolicy(Protocol):
+    """Whose runs are over (`watch.ledger.RunLedger`)."""
 
-    def settled(self, pod: PodView) -> bool:
+    def terminal_acknowledged(self, pod: PodView) -> bool:
         """True only if the platform has acknowledged a terminal state for the run of
         `pod` (or, by the seed's rule, the run is terminal or unknown: the handler sends
         nothing for either), so no version of `pod` can make Sniffer send an update."""
         ...
+
+
+class TombstonePolicy(Protocol):
+    """Which deletions the cache remembers (`watch.app` answers from the elector)."""
+
+    def keep_finalized(self) -> bool:
+        """False on a standby: keep no tombstone of a pod that carried the finalizer."""
+        ...
+
+    def seen_before(self) -> float:
+        """Tombstones recorded before this time (the store's clock) may go: a live leader
+        has seen those deletions. ``-inf`` while none may."""
+        ...
+
+
+class KeepTombstones:
+    """The default tombstone policy: every tombstone stays until its deletion is
+    handled (a process that always leads)."""
+
+    def keep_finalized(self) -> bool:
+        return True
+
+    def seen_before(self) -> float:
+        return -math.inf
 
 
 def _deleted_while_active(pod: Cached) -> bool:
@@ -119,8 +152,14 @@ class PodStore:
     """The watcher's cache of tracked pods."""
 
     def __init__(self, namespaces: Collection[str | None], *,
+                 compaction: CompactionPolicy | None = None,
+                 tombstones: TombstonePolicy | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        """`clock` stamps tombstones; it must be the leader elector's clock."""
+        """`compaction` None: no pod is settled, every pod is cached as its full view.
+        `tombstones` None: `KeepTombstones`. `clock` stamps tombstones; it must be the
+        clock of the tombstone policy's `seen_before` (the leader elector's)."""
+        self._compaction = compaction
+        self._keeping: TombstonePolicy = tombstones or KeepTombstones()
         self._clock = clock
         self._pods: dict[str, Cached] = {}
         self._tombstones: dict[str, Cached] = {}
@@ -129,27 +168,27 @@ class PodStore:
         self._synced = asyncio.Event()
         if not self._unsynced:
             self._synced.set()
-        self.keep_tombstones = True
-        """False on a standby: it keeps no tombstone of a pod that carried Sniffer's
-        finalizer (the leader added it and released it only once the outcome was
-        acknowledged), so it does not grow with every pod the cluster deletes. A pod that
-        never carried it (deleted before a leader saw it, as while the leader is dead and
-        its lease not yet expired) keeps its tombstone until a live leader has seen the
-        deletion (`forget_settled_tombstones`): a standby that takes over before then
-        must still report it."""
         self._finalized: dict[str, str] = {}
         """key → uid of live pods seen carrying Sniffer's finalizer."""
-        self.acknowledgements: Acknowledgements | None = None
-        """Who judges whether a pod is settled (the controller); None: no pod is, every
-        pod is cached as its full view."""
 
     # --- reads -------------------------------------------------------------------------
 
     def get(self, key: str) -> Cached | None:
-        """The live pod, else its tombstone, else None."""
-        return self._pods.get(key) or self._tombstones.get(key)
+        """The live pod (compacted if it is settled by now), else its tombstone, else
+        None."""
+        pod = self._pods.get(key)
+        if pod is None:
+            self._expire()
+            return self._tombstones.get(key)
+        if isinstance(pod, PodView):
+            compacted = self.compact(pod)
+            if compacted is not pod:
+                # no await between the read and the replacement
+                self._pods[key] = pod = compacted
+        return pod
 
     def is_deleted(self, key: str) -> bool:
+        self._expire()
         return key in self._tombstones
 
     def __len__(self) -> int:
@@ -161,10 +200,12 @@ class PodStore:
 
     def all_keys(self) -> list[str]:
         """Live and tombstoned keys: everything a handler may still need to look at."""
+        self._expire()
         return [*self._pods, *self._tombstones]
 
     @property
     def tombstones(self) -> int:
+        self._expire()
         return len(self._tombstones)
 
     @property
@@ -176,10 +217,10 @@ class PodStore:
         """`pod`'s `SettledPod` if it is settled (see the contract), else `pod`. Changes
         nothing in the cache: the reflector may apply it to each pod it lists before
         `replace`, and `upsert` applies it anyway."""
-        acks = self.acknowledgements
-        if (isinstance(pod, SettledPod) or acks is None or pod.run_id is None
+        policy = self._compaction
+        if (isinstance(pod, SettledPod) or policy is None or pod.run_id is None
                 or pod.phase not in FINISHED or OUTCOME_FINALIZER in pod.finalizers
-                or not acks.settled(pod)):
+                or not policy.terminal_acknowledged(pod)):
             return pod
         return SettledPod(key=pod.key, uid=pod.uid, rv=_rv(pod), run_id=pod.run_id,
                           phase=pod.phase, finalizers=pod.finalizers,
@@ -218,7 +259,7 @@ class PodStore:
             self._pods[key] = cached
             return False
         finalized = self._finalized.pop(key, None) == pod.uid
-        if not self.keep_tombstones and finalized:
+        if finalized and not self._keeping.keep_finalized():
             return cached is not None
         last = pod if cached is None or _rv(pod) >= _rv(cached) else cached
         if cached is not None and _deleted_while_active(cached) and not last.deleted_while_active:
@@ -231,7 +272,9 @@ class PodStore:
                     if unseen and isinstance(last, PodView)
                     else dataclasses.replace(last, deletion_timestamp=now))
         self._tombstones[key] = last
+        self._deleted_at.pop(key, None)  # re-inserted at the end: recording order
         self._deleted_at[key] = self._clock()
+        self._expire()
         return True
 
     def replace(self, namespace: str | None, pods: Iterable[Cached], *, now: float) -> list[str]:
@@ -253,19 +296,7 @@ class PodStore:
         self.mark_synced(namespace)
         return changed
 
-    def settle(self, key: str, pod: PodView) -> bool:
-        """The handler had the platform acknowledge a terminal state for `pod`'s run:
-        keep the record instead of the view if `pod` is still the cached version and it
-        is settled (finished, no Sniffer finalizer: a release just sent shows in the next
-        version, which `upsert` compacts). True if compacted. No await between the
-        identity check and the replacement: a newer version is never overwritten."""
-        if self._pods.get(key) is not pod:
-            return False
-        compacted = self.compact(pod)
-        if compacted is pod:
-            return False
-        self._pods[key] = compacted
-        return True
+    # --- the consumer's one call ------------------------------------------------------------
 
     def forget_tombstone(self, key: str, pod: Cached) -> None:
         """The handler finished with deleted `pod`; drop its tombstone if unchanged."""
@@ -273,17 +304,17 @@ class PodStore:
             del self._tombstones[key]
             del self._deleted_at[key]
 
-    def forget_settled_tombstones(self, before: float) -> int:
-        """A standby's housekeeping: drop the tombstones recorded before `before` (on the
-        store's clock), whose deletions a live leader has seen since. Returns how many.
-        Does nothing while `keep_tombstones` is set: a leader's handler forgets its own."""
-        if self.keep_tombstones:
-            return 0
-        settled = [key for key, at in self._deleted_at.items() if at < before]
-        for key in settled:
-            del self._tombstones[key]
+    def _expire(self) -> None:
+        """Drop the tombstones the policy lets go (recorded before `seen_before()`)."""
+        if not self._deleted_at:
+            return
+        before = self._keeping.seen_before()
+        while self._deleted_at:
+            key, at = next(iter(self._deleted_at.items()))
+            if at >= before:
+                return
             del self._deleted_at[key]
-        return len(settled)
+            del self._tombstones[key]
 
     # --- readiness ------------------------------------------------------------------------
 

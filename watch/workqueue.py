@@ -42,6 +42,7 @@ from collections import deque
 from collections.abc import Callable, Hashable
 from typing import Generic, Protocol, TypeVar
 
+from sniffer.nullmetrics import NULL_METRICS
 from watch.ratelimit import RateLimiter, default_controller_rate_limiter
 
 K = TypeVar("K", bound=Hashable)
@@ -94,31 +95,6 @@ class Timers(Protocol):
     def call_at(self, when: float, callback: Callable[[], object]) -> TimerHandle: ...
 
 
-class NoopQueueMetrics:
-    """Reports nothing."""
-
-    def add(self) -> None:
-        pass
-
-    def depth(self, depth: int) -> None:
-        pass
-
-    def get(self, queued_s: float) -> None:
-        pass
-
-    def done(self, work_s: float) -> None:
-        pass
-
-    def retry(self) -> None:
-        pass
-
-    def unfinished_work(self, seconds: float) -> None:
-        pass
-
-    def longest_running_processor(self, seconds: float) -> None:
-        pass
-
-
 class WorkQueue(Generic[K]):
     """A rate-limiting, delaying work queue of hashable keys.
 
@@ -141,7 +117,7 @@ class WorkQueue(Generic[K]):
         event loop running at the time of each delayed add."""
         self._limiter: RateLimiter[K] = (
             rate_limiter if rate_limiter is not None else default_controller_rate_limiter())
-        self._metrics: QueueMetrics = metrics if metrics is not None else NoopQueueMetrics()
+        self._metrics: QueueMetrics = metrics if metrics is not None else NULL_METRICS
         self._clock = clock
         self._timers = timers
         self._queue: deque[K] = deque()

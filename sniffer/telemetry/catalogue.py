@@ -83,7 +83,7 @@ METRICS: tuple[Metric, ...] = (
        "make it grow).", "watch"),
     _m("sniffer.queue.longest_running_processor", "gauge", "s", (),
        "How long the longest-running key in flight has been processed.", "watch"),
-    # -- finalizer queue (the same set, for watch.finalizing's own queue) ------------------
+    # -- finalizer queue (the same set, for watch.finalizer_loop's own queue) ------------------
     _m("sniffer.finalizer_queue.depth", "gauge", "{key}", (),
        "Keys waiting in the finalizer queue (not those in flight or delayed).", "watch"),
     _m("sniffer.finalizer_queue.adds", "counter", "{key}", (),

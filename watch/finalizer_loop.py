@@ -3,20 +3,21 @@
 Contract:
 * Level-triggered on the cache. `enqueue(pod)` only names a key; a finalizer worker
   decides from the pod cached for that key *when it takes the key* and from what the
-  platform has acknowledged *then* (`RunKnowledge`), never from what an earlier version
-  asked for. Whoever learns something that may move a finalizer (the platform handler,
-  after each acknowledgement or read) enqueues the key; a pod's every change reaches the
-  handler, so a restart or a new leader, whose handler handles every cached pod,
-  re-derives every finalizer.
-* Its own work queue of pod keys and its own workers (`finalizers.workers`): the platform
+  platform has acknowledged *then* (the run ledger, `RunKnowledge`), never from what
+  an earlier version asked for. Whoever learns something that may move a finalizer
+  (the platform handler, after each acknowledgement or read) enqueues the key; a pod's
+  every change reaches the handler, so a restart or a new leader, whose handler
+  handles every cached pod, re-derives every finalizer.
+* Its own work queue of pod keys and its own worker pool (`watch.workers`, sized by
+  `finalizers.workers`): the platform
   workers never await a finalizer patch, so a slow API server delays finalizer patches,
   not platform updates. A key is never patched by two workers at once (the queue is
   stingy), so an add and a release of one pod never race.
 * The decision (`decide`, pure) for a cached `PodView` that is live (not a tombstone):
   - RELEASE iff it carries Sniffer's finalizer and: it is untracked (no run id); or the
     platform does not know its run (orphan); or its run is bound to another pod uid
-    (foreign); or the platform acknowledged a terminal state for its run
-    (`RunKnowledge.settled`, which includes the acknowledgement seed's rule).
+    (foreign); or its run is terminal and acknowledged
+    (`RunKnowledge.terminal_acknowledged`, which includes the seed's rule).
   - ADD iff finalizer mode is on, it does not carry the finalizer, has no deletion
     timestamp, is tracked, its run is acknowledged and not terminal and not bound to
     another pod, and its derived state is derivable and not terminal (a terminal one is
@@ -30,7 +31,7 @@ Contract:
   answered (or the seed listing showed the run closed).
 * Writes only while `is_leader()` is true, checked right before each patch; otherwise
   the key is retried with backoff.
-* Outcomes go through `watch.outcomes.OutcomeMap` with no retry limit: a patch that
+* Outcomes go through the pool's `watch.workers.OutcomeMap` with no retry limit: a patch that
   failed (a Kubernetes API error, anything unexpected) is retried with the queue's
   per-key exponential backoff and token bucket until it succeeds or the key's next
   decision needs no patch. A release given up would leave a pod stuck Terminating.
@@ -43,7 +44,6 @@ Contract:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -51,13 +51,14 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
 
+from sniffer.nullmetrics import NULL_METRICS
 from sniffer.podview import OUTCOME_FINALIZER, PodView
 from sniffer.states import StatePolicy, Underivable, derive
-from watch.acks import Acked
-from watch.finalizers import Finalizers
-from watch.outcomes import DONE, INTERRUPTED, Outcome, OutcomeMap, outcome_of
+from watch.finalizer_patch import Finalizers
+from watch.ledger import Acked
 from watch.store import Cached, PodStore
-from watch.workqueue import ShutDown, WorkQueue
+from watch.workers import DONE, Outcome, WorkerPool
+from watch.workqueue import WorkQueue
 
 # The finalizer's log lines keep the logger name they always had (the controller's).
 log = logging.getLogger("watch.controller")
@@ -80,18 +81,20 @@ NOTHING = Decision(Action.NOTHING, "")
 ADD = Decision(Action.ADD, "live")
 
 
-def decide(pod: Cached | None, *, deleted: bool, acked: Acked | None, settled: bool,
-           unknown: bool, enabled: bool, now: float, policy: StatePolicy) -> Decision:
+def decide(pod: Cached | None, *, deleted: bool, acked: Acked | None,
+           terminal_acknowledged: bool, unknown: bool, enabled: bool, now: float,
+           policy: StatePolicy) -> Decision:
     """Where the finalizer of `pod` belongs (see the contract). Pure.
 
     `acked` is the platform's last answer about the pod's run (None: none yet or the run
-    is unknown), `settled` whether it acknowledged a terminal state (the seed's rule
-    included), `unknown` whether the platform's last answer was "no such run", `enabled`
+    is unknown), `terminal_acknowledged` whether it acknowledged a terminal state (the
+    seed's rule included), `unknown` whether the platform's last answer was "no such run", `enabled`
     whether finalizer mode is on, `now` and `policy` what `sniffer.states.derive` needs."""
     if not isinstance(pod, PodView) or deleted:
         return NOTHING  # gone, or a settled record: nothing to hold or release
     held = OUTCOME_FINALIZER in pod.finalizers
-    release = _release_reason(pod, acked=acked, settled=settled, unknown=unknown)
+    release = _release_reason(pod, acked=acked, terminal_acknowledged=terminal_acknowledged,
+                              unknown=unknown)
     if release is not None:
         return Decision(Action.RELEASE, release) if held else NOTHING
     if (held or not enabled or pod.deletion_timestamp is not None or acked is None
@@ -103,7 +106,7 @@ def decide(pod: Cached | None, *, deleted: bool, acked: Acked | None, settled: b
     return ADD
 
 
-def _release_reason(pod: PodView, *, acked: Acked | None, settled: bool,
+def _release_reason(pod: PodView, *, acked: Acked | None, terminal_acknowledged: bool,
                     unknown: bool) -> str | None:
     """Why the finalizer must go, or None: it may stay."""
     if pod.run_id is None:
@@ -112,35 +115,24 @@ def _release_reason(pod: PodView, *, acked: Acked | None, settled: bool,
         return "orphan"
     if acked is not None and acked.pod_uid and acked.pod_uid != pod.uid:
         return "foreign"
-    if settled:
+    if terminal_acknowledged:
         return "acknowledged"
     return None
 
 
 class RunKnowledge(Protocol):
-    """What the decision reads of the platform's answers (`watch.controller.Controller`).
+    """What the decision reads of the platform's answers (`watch.ledger.RunLedger`).
     Reads only; none awaits."""
 
-    def acked(self, run_id: str) -> Acked | None: ...
-    def settled(self, pod: PodView) -> bool: ...
-    def run_unknown(self, run_id: str) -> bool: ...
+    def get(self, run_id: str) -> Acked | None: ...
+    def terminal_acknowledged(self, pod: PodView) -> bool: ...
+    def unknown(self, run_id: str) -> bool: ...
 
 
 class FinalizerMetrics(Protocol):
-    """Part of `watch.controller.ControllerMetrics`."""
+    """Part of `watch.handler.HandlerMetrics`."""
 
     def finalizer(self, op: str) -> None: ...
-
-
-class _NoOutcomeMetrics:
-    """The loop's outcomes are not the handler's (the metric `sniffer.handler.outcomes`
-    counts those); its queue's metrics show its retries."""
-
-    def outcome(self, result: str) -> None:
-        pass
-
-    def dropped(self, state: str, reason: str) -> None:
-        pass
 
 
 class FinalizerLoop:
@@ -155,15 +147,16 @@ class FinalizerLoop:
         self._knowledge = knowledge
         self._finalizers = finalizers
         self._policy = policy
-        self._workers = workers
         self._is_leader = is_leader
         self._metrics = metrics
         self._clock = clock
-        self._outcomes = OutcomeMap(queue=queue, store=store, metrics=_NoOutcomeMetrics(),
-                                    max_retries=None, settled=lambda key: None)
-        self._busy: dict[str, float] = {}
-        """key → monotonic time its worker took it; a key is here iff a worker has it."""
-        self._started = False
+        # The loop's outcomes are not the handler's (the metric sniffer.handler.outcomes
+        # counts those): its pool reports none; its queue's metrics show its retries.
+        self.pool = WorkerPool(name="finalizer-worker", queue=queue, handler=self,
+                               workers=workers, store=store, metrics=NULL_METRICS,
+                               max_retries=None)
+        """The loop's workers; a release given up would leave a pod stuck Terminating,
+        so it retries for ever."""
 
     def enqueue(self, pod: PodView) -> None:
         """Ask for `pod`'s finalizer to be put where it belongs. Never blocks. Skips a
@@ -176,53 +169,27 @@ class FinalizerLoop:
 
     def longest_busy_s(self) -> float:
         """Seconds the longest-running finalizer patch has been running (0 if idle)."""
-        now = time.monotonic()
-        return max((now - t for t in self._busy.values()), default=0.0)
+        return self.pool.longest_busy_s()
 
     async def run(self) -> None:
         """Run the workers until the queue is shut down and each finished its key. Caller
         duty: this replica leads. Call once."""
-        if self._started:
-            raise RuntimeError("FinalizerLoop.run() called twice")
-        self._started = True
-        async with asyncio.TaskGroup() as group:
-            for i in range(self._workers):
-                group.create_task(self._worker(), name=f"finalizer-worker-{i}")
-
-    async def _worker(self) -> None:
-        while True:
-            try:
-                key = await self.queue.get()
-            except ShutDown:
-                return
-            self._busy[key] = time.monotonic()
-            outcome = INTERRUPTED  # if cancelled: the change stays pending
-            try:
-                outcome = await self._reconcile_safely(key)
-            finally:
-                del self._busy[key]
-                self._outcomes.finish(key, outcome)
-                self.queue.done(key)
-
-    async def _reconcile_safely(self, key: str) -> Outcome:
-        try:
-            return await self.reconcile(key)
-        except Exception as exc:  # one bad object must never kill a worker
-            return outcome_of(key, exc)
+        await self.pool.run()
 
     def decision(self, key: str) -> Decision:
-        """What `reconcile(key)` would do now. Reads only; no await."""
+        """What `handle(key)` would do now. Reads only; no await."""
         pod = self._store.get(key)
-        acked, settled, unknown = None, False, False
+        acked, terminal, unknown = None, False, False
         if isinstance(pod, PodView) and pod.run_id is not None:
-            acked = self._knowledge.acked(pod.run_id)
-            settled = self._knowledge.settled(pod)
-            unknown = self._knowledge.run_unknown(pod.run_id)
+            acked = self._knowledge.get(pod.run_id)
+            terminal = self._knowledge.terminal_acknowledged(pod)
+            unknown = self._knowledge.unknown(pod.run_id)
         return decide(pod, deleted=self._store.is_deleted(key), acked=acked,
-                      settled=settled, unknown=unknown, enabled=self._finalizers.enabled,
-                      now=self._clock(), policy=self._policy)
+                      terminal_acknowledged=terminal, unknown=unknown,
+                      enabled=self._finalizers.enabled, now=self._clock(),
+                      policy=self._policy)
 
-    async def reconcile(self, key: str) -> Outcome:
+    async def handle(self, key: str) -> Outcome:
         """Put the finalizer of the pod cached for `key` where it belongs now."""
         decision = self.decision(key)
         if decision.action is Action.NOTHING:

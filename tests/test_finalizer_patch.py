@@ -1,4 +1,4 @@
-"""watch.finalizers against a real kube-apiserver: adding and releasing."""
+"""watch.finalizer_patch against a real kube-apiserver: adding and releasing."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import uuid
 from sniffer.kube import KubeClient
 from sniffer.podview import OUTCOME_FINALIZER, project
 from tests.fixtures.watcher import Pods
-from watch.finalizers import Finalizers
+from watch.finalizer_patch import Finalizers
 
 
 async def test_ensure_then_release_puts_and_takes_the_finalizer(

@@ -1,4 +1,5 @@
-"""watch.outcomes: each handler outcome becomes one queue operation and one metric label.
+"""watch.workers, the outcome map: each handler outcome becomes one queue operation
+and one metric label.
 
 Pure: a recording queue stands in for the work queue, a real `PodStore` holds the pods.
 """
@@ -13,8 +14,8 @@ import pytest
 from sniffer.kube import KubeError
 from sniffer.platform_model import PlatformRejected, PlatformUnavailable
 from sniffer.podview import PodView, project
-from watch.outcomes import DONE, Outcome, OutcomeMap, Result, outcome_of
 from watch.store import PodStore
+from watch.workers import DONE, Outcome, OutcomeMap, Result, outcome_of
 
 NS = "out"
 KEY = f"{NS}/p"
@@ -68,17 +69,17 @@ class Harness:
         self.queue = RecordingQueue(requeues)
         self.store = PodStore((NS,))
         self.metrics = RecordingMetrics()
-        self.settled: list[str] = []
+        self.resolved: list[str] = []
         self.map = OutcomeMap(queue=self.queue, store=self.store, metrics=self.metrics,
-                              max_retries=max_retries, settled=self.settled.append)
+                              max_retries=max_retries, resolved=self.resolved.append)
 
 
-def test_done_forgets_the_key_and_settles_its_change() -> None:
+def test_done_forgets_the_key_and_resolves_its_change() -> None:
     h = Harness()
     h.map.finish(KEY, DONE)
     assert h.queue.ops == [("forget", KEY)]
     assert h.metrics.outcomes == ["done"]
-    assert h.settled == [KEY]
+    assert h.resolved == [KEY]
     assert (h.map.handled, h.map.dropped) == (1, 0)
 
 
@@ -87,15 +88,15 @@ def test_requeue_adds_the_key_again_and_leaves_its_change_pending() -> None:
     h.map.finish(KEY, Outcome(Result.REQUEUE))
     assert h.queue.ops == [("forget", KEY), ("add", KEY)]
     assert h.metrics.outcomes == ["requeue"]
-    assert h.settled == []
+    assert h.resolved == []
 
 
-def test_requeue_after_settles_the_change_and_plans_a_recheck() -> None:
+def test_requeue_after_resolves_the_change_and_plans_a_recheck() -> None:
     h = Harness()
     h.map.finish(KEY, Outcome(Result.REQUEUE_AFTER, delay=7.0))
     assert h.queue.ops == [("forget", KEY), ("add_after", KEY, 7.0)]
     assert h.metrics.outcomes == ["requeue_after"]
-    assert h.settled == [KEY]
+    assert h.resolved == [KEY]
 
 
 def test_a_retry_below_the_limit_is_rate_limited_for_at_least_the_retry_after() -> None:
@@ -103,7 +104,7 @@ def test_a_retry_below_the_limit_is_rate_limited_for_at_least_the_retry_after() 
     h.map.finish(KEY, Outcome.retry("platform unavailable: 503", retry_after=30.0))
     assert h.queue.ops == [("add_rate_limited", KEY, 30.0)]
     assert h.metrics.outcomes == ["retry"]
-    assert h.settled == []
+    assert h.resolved == []
     assert h.map.dropped == 0
 
 
@@ -116,7 +117,7 @@ def test_a_retry_at_the_limit_is_dropped_with_no_retry_pending(
     assert h.queue.ops == [("forget", KEY)]
     assert h.metrics.outcomes == ["drop"]
     assert h.metrics.drops == [("Running", "platform unavailable: 503")]
-    assert h.settled == [KEY]
+    assert h.resolved == [KEY]
     assert h.map.dropped == 1
     # The reliability verdict counts drops by this message; operators filter on the name.
     [record] = caplog.records
@@ -149,7 +150,8 @@ def test_an_unavailable_platform_is_retried_after_its_retry_after() -> None:
 def test_a_platform_rejection_is_dropped_not_retried() -> None:
     outcome = outcome_of(KEY, PlatformRejected(400, "bad_request", "no"))
     assert outcome.result is Result.DROP
-    assert outcome.error is not None and outcome.error.startswith("platform rejected")
+    assert outcome.error is not None
+    assert outcome.error.startswith("platform rejected")
 
 
 def test_a_kubernetes_api_error_is_retried() -> None:
@@ -164,4 +166,5 @@ def test_an_unexpected_exception_is_retried_and_logged_with_its_traceback(
     assert outcome == Outcome.retry("ValueError: bad object")
     [record] = caplog.records
     assert (record.name, record.getMessage()) == ("watch.controller", "handler failed")
-    assert record.exc_info is not None and record.exc_info[1] is error
+    assert record.exc_info is not None
+    assert record.exc_info[1] is error

@@ -1,8 +1,7 @@
-"""watch.finalizing: where Sniffer's finalizer belongs, and the loop that puts it there.
+"""watch.finalizer_loop: the loop that puts Sniffer's finalizer where it belongs.
 
-* `decide` is pure: unit tests over pod views and acknowledgements, including an
-  exhaustive check of the central invariant (no release of a tracked, known, own pod
-  before the platform acknowledged a terminal state).
+* The decision itself (`decide`, pure) is tested in tests/test_finalizer_decision.py,
+  whose `view` builds the pods the enqueue test uses here.
 * The loop runs against a real kube-apiserver and the reference platform over HTTP: a
   reflector fills a real `PodStore`, a `Controller` handles the keys, and the finalizer
   patches go through a loopback proxy (tests/fixtures/proxy.py). The proxy has no
@@ -15,28 +14,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import itertools
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import pytest
 
 from sniffer.kube import KubeClient
 from sniffer.platform import PlatformClient
 from sniffer.podview import OUTCOME_FINALIZER, PodView, project
-from sniffer.states import StatePolicy, WorkloadState
+from sniffer.states import StatePolicy
 from testbed.apiserver import ApiServer
 from testbed.platform.launcher import AdminError, PlatformServer
+from tests.fixtures.metrics import Recorder
 from tests.fixtures.proxy import Proxy
 from tests.fixtures.watcher import Pods, eventually
+from tests.test_finalizer_decision import RUNNING, view
 from tests.test_reflector import proxied_kubeconfig
-from watch.acks import TERMINAL_UNKNOWN, Acked
 from watch.app import drain_in_order
 from watch.controller import Controller
-from watch.finalizers import Finalizers
-from watch.finalizing import Action, FinalizerLoop, decide
+from watch.finalizer_loop import FinalizerLoop
+from watch.finalizer_patch import Finalizers
+from watch.ledger import Acked, RunLedger
 from watch.ratelimit import (
     BucketRateLimiter,
     ItemExponentialFailureRateLimiter,
@@ -47,118 +48,9 @@ from watch.store import PodStore, SettledPod
 from watch.workqueue import ShutDown, WorkQueue
 
 NS = "fin"
-NOW = 1_800_000_000.0
-QUEUED, RUNNING, SUCCEEDED = (Acked(WorkloadState.QUEUED), Acked(WorkloadState.RUNNING),
-                              Acked(WorkloadState.SUCCEEDED))
 
 
-# --- the decision (pure) ---------------------------------------------------------------
-
-def view(phase: str = "Running", *, held: bool = False, run_id: str | None = "run-1",
-         deleting: bool = False, uid: str = "uid-p") -> PodView:
-    t = "2026-01-01T00:00:00Z"
-    state: dict[str, Any] = (
-        {"running": {"startedAt": t}} if phase == "Running"
-        else {"waiting": {"reason": "ContainerCreating"}} if phase == "Pending"
-        else {"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": t,
-                             "finishedAt": t}})
-    labels = {"sniffer.io/kind": "job"} | ({"sniffer.io/run-id": run_id} if run_id else {})
-    meta: dict[str, Any] = {"name": "p", "namespace": NS, "uid": uid, "resourceVersion": "7",
-                            "creationTimestamp": t, "labels": labels,
-                            "finalizers": [OUTCOME_FINALIZER] if held else []}
-    if deleting:
-        meta |= {"deletionTimestamp": t, "deletionGracePeriodSeconds": 30}
-    return project({
-        "metadata": meta,
-        "spec": {"restartPolicy": "Never", "containers": [{"name": "main"}]},
-        "status": {"phase": phase, "startTime": t,
-                   "containerStatuses": [{"name": "main", "restartCount": 0,
-                                          "ready": phase == "Running", "state": state}]}})
-
-
-def judge(pod: Any, *, acked: Acked | None = RUNNING, settled: bool | None = None,
-          unknown: bool = False, deleted: bool = False, enabled: bool = True) -> Any:
-    if settled is None:
-        settled = acked is not None and acked.terminal
-    return decide(pod, deleted=deleted, acked=acked, settled=settled, unknown=unknown,
-                  enabled=enabled, now=NOW, policy=StatePolicy())
-
-
-def test_a_live_tracked_pod_of_an_open_run_gains_the_finalizer() -> None:
-    assert judge(view("Running")).action is Action.ADD
-    assert judge(view("Pending"), acked=QUEUED).action is Action.ADD
-
-
-def test_no_add_when_finalizer_mode_is_off_or_the_pod_holds_it_or_is_being_deleted() -> None:
-    assert judge(view(), enabled=False).action is Action.NOTHING
-    assert judge(view(held=True)).action is Action.NOTHING
-    assert judge(view(deleting=True)).action is Action.NOTHING
-
-
-def test_no_add_for_a_pod_whose_derived_state_is_terminal_it_is_about_to_be_sent() -> None:
-    assert judge(view("Succeeded")).action is Action.NOTHING
-
-
-def test_nothing_for_a_run_whose_state_is_not_known_yet() -> None:
-    assert judge(view(), acked=None).action is Action.NOTHING
-    assert judge(view(held=True), acked=None).action is Action.NOTHING
-
-
-def test_release_once_the_platform_acknowledged_a_terminal_state() -> None:
-    decision = judge(view("Succeeded", held=True), acked=SUCCEEDED)
-    assert (decision.action, decision.why) == (Action.RELEASE, "acknowledged")
-    # The seed's rule: not among the open runs at the listing, pod older than it.
-    assert judge(view("Succeeded", held=True), acked=TERMINAL_UNKNOWN).action is Action.RELEASE
-    assert judge(view("Succeeded", held=True), acked=None, settled=True).action \
-        is Action.RELEASE
-
-
-def test_a_deleting_pod_is_released_once_acknowledged_and_held_until_then() -> None:
-    assert judge(view("Running", held=True, deleting=True), acked=Acked(
-        WorkloadState.CANCELLED)).action is Action.RELEASE
-    assert judge(view("Running", held=True, deleting=True)).action is Action.NOTHING
-
-
-def test_untracked_orphaned_and_foreign_pods_are_released() -> None:
-    for pod, kw, why in (
-            (view(held=True, run_id=None), {}, "untracked"),
-            (view(held=True), {"acked": None, "unknown": True}, "orphan"),
-            (view(held=True), {"acked": dataclasses.replace(RUNNING, pod_uid="uid-other")},
-             "foreign")):
-        decision = judge(pod, **kw)
-        assert (decision.action, decision.why) == (Action.RELEASE, why)
-
-
-def test_nothing_to_release_on_a_pod_without_the_finalizer() -> None:
-    assert judge(view("Succeeded"), acked=SUCCEEDED).action is Action.NOTHING
-    assert judge(view(run_id=None)).action is Action.NOTHING
-
-
-def test_nothing_for_uncached_keys_tombstones_and_settled_records() -> None:
-    held = view("Succeeded", held=True)
-    assert judge(None).action is Action.NOTHING
-    assert judge(held, acked=SUCCEEDED, deleted=True).action is Action.NOTHING
-    record = SettledPod(key=f"{NS}/p", uid="uid-p", rv=7, run_id="run-1", phase="Succeeded",
-                        finalizers=(), deletion_timestamp=None, deleted_while_active=False)
-    assert judge(record, acked=SUCCEEDED).action is Action.NOTHING
-
-
-def test_the_finalizer_of_a_known_own_run_never_goes_before_a_terminal_acknowledgement() -> None:
-    """The central invariant, over every combination of the decision's inputs."""
-    states = [None, *(Acked(s) for s in WorkloadState), TERMINAL_UNKNOWN,
-              *(Acked(s, pod_uid="uid-p") for s in WorkloadState),
-              *(Acked(s, cancel_requested=True) for s in WorkloadState)]
-    pods = [view(phase, held=True, deleting=deleting)
-            for phase in ("Pending", "Running", "Succeeded", "Failed")
-            for deleting in (False, True)]
-    for pod, acked, settled, enabled in itertools.product(
-            pods, states, (False, True), (False, True)):
-        if settled and not (acked is None or acked.terminal):
-            continue  # `settled` is the acknowledgement's terminal flag or the seed's rule
-        decision = judge(pod, acked=acked, settled=settled, enabled=enabled)
-        if decision.action is Action.RELEASE:
-            assert settled, (pod.phase, acked, settled)
-
+# --- enqueueing and the shutdown order -------------------------------------------------
 
 def test_enqueue_skips_pods_that_can_need_no_patch() -> None:
     queue: WorkQueue[str] = WorkQueue()
@@ -177,13 +69,13 @@ def test_enqueue_skips_pods_that_can_need_no_patch() -> None:
 
 
 class _Nothing:
-    def acked(self, run_id: str) -> Acked | None:
+    def get(self, run_id: str) -> Acked | None:
         return None
 
-    def settled(self, pod: PodView) -> bool:
+    def terminal_acknowledged(self, pod: PodView) -> bool:
         return False
 
-    def run_unknown(self, run_id: str) -> bool:
+    def unknown(self, run_id: str) -> bool:
         return False
 
 
@@ -219,34 +111,6 @@ async def test_drain_in_order_lets_the_first_queues_last_keys_add_work_to_the_ne
 
 # --- the loop, against the API server and the platform -----------------------------------
 
-class Recorder:
-    """`watch.controller.ControllerMetrics`, keeping the finalizer operations."""
-
-    def __init__(self) -> None:
-        self.finalizer_ops: list[str] = []
-
-    def finalizer(self, op: str) -> None:
-        self.finalizer_ops.append(op)
-
-    def outcome(self, result: str) -> None:
-        pass
-
-    def sent(self, state: str) -> None:
-        pass
-
-    def acknowledged(self, state: str, observed_at: float, changed_at: float | None) -> None:
-        pass
-
-    def dropped(self, state: str, reason: str) -> None:
-        pass
-
-    def orphan(self) -> None:
-        pass
-
-    def underivable(self) -> None:
-        pass
-
-
 def _limiter() -> MaxOfRateLimiter[str]:
     return MaxOfRateLimiter(ItemExponentialFailureRateLimiter(base_delay=0.01, max_delay=0.5),
                             BucketRateLimiter(qps=1000, burst=1000))
@@ -274,15 +138,15 @@ async def loop(apiserver: ApiServer, platform: PlatformServer, namespace: str,
         kubeconfig=str(proxied_kubeconfig(apiserver, proxy.port, tmp_path / "kubeconfig")))
     watching = await KubeClient.connect(kubeconfig=str(apiserver.kubeconfig))
     client = PlatformClient(platform.url, platform.token_file, timeout=30)
-    store = PodStore((namespace,))
+    ledger = RunLedger(client, clock=time.time)
+    store = PodStore((namespace,), compaction=ledger)
     queue, finalizer_queue = WorkQueue[str](_limiter()), WorkQueue[str](_limiter())
     metrics = Recorder()
     controller = Controller(
-        store=store, queue=queue, platform=client, pods=watching,
+        store=store, ledger=ledger, queue=queue, platform=client, pods=watching,
         finalizers=Finalizers(patching, enabled=finalizers), policy=StatePolicy(), workers=8,
         max_retries=1000, is_leader=is_leader, metrics=metrics,
         finalizer_queue=finalizer_queue, finalizer_workers=4)
-    store.acknowledgements = controller
     reflector = Reflector(watching, store, controller.on_change, namespaces=(namespace,),
                           label_selector="sniffer.io/run-id")
     reflecting = asyncio.create_task(reflector.run(), name="reflector-under-test")
@@ -353,15 +217,15 @@ async def start_runs(platform: PlatformServer, pods: Pods, count: int) -> dict[s
 
 
 class _Running:
-    """`watch.finalizing.RunKnowledge`: every run is open (running)."""
+    """`watch.finalizer_loop.RunKnowledge`: every run is open (running)."""
 
-    def acked(self, run_id: str) -> Acked | None:
+    def get(self, run_id: str) -> Acked | None:
         return RUNNING
 
-    def settled(self, pod: PodView) -> bool:
+    def terminal_acknowledged(self, pod: PodView) -> bool:
         return False
 
-    def run_unknown(self, run_id: str) -> bool:
+    def unknown(self, run_id: str) -> bool:
         return False
 
 
@@ -480,7 +344,7 @@ async def test_shutdown_drains_the_releases_the_last_acknowledgements_enqueued(
         platform.set_faults(latency_ms=3000)
         await asyncio.gather(*(h.pods.succeeded(n) for n in ids))
         # Every terminal update is in flight at the platform when the shutdown begins.
-        await eventually(lambda: len(h.controller._busy) == len(ids))
+        await eventually(lambda: h.controller.pool.busy == len(ids))
         assert await all_held(h.pods, ids)
         assert await drain_in_order((h.queue, h.finalizer_queue), 30)
         await asyncio.wait_for(h.working, 30)
@@ -513,5 +377,6 @@ async def test_a_pod_whose_run_the_platform_does_not_know_loses_a_leftover_final
         await eventually(lambda: h.metrics.finalizer_ops == ["removed"])
         assert not await held(h.pods, "orphan")
         orphan = h.store.get(f"{namespace}/orphan")
-        assert orphan is not None and orphan.run_id is not None
-        assert h.controller.run_unknown(orphan.run_id)
+        assert orphan is not None
+        assert orphan.run_id is not None
+        assert h.controller.ledger.unknown(orphan.run_id)

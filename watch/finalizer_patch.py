@@ -1,4 +1,7 @@
-"""Sniffer's pod finalizer: no outcome can vanish with its pod.
+"""The finalizer patch: adding and releasing Sniffer's pod finalizer, one pod at a time.
+
+No outcome can vanish with its pod. When to patch is the finalizer loop's decision
+(`watch.finalizer_loop`); this module only sends the patch.
 
 Contract (the Kubernetes Job controller's pod-tracking technique, KEP-2307):
 * `ensure(pod)` adds ``sniffer.io/outcome`` to a live, tracked, not-yet-terminal pod.
@@ -7,7 +10,7 @@ Contract (the Kubernetes Job controller's pod-tracking technique, KEP-2307):
 * `release(pod)` removes it. Callers must only release once the platform has
   acknowledged a terminal state for the pod's run, or the pod stopped being tracked,
   or the run is unknown to the platform: the finalizer never outlives its purpose
-  (`watch.finalizing` decides when).
+  (`watch.finalizer_loop` decides when).
 * Both are idempotent strategic-merge patches, one per pod, without a resourceVersion
   precondition, so they never conflict with the kubelet or other controllers touching
   the pod. Both carry the pod's uid: a patch decided for one pod never lands on a new
