@@ -15,7 +15,7 @@ Contract:
   page by page and kept in a dict keyed by `PodView.key` (as the store keeps them); the
   report gives RSS growth per pod and, from tracemalloc, the heap the kept views hold.
 * Decoders: ``stdlib`` (json.loads), ``orjson``, ``msgspec`` (untyped, like json.loads),
-  and ``sniffer`` (what `sniffer.kube.decode_pod_list` does for the reflector) read the
+  and ``sniffer`` (what `sniffer.kubedecode.decode_pod_list` does for the reflector) read the
   JSON pages; ``upb`` (classes protoc generates from k8s.io/api's generated.proto, on
   PyPI protobuf's upb backend, read into the slim dicts) and ``podproto`` (the skipping
   decoder, `sniffer.podproto`) read the same pods as the API server's protobuf pages
@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import calendar
 import gc
+import importlib
 import json
 import os
 import random
@@ -46,8 +47,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from sniffer.podproto import _rfc3339
 from sniffer.podview import PodView, project
+from sniffer.protowire import rfc3339
 
 TEMPLATES = Path(__file__).with_name("decode_pods.json")
 DECODERS = ("stdlib", "orjson", "msgspec", "sniffer", "upb", "podproto")
@@ -76,7 +77,10 @@ def _decoder(name: str) -> Decoder | None:
         except ImportError:
             return None
         return lambda body: msgspec.json.decode(body)["items"]
-    import sniffer.kube as kube
+    try:  # where it lives now; an older tree kept it in sniffer.kube
+        kube = importlib.import_module("sniffer.kubedecode")
+    except ImportError:
+        kube = importlib.import_module("sniffer.kube")
     decode = getattr(kube, "decode_pod_list", None)
     if decode is None:  # a tree from before it existed decoded with the stdlib
         return lambda body: json.loads(body)["items"]
@@ -385,7 +389,7 @@ def proto_pages(pods: int, page: int, seed: int = 7) -> Iterator[bytes]:
 
 
 def _when(t: Any) -> str | None:
-    return _rfc3339(t.seconds) if t.HasField("seconds") else None
+    return rfc3339(t.seconds) if t.HasField("seconds") else None
 
 
 def _set(out: dict[str, Any], message: Any, names: tuple[str, ...]) -> None:

@@ -69,8 +69,9 @@ from reconcile.repair import PodAccess, Repairer, RepairHooks, RepairOutcome, Ru
 from reconcile.report import PassReport, render_json, render_table
 from reconcile.snapshot import PodLister, RunReader, Snapshot, take
 from sniffer.cleanup import bounded
-from sniffer.kube import KubeClient, KubeError
+from sniffer.kube import KubeClient
 from sniffer.kubecredentials import CredentialsError
+from sniffer.kubedecode import KubeError
 from sniffer.platform import PlatformClient, PlatformMetrics
 from sniffer.platform_model import PlatformError
 from sniffer.podview import RUN_ID_PATTERN

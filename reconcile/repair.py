@@ -45,7 +45,7 @@ from opentelemetry import trace
 from reconcile.diff import Mismatch, MismatchKind, diff
 from reconcile.snapshot import BadPod, Snapshot, project_into
 from sniffer.backoff import backoff_delay
-from sniffer.kube import JSON, KubeError, NotFound, Page
+from sniffer.kubedecode import JSON, KubeError, NotFound, Page
 from sniffer.platform_model import (
     Outcome,
     PlatformError,

@@ -36,7 +36,7 @@ from typing import Protocol
 
 from opentelemetry import trace
 
-from sniffer.kube import Gone, Page
+from sniffer.kubedecode import Gone, Page
 from sniffer.platform_model import PlatformError, Run
 from sniffer.pods import list_pages
 from sniffer.podview import (

@@ -4,28 +4,26 @@ Contract:
 * Credentials and TLS come from `sniffer.kubecredentials`; the pooled HTTP session from
   `kubernetes.aio`. A 401 reloads the credentials once and retries, so rotated
   service-account tokens and expiring exec-plugin tokens keep working.
-* Bodies are plain ``json.loads`` dicts, never generated models (those are ~25x slower).
-  With ``slim=True``, LIST items, `get_pod`'s pod and watch objects are slim dicts with
-  only the fields `sniffer.podview.project` reads, decoded by msgspec straight from the
-  bytes (`sniffer.podwire`); `project` gives the same view for either. Bytes that schema
-  refuses are decoded the general way, so errors are found and reported as without it.
-* Wire: with ``wire="protobuf"`` (the default, setting ``kube.wire``) slim LISTs, GETs
-  and watches ask for the API server's protobuf encoding (``sniffer.podproto``: the same
-  slim dicts, the same views) with JSON as the second choice; a 406 or 415 to that
-  request, or a JSON answer, turns the client to JSON for good, logged once. Non-slim
-  reads and every write are JSON.
-* `watch_pods` yields one `WatchEvent` per line or protobuf frame, however long (aiohttp's
-  ``readline`` stops at 128 KiB; pods with big annotations exceed it). A stream that is
-  silent for ``read_timeout`` raises `WatchStalled`: a half-open connection cannot hang
-  the caller. 410 Gone, at open or as an ERROR event mid-stream, raises `Gone`.
-* Errors are typed (`KubeError` and subclasses) and carry no credentials.
+* What the answers mean (typed errors, pages, pods, watch events, slim or not, JSON or
+  protobuf) is `sniffer.kubedecode`'s; this client chooses the wire and hands it the bytes.
+  With ``slim=True``, LIST items, `get_pod`'s pod and watch objects carry only the fields
+  `sniffer.podview.project` reads; `project` gives the same view for either.
+* Wire: with ``wire="protobuf"`` (setting ``kube.wire``) slim LISTs, GETs and watches ask
+  for the API server's protobuf encoding (``sniffer.podproto``: the same slim dicts, the
+  same views) with JSON as the second choice; a 406 or 415 to that request, or a JSON
+  answer, turns the client to JSON for good, logged once. Non-slim reads and every write
+  are JSON.
+* `watch_pods` yields one `WatchEvent` per line or protobuf frame, however long. A stream
+  that is silent for ``read_timeout`` raises `WatchStalled`: a half-open connection cannot
+  hang the caller. 410 Gone, at open or as an ERROR event mid-stream, raises `Gone`.
+* Errors are typed (`sniffer.kubedecode.KubeError` and subclasses) and carry no
+  credentials.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
@@ -34,17 +32,27 @@ import aiohttp
 from kubernetes.aio import client as kclient
 
 from sniffer.kubecredentials import Credentials
-from sniffer.podproto import CONTENT_TYPE as PROTOBUF
-from sniffer.podproto import (
-    MAGIC,
-    FrameSplitter,
-    ProtoError,
-    proto_event,
-    proto_list,
-    proto_pod,
-    proto_status,
+from sniffer.kubedecode import (
+    JSON,
+    KubeError,
+    MalformedEvent,
+    Page,
+    Timeout,
+    WatchEvent,
+    WatchStalled,
+    decode_event,
+    decode_event_proto,
+    decode_pod,
+    decode_pod_list,
+    decode_pod_list_proto,
+    decode_pod_proto,
+    error_for,
+    json_object,
+    read_body,
+    watch_frames,
+    watch_lines,
 )
-from sniffer.podwire import slim_event, slim_list, slim_pod
+from sniffer.protowire import CONTENT_TYPE as PROTOBUF
 from sniffer.reauth import retry_once_unauthorized
 
 if TYPE_CHECKING:
@@ -52,65 +60,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-JSON = dict[str, Any]
-_MAX_LINE = 64 * 1024 * 1024  # A watch line (or frame) beyond this is hostile, not a pod.
 _JSON = "application/json"
 _PROTOBUF_FIRST = f"{PROTOBUF}, {_JSON}"  # as client-go asks: protobuf, else JSON
 _REFUSED = (406, 415)  # what a server or proxy that will not speak protobuf answers
-
-
-class KubeError(Exception):
-    """An API call failed; `status` is the HTTP status (0 for transport errors)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"kubernetes API: {status} {message}" if status else message)
-        self.status = status
-        self.message = message
-
-
-class Gone(KubeError):
-    """410: the requested resourceVersion is too old (compacted); relist."""
-
-
-class Unauthorized(KubeError):
-    """401 even after reloading credentials."""
-
-
-class Conflict(KubeError):
-    """409: the object changed (resourceVersion precondition) or already exists."""
-
-
-class NotFound(KubeError):
-    """404: the object does not exist."""
-
-
-class UidChanged(KubeError):
-    """422 for a patch's uid precondition: the name belongs to another object now."""
-
-
-class Timeout(KubeError):
-    """The API server did not answer in time (connect, headers or body)."""
-
-
-class WatchStalled(Timeout):
-    """A watch was silent for longer than the read timeout (a half-open connection)."""
-
-
-@dataclass(frozen=True, slots=True)
-class WatchEvent:
-    """One decoded watch line: ADDED, MODIFIED, DELETED, BOOKMARK (or ERROR, raised)."""
-
-    type: str
-    object: JSON
-
-
-@dataclass(frozen=True, slots=True)
-class Page:
-    """One LIST page: raw items, the list's resourceVersion and the continue token."""
-
-    items: list[JSON]
-    resource_version: str
-    continue_token: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,25 +71,6 @@ class _Refused:
 
     status: int
     payload: bytes
-
-
-def _error_for(status: int, body: bytes | str) -> KubeError:
-    message = ""
-    try:
-        # An answer to a protobuf request carries its Status in protobuf.
-        if isinstance(body, bytes) and body.startswith(MAGIC):
-            data: object = proto_status(body)
-        else:
-            data = json.loads(body) if body else {}
-        if isinstance(data, dict):
-            message = str(data.get("message") or data.get("reason") or "")
-    except ValueError:  # ProtoError is one
-        message = (body[:200].decode(errors="replace") if isinstance(body, bytes)
-                   else body[:200])
-    cls = {410: Gone, 401: Unauthorized, 409: Conflict, 404: NotFound}.get(status, KubeError)
-    if status == 422 and "metadata.uid" in message:
-        cls = UidChanged  # the API server's answer to a uid that is not the object's
-    return cls(status, message or "error")
 
 
 class KubeClient:
@@ -220,7 +153,7 @@ class KubeClient:
         result = await retry_once_unauthorized(
             attempt, lambda r: isinstance(r, _Refused) and r.status == 401, self._renew)
         if isinstance(result, _Refused):
-            raise _error_for(result.status, result.payload)
+            raise error_for(result.status, result.payload)
         return result
 
     async def _renew(self) -> bool:
@@ -230,7 +163,7 @@ class KubeClient:
 
     async def request_json(self, method: str, path: str, **kw: Any) -> JSON:
         response = await self.request(method, path, **kw)
-        return _json_object(await _body(response, method, path),
+        return json_object(await read_body(response, method, path),
                             f"{method} {path}: response", response.status)
 
     # --- pods -----------------------------------------------------------------------
@@ -249,14 +182,14 @@ class KubeClient:
         response, protobuf = await self._read(path, slim, query={
             "labelSelector": label_selector or None, "limit": limit,
             "continue": continue_token}, client_timeout=aiohttp.ClientTimeout(total=120))
-        body = await _body(response, "GET", path)
+        body = await read_body(response, "GET", path)
         return decode_pod_list_proto(body) if protobuf else decode_pod_list(body, slim=slim)
 
     async def get_pod(self, namespace: str, name: str, *, slim: bool = False) -> JSON:
         """One pod by name (a missing one raises `NotFound`); `slim`: as `list_pods`."""
         path = self.pods_path(namespace, name)
         response, protobuf = await self._read(path, slim)
-        body, what = await _body(response, "GET", path), f"GET {path}: response"
+        body, what = await read_body(response, "GET", path), f"GET {path}: response"
         return decode_pod_proto(body, what) if protobuf else decode_pod(body, slim=slim,
                                                                           what=what)
 
@@ -283,13 +216,13 @@ class KubeClient:
             raise WatchStalled(0, f"watch did not open within {read_timeout:g}s") from exc
         try:
             if protobuf:
-                async for frame in _frames(response.content, read_timeout):
+                async for frame in watch_frames(response.content, read_timeout):
                     try:
                         yield decode_event_proto(frame)
                     except MalformedEvent as bad:
                         yield bad
                 return
-            async for line in _lines(response.content, read_timeout):
+            async for line in watch_lines(response.content, read_timeout):
                 try:
                     yield decode_event(line, slim=slim)
                 except MalformedEvent as bad:
@@ -327,171 +260,3 @@ class KubeClient:
                         content_type: str = "application/strategic-merge-patch+json") -> JSON:
         return await self.request_json("PATCH", self.pods_path(namespace, name), body=patch,
                                        content_type=content_type)
-
-
-class MalformedEvent(KubeError):
-    """A watch line that is not a well-formed event; the stream itself is still usable."""
-
-
-async def _body(response: aiohttp.ClientResponse, method: str, path: str) -> bytes:
-    """The whole body of `response`, which is released; transport errors are typed."""
-    try:
-        return await response.read()
-    except TimeoutError as exc:
-        raise Timeout(0, f"{method} {path}: the body did not arrive in time") from exc
-    except aiohttp.ClientError as exc:  # the connection broke while the body was read
-        raise KubeError(0, f"{method} {path}: {type(exc).__name__}: {exc}") from exc
-    finally:
-        response.release()
-
-
-def decode_pod_list(body: bytes, *, slim: bool = False) -> Page:
-    """Decode a LIST response (`slim`: items carry only what `project` reads); a body
-    that is not a JSON object with a list of items raises `KubeError`."""
-    data = slim_list(body) if slim else None
-    if data is None:  # not slim, or refused by the slim schema: the general way
-        data = _json_object(body, "LIST response")
-    return _page(data)
-
-
-def decode_pod_list_proto(body: bytes) -> Page:
-    """Decode a protobuf LIST response (slim items); bytes that are not one raise
-    `KubeError` naming what was wrong."""
-    try:
-        return _page(proto_list(body))
-    except ProtoError as exc:
-        raise KubeError(200, f"LIST response: {exc}") from exc
-
-
-def _page(data: JSON) -> Page:
-    meta = data.get("metadata")
-    meta = meta if isinstance(meta, dict) else {}
-    items = data.get("items") or []
-    if not isinstance(items, list):
-        raise KubeError(200, "LIST response: items is not a list")
-    token = meta.get("continue")
-    return Page(items=items, resource_version=str(meta.get("resourceVersion") or ""),
-                continue_token=str(token) if token else None)
-
-
-def decode_pod(body: bytes, *, slim: bool = False, what: str = "GET pod response") -> JSON:
-    """Decode one pod (`slim`: only what `project` reads); not a JSON object: `KubeError`."""
-    data = slim_pod(body) if slim else None  # None: refused by the slim schema, or not slim
-    return _json_object(body, what) if data is None else data
-
-
-def decode_pod_proto(body: bytes, what: str = "GET pod response") -> JSON:
-    """Decode one protobuf pod (slim); bytes that are not one raise `KubeError`."""
-    try:
-        return proto_pod(body)
-    except ProtoError as exc:
-        raise KubeError(200, f"{what}: {exc}") from exc
-
-
-def _json_object(body: bytes, what: str, status: int = 200) -> JSON:
-    """`body` decoded the general way (`json.loads`); anything but a JSON object raises
-    `KubeError` naming `what`."""
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError) as exc:
-        raise KubeError(status, f"{what} is not JSON") from exc
-    if not isinstance(data, dict):
-        raise KubeError(status, f"{what} is not an object")
-    return data
-
-
-def decode_event(line: bytes, *, slim: bool = False) -> WatchEvent:
-    """Decode one watch line (`slim`: the object carries only what `project` reads).
-    ERROR events raise (`Gone` for 410), malformed lines raise `MalformedEvent`; nothing
-    else escapes."""
-    data = slim_event(line) if slim else None
-    if data is None:  # not slim, or refused by the slim schema: the general way
-        try:
-            data = json.loads(line)
-        except (ValueError, RecursionError) as exc:
-            raise MalformedEvent(0, f"watch line is not JSON ({len(line)} bytes)") from exc
-    return _event(data)
-
-
-def decode_event_proto(frame: bytes) -> WatchEvent:
-    """Decode one protobuf watch frame (slim object), judged as `decode_event` judges a
-    line: ERROR events raise, malformed frames raise `MalformedEvent`."""
-    try:
-        data = proto_event(frame)
-    except ProtoError as exc:
-        raise MalformedEvent(0, f"watch frame of {len(frame)} bytes: {exc}") from exc
-    return _event(data)
-
-
-def _event(data: object) -> WatchEvent:
-    if not isinstance(data, dict):
-        raise MalformedEvent(0, "watch line is not an object")
-    kind = data.get("type")
-    obj = data.get("object")
-    if not isinstance(kind, str) or not isinstance(obj, dict):
-        raise MalformedEvent(0, "watch event without type or object")
-    if kind == "ERROR":
-        code = obj.get("code")
-        message = str(obj.get("message") or obj.get("reason") or "watch error")
-        if code == 410 or obj.get("reason") in ("Expired", "Gone"):
-            raise Gone(410, message)
-        raise KubeError(code if isinstance(code, int) else 0, message)
-    return WatchEvent(kind, obj)
-
-
-async def _lines(stream: aiohttp.StreamReader, read_timeout: float) -> AsyncIterator[bytes]:
-    """Split a byte stream into lines of any length (aiohttp's readline caps at 128 KiB).
-
-    Partial lines are kept as a list of chunks, so a multi-megabyte line costs one join."""
-    parts: list[bytes] = []
-    pending = 0
-    while True:
-        chunk = await _chunk(stream, read_timeout)
-        if not chunk:
-            tail = b"".join(parts)
-            if tail.strip():
-                yield tail
-            return
-        start = 0
-        while (end := chunk.find(b"\n", start)) != -1:
-            if parts:
-                parts.append(chunk[start:end])
-                line = b"".join(parts)
-                parts.clear()
-                pending = 0
-            else:
-                line = chunk[start:end]
-            if line:
-                yield line
-            start = end + 1
-        if start < len(chunk):
-            parts.append(chunk[start:])
-            pending += len(chunk) - start
-            if pending > _MAX_LINE:
-                raise KubeError(0, f"watch line longer than {_MAX_LINE} bytes")
-
-
-async def _frames(stream: aiohttp.StreamReader, read_timeout: float) -> AsyncIterator[bytes]:
-    """Split a ``;stream=watch`` protobuf stream into its length-delimited frames. A
-    length over the limit, or a stream that ends inside a frame, is a broken stream
-    (`KubeError`): the framing cannot be found again after it."""
-    splitter = FrameSplitter(_MAX_LINE)
-    while chunk := await _chunk(stream, read_timeout):
-        try:
-            frames = splitter.feed(chunk)
-        except ProtoError as exc:
-            raise KubeError(0, f"watch stream broke: {exc}") from exc
-        for frame in frames:
-            yield frame
-    if splitter.pending:
-        raise KubeError(0, f"watch stream ended inside a frame ({splitter.pending} bytes)")
-
-
-async def _chunk(stream: aiohttp.StreamReader, read_timeout: float) -> bytes:
-    """The next bytes of the stream (b"" at its end); silence and breaks are typed."""
-    try:
-        return await stream.readany()
-    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-        raise WatchStalled(0, f"watch stream silent for {read_timeout:g}s") from exc
-    except aiohttp.ClientError as exc:
-        raise KubeError(0, f"watch stream broke: {type(exc).__name__}: {exc}") from exc

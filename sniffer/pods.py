@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from typing import Protocol
 
-from sniffer.kube import JSON, NotFound, Page, UidChanged
+from sniffer.kubedecode import JSON, NotFound, Page, UidChanged
 from sniffer.podview import OUTCOME_FINALIZER
 
 

@@ -23,7 +23,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from sniffer.kube import Gone, KubeClient, KubeError, MalformedEvent
+from sniffer.kube import KubeClient
+from sniffer.kubedecode import Gone, KubeError, MalformedEvent
 
 log = logging.getLogger(__name__)
 JSON = dict[str, Any]

@@ -37,7 +37,8 @@ from typing import Any
 
 import aiohttp
 
-from sniffer.kube import Conflict, KubeClient, KubeError, NotFound
+from sniffer.kube import KubeClient
+from sniffer.kubedecode import Conflict, KubeError, NotFound
 from sniffer.podview import CANCEL_ANNOTATION
 from testbed.podfeed import PodFeed, feeding
 from testbed.realcatalogue import (

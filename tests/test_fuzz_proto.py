@@ -32,17 +32,11 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from sniffer.kube import KubeClient, MalformedEvent, Page, _frames, decode_event_proto
-from sniffer.podproto import (
-    CONTENT_TYPE,
-    WATCH_CONTENT_TYPE,
-    FrameSplitter,
-    ProtoError,
-    proto_event,
-    proto_list,
-    proto_pod,
-)
+from sniffer.kube import KubeClient
+from sniffer.kubedecode import MalformedEvent, Page, decode_event_proto, watch_frames
+from sniffer.podproto import proto_event, proto_list, proto_pod
 from sniffer.podview import MalformedPod, project
+from sniffer.protowire import CONTENT_TYPE, WATCH_CONTENT_TYPE, FrameSplitter, ProtoError
 from testbed.apiserver import ApiServer
 from tests.test_fuzz_watch import SHAPES, Counting, _Strict, real_pod
 from tests.test_kube_decode import feed
@@ -218,8 +212,8 @@ class ProtoFakeKube:
         if stream is None:
             await asyncio.Event().wait()
             return
-        async for frame in _frames(feed([stream[i:i + 4096]
-                                         for i in range(0, len(stream), 4096)]), read_timeout):
+        async for frame in watch_frames(feed([stream[i:i + 4096]
+                                              for i in range(0, len(stream), 4096)]), read_timeout):
             try:
                 yield decode_event_proto(frame)
             except MalformedEvent as bad:

@@ -1,6 +1,6 @@
 """Hostile watch input, fuzzed: nothing but typed errors escape, and the loop never dies.
 
-* The path every watch line takes — `sniffer.kube.decode_event` → `sniffer.podview.project`
+* The path every watch line takes — `sniffer.kubedecode.decode_event` → `sniffer.podview.project`
   → `sniffer.states.derive` — meets truncated lines, deep nesting, huge strings, wrong
   types anywhere in a real pod, odd numbers (NaN, 1e999, 10**5000), odd timestamps and
   bytes that are not UTF-8. Each stage may only raise its typed error (`KubeError`
@@ -32,14 +32,14 @@ from typing import Any, cast
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sniffer.kube import (
-    KubeClient,
+from sniffer.kube import KubeClient
+from sniffer.kubedecode import (
     KubeError,
     MalformedEvent,
     Page,
-    _lines,
     decode_event,
     decode_pod_list,
+    watch_lines,
 )
 from sniffer.logs import JsonFormatter
 from sniffer.podview import MalformedPod, project
@@ -339,7 +339,7 @@ class FakeKube:
         if stream is None:
             await asyncio.Event().wait()
             return
-        async for raw in _lines(feed([stream[i:i + 4096]
+        async for raw in watch_lines(feed([stream[i:i + 4096]
                                       for i in range(0, len(stream), 4096)]), read_timeout):
             try:
                 yield decode_event(raw, slim=slim)

@@ -7,7 +7,8 @@ import uuid
 
 import pytest
 
-from sniffer.kube import KubeClient, NotFound
+from sniffer.kube import KubeClient
+from sniffer.kubedecode import NotFound
 from sniffer.podview import CANCEL_ANNOTATION, OUTCOME_FINALIZER, project
 from tests.fixtures.watcher import Pods
 

@@ -17,15 +17,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sniffer import podwire
-from sniffer.kube import (
+from sniffer.kubedecode import (
     Gone,
     KubeError,
     MalformedEvent,
     WatchEvent,
-    _lines,
     decode_event,
     decode_pod,
     decode_pod_list,
+    watch_lines,
 )
 from sniffer.podview import (
     CANCEL_ANNOTATION,
@@ -47,7 +47,7 @@ def feed(chunks: list[bytes]) -> aiohttp.StreamReader:
 
 
 async def collect(chunks: list[bytes]) -> list[bytes]:
-    return [line async for line in _lines(feed(chunks), 1.0)]
+    return [line async for line in watch_lines(feed(chunks), 1.0)]
 
 
 async def test_a_line_far_longer_than_aiohttps_readline_limit_is_one_line():

@@ -18,17 +18,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from sniffer.kube import decode_event, decode_pod, decode_pod_list
-from sniffer.podproto import (
-    CONTENT_TYPE,
-    WATCH_CONTENT_TYPE,
-    FrameSplitter,
-    ProtoError,
-    proto_event,
-    proto_list,
-    proto_pod,
-)
+from sniffer.kubedecode import decode_event, decode_pod, decode_pod_list
+from sniffer.podproto import proto_event, proto_list, proto_pod
 from sniffer.podview import MESSAGE_LIMIT, PodView, project
+from sniffer.protowire import CONTENT_TYPE, WATCH_CONTENT_TYPE, FrameSplitter, ProtoError
 from testbed.apiserver import ApiServer
 from testbed.simulator.lifecycles import Shape
 from testbed.simulator.shapes import render

@@ -19,9 +19,10 @@ import pytest
 import trustme
 from aiohttp import web
 
-from sniffer.kube import KubeClient, KubeError, NotFound, WatchEvent
-from sniffer.podproto import CONTENT_TYPE
+from sniffer.kube import KubeClient
+from sniffer.kubedecode import KubeError, NotFound, WatchEvent
 from sniffer.podview import PodView, project
+from sniffer.protowire import CONTENT_TYPE
 from testbed.apiserver import ApiServer
 from testbed.kubeconfig import write_admin_kubeconfig
 from tests.test_podproto import STATUS_SHAPES, Raw, populate

@@ -7,7 +7,8 @@ import uuid
 
 import pytest
 
-from sniffer.kube import JSON, Conflict, KubeClient
+from sniffer.kube import KubeClient
+from sniffer.kubedecode import JSON, Conflict
 from sniffer.pods import list_pages, release_finalizer
 from tests.fixtures.watcher import Pods
 

@@ -30,7 +30,8 @@ from reconcile.app import Reconciler
 from reconcile.diff import Mismatch, MismatchKind
 from reconcile.repair import RepairHooks, RepairOutcome
 from reconcile.report import PassReport, render_table
-from sniffer.kube import KubeClient, KubeError, NotFound
+from sniffer.kube import KubeClient
+from sniffer.kubedecode import KubeError, NotFound
 from sniffer.platform import PlatformClient
 from sniffer.platform_model import StateUpdate
 from sniffer.podview import OUTCOME_FINALIZER

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from reconcile.snapshot import take
-from sniffer.kube import Gone, Page, decode_pod_list
+from sniffer.kubedecode import Gone, Page, decode_pod_list
 from sniffer.platform_model import Run
 from tests.test_reconcile_diff import NOW, kubelet_status, manifest, run
 

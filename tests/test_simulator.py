@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from sniffer.kube import KubeClient, NotFound, WatchEvent
+from sniffer.kube import KubeClient
+from sniffer.kubedecode import NotFound, WatchEvent
 from sniffer.podview import CANCEL_ANNOTATION, KIND_LABEL, RUN_ID_LABEL, TRACEPARENT_ANNOTATION
 from testbed.apiserver import ApiServer
 from testbed.platform.launcher import PlatformServer

@@ -10,7 +10,8 @@ import sys
 import uuid
 from pathlib import Path
 
-from sniffer.kube import KubeClient, NotFound
+from sniffer.kube import KubeClient
+from sniffer.kubedecode import NotFound
 from testbed.apiserver import ApiServer
 from testbed.platform.launcher import PlatformServer
 from tests.fixtures.watcher import Pods, eventually, watcher_env

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from sniffer.kube import KubeError
+from sniffer.kubedecode import KubeError
 from sniffer.platform_model import PlatformRejected, PlatformUnavailable
 from sniffer.podview import PodView, project
 from watch.store import PodStore

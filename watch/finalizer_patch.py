@@ -23,7 +23,8 @@ Contract (the Kubernetes Job controller's pod-tracking technique, KEP-2307):
 
 from __future__ import annotations
 
-from sniffer.kube import Conflict, KubeClient, NotFound, UidChanged
+from sniffer.kube import KubeClient
+from sniffer.kubedecode import Conflict, NotFound, UidChanged
 from sniffer.pods import release_finalizer
 from sniffer.podview import OUTCOME_FINALIZER as FINALIZER
 from sniffer.podview import PodView

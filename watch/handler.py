@@ -45,7 +45,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from sniffer.kube import JSON, NotFound
+from sniffer.kubedecode import JSON, NotFound
 from sniffer.nullmetrics import NULL_METRICS
 from sniffer.platform import PlatformClient
 from sniffer.platform_model import Outcome as PlatformOutcome

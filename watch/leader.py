@@ -34,7 +34,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from sniffer.kube import Conflict, KubeClient, KubeError, NotFound
+from sniffer.kube import KubeClient
+from sniffer.kubedecode import Conflict, KubeError, NotFound
 
 log = logging.getLogger(__name__)
 

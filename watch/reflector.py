@@ -34,7 +34,8 @@ from collections.abc import Callable
 from typing import Protocol
 
 from sniffer.backoff import Backoff
-from sniffer.kube import Gone, KubeClient, KubeError, MalformedEvent, WatchStalled
+from sniffer.kube import KubeClient
+from sniffer.kubedecode import Gone, KubeError, MalformedEvent, WatchStalled
 from sniffer.nullmetrics import NULL_METRICS
 from sniffer.pods import list_pages
 from sniffer.podview import MalformedPod, PodView, project

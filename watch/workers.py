@@ -70,7 +70,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
 
-from sniffer.kube import KubeError
+from sniffer.kubedecode import KubeError
 from sniffer.platform_model import PlatformRejected, PlatformUnavailable
 from watch.store import Cached
 from watch.workqueue import ShutDown, WorkQueue

@@ -32,7 +32,8 @@ from typing import Any
 
 import aiohttp
 
-from sniffer.kube import KubeClient, KubeError
+from sniffer.kube import KubeClient
+from sniffer.kubedecode import KubeError
 from sniffer.podview import CANCEL_ANNOTATION, RUN_ID_LABEL
 from testbed.simulator.config import SimConfig
 from testbed.simulator.kubeapi import Accepted, Counters, PodApi

@@ -24,7 +24,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sniffer.kube import Conflict, KubeClient, KubeError, NotFound
+from sniffer.kube import KubeClient
+from sniffer.kubedecode import Conflict, KubeError, NotFound
 
 JSON = dict[str, Any]
 STRATEGIC = "application/strategic-merge-patch+json"

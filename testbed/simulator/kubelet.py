@@ -32,7 +32,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from sniffer.kube import Gone, KubeError, WatchEvent
+from sniffer.kubedecode import Gone, KubeError, WatchEvent
 from testbed.simulator.kubeapi import Accepted, PodApi, backoff
 from testbed.simulator.lifecycles import Shape
 from testbed.simulator.shapes import render

@@ -46,7 +46,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sniffer.kube import KubeClient, NotFound
+from sniffer.kube import KubeClient
+from sniffer.kubedecode import NotFound
 from sniffer.podview import RUN_ID_LABEL
 from testbed.apiserver import ApiServer
 from testbed.platform.launcher import PlatformServer, launch

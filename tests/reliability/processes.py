@@ -24,7 +24,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from sniffer.kube import Gone, KubeClient, KubeError, MalformedEvent
+from sniffer.kube import KubeClient
+from sniffer.kubedecode import Gone, KubeError, MalformedEvent
 from sniffer.podview import OUTCOME_FINALIZER, RUN_ID_LABEL
 from tests.reliability.servers import free_port
 

@@ -25,7 +25,8 @@ import aiohttp
 import pytest
 import yaml
 
-from sniffer.kube import Gone, KubeClient, KubeError
+from sniffer.kube import KubeClient
+from sniffer.kubedecode import Gone, KubeError
 from sniffer.podview import CANCEL_ANNOTATION, OUTCOME_FINALIZER, PodView, project
 from sniffer.states import Derived, StatePolicy, derive
 from testbed.apiserver import ApiServer
