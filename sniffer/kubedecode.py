@@ -38,7 +38,6 @@ JSON = dict[str, Any]
 _MAX_LINE = 64 * 1024 * 1024  # A watch line (or frame) beyond this is hostile, not a pod.
 
 
-
 class KubeError(Exception):
     """An API call failed; `status` is the HTTP status (0 for transport errors)."""
 
@@ -76,6 +75,10 @@ class WatchStalled(Timeout):
     """A watch was silent for longer than the read timeout (a half-open connection)."""
 
 
+class MalformedEvent(KubeError):
+    """A watch line that is not a well-formed event; the stream itself is still usable."""
+
+
 @dataclass(frozen=True, slots=True)
 class WatchEvent:
     """One decoded watch line: ADDED, MODIFIED, DELETED, BOOKMARK (or ERROR, raised)."""
@@ -91,8 +94,6 @@ class Page:
     items: list[JSON]
     resource_version: str
     continue_token: str | None
-
-
 
 
 def error_for(status: int, body: bytes | str) -> KubeError:
@@ -112,11 +113,6 @@ def error_for(status: int, body: bytes | str) -> KubeError:
     if status == 422 and "metadata.uid" in message:
         cls = UidChanged  # the API server's answer to a uid that is not the object's
     return cls(status, message or "error")
-
-
-
-class MalformedEvent(KubeError):
-    """A watch line that is not a well-formed event; the stream itself is still usable."""
 
 
 async def read_body(response: aiohttp.ClientResponse, method: str, path: str) -> bytes:
