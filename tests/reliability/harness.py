@@ -79,6 +79,33 @@ class Bed:
 
 # -- running one scenario -------------------------------------------------------------------
 
+RESTART_DELAY_S = 1.0
+"""How soon a watcher that exited on its own is started again (a kubelet's first restart
+of a container is immediate; this leaves its log a moment to flush)."""
+
+
+async def _supervise(ctx: Ctx, result: Result) -> None:
+    """Start again every watcher that exits on its own, as its Deployment's restartPolicy
+    Always would. Losing the lease is such an exit by design (the process exits 1 and
+    says so in its log; a restart rejoins as a standby): a note. Any other exit is a
+    problem. Runs until cancelled."""
+    leases_lost: dict[str, int] = {}
+    while True:
+        await asyncio.sleep(POLL_S)
+        for watcher in list(ctx.watchers.values()):
+            code = watcher.exited_on_its_own()
+            if code is None:
+                continue
+            lost = scan_logs([watcher.log_path])[1].get("lease_lost", 0)
+            if lost > leases_lost.get(watcher.name, 0):
+                leases_lost[watcher.name] = lost
+                ctx.notes.append(f"{watcher.name} lost its lease and exited {code}; "
+                                 "restarted as its Deployment would")
+            else:
+                result.problems.append(f"{watcher.name} exited {code} on its own")
+            await asyncio.sleep(RESTART_DELAY_S)
+            watcher.start()
+
 async def run_scenario(scenario: Scenario, bed: Bed | None, workdir: Path) -> Result:
     workdir = workdir / scenario.name
     workdir.mkdir(parents=True, exist_ok=True)
@@ -96,6 +123,7 @@ async def run_scenario(scenario: Scenario, bed: Bed | None, workdir: Path) -> Re
     namespace = f"rel-{scenario.name[:40]}-{secrets.token_hex(3)}"
     ctx = Ctx(scenario, kube_server, platform, kube, namespace, workdir, restartable)
     observer_task: asyncio.Task[None] | None = None
+    supervisor: asyncio.Task[None] | None = None
     try:
         await kube.request_json("POST", "/api/v1/namespaces", body={
             "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
@@ -107,6 +135,7 @@ async def run_scenario(scenario: Scenario, bed: Bed | None, workdir: Path) -> Re
             ctx.add_watcher(f"watcher-{i}").start()
         for watcher in ctx.watchers.values():
             await watcher.wait_ready()
+        supervisor = asyncio.create_task(_supervise(ctx, result), name="watcher-supervisor")
         if scenario.leader_election:
             await ctx.leader()
         if scenario.drive is not None:
@@ -118,6 +147,9 @@ async def run_scenario(scenario: Scenario, bed: Bed | None, workdir: Path) -> Re
         log.exception("scenario %s failed to run", scenario.name)
         result.problems.append(f"the scenario could not run: {type(exc).__name__}: {exc}")
     finally:
+        if supervisor is not None:
+            supervisor.cancel()
+            await asyncio.gather(supervisor, return_exceptions=True)
         for watcher in ctx.watchers.values():
             watcher.reap()
             code = await watcher.stop()

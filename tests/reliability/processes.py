@@ -46,9 +46,12 @@ class WatcherProcess:
         self._proc: subprocess.Popen[bytes] | None = None
         self.exit_codes: list[int] = []
         self.killed = 0
+        self._ending = False
+        """True from a `kill` or `stop` until the next `start`: an exit then is ours."""
 
     def start(self) -> None:
         assert self._proc is None or self._proc.poll() is not None
+        self._ending = False
         self.port = free_port()
         env = {**self.env, "SNIFFER_HEALTH_PORT": str(self.port)}
         with open(self.log_path, "ab") as out:
@@ -91,6 +94,7 @@ class WatcherProcess:
 
     def kill(self) -> None:
         """SIGKILL (a crash); the life's exit code is not judged."""
+        self._ending = True
         if self._proc is not None and self._proc.poll() is None:
             self._proc.send_signal(signal.SIGKILL)
             self._proc.wait(30)
@@ -99,6 +103,7 @@ class WatcherProcess:
 
     async def stop(self) -> int | None:
         """SIGTERM and wait (bounded); returns the exit code (None if it was not running)."""
+        self._ending = True
         proc = self._proc
         if proc is None:
             return None
@@ -113,6 +118,16 @@ class WatcherProcess:
                 self._proc = None
                 return -9
         code = proc.returncode
+        self.exit_codes.append(code)
+        self._proc = None
+        return code
+
+    def exited_on_its_own(self) -> int | None:
+        """The exit code of a life that ended without `kill` or `stop` (recorded, and the
+        process forgotten so it can be started again), else None."""
+        if self._ending or self._proc is None or self._proc.poll() is None:
+            return None
+        code = self._proc.returncode
         self.exit_codes.append(code)
         self._proc = None
         return code
