@@ -151,6 +151,19 @@ def test_a_rate_limited_add_without_delay_is_a_plain_add(delay: float) -> None:
 # --- model-based test ---------------------------------------------------------------------
 
 
+def test_a_key_rescheduled_for_the_moment_another_is_due_takes_its_new_place() -> None:
+    """Found by the model below: a retry of `a` asked after `b`'s delay, for the same
+    moment, used to keep `a`'s old place because a superseded timer entry was told from
+    the live one by its time alone."""
+    queue, timers, _ = held_queue()
+    queue.add_after("a", 2)
+    timers.advance(1)
+    queue.add_after("b", 1)
+    queue.add_rate_limited("a", at_least=1)  # due with b, and asked after it
+    timers.advance(1)
+    assert drain_now(queue) == ["b", "a"]
+
+
 class HeldQueueMachine(RuleBasedStateMachine):
     """The queue against a model with time: plain delays (earliest wins), holds (not
     before their end, later end wins), adds, gets, dones, shutdown."""

@@ -102,8 +102,10 @@ class WorkQueue(Generic[K]):
     * a key is in `_queue` iff it is in `_dirty` and not in `_processing`; `_queue` holds
       no key twice;
     * a key is in `_added_at` iff it is in `_dirty`;
-    * a key is in `_waiting` iff a heap entry `(_waiting[key], _, key)` exists (other
-      heap entries for the key are stale and skipped); `_waiting` is empty once shut down;
+    * a key is in `_waiting` iff it is in `_live` and the heap holds its live entry
+      `(_waiting[key], _live[key], key)`; its other heap entries are stale and skipped
+      (told apart by sequence number, not time: a key re-scheduled for the same moment
+      takes its new place among keys due then); `_waiting` is empty once shut down;
     * a key is in `_held` iff it is in `_waiting` because of a rate-limited add; a held
       key is never in `_dirty` (its timer adds it);
     * `_timer` is scheduled iff `_waiting` is not empty, for its earliest time.
@@ -128,6 +130,7 @@ class WorkQueue(Generic[K]):
         self._waiting: dict[K, float] = {}  # key -> loop time it is due
         self._held: set[K] = set()
         self._heap: list[tuple[float, int, K]] = []
+        self._live: dict[K, int] = {}  # key -> sequence number of its live heap entry
         self._seq = itertools.count()
         self._timer: TimerHandle | None = None
         self._timer_at = 0.0
@@ -285,6 +288,7 @@ class WorkQueue(Generic[K]):
         self._waiting.clear()
         self._held.clear()
         self._heap.clear()
+        self._live.clear()
         while self._getters:
             getter = self._getters.popleft()
             if not getter.done():
@@ -337,7 +341,8 @@ class WorkQueue(Generic[K]):
         """Make `key` due at `due` (earlier or, for a hold, later than before)."""
         previous = self._waiting.get(key)
         self._waiting[key] = due
-        heapq.heappush(self._heap, (due, next(self._seq), key))
+        self._live[key] = seq = next(self._seq)
+        heapq.heappush(self._heap, (due, seq, key))
         if self._timer is None or due < self._timer_at:
             self._schedule(timers, due)
         elif previous == self._timer_at and due > previous:
@@ -355,8 +360,8 @@ class WorkQueue(Generic[K]):
         timers = self._loop()
         now = timers.time()
         while self._heap:
-            due, _, key = self._heap[0]
-            if self._waiting.get(key) != due:
+            due, seq, key = self._heap[0]
+            if self._live.get(key) != seq:
                 heapq.heappop(self._heap)  # stale: superseded by another delay or a hold
                 continue
             if due > now + _EARLY:
@@ -364,5 +369,6 @@ class WorkQueue(Generic[K]):
                 return
             heapq.heappop(self._heap)
             del self._waiting[key]
+            del self._live[key]
             self._held.discard(key)
             self.add(key)
