@@ -1,7 +1,8 @@
 """The two pod operations every part of Sniffer composes from `KubeClient`'s calls.
 
 Contract:
-* `list_pages` yields every page of one paginated LIST, in order. The first page is a
+* `list_pages` (pods) and `list_job_pages` (batch/v1 Jobs) yield every page of one
+  paginated LIST, in order. The first page is a
   consistent read from etcd; later pages come from the same snapshot through the continue
   token, so together they are one point-in-time list, whose resourceVersion is the last
   page's. An expired token raises `Gone` from the iteration: the caller starts over (a
@@ -20,7 +21,7 @@ Contract:
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Protocol
 
 from sniffer.kubedecode import JSON, NotFound, Page, UidChanged
@@ -34,6 +35,13 @@ class PageLister(Protocol):
                         continue_token: str | None = None, slim: bool = False) -> Page: ...
 
 
+class JobPageLister(Protocol):
+    """The `KubeClient` call `list_job_pages` makes."""
+
+    async def list_jobs(self, namespace: str | None, *, label_selector: str, limit: int,
+                        continue_token: str | None = None) -> Page: ...
+
+
 class PodPatcher(Protocol):
     """The `KubeClient` call `release_finalizer` makes."""
 
@@ -41,15 +49,31 @@ class PodPatcher(Protocol):
                         content_type: str = ...) -> JSON: ...
 
 
-async def list_pages(kube: PageLister, namespace: str | None, *, label_selector: str,
+def list_pages(kube: PageLister, namespace: str | None, *, label_selector: str,
                      page_size: int, slim: bool = True) -> AsyncGenerator[Page, None]:
     """Every page of the LIST of `namespace`'s pods (None: all namespaces) that match
     `label_selector`, `page_size` items at most per page; `slim`: as
     `KubeClient.list_pods`."""
+    async def fetch(token: str | None) -> Page:
+        return await kube.list_pods(namespace, label_selector=label_selector,
+                                    limit=page_size, continue_token=token, slim=slim)
+    return _paged(fetch)
+
+
+def list_job_pages(kube: JobPageLister, namespace: str | None, *, label_selector: str,
+                         page_size: int) -> AsyncGenerator[Page, None]:
+    """Every page of the LIST of `namespace`'s Jobs, as `list_pages` for pods."""
+    async def fetch(token: str | None) -> Page:
+        return await kube.list_jobs(namespace, label_selector=label_selector,
+                                    limit=page_size, continue_token=token)
+    return _paged(fetch)
+
+
+async def _paged(fetch: Callable[[str | None], Awaitable[Page]]) -> AsyncGenerator[Page, None]:
+    """The one paging loop: fetch(None), then fetch(continue token) until there is none."""
     token: str | None = None
     while True:
-        page = await kube.list_pods(namespace, label_selector=label_selector,
-                                    limit=page_size, continue_token=token, slim=slim)
+        page = await fetch(token)
         token = page.continue_token
         yield page
         if token is None:
