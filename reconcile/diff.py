@@ -48,7 +48,10 @@ Contract:
   Job its record names, else by its oldest Job.
 
   - `job_ahead`: a non-terminal run whose Job shows a state further along → write
-    `target` with the Job's `attempts`, binding the run to the Job.
+    `target` with the Job's `attempts`, binding the run to the Job (and, if that is
+    terminal, release the Job's outcome finalizer).
+  - `finalizer_left` for a Job: a terminal run whose Job still carries Sniffer's
+    finalizer → release it.
   - `job_lost`: a non-terminal run older than the grace period whose Job is gone (deleted
     or removed by its TTL while nobody watched) but some of whose attempt pods remain →
     write what they still say (`sniffer.jobs.job_lost`: a succeeded attempt is the
@@ -109,11 +112,13 @@ _REPAIRABLE = frozenset({MismatchKind.POD_AHEAD, MismatchKind.POD_LOST,
 
 @dataclass(frozen=True, slots=True)
 class PodRef:
-    """Which pod a mismatch is about. `uid` is None when only the run's record names it."""
+    """Which pod (or, with `kind` "Job", which Job) a mismatch is about. `uid` is None
+    when only the run's record names it."""
 
     namespace: str
     name: str
     uid: str | None
+    kind: str = "Pod"
 
     @property
     def key(self) -> str:
@@ -259,7 +264,10 @@ def _judge_jobs(run_id: str, jobs: list[JobView], attempt_pods: list[PodView],
         return []
     state = _state(run)
     if state.is_terminal:
-        return []
+        return [Mismatch(MismatchKind.FINALIZER_LEFT, run_id, state, _job_ref(job),
+                         f"run is {state.value}; job still carries {OUTCOME_FINALIZER}",
+                         release_finalizer=True)
+                for job in jobs if OUTCOME_FINALIZER in job.finalizers]
     out = [Mismatch(MismatchKind.UID_MISMATCH, run_id, state, _ref(pod),
                     "a bare pod beside the run's job") for pod in bare_pods]
     if run.pod_uid:
@@ -283,7 +291,9 @@ def _judge_jobs(run_id: str, jobs: list[JobView], attempt_pods: list[PodView],
             MismatchKind.JOB_AHEAD, run_id, state, _job_ref(speaker),
             f"job shows {derived.state.value}{because}; platform has {state.value}",
             target=derived, attempts=max(count.count, run.attempts),
-            attempt_pod=count.current_pod))
+            attempt_pod=count.current_pod,
+            release_finalizer=(derived.state.is_terminal
+                               and OUTCOME_FINALIZER in speaker.finalizers)))
     return out
 
 
@@ -312,7 +322,7 @@ def _judge_job_gone(run_id: str, pods: list[PodView], snapshot: Snapshot, now: f
 
 
 def _job_ref(job: JobView) -> PodRef:
-    return PodRef(job.namespace, job.name, job.uid)
+    return PodRef(job.namespace, job.name, job.uid, "Job")
 
 
 def _left_to_watcher(pod: PodView, derived: Derived, run: Run, now: float,

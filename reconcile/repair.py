@@ -46,7 +46,7 @@ from typing import Protocol
 
 from opentelemetry import trace
 
-from reconcile.diff import Mismatch, MismatchKind, diff
+from reconcile.diff import Mismatch, MismatchKind, PodRef, diff
 from reconcile.snapshot import BadPod, Snapshot, project_into, project_job_into
 from sniffer.backoff import backoff_delay
 from sniffer.jobview import JobView
@@ -59,7 +59,7 @@ from sniffer.platform_model import (
     StateUpdate,
     UpdateResult,
 )
-from sniffer.pods import list_job_pages, list_pages, release_finalizer
+from sniffer.pods import list_job_pages, list_pages, release_finalizer, release_job_finalizer
 from sniffer.podview import OUTCOME_FINALIZER, RUN_ID_LABEL, PodView
 from sniffer.states import StatePolicy
 
@@ -109,6 +109,9 @@ class PodAccess(Protocol):
 
     async def list_jobs(self, namespace: str | None, *, label_selector: str, limit: int,
                         continue_token: str | None = None) -> Page: ...
+
+    async def patch_job(self, namespace: str, name: str, patch: JSON, *,
+                        content_type: str = ...) -> JSON: ...
 
     async def patch_pod(self, namespace: str, name: str, patch: JSON | list[JSON], *,
                         content_type: str = ...) -> JSON: ...
@@ -247,19 +250,20 @@ class Repairer:
                 raise _Race(result.run)
             because = f" ({t.reason})" if t.reason else ""
             done.append(f"set {t.state.value}{because}, was {run.state}")
-        if m.release_finalizer and m.pod is not None and await self._release(m.pod.namespace,
-                                                                              m.pod.name,
-                                                                              m.pod.uid):
-            done.append(f"removed finalizer {OUTCOME_FINALIZER}")
+        if m.release_finalizer and m.pod is not None and await self._release(m.pod):
+            done.append(f"removed finalizer {OUTCOME_FINALIZER}"
+                        + (" from the job" if m.pod.kind == "Job" else ""))
         if not done:
             return RepairResult(m, RepairOutcome.ALREADY_CONSISTENT,
                                 "none: the pod is gone or was replaced")
         return RepairResult(m, RepairOutcome.REPAIRED, "; ".join(done))
 
-    async def _release(self, namespace: str, name: str, uid: str | None) -> bool:
-        """Remove Sniffer's finalizer from this very pod (uid precondition); True if a
-        patch landed, False if the pod is gone or is another pod now."""
-        return await release_finalizer(self._kube, namespace, name, uid)
+    async def _release(self, ref: PodRef) -> bool:
+        """Remove Sniffer's finalizer from this very pod or Job (uid precondition); True
+        if a patch landed, False if it is gone or is another object now."""
+        if ref.kind == "Job":
+            return await release_job_finalizer(self._kube, ref.namespace, ref.name, ref.uid)
+        return await release_finalizer(self._kube, ref.namespace, ref.name, ref.uid)
 
     # --- the re-read ------------------------------------------------------------------
 
@@ -271,7 +275,8 @@ class Repairer:
         jobs: list[JobView] = []
         bad_jobs: list[BadPod] = []
         namespaces: tuple[str | None, ...] = ()
-        if m.kind in (MismatchKind.POD_LOST, MismatchKind.JOB_AHEAD, MismatchKind.JOB_LOST):
+        if m.kind in (MismatchKind.POD_LOST, MismatchKind.JOB_AHEAD,
+                      MismatchKind.JOB_LOST) or (m.pod is not None and m.pod.kind == "Job"):
             # A pod (or Job) may have appeared under any name: list by label, in the
             # namespace the run names (the diff only judges runs lost whose namespace is
             # in scope), or the Job's.

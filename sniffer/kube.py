@@ -279,6 +279,11 @@ class KubeClient:
         """One Job by name (a missing one raises `NotFound`)."""
         return await self.request_json("GET", self.jobs_path(namespace, name))
 
+    async def patch_job(self, namespace: str, name: str, patch: JSON, *,
+                        content_type: str = "application/strategic-merge-patch+json") -> JSON:
+        return await self.request_json("PATCH", self.jobs_path(namespace, name), body=patch,
+                                       content_type=content_type)
+
     async def patch_pod(self, namespace: str, name: str, patch: JSON | list[JSON], *,
                         content_type: str = "application/strategic-merge-patch+json") -> JSON:
         return await self.request_json("PATCH", self.pods_path(namespace, name), body=patch,

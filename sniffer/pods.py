@@ -14,7 +14,8 @@ Contract:
   the pod is gone (404) or its name belongs to another pod now (the API server refuses a
   patch that would change the immutable uid with 422, `UidChanged`). Everything else,
   409 from a patch the server gave up retrying included, is raised: the finalizer is
-  still there and the caller must retry or report it.
+  still there and the caller must retry or report it. `release_job_finalizer` does the
+  same for a batch/v1 Job (the watcher's outcome finalizer on Jobs).
 * Both take the small protocols below, so tests and callers may pass any client that
   has the call.
 """
@@ -40,6 +41,13 @@ class JobPageLister(Protocol):
 
     async def list_jobs(self, namespace: str | None, *, label_selector: str, limit: int,
                         continue_token: str | None = None) -> Page: ...
+
+
+class JobPatcher(Protocol):
+    """The `KubeClient` call `release_job_finalizer` makes."""
+
+    async def patch_job(self, namespace: str, name: str, patch: JSON, *,
+                        content_type: str = ...) -> JSON: ...
 
 
 class PodPatcher(Protocol):
@@ -84,11 +92,26 @@ async def release_finalizer(kube: PodPatcher, namespace: str, name: str, uid: st
                             finalizer: str = OUTCOME_FINALIZER) -> bool:
     """Remove `finalizer` from pod `namespace/name` if that pod still has uid `uid` (None:
     whichever pod has the name, for uninstall). True iff the patch landed."""
-    meta: JSON = {"$deleteFromPrimitiveList/finalizers": [finalizer]}
-    if uid:
-        meta["uid"] = uid
     try:
-        await kube.patch_pod(namespace, name, {"metadata": meta})
+        await kube.patch_pod(namespace, name, _without(finalizer, uid))
     except (NotFound, UidChanged):  # gone, or the name is another pod's now
         return False
     return True
+
+
+async def release_job_finalizer(kube: JobPatcher, namespace: str, name: str, uid: str | None,
+                                finalizer: str = OUTCOME_FINALIZER) -> bool:
+    """As `release_finalizer`, for Job `namespace/name`."""
+    try:
+        await kube.patch_job(namespace, name, _without(finalizer, uid))
+    except (NotFound, UidChanged):
+        return False
+    return True
+
+
+def _without(finalizer: str, uid: str | None) -> JSON:
+    """The strategic-merge patch that removes `finalizer`, on the object with `uid`."""
+    meta: JSON = {"$deleteFromPrimitiveList/finalizers": [finalizer]}
+    if uid:
+        meta["uid"] = uid
+    return {"metadata": meta}

@@ -21,8 +21,9 @@ import pytest
 from reconcile.diff import Mismatch, MismatchKind
 from reconcile.repair import RepairHooks, RepairOutcome
 from sniffer.kube import KubeClient
+from sniffer.kubedecode import NotFound
 from sniffer.platform import PlatformClient
-from sniffer.podview import RUN_ID_LABEL
+from sniffer.podview import OUTCOME_FINALIZER, RUN_ID_LABEL
 from testbed.apiserver import ApiServer
 from testbed.platform.launcher import PlatformServer
 from tests.fixtures.kubehttp import MERGE_PATCH
@@ -62,12 +63,16 @@ class JobBed(Bed):
         return KubeClient.jobs_path(self.ns, name)
 
     async def job(self, name: str, run_id: str, *, backoff_limit: int = 3,
-                  suspend: bool = False, hold: bool = False) -> str:
-        """Create a Job carrying the run id (on it and its pod template); its uid."""
+                  suspend: bool = False, hold: bool = False, finalizer: bool = False) -> str:
+        """Create a Job carrying the run id (on it and its pod template); its uid.
+        `finalizer`: the watcher's outcome finalizer is on it."""
         labels = {RUN_ID_LABEL: run_id}
-        meta: dict[str, Any] = {"name": name, "namespace": self.ns, "labels": labels}
+        meta: dict[str, Any] = {"name": name, "namespace": self.ns, "labels": labels,
+                                "finalizers": []}
         if hold:  # someone else's finalizer, so a deletion leaves the Job Terminating
-            meta["finalizers"] = ["example.com/hold"]
+            meta["finalizers"].append("example.com/hold")
+        if finalizer:
+            meta["finalizers"].append(OUTCOME_FINALIZER)
         created = await self.kube.request_json("POST", self.jobs_path(), body={
             "apiVersion": "batch/v1", "kind": "Job", "metadata": meta,
             "spec": {"backoffLimit": backoff_limit, "suspend": suspend,
@@ -106,6 +111,10 @@ class JobBed(Bed):
             "PATCH", KubeClient.pods_path(self.ns, name) + "/status",
             body={"status": attempt_status(phase, t, **kw)}, content_type=MERGE_PATCH)
         return str(created["metadata"]["uid"])
+
+    async def job_finalizers(self, name: str) -> list[str]:
+        job = await self.kube.request_json("GET", self.jobs_path(name))
+        return list(job["metadata"].get("finalizers") or [])
 
     def run_record(self, run_id: str) -> dict[str, Any]:
         run = self.platform.get_run(run_id)
@@ -278,3 +287,34 @@ async def test_without_jobs_watched_a_jobs_pods_are_judged_as_bare_pods(
     report = await bed.reconciler(settings=settings).run_pass(asyncio.Event())
     assert by_run(report)[run_id] == [(MismatchKind.POD_AHEAD, RepairOutcome.REPAIRED)]
     assert bed.state(run_id)[0] == "failed"
+
+
+async def test_a_terminal_write_releases_the_jobs_outcome_finalizer(bed: JobBed) -> None:
+    """The Job was deleted (TTL) while the watcher was down; its outcome finalizer held
+    it, so the reconciler reads the outcome and then lets the Job go."""
+    run_id = new_run_id()
+    uid = await bed.job("train", run_id, finalizer=True)
+    await bed.job_status("train", {
+        "startTime": stamp(T), "succeeded": 1, "completionTime": stamp(T + 9),
+        "conditions": [cond("SuccessCriteriaMet", T + 8, "CompletionsReached"),
+                       cond("Complete", T + 9, "CompletionsReached")]})
+    bed.run(run_id, "running", pod_name="train", pod_uid=uid)
+    await bed.delete_job("train")  # held: Terminating
+    report = await bed.reconcile()
+    assert by_run(report)[run_id] == [(MismatchKind.JOB_AHEAD, RepairOutcome.REPAIRED)]
+    assert bed.state(run_id)[0] == "succeeded"
+    [item] = [r for r in report.results if r.mismatch.run_id == run_id]
+    assert item.action.endswith(f"removed finalizer {OUTCOME_FINALIZER} from the job")
+    with pytest.raises(NotFound):  # the finalizer was the last thing holding it
+        await bed.job_finalizers("train")
+
+
+async def test_a_finalizer_left_on_the_job_of_a_terminal_run_is_released(
+        bed: JobBed) -> None:
+    run_id = new_run_id()
+    uid = await bed.job("train", run_id, finalizer=True)
+    bed.run(run_id, "failed", pod_name="train", pod_uid=uid)
+    report = await bed.reconcile()
+    assert by_run(report)[run_id] == [(MismatchKind.FINALIZER_LEFT, RepairOutcome.REPAIRED)]
+    assert await bed.job_finalizers("train") == []
+    assert run_id not in by_run(await bed.reconcile())
