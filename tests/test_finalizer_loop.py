@@ -114,7 +114,7 @@ def _limiter() -> MaxOfRateLimiter[str]:
 @contextlib.asynccontextmanager
 async def loop(apiserver: ApiServer, platform: PlatformServer, namespace: str,
                tmp_path: Path, *, is_leader: Callable[[], bool] = lambda: True,
-               finalizers: bool = True) -> AsyncIterator[Bed]:
+               finalizers: bool = True) -> AsyncIterator[Bed[Recorder]]:
     """The controller with its finalizer patches behind the proxy (the watch direct)."""
     async with controller_bed(apiserver, platform, namespace, tmp_path, proxied="patches",
                               limiter=_limiter, metrics=Recorder(), finalizers=finalizers,
@@ -142,7 +142,8 @@ async def none_held(pods: Pods, names: Iterable[str]) -> bool:
     return not any([await held(pods, n) for n in names])
 
 
-async def quiet_and_released(h: Bed, namespace: str, names: Iterable[str]) -> bool:
+async def quiet_and_released(h: Bed[Recorder], namespace: str,
+                             names: Iterable[str]) -> bool:
     """No finalizer patch in flight or queued, and each pod cached as a settled record at
     the resourceVersion the API server has, carrying no finalizer of ours."""
     if h.controller.finalizing.longest_busy_s() > 0 or len(h.finalizer_queue) > 0:

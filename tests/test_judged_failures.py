@@ -39,7 +39,7 @@ class Outcomes(Recorder):
 
 @contextlib.asynccontextmanager
 async def watching(apiserver: ApiServer, platform: PlatformServer, namespace: str,
-                   tmp_path: Path) -> AsyncIterator[Bed]:
+                   tmp_path: Path) -> AsyncIterator[Bed[Outcomes]]:
     """The controller with its watch behind the proxy (reads and patches direct)."""
     async with controller_bed(apiserver, platform, namespace, tmp_path, proxied="watch",
                               limiter=lambda: Limiter(delay=0.05), metrics=Outcomes(),
