@@ -262,7 +262,8 @@ async def _reflect(stream: bytes, expected_bad: int, final: dict[str, Any]) -> N
     store = PodStore(("fuzz-proto",))
     changed: list[str] = []
     metrics = Counting()
-    reflector = Reflector(cast(KubeClient, ProtoFakeKube(stream)), store, changed.append,
+    reflector = Reflector(cast(KubeClient, ProtoFakeKube(stream)), store,
+                          lambda key, _priority: changed.append(key),
                           namespaces=("fuzz-proto",), label_selector="sniffer.io/run-id",
                           metrics=metrics)
     handler = _Strict()
