@@ -11,9 +11,10 @@ variant, on one testbed:
 
 Each variant's line: end-to-end latency p50/p99/max (the platform's acknowledgements, as
 every bench row), the watcher's CPU, and its collections: count, total pause, p99 and
-max pause, pauses over 10 ms, all counted after the cache synced (the load's window). The variants run in turn (``--rounds`` times, interleaved, so
-a change in the machine's load hits every variant alike); results go to
-``<out>/<stamp>-gc.json``. Speeds are read, never asserted.
+max pause, pauses over 10 ms, all counted after the cache synced (the load's window).
+The variants run in turn (``--rounds`` times, interleaved, so a change in the machine's
+load hits every variant alike); results go to ``<out>/<stamp>-gc.json``.
+Speeds are read, never asserted.
 """
 
 from __future__ import annotations
