@@ -15,6 +15,11 @@ max pause, pauses over 10 ms, all counted after the cache synced (the load's win
 The variants run in turn (``--rounds`` times, interleaved, so a change in the machine's
 load hits every variant alike); results go to ``<out>/<stamp>-gc.json``.
 Speeds are read, never asserted.
+
+``--heap 10000,100000`` measures instead, in-process, what one full (generation 2)
+collection costs with a cache of that many pods' views (the slim JSON decoder's, kept as
+the store keeps them), before and after `gc.freeze()`: the longest event-loop stall a
+collection can cause at that size.
 """
 
 from __future__ import annotations
@@ -103,6 +108,73 @@ def line(t: dict[str, Any]) -> str:
     return text
 
 
+def full_collection_ms(pods: int, repeat: int = 5) -> dict[str, float]:
+    """Best-of-`repeat` `gc.collect()` with `pods` cached views, unfrozen and frozen."""
+    import gc
+
+    from bench.decode import _decoder, _pages_for
+    from sniffer.podview import project
+
+    decode = _decoder("sniffer")
+    assert decode is not None
+    cache = {}
+    for body in _pages_for("sniffer", pods, 500):
+        for item in decode(body):
+            view = project(item)
+            cache[view.key] = view
+
+    def best() -> float:
+        times = []
+        for _ in range(repeat):
+            t = time.perf_counter()
+            gc.collect()
+            times.append(time.perf_counter() - t)
+        return min(times) * 1000
+
+    unfrozen = best()
+    gc.freeze()
+    frozen = best()
+    gc.unfreeze()
+    churn = _churn(cache, decode, project)
+    gc.freeze()
+    churn_frozen = _churn(cache, decode, project)
+    gc.unfreeze()
+    del cache
+    return {"pods": pods, "full_collection_ms": unfrozen, "after_freeze_ms": frozen,
+            **{f"churn_{k}": v for k, v in churn.items()},
+            **{f"churn_frozen_{k}": v for k, v in churn_frozen.items()}}
+
+
+def _churn(cache: dict[str, Any], decode: Any, project: Any) -> dict[str, float]:
+    """Steady state: every cached pod updated once (a new view replaces the old, as a
+    watch event does), with the default thresholds; the collections that ran."""
+    import gc
+
+    from bench.decode import _pages_for
+
+    pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
+    started = [0.0]
+
+    def callback(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            pauses[int(info["generation"])].append(time.perf_counter() - started[0])
+
+    gc.collect()
+    gc.callbacks.append(callback)
+    try:
+        for body in _pages_for("sniffer", len(cache), 500, seed=9):
+            for item in decode(body):
+                view = project(item)
+                cache[view.key] = view
+    finally:
+        gc.callbacks.remove(callback)
+    return {"gen2": len(pauses[2]), "gen2_max_ms": max(pauses[2], default=0.0) * 1000,
+            "all": sum(len(v) for v in pauses.values()),
+            "max_ms": max((x for v in pauses.values() for x in v), default=0.0) * 1000}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.gcpause", description=__doc__.split("\n")[0])
     p.add_argument("--rate", type=float, help="jobs/s (default: half the measured ceiling)")
@@ -111,7 +183,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threshold", default="50000,20,100")
     p.add_argument("--variants", default="default,freeze,threshold,freeze+threshold")
     p.add_argument("--out", type=Path, default=_REPO / "bench" / "results")
+    p.add_argument("--heap", help="comma-separated pod counts: time one full collection")
     args = p.parse_args(argv)
+    if args.heap:
+        for pods in (int(v) for v in args.heap.split(",")):
+            r = full_collection_ms(pods)
+            print(f"{r['pods']:>7} cached pods: full collection {r['full_collection_ms']:.1f} "
+                  f"ms, after gc.freeze() {r['after_freeze_ms']:.1f} ms; every pod updated "
+                  f"once: {r['churn_all']:.0f} collections, {r['churn_gen2']:.0f} full "
+                  f"(max {r['churn_gen2_max_ms']:.1f} ms); frozen first: "
+                  f"{r['churn_frozen_all']:.0f}, {r['churn_frozen_gen2']:.0f} full (max "
+                  f"{r['churn_frozen_gen2_max_ms']:.1f} ms)")
+        return 0
     args.variants = [v.strip() for v in args.variants.split(",")]
     ensure_binaries()
     workdir = Path(tempfile.mkdtemp(prefix="sniffer-gc-", dir=workdir_root()))
