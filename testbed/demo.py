@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -31,7 +32,7 @@ import sys
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from config import Settings, load_settings
 from sniffer.kube import KubeClient
 from sniffer.logs import JsonFormatter
 from testbed import apiserver as kube_testbed
+from testbed import realnode
 from testbed.build import ensure_binaries
 from testbed.jaeger import Jaeger, cached_jaeger
 from testbed.jaeger import start as start_jaeger
@@ -47,7 +49,7 @@ from testbed.simulator.config import SimConfig
 from testbed.simulator.driver import Progress, simulate
 from testbed.simulator.lifecycles import Expectation
 from testbed.simulator.records import SimResult
-from testbed.verdict import latencies, mismatches, percentile, regressions
+from testbed.verdict import Mismatch, latencies, mismatches, percentile, regressions
 
 NAMESPACE = "sniffer-demo"
 _TTY = sys.stderr.isatty()
@@ -205,26 +207,50 @@ def show_a_trace(jaeger: Jaeger, updates: list[dict[str, Any]]) -> None:
     say("   no trace found in Jaeger")
 
 
+@dataclasses.dataclass
+class Testbed:
+    server: kube_testbed.ApiServer
+    platform: PlatformServer
+    kube: KubeClient
+    node: realnode.RealNode | None
+
+
+@contextlib.asynccontextmanager
+async def testbed_up(workdir: Path, *, real_node: bool = False) -> AsyncIterator[Testbed]:
+    """The demo's testbed: the API server, a real node if asked (its controller-manager
+    keeps the default pod GC threshold, so finished pods stay), the reference platform
+    and a client; stopped in the reverse order on leaving."""
+    binaries = await asyncio.to_thread(ensure_binaries)
+    async with contextlib.AsyncExitStack() as stack:
+        server = await asyncio.to_thread(kube_testbed.start, workdir / "kube",
+                                         kubectl=binaries.kubectl)
+        stack.callback(server.stop)
+        node = None
+        if real_node:
+            node = await asyncio.to_thread(realnode.start, workdir / "node", server)
+            stack.push_async_callback(asyncio.to_thread, node.stop)
+        platform = await asyncio.to_thread(launch, workdir / "platform")
+        stack.callback(platform.stop)
+        kube = await KubeClient.connect(kubeconfig=str(server.kubeconfig))
+        stack.push_async_callback(kube.close)
+        yield Testbed(server, platform, kube, node)
+
+
+def judged(platform: PlatformServer, expected: dict[str, Expectation],
+           ) -> tuple[dict[str, Any], list[Mismatch], list[Mapping[str, Any]]]:
+    """The platform's runs now, those that differ from what was expected, and every
+    update that moved a run backwards."""
+    runs = {r["id"]: r for r in platform.list_runs()}
+    return runs, mismatches(expected, runs), regressions(platform.updates())
+
+
 async def run_demo(jobs: int, paused_jobs: int, rate: float, workdir: Path) -> int:
     say("== Sniffer demo ==")
     say("1. Starting the testbed: a real kube-apiserver (built from Go modules once, then "
         "cached) and the reference platform")
-    binaries = await asyncio.to_thread(ensure_binaries)
-    server = await asyncio.to_thread(kube_testbed.start, workdir / "kube",
-                                     kubectl=binaries.kubectl)
-    try:
-        platform = await asyncio.to_thread(launch, workdir / "platform")
-        try:
-            kube = await KubeClient.connect(kubeconfig=str(server.kubeconfig))
-            try:
-                return await _scenario(server, platform, kube, jobs, paused_jobs, rate,
-                                       workdir)
-            finally:
-                await kube.close()
-        finally:
-            platform.stop()
-    finally:
-        server.stop()
+    async with testbed_up(workdir) as bed:
+        return await _scenario(bed.server, bed.platform, bed.kube, jobs, paused_jobs, rate,
+                               workdir)
 
 
 async def _scenario(server: kube_testbed.ApiServer, platform: PlatformServer,
@@ -292,9 +318,7 @@ async def _scenario_traced(platform: PlatformServer, kube: KubeClient, jobs: int
     await watcher.stop()
 
     say("\n4. Summary")
-    runs = {r["id"]: r for r in platform.list_runs()}
-    wrong = mismatches(expected, runs)
-    backwards = regressions(platform.updates())
+    runs, wrong, backwards = judged(platform, expected)
     by_state = Counter(r["state"] for r in runs.values())
     phases = await pods_by_phase(kube)
     say(f"   runs by platform state : {dict(sorted(by_state.items()))}")

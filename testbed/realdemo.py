@@ -23,14 +23,11 @@ from pathlib import Path
 from config import load_settings
 from sniffer.kube import KubeClient
 from testbed import apiserver as kube_testbed
-from testbed import realnode
-from testbed.build import ensure_binaries
-from testbed.demo import NAMESPACE, LiveWatcher, _settle_all, say, watch_env
-from testbed.platform.launcher import PlatformServer, launch
+from testbed.demo import NAMESPACE, LiveWatcher, _settle_all, judged, say, testbed_up, watch_env
+from testbed.platform.launcher import PlatformServer
 from testbed.realcatalogue import CATALOGUE, Act
 from testbed.realdriver import drive
 from testbed.simulator.kubeapi import PodApi
-from testbed.verdict import mismatches, regressions
 
 IMAGE_PULL_FAILURE_AFTER_S = "5"
 """Sniffer's stuck-image rule in the demo (default 300 s): the stuck images fail in time."""
@@ -47,26 +44,9 @@ async def run_real_demo(workdir: Path) -> int:
     say("== Sniffer demo on the real node ==")
     say("1. Starting the testbed: kube-apiserver, the reference platform and a real node "
         "(containerd, kubelet, kube-scheduler, kube-controller-manager)")
-    binaries = await asyncio.to_thread(ensure_binaries)
-    server = await asyncio.to_thread(kube_testbed.start, workdir / "kube",
-                                     kubectl=binaries.kubectl)
-    try:
-        # The controller-manager's default pod GC threshold: finished pods stay.
-        node = await asyncio.to_thread(realnode.start, workdir / "node", server)
-        try:
-            platform = await asyncio.to_thread(launch, workdir / "platform")
-            try:
-                kube = await KubeClient.connect(kubeconfig=str(server.kubeconfig))
-                try:
-                    return await _scenario(server, platform, kube, node.image, workdir)
-                finally:
-                    await kube.close()
-            finally:
-                platform.stop()
-        finally:
-            await asyncio.to_thread(node.stop)
-    finally:
-        server.stop()
+    async with testbed_up(workdir, real_node=True) as bed:
+        assert bed.node is not None
+        return await _scenario(bed.server, bed.platform, bed.kube, bed.node.image, workdir)
 
 
 async def _leading(watcher: LiveWatcher, bound_s: float = 60.0) -> None:
@@ -120,9 +100,7 @@ async def _scenario(server: kube_testbed.ApiServer, platform: PlatformServer,
     await watcher.stop()
 
     say("\n4. Summary")
-    runs = {r["id"]: r for r in platform.list_runs()}
-    wrong = mismatches(expected, runs)
-    backwards = regressions(platform.updates())
+    runs, wrong, backwards = judged(platform, expected)
     errors = {**live.errors, **paused.errors}
     by_state = Counter(r["state"] for r in runs.values())
     say(f"   runs by platform state  : {dict(sorted(by_state.items()))}")

@@ -278,11 +278,13 @@ def start(workdir: Path, kube: ApiServer, *,
 def _input_rules() -> list[list[str]]:
     """iptables INPUT rules for traffic from the pods to the host, first match first:
     replies to the host's own connections (the kubelet's probes), the relay ports, and
-    nothing else."""
+    nothing else. A refused TCP connection is reset at once, so a pod (and a test) sees
+    "refused" rather than waiting out a connect timeout; other protocols are dropped."""
     ports = ",".join(map(str, POD_REACHABLE_PORTS))
     return [["-i", BRIDGE, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED",
              "-j", "ACCEPT"],
             ["-i", BRIDGE, "-p", "tcp", "-m", "multiport", "--dports", ports, "-j", "ACCEPT"],
+            ["-i", BRIDGE, "-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset"],
             ["-i", BRIDGE, "-j", "DROP"]]
 
 

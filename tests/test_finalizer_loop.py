@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
@@ -23,27 +21,24 @@ from typing import cast
 import pytest
 
 from sniffer.kube import KubeClient
-from sniffer.platform import PlatformClient
 from sniffer.podview import OUTCOME_FINALIZER, PodView, project
 from sniffer.states import StatePolicy
 from testbed.apiserver import ApiServer
 from testbed.platform.launcher import AdminError, PlatformServer
+from tests.fixtures.controllerbed import Bed, controller_bed
 from tests.fixtures.metrics import Recorder
-from tests.fixtures.proxy import Proxy
+from tests.fixtures.proxy import Proxy, proxied_kubeconfig
 from tests.fixtures.watcher import Pods, eventually
 from tests.test_finalizer_decision import RUNNING, view
-from tests.test_reflector import proxied_kubeconfig
 from watch.app import drain_in_order
-from watch.controller import Controller
 from watch.finalizer_loop import FinalizerLoop
 from watch.finalizer_patch import Finalizers
-from watch.ledger import Acked, RunLedger
+from watch.ledger import Acked
 from watch.ratelimit import (
     BucketRateLimiter,
     ItemExponentialFailureRateLimiter,
     MaxOfRateLimiter,
 )
-from watch.reflector import Reflector
 from watch.store import PodStore, SettledPod
 from watch.workqueue import ShutDown, WorkQueue
 
@@ -116,55 +111,15 @@ def _limiter() -> MaxOfRateLimiter[str]:
                             BucketRateLimiter(qps=1000, burst=1000))
 
 
-@dataclasses.dataclass
-class Loop:
-    controller: Controller
-    queue: WorkQueue[str]
-    finalizer_queue: WorkQueue[str]
-    store: PodStore
-    proxy: Proxy
-    pods: Pods
-    metrics: Recorder
-    working: asyncio.Task[None]
-
-
 @contextlib.asynccontextmanager
 async def loop(apiserver: ApiServer, platform: PlatformServer, namespace: str,
                tmp_path: Path, *, is_leader: Callable[[], bool] = lambda: True,
-               finalizers: bool = True) -> AsyncIterator[Loop]:
-    proxy = Proxy(int(apiserver.url.rsplit(":", 1)[1]))
-    await proxy.start()
-    patching = await KubeClient.connect(
-        kubeconfig=str(proxied_kubeconfig(apiserver, proxy.port, tmp_path / "kubeconfig")))
-    watching = await KubeClient.connect(kubeconfig=str(apiserver.kubeconfig))
-    client = PlatformClient(platform.url, platform.token_file, timeout=30)
-    ledger = RunLedger(client, clock=time.time)
-    store = PodStore((namespace,), compaction=ledger)
-    queue, finalizer_queue = WorkQueue[str](_limiter()), WorkQueue[str](_limiter())
-    metrics = Recorder()
-    controller = Controller(
-        store=store, ledger=ledger, queue=queue, platform=client, pods=watching,
-        finalizers=Finalizers(patching, enabled=finalizers), policy=StatePolicy(), workers=8,
-        max_retries=1000, is_leader=is_leader, metrics=metrics,
-        finalizer_queue=finalizer_queue, finalizer_workers=4)
-    reflector = Reflector(watching, store, controller.on_change, namespaces=(namespace,),
-                          label_selector="sniffer.io/run-id")
-    reflecting = asyncio.create_task(reflector.run(), name="reflector-under-test")
-    working = asyncio.create_task(controller.run(), name="controller-under-test")
-    try:
-        await store.wait_synced()
-        yield Loop(controller, queue, finalizer_queue, store, proxy, Pods(watching, namespace),
-                   metrics, working)
-    finally:
-        proxy.thaw()
-        queue.shut_down()
-        await asyncio.wait_for(working, 60)
-        reflecting.cancel()
-        await asyncio.gather(reflecting, return_exceptions=True)
-        await client.close()
-        await patching.close()
-        await watching.close()
-        await proxy.stop()
+               finalizers: bool = True) -> AsyncIterator[Bed[Recorder]]:
+    """The controller with its finalizer patches behind the proxy (the watch direct)."""
+    async with controller_bed(apiserver, platform, namespace, tmp_path, proxied="patches",
+                              limiter=_limiter, metrics=Recorder(), finalizers=finalizers,
+                              is_leader=is_leader) as bed:
+        yield bed
 
 
 def run_state(platform: PlatformServer, run_id: str) -> str | None:
@@ -187,7 +142,8 @@ async def none_held(pods: Pods, names: Iterable[str]) -> bool:
     return not any([await held(pods, n) for n in names])
 
 
-async def quiet_and_released(h: Loop, namespace: str, names: Iterable[str]) -> bool:
+async def quiet_and_released(h: Bed[Recorder], namespace: str,
+                             names: Iterable[str]) -> bool:
     """No finalizer patch in flight or queued, and each pod cached as a settled record at
     the resourceVersion the API server has, carrying no finalizer of ours."""
     if h.controller.finalizing.longest_busy_s() > 0 or len(h.finalizer_queue) > 0:

@@ -20,28 +20,24 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import logging
 import ssl
-import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
-from typing import Any, cast
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from sniffer.kube import KubeClient
 from sniffer.kubedecode import MalformedEvent, Page, decode_event_proto, watch_frames
 from sniffer.podproto import proto_event, proto_list, proto_pod
 from sniffer.podview import MalformedPod, project
 from sniffer.protowire import CONTENT_TYPE, WATCH_CONTENT_TYPE, FrameSplitter, ProtoError
 from testbed.apiserver import ApiServer
-from tests.test_fuzz_watch import SHAPES, Counting, _Strict, real_pod
+from tests.fixtures.reflecting import reflecting
+from tests.test_fuzz_watch import SHAPES, real_pod
 from tests.test_kube_decode import feed
-from watch.reflector import Reflector
-from watch.store import PodStore
 
 FUZZ = settings(max_examples=300, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -259,33 +255,10 @@ def test_the_reflector_skips_bad_frames_and_keeps_going(wire, data, mutations, n
 
 
 async def _reflect(stream: bytes, expected_bad: int, final: dict[str, Any]) -> None:
-    store = PodStore(("fuzz-proto",))
-    changed: list[str] = []
-    metrics = Counting()
-    reflector = Reflector(cast(KubeClient, ProtoFakeKube(stream)), store,
-                          lambda key, _priority: changed.append(key),
-                          namespaces=("fuzz-proto",), label_selector="sniffer.io/run-id",
-                          metrics=metrics)
-    handler = _Strict()
-    logger = logging.getLogger("watch.reflector")
-    logger.addHandler(handler)
-    task = asyncio.create_task(reflector.run())
-    try:
-        deadline = time.monotonic() + 60
-        while not all(_same(store.get(key), view) for key, view in final.items()) or \
-                sum(metrics.malformed_by.values()) < expected_bad:
-            assert not task.done(), task.exception() if task.done() else None
-            assert time.monotonic() < deadline, (changed, metrics.malformed_by)
-            await asyncio.sleep(0.01)
-        assert not task.done(), "the reflector loop ended"
-        assert set(metrics.restarts) <= {"timeout"}, "a bad frame must not restart the watch"
-        assert len(handler.lines) >= expected_bad
-        assert set(changed) >= set(final)
-    finally:
-        logger.removeHandler(handler)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    async with reflecting(ProtoFakeKube(stream), "fuzz-proto") as run:
+        await run.until(lambda: all(_same(run.store.get(key), view)
+                                    for key, view in final.items()), expected_bad)
+        assert set(run.changed) >= set(final)
 
 
 def _same(cached: Any, view: Any) -> bool:

@@ -47,6 +47,7 @@ from sniffer.states import Derived, StatePolicy, Underivable, derive
 from testbed.simulator.kubestatus import timestamp
 from testbed.simulator.lifecycles import Shape
 from testbed.simulator.shapes import render
+from tests.fixtures.reflecting import Counting, reflecting
 from tests.test_kube_decode import feed
 from watch.reflector import Reflector
 from watch.store import PodStore
@@ -114,18 +115,6 @@ def put(obj: Any, path: tuple[Any, ...], value: Any) -> Any:
         node = node[part]
     node[path[-1]] = value
     return obj
-
-
-class _Strict(logging.Handler):
-    """Formats every record as the watcher's JSON logs do; a formatting error fails."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.setFormatter(JsonFormatter())
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(self.format(record))  # raises into the logging call if it fails
 
 
 def consume(line: bytes) -> str:
@@ -295,30 +284,6 @@ def test_bytes_that_are_not_json_or_not_utf8_are_malformed_lines(noise: bytes):
 
 # -- the reflector loop --------------------------------------------------------------------
 
-class Counting:
-    """ReflectorMetrics that counts."""
-
-    def __init__(self) -> None:
-        self.malformed_by: dict[str, int] = {}
-        self.events = 0
-        self.restarts: list[str] = []
-
-    def event(self, kind: str) -> None:
-        self.events += 1
-
-    def relist(self, cause: str) -> None:
-        pass
-
-    def watch_restart(self, cause: str) -> None:
-        self.restarts.append(cause)
-
-    def malformed(self, where: str) -> None:
-        self.malformed_by[where] = self.malformed_by.get(where, 0) + 1
-
-    def delivered(self, seconds: float) -> None:
-        pass
-
-
 class FakeKube:
     """What the reflector needs of `KubeClient`, serving one scripted watch stream through
     the real line splitter and decoder (as `KubeClient.watch_pods` does), then silence."""
@@ -386,37 +351,13 @@ def test_the_reflector_skips_bad_lines_and_objects_and_keeps_going(bad: list[byt
 
 
 async def _reflect(stream: bytes, good_count: int, expected_bad: int) -> None:
-    store = PodStore(("fuzz",))
-    changed: list[str] = []
-    metrics = Counting()
-    reflector = Reflector(cast(KubeClient, FakeKube(stream)), store,
-                          lambda key, _priority: changed.append(key),
-                          namespaces=("fuzz",), label_selector="sniffer.io/run-id",
-                          metrics=metrics)
-    handler = _Strict()
-    logger = logging.getLogger("watch.reflector")
-    logger.addHandler(handler)
-    task = asyncio.create_task(reflector.run())
-    try:
-        deadline = time.monotonic() + 60
-        want = {f"fuzz/job-good-{i}" for i in range(good_count)}
-        while not want <= set(changed) or \
-                sum(metrics.malformed_by.values()) < expected_bad:
-            assert not task.done(), task.exception() if task.done() else None
-            assert time.monotonic() < deadline, (changed, metrics.malformed_by)
-            await asyncio.sleep(0.01)
+    want = {f"fuzz/job-good-{i}" for i in range(good_count)}
+    async with reflecting(FakeKube(stream), "fuzz") as run:
+        await run.until(lambda: want <= set(run.changed), expected_bad)
         for key in want:
-            pod = store.get(key)
+            pod = run.store.get(key)
             assert pod is not None
             assert pod.run_id == key.rsplit("/job-", 1)[1]
-        assert not task.done(), "the reflector loop ended"
-        assert set(metrics.restarts) <= {"timeout"}, "a bad line must not restart the watch"
-        assert len(handler.lines) >= expected_bad
-    finally:
-        logger.removeHandler(handler)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def test_an_error_410_mid_stream_relists_and_turns_the_gap_into_deletions():

@@ -10,30 +10,18 @@ read goes direct.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
-from sniffer.kube import KubeClient
-from sniffer.platform import PlatformClient
 from sniffer.states import StatePolicy
 from testbed.apiserver import ApiServer
 from testbed.platform.launcher import PlatformServer
+from tests.fixtures.controllerbed import Bed, controller_bed
 from tests.fixtures.metrics import Recorder
-from tests.fixtures.proxy import Proxy
-from tests.fixtures.watcher import Pods, eventually
-from tests.test_reflector import proxied_kubeconfig
+from tests.fixtures.watcher import eventually
 from tests.test_workqueue import Limiter
-from watch.controller import Controller
-from watch.finalizer_patch import Finalizers
-from watch.ledger import RunLedger
-from watch.reflector import Reflector
-from watch.store import PodStore
-from watch.workqueue import WorkQueue
 
 PENDING_LIMIT_S = 2.0
 
@@ -49,49 +37,15 @@ class Outcomes(Recorder):
         self.outcomes.append(result)
 
 
-@dataclass
-class Bed:
-    proxy: Proxy
-    store: PodStore
-    pods: Pods
-    metrics: Outcomes
-
-
 @contextlib.asynccontextmanager
 async def watching(apiserver: ApiServer, platform: PlatformServer, namespace: str,
-                   tmp_path: Path) -> AsyncIterator[Bed]:
-    proxy = Proxy(int(apiserver.url.rsplit(":", 1)[1]))
-    await proxy.start()
-    lagging = await KubeClient.connect(
-        kubeconfig=str(proxied_kubeconfig(apiserver, proxy.port, tmp_path / "kubeconfig")))
-    direct = await KubeClient.connect(kubeconfig=str(apiserver.kubeconfig))
-    client = PlatformClient(platform.url, platform.token_file, timeout=30)
-    ledger = RunLedger(client, clock=time.time)
-    store = PodStore((namespace,), compaction=ledger)
-    queue = WorkQueue[str](Limiter(delay=0.05))
-    metrics = Outcomes()
-    controller = Controller(
-        store=store, ledger=ledger, queue=queue, platform=client, pods=direct,
-        finalizers=Finalizers(direct, enabled=False),
-        policy=StatePolicy(pending_failure_after_s=PENDING_LIMIT_S), workers=2,
-        max_retries=1000, metrics=metrics)
-    reflector = Reflector(lagging, store, controller.on_change, namespaces=(namespace,),
-                          label_selector="sniffer.io/run-id")
-    reflecting = asyncio.create_task(reflector.run(), name="reflector-under-test")
-    working = asyncio.create_task(controller.run(), name="controller-under-test")
-    try:
-        await store.wait_synced()
-        yield Bed(proxy, store, Pods(direct, namespace), metrics)
-    finally:
-        proxy.thaw()
-        queue.shut_down()
-        await asyncio.wait_for(working, 60)
-        reflecting.cancel()
-        await asyncio.gather(reflecting, return_exceptions=True)
-        await client.close()
-        await lagging.close()
-        await direct.close()
-        await proxy.stop()
+                   tmp_path: Path) -> AsyncIterator[Bed[Outcomes]]:
+    """The controller with its watch behind the proxy (reads and patches direct)."""
+    async with controller_bed(apiserver, platform, namespace, tmp_path, proxied="watch",
+                              limiter=lambda: Limiter(delay=0.05), metrics=Outcomes(),
+                              policy=StatePolicy(pending_failure_after_s=PENDING_LIMIT_S),
+                              finalizers=False, workers=2) as bed:
+        yield bed
 
 
 def states_sent(platform: PlatformServer, run_id: str) -> list[str]:

@@ -93,43 +93,43 @@ TERM = ("leader", "2026-01-01T00:00:00.000000Z", 3)
 
 def observed(renewals: list[float], term: tuple = TERM, duration: float = 10.0,
              max_gap_s: float = 3.0) -> LeaderObservation:
-    seen = LeaderObservation(max_gap_s=max_gap_s, settle_leases=4)
+    seen = LeaderObservation(max_gap_s=max_gap_s, cover_leases=4)
     for t in renewals:
         seen.renewed(term, duration, t)
     return seen
 
 
-def test_nothing_is_settled_until_a_leader_was_seen_renewing_for_the_whole_window():
-    assert observed([0.0, 2.0, 4.0]).settled_before() is None
-    assert observed([2.0 * i for i in range(20)]).settled_before() is None  # 38 s < 40 s
-    assert observed([2.0 * i for i in range(21)]).settled_before() == 0.0
-    assert observed([2.0 * i for i in range(26)]).settled_before() == 10.0
+def test_nothing_is_covered_until_a_leader_was_seen_renewing_for_the_whole_window():
+    assert observed([0.0, 2.0, 4.0]).covered_before() is None
+    assert observed([2.0 * i for i in range(20)]).covered_before() is None  # 38 s < 40 s
+    assert observed([2.0 * i for i in range(21)]).covered_before() == 0.0
+    assert observed([2.0 * i for i in range(26)]).covered_before() == 10.0
 
 
-def test_a_leader_that_stopped_renewing_settles_nothing_after_its_last_renewal():
+def test_a_leader_that_stopped_renewing_covers_nothing_after_its_last_renewal():
     seen = observed([2.0 * i for i in range(26)])  # last renewal seen at 50
-    assert seen.settled_before() == 10.0  # a deletion seen at 11 waits for more renewals
+    assert seen.covered_before() == 10.0  # a deletion seen at 11 waits for more renewals
 
 
 def test_a_gap_in_renewals_may_hide_a_restart_and_starts_the_window_again():
     seen = observed([2.0 * i for i in range(26)])
     seen.renewed(TERM, 10.0, 54.0)  # 4 s after the last one: more than max_gap_s
-    assert seen.settled_before() is None
+    assert seen.covered_before() is None
     for t in range(56, 96, 2):
         seen.renewed(TERM, 10.0, float(t))
-    assert seen.settled_before() == 54.0  # the new streak began at 54
+    assert seen.covered_before() == 54.0  # the new streak began at 54
 
 
 def test_a_new_term_starts_the_window_again():
     seen = observed([2.0 * i for i in range(26)])
     seen.renewed(("other", "2026-01-02T00:00:00.000000Z", 4), 10.0, 52.0)
-    assert seen.settled_before() is None
+    assert seen.covered_before() is None
 
 
-def test_a_free_lease_settles_nothing():
+def test_a_free_lease_covers_nothing():
     seen = observed([2.0 * i for i in range(26)])
     seen.vacant()
-    assert seen.settled_before() is None
+    assert seen.covered_before() is None
 
 
 class LeaseOnly:
@@ -147,47 +147,47 @@ class LeaseOnly:
         self.record["spec"].update(renewTime=renew_time, **changes)
 
 
-async def test_a_standby_reports_deletions_settled_once_the_leader_renewed_for_the_window():
-    clock, settled = FakeClock(500.0), list[float]()
+async def test_a_standby_reports_deletions_covered_once_the_leader_renewed_for_the_window():
+    clock, covered = FakeClock(500.0), list[float]()
     kube = LeaseOnly({"holderIdentity": "leader", "leaseDurationSeconds": 2,
                       "acquireTime": "t0", "leaseTransitions": 0})
     standby = LeaderElector(cast(KubeClient, kube), name="sniffer-test", namespace="ns",
                             identity="standby", lease_duration_s=3.0, renew_deadline_s=2.0,
-                            retry_period_s=0.5, clock=clock, on_settled=settled.append,
-                            settle_leases=4)
+                            retry_period_s=0.5, clock=clock, on_covered=covered.append,
+                            cover_leases=4)
     started = clock.now
     for i in range(17):  # the leader renews between two of our reads, for 8 s
         kube.renew(f"r{i}")
         assert not await standby._try_acquire_or_renew()
         clock.now += 0.5
-    assert settled == [started]  # 4 lease durations of 2 s after the first renewal seen
+    assert covered == [started]  # 4 lease durations of 2 s after the first renewal seen
     kube.renew("restarted")  # seen 3 s later: more than renew deadline + retry period
     clock.now += 2.5
     assert not await standby._try_acquire_or_renew()
-    assert standby.observation.settled_before() is None
-    assert settled == [started]
+    assert standby.observation.covered_before() is None
+    assert covered == [started]
     assert not standby.is_leader
 
 
 async def test_a_standby_observes_a_live_leader_on_a_real_lease(kube, namespace):
     leader = elector(kube, namespace, "leader")
-    settled: list[float] = []
+    covered: list[float] = []
     three = asyncio.Event()
 
     def note(before: float) -> None:
-        settled.append(before)
-        if len(settled) >= 3:
+        covered.append(before)
+        if len(covered) >= 3:
             three.set()
 
     standby = LeaderElector(kube, name="sniffer-test", namespace=namespace, identity="standby",
                             lease_duration_s=3.0, renew_deadline_s=2.0, retry_period_s=0.2,
-                            on_settled=note, settle_leases=1)
+                            on_covered=note, cover_leases=1)
     leading = asyncio.create_task(leader.run())
     await asyncio.wait_for(leader.wait_leader(), 30)
     standing_by = asyncio.create_task(standby.run())
     try:
         await asyncio.wait_for(three.wait(), 60)
-        assert settled == sorted(settled)
+        assert covered == sorted(covered)
         assert not standby.is_leader
     finally:
         for task in (leading, standing_by):

@@ -16,11 +16,10 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
 from sniffer.kube import KubeClient
 from testbed.apiserver import ApiServer, start
-from tests.fixtures.proxy import Proxy
+from tests.fixtures.proxy import Proxy, proxied_kubeconfig
 from tests.fixtures.watcher import Pods, eventually
 from watch.reflector import Reflector
 from watch.store import PodStore
@@ -51,14 +50,6 @@ class Recorder:
 
     def delivered(self, seconds: float) -> None:
         self.deliveries.append(seconds)
-
-
-def proxied_kubeconfig(server: ApiServer, port: int, path: Path) -> Path:
-    config = yaml.safe_load(Path(server.kubeconfig).read_text())
-    for cluster in config["clusters"]:
-        cluster["cluster"]["server"] = f"https://127.0.0.1:{port}"
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 class Harness:

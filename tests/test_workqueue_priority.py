@@ -162,8 +162,9 @@ class PriorityQueueMachine(RuleBasedStateMachine):
     guarantees checked at every hand-out:
 
     (a) a LIST key is handed out ahead of a waiting LIVE key only if it had already
-        waited `aging` when that LIVE key joined the line: a live key is handed out
-        before every list key but those that had waited longer than the aging;
+        waited `aging` when that key became live in line (joined as LIVE, or a LIVE add
+        of it while it waited): a live key is handed out before every list key but those
+        that had waited longer than the aging;
     (b) no key is overtaken by a key that joined the line more than `aging` after it,
         so the keys handed out before a waiting key are bounded by what arrived within
         `aging` of it: nothing starves.
@@ -180,6 +181,7 @@ class PriorityQueueMachine(RuleBasedStateMachine):
         # key -> (eligible time, line, seq, joined): the model of the lines
         self.line: dict[str, tuple[float, Priority, int, float]] = {}
         self.priority: dict[str, Priority] = {}  # dirty key -> highest priority
+        self.live_at: dict[str, float] = {}  # key in line -> when it became live there
         self.processing: set[str] = set()
         self.seq = itertools.count()
 
@@ -187,6 +189,8 @@ class PriorityQueueMachine(RuleBasedStateMachine):
         p, now = self.priority[key], self.timers.now
         eligible = now + (self.AGING if p is LIST else 0.0)
         self.line[key] = (eligible, p, next(self.seq), now)
+        if p is LIVE:
+            self.live_at[key] = now
 
     @rule(key=st.sampled_from("abcdef"), priority=st.sampled_from([LIVE, LIST]))
     def add(self, key: str, priority: Priority) -> None:
@@ -194,8 +198,10 @@ class PriorityQueueMachine(RuleBasedStateMachine):
         if key in self.priority:
             if priority < self.priority[key]:
                 self.priority[key] = priority
-                if key in self.line and self.timers.now < self.line[key][0]:
-                    self._join(key)
+                if key in self.line:
+                    self.live_at[key] = self.timers.now
+                    if self.timers.now < self.line[key][0]:
+                        self._join(key)
             return
         self.priority[key] = priority
         if key not in self.processing:
@@ -213,10 +219,11 @@ class PriorityQueueMachine(RuleBasedStateMachine):
         assert key == expected
         _, line, _, joined = self.line.pop(key)
         for other, (_, _, _, other_joined) in self.line.items():
-            if line is LIST and self.priority[other] is LIVE:  # (a)
-                assert other_joined - joined >= self.AGING, (key, other)
+            if line is LIST and other in self.live_at:  # (a)
+                assert self.live_at[other] - joined >= self.AGING, (key, other)
             assert joined - other_joined <= self.AGING, (key, other)  # (b)
         del self.priority[key]
+        self.live_at.pop(key, None)
         self.processing.add(key)
         return key
 

@@ -260,7 +260,7 @@ class LeaderTombstones:
     While this replica does not lead it keeps no tombstone of a pod that carried the
     finalizer (the leader added it and releases it only once the outcome is
     acknowledged), and lets go of the tombstones recorded before the live leader's
-    observed streak covers them (`LeaderObservation.settled_before`): its memory is
+    observed streak covers them (`LeaderObservation.covered_before`): its memory is
     bounded by the deletions of the last few lease durations. While it leads it keeps
     every tombstone until its handler is through with it.
 
@@ -277,7 +277,7 @@ class LeaderTombstones:
     def seen_before(self) -> float:
         if self._elector.is_leader:
             return -math.inf
-        seen = self._elector.observation.settled_before()
+        seen = self._elector.observation.covered_before()
         if seen is not None and seen > self._before:
             self._before = seen
         return self._before

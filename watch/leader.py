@@ -16,10 +16,12 @@ Contract:
 * Writes use the Lease's resourceVersion as a precondition: two candidates racing for
   the same record cannot both win.
 * A standby observes the leader (`LeaderObservation`, on the elector's clock): from
-  the renewals it sees, `settled_before()` is a time T such that every deletion this
+  the renewals it sees, `covered_before()` is a time T such that every deletion this
   replica saw before T was also seen by a live leader, which then kept leading for
-  `settle_leases` lease durations (or took over after it, with its own cache of it).
-  `on_settled(T)` is called whenever a renewal moves T. The standby's store forgets
+  `cover_leases` lease durations (or took over after it, with its own cache of it).
+  Such a deletion is *covered* (not "settled": in `watch/` that word means a
+  finished pod whose run is terminal and acknowledged).
+  `on_covered(T)` is called whenever a renewal moves T. The standby's store forgets
   such tombstones; the bet is that a leader that lived that long after a deletion has
   handled it. If it died first with the deletion unhandled, `sniffer reconcile` repairs
   the run.
@@ -52,7 +54,7 @@ def _micro_time() -> str:
 # standby trusts it to have handled the deletion. A handler is sub-second normally and
 # waits out a platform's Retry-After when it must; a few lease durations cover both
 # while bounding what a standby keeps.
-SETTLE_LEASES = 4.0
+COVER_LEASES = 4.0
 
 
 class LeaderObservation:
@@ -64,11 +66,11 @@ class LeaderObservation:
     restart (a renewal deadline missed, a new process with an empty cache), so it starts
     a new streak."""
 
-    def __init__(self, *, max_gap_s: float, settle_leases: float = SETTLE_LEASES) -> None:
-        if settle_leases <= 0:
-            raise ValueError(f"settle_leases: must be > 0 (got {settle_leases!r})")
+    def __init__(self, *, max_gap_s: float, cover_leases: float = COVER_LEASES) -> None:
+        if cover_leases <= 0:
+            raise ValueError(f"cover_leases: must be > 0 (got {cover_leases!r})")
         self._max_gap = max_gap_s
-        self._settle = settle_leases
+        self._cover = cover_leases
         self._term: tuple[object, ...] | None = None
         self._since = self._last = 0.0
         self._duration = 0.0
@@ -85,13 +87,13 @@ class LeaderObservation:
         """The record read was free, or ours: nobody else leads."""
         self._term = None
 
-    def settled_before(self) -> float | None:
+    def covered_before(self) -> float | None:
         """Deletions seen before the returned time have been seen by a live leader, which
-        then kept leading for the settle window (or took over after them, after its own
+        then kept leading for the cover window (or took over after them, after its own
         standby cache kept them). None until a streak is that long."""
         if self._term is None:
             return None
-        window = self._settle * self._duration
+        window = self._cover * self._duration
         if self._last - self._since < window:
             return None
         return self._last - window
@@ -105,10 +107,10 @@ class LeaderElector:
                  retry_period_s: float = 2.0,
                  clock: Callable[[], float] = time.monotonic,
                  on_change: Callable[[bool], None] | None = None,
-                 on_settled: Callable[[float], None] | None = None,
-                 settle_leases: float = SETTLE_LEASES) -> None:
-        """`on_settled(T)`: called while standing by, whenever a renewal of another
-        replica's lease moved `observation.settled_before()` (T on `clock`)."""
+                 on_covered: Callable[[float], None] | None = None,
+                 cover_leases: float = COVER_LEASES) -> None:
+        """`on_covered(T)`: called while standing by, whenever a renewal of another
+        replica's lease moved `observation.covered_before()` (T on `clock`)."""
         if not 0 < retry_period_s < renew_deadline_s < lease_duration_s:
             raise ValueError("need retry_period_s < renew_deadline_s < lease_duration_s")
         self._kube = kube
@@ -121,11 +123,11 @@ class LeaderElector:
         self._retry = retry_period_s
         self._clock = clock
         self._on_change = on_change
-        self._on_settled = on_settled
+        self._on_covered = on_covered
         # A leader renews at least every renew deadline or stops; we read every retry
         # period: renewals seen further apart than both may hide a restart.
         self.observation = LeaderObservation(max_gap_s=renew_deadline_s + retry_period_s,
-                                             settle_leases=settle_leases)
+                                             cover_leases=cover_leases)
         self._renewed_at: float | None = None  # monotonic time of our last successful write
         self._observed: tuple[Any, ...] | None = None  # (holder, renewTime, transitions)
         self._observed_at = 0.0
@@ -231,9 +233,9 @@ class LeaderElector:
             return
         term = (holder, spec.get("acquireTime"), spec.get("leaseTransitions"))
         self.observation.renewed(term, duration, now_mono)
-        settled = self.observation.settled_before()
-        if settled is not None and self._on_settled is not None:
-            self._on_settled(settled)
+        covered = self.observation.covered_before()
+        if covered is not None and self._on_covered is not None:
+            self._on_covered(covered)
 
     async def _create(self, now_mono: float) -> bool:
         body = {
