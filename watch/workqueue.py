@@ -79,6 +79,9 @@ class Priority(IntEnum):
     """A change found by an initial list or a relist (a backlog, not news)."""
 
 
+_NO = (-1, 0.0)  # the `_entry` of a key not in line: no entry has sequence number -1
+
+
 class ShutDown(Exception):
     """The queue is shut down and has no key left to hand out."""
 
@@ -129,9 +132,10 @@ class WorkQueue(Generic[K]):
 
     Invariants (checked by tests/test_workqueue.py):
     * a key is *in line* iff it is in `_entry`, iff it is in `_dirty` and not in
-      `_processing`; with `_entry[key] == (line, seq)`, its entry `(eligible, seq, key)`
-      is in `_lines[line]`; every other entry in the lines is stale and skipped; each
-      line is sorted by `(eligible, seq)` (entries are appended with a monotonic clock);
+      `_processing`; with `_entry[key] == (seq, eligible)`, the entry `(eligible, seq,
+      key)` is in exactly one line; every other entry in the lines is stale (its sequence
+      number is not its key's) and skipped; each line is sorted by `(eligible, seq)`
+      (entries are appended with a monotonic clock);
     * `_priority[key]` is the highest priority a dirty key was added with (a key in line
       may wait in a lower line, when it had aged past what the higher one gives);
     * a key is in `_added_at` iff it is in `_dirty`, iff it is in `_priority`;
@@ -161,7 +165,8 @@ class WorkQueue(Generic[K]):
         self._timers = timers
         self._lines: dict[Priority, deque[tuple[float, int, K]]] = {
             p: deque() for p in Priority}
-        self._entry: dict[K, tuple[Priority, int]] = {}  # key in line -> (line, seq)
+        self._live_line, self._list_line = self._lines[Priority.LIVE], self._lines[Priority.LIST]
+        self._entry: dict[K, tuple[int, float]] = {}  # key in line -> (seq, eligible)
         self._priority: dict[K, Priority] = {}  # dirty key -> highest priority added with
         self._dirty: set[K] = set()
         self._processing: dict[K, float] = {}  # key -> when it was handed out
@@ -192,10 +197,10 @@ class WorkQueue(Generic[K]):
             return
         self._dirty.add(key)
         self._priority[key] = priority
-        self._added_at[key] = self._clock()
+        self._added_at[key] = now = self._clock()
         self._metrics.add()
         if key not in self._processing:
-            self._enqueue(key)
+            self._enqueue(key, now)
             self._metrics.depth(len(self._entry))
             self._wake_one()
 
@@ -317,7 +322,7 @@ class WorkQueue(Generic[K]):
         """The keys waiting to be handed out, in the order they would be (no key handed
         out meanwhile); informational only, and O(n log n): for tests and debugging."""
         entries = [(eligible, line, seq, key) for line, entries in self._lines.items()
-                   for eligible, seq, key in entries if self._entry.get(key) == (line, seq)]
+                   for eligible, seq, key in entries if self._entry.get(key, _NO)[0] == seq]
         entries.sort()
         return [key for _, _, _, key in entries]
 
@@ -368,12 +373,14 @@ class WorkQueue(Generic[K]):
 
     # --- internals -----------------------------------------------------------------------
 
-    def _enqueue(self, key: K) -> None:
-        """Put `key` (dirty, not in flight, not in line) at the end of its line."""
+    def _enqueue(self, key: K, now: float | None = None) -> None:
+        """Put `key` (dirty, not in flight, not in line) at the end of its line; `now` is
+        the clock's time, if the caller just read it."""
         priority = self._priority[key]
         seq = next(self._seq)
-        self._entry[key] = (priority, seq)
-        self._lines[priority].append((self._clock() + self._aging[priority], seq, key))
+        eligible = (self._clock() if now is None else now) + self._aging[priority]
+        self._entry[key] = (seq, eligible)
+        self._lines[priority].append((eligible, seq, key))
 
     def _promote(self, key: K, priority: Priority) -> None:
         """A dirty key was added again with a higher `priority`."""
@@ -381,26 +388,21 @@ class WorkQueue(Generic[K]):
         entry = self._entry.get(key)
         if entry is None:
             return  # in flight: `done` queues it with its new priority
-        line, seq = entry
-        # O(n) in the old line; only a key listed and then changed live takes it.
-        eligible = next(e for e, s, _ in self._lines[line] if s == seq)
-        if self._clock() + self._aging[priority] < eligible:
+        if self._clock() + self._aging[priority] < entry[1]:
             self._enqueue(key)  # its old entry is now stale
         # else it aged past what the new line would give it and keeps its place.
 
     def _head(self) -> tuple[float, int, K]:
-        """The next entry to hand out (caller duty: some key is in line). Drops stale
-        entries at the heads of the lines."""
-        best: tuple[float, int, K] | None = None
-        best_priority = Priority.LIVE
-        for priority, line in self._lines.items():
-            while line and self._entry.get(line[0][2]) != (priority, line[0][1]):
-                line.popleft()  # stale
-            if line and (best is None or line[0][0] < best[0]):
-                best, best_priority = line[0], priority
-        assert best is not None
-        self._lines[best_priority].popleft()
-        return best
+        """Take the next entry to hand out (caller duty: some key is in line), dropping
+        stale entries at the heads of the lines. LIVE wins a tie."""
+        entry, live, listed = self._entry, self._live_line, self._list_line
+        while live and entry.get(live[0][2], _NO)[0] != live[0][1]:
+            live.popleft()
+        while listed and entry.get(listed[0][2], _NO)[0] != listed[0][1]:
+            listed.popleft()
+        if listed and (not live or listed[0][0] < live[0][0]):
+            return listed.popleft()
+        return live.popleft()
 
     def _take(self) -> K:
         # No await between the caller's check of `_entry` and this mutation.
