@@ -70,7 +70,7 @@ async def test_the_protobuf_wire_gives_the_views_of_the_json_wire(apiserver, raw
         assert protobuf.wire == "protobuf"
         got = await views(protobuf, namespace, since, until)
         assert got == await views(plain, namespace, since, until)
-        assert len(got[0]) == len(STATUS_SHAPES) + 2  # the untracked pod is not selected
+        assert len(got[0]) == len(STATUS_SHAPES) + 3  # the untracked pod is not selected
         one = got[0][0]
         assert project(await protobuf.get_pod(namespace, one.name, slim=True)) == one
         assert protobuf.wire == "protobuf", "the server answered protobuf"
