@@ -24,6 +24,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from sniffer.ownership import Owner, controller_of
 from sniffer.podfields import (
     MalformedPod,
     interned,
@@ -44,9 +45,7 @@ from sniffer.podview import (
     RUN_ID_LABEL,
     RUN_ID_PATTERN,
     TRACEPARENT_ANNOTATION,
-    Owner,
     WorkloadKind,
-    controller_of,
 )
 
 __all__ = ["KEPT_JOB_CONDITIONS", "JobCondition", "JobView", "MalformedJob", "project_job"]

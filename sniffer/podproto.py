@@ -30,11 +30,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from sniffer.ownership import JOB_UID_LABEL, LEGACY_JOB_UID_LABEL
 from sniffer.podview import (
     CANCEL_ANNOTATION,
-    JOB_UID_LABEL,
     KIND_LABEL,
-    LEGACY_JOB_UID_LABEL,
     RUN_ID_LABEL,
     TRACEPARENT_ANNOTATION,
 )

@@ -37,6 +37,7 @@ from enum import StrEnum
 from functools import lru_cache
 from typing import Literal
 
+from sniffer.ownership import pod_owner
 from sniffer.podfields import (
     MESSAGE_LIMIT,
     MalformedPod,
@@ -54,16 +55,13 @@ from sniffer.podfields import (
 )
 
 __all__ = [
-    "CANCEL_ANNOTATION", "JOB_UID_LABEL", "KEPT_CONDITIONS", "KIND_LABEL",
-    "LEGACY_JOB_UID_LABEL", "MESSAGE_LIMIT", "OUTCOME_FINALIZER", "RUN_ID_LABEL",
+    "CANCEL_ANNOTATION", "KEPT_CONDITIONS", "KIND_LABEL",
+    "MESSAGE_LIMIT", "OUTCOME_FINALIZER", "RUN_ID_LABEL",
     "RUN_ID_PATTERN", "TRACEPARENT_ANNOTATION", "ConditionView", "ContainerView",
-    "MalformedPod", "Owner", "PodView", "Termination", "WorkloadKind", "controller_of",
-    "project",
+    "MalformedPod", "PodView", "Termination", "WorkloadKind", "project",
 ]
 
 RUN_ID_LABEL = "sniffer.io/run-id"
-JOB_UID_LABEL = "batch.kubernetes.io/controller-uid"
-LEGACY_JOB_UID_LABEL = "controller-uid"
 KIND_LABEL = "sniffer.io/kind"
 CANCEL_ANNOTATION = "sniffer.io/cancel-requested"
 TRACEPARENT_ANNOTATION = "sniffer.io/traceparent"
@@ -124,15 +122,6 @@ class ContainerView:
     finished_at: float | None
     last: Termination | None
     sidecar: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Owner:
-    """An object's controller reference (`ownerReferences[]` with `controller: true`)."""
-
-    kind: str
-    name: str
-    uid: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,24 +190,6 @@ class PodView:
             if cond is not None and cond.type == type_:
                 return cond
         return None
-
-
-def controller_of(meta: Mapping[str, object]) -> Owner | None:
-    """The controller reference of an object's metadata, None if it has none.
-
-    Raises `MalformedPod` for a mistyped ownerReferences list; a reference that lacks a
-    kind, name or uid is malformed only if it claims to be the controller."""
-    refs = read_list(meta.get("ownerReferences"), "metadata.ownerReferences")
-    for i, raw in enumerate(refs):
-        field = f"metadata.ownerReferences[{i}]"
-        ref = read_map(raw, field, required=True)
-        if not read_bool(ref.get("controller"), f"{field}.controller"):
-            continue
-        return Owner(sys.intern(required_str(ref.get("kind"), f"{field}.kind")),
-                     required_str(ref.get("name"), f"{field}.name"),
-                     required_str(ref.get("uid"), f"{field}.uid"))
-    return None
-
 
 
 # --- the projection -------------------------------------------------------------------
@@ -316,19 +287,6 @@ def _containers(status: Mapping[str, object], field: str, order: dict[str, int],
     return tuple(views)
 
 
-def _owner(meta: Mapping[str, object]) -> tuple[str | None, str | None]:
-    """(kind, uid) of the pod's controller, else of the Job its uid label names."""
-    labels = read_map(meta.get("labels"), "metadata.labels")
-    job_uid = None
-    for label in (JOB_UID_LABEL, LEGACY_JOB_UID_LABEL):
-        if job_uid := read_str(labels.get(label), f"metadata.labels[{label!r}]"):
-            break
-    owner = controller_of(meta)
-    if owner is not None:
-        return owner.kind, owner.uid
-    return ("Job", job_uid) if job_uid else (None, None)
-
-
 def _labels(meta: Mapping[str, object]) -> tuple[str | None, WorkloadKind]:
     labels = read_map(meta.get("labels"), "metadata.labels")
     run_field = f"metadata.labels[{RUN_ID_LABEL!r}]"
@@ -375,7 +333,7 @@ def project(obj: object) -> PodView:
     namespace = sys.intern(required_str(meta.get("namespace"), "metadata.namespace"))
     name = required_str(meta.get("name"), "metadata.name")
 
-    owner_kind, owner_uid = _owner(meta)
+    owner_kind, owner_uid = pod_owner(meta)
     return PodView(
         namespace=namespace,
         key=f"{namespace}/{name}",

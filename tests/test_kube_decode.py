@@ -27,11 +27,10 @@ from sniffer.kubedecode import (
     decode_pod_list,
     watch_lines,
 )
+from sniffer.ownership import JOB_UID_LABEL, LEGACY_JOB_UID_LABEL
 from sniffer.podview import (
     CANCEL_ANNOTATION,
-    JOB_UID_LABEL,
     KIND_LABEL,
-    LEGACY_JOB_UID_LABEL,
     RUN_ID_LABEL,
     TRACEPARENT_ANNOTATION,
     MalformedPod,
