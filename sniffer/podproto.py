@@ -32,7 +32,9 @@ from typing import Any
 
 from sniffer.podview import (
     CANCEL_ANNOTATION,
+    JOB_UID_LABEL,
     KIND_LABEL,
+    LEGACY_JOB_UID_LABEL,
     RUN_ID_LABEL,
     TRACEPARENT_ANNOTATION,
 )
@@ -92,15 +94,21 @@ _CONTAINER: Table = {field(1, LEN): ("name", STR, None),
                      field(24, LEN): ("restartPolicy", STR, None)}
 _SPEC: Table = {field(2, LEN): ("containers", NAME, None),
                 field(20, LEN): ("initContainers", MSGS, _CONTAINER)}
+_OWNER_REFERENCE: Table = {
+    field(1, LEN): ("kind", STR, None), field(3, LEN): ("name", STR, None),
+    field(4, LEN): ("uid", STR, None), field(6, VARINT): ("controller", BOOL, None)}
 _METADATA: Table = {
     field(1, LEN): ("name", STR, None), field(3, LEN): ("namespace", STR, None),
     field(5, LEN): ("uid", STR, None), field(6, LEN): ("resourceVersion", STR, None),
     field(8, LEN): ("creationTimestamp", TIME, None),
     field(9, LEN): ("deletionTimestamp", TIME, None),
     field(10, VARINT): ("deletionGracePeriodSeconds", INT, None),
-    field(11, LEN): ("labels", MAP, frozenset({RUN_ID_LABEL.encode(), KIND_LABEL.encode()})),
+    field(11, LEN): ("labels", MAP, frozenset({RUN_ID_LABEL.encode(), KIND_LABEL.encode(),
+                                               JOB_UID_LABEL.encode(),
+                                               LEGACY_JOB_UID_LABEL.encode()})),
     field(12, LEN): ("annotations", MAP, frozenset({CANCEL_ANNOTATION.encode(),
                                                     TRACEPARENT_ANNOTATION.encode()})),
+    field(13, LEN): ("ownerReferences", MSGS, _OWNER_REFERENCE),
     field(14, LEN): ("finalizers", STRS, None)}
 _POD: Table = {field(1, LEN): ("metadata", MSG, _METADATA), field(2, LEN): ("spec", MSG, _SPEC),
                field(3, LEN): ("status", MSG, _STATUS)}
@@ -114,7 +122,8 @@ _STATUS_OBJECT: Table = {  # metav1.Status, the object of an ERROR event
 _WATCH_EVENT: Table = {field(1, LEN): ("type", STR, None)}
 
 strict(_WAITING, _RUNNING, _TERMINATED, _STATE, _CONTAINER_STATUS, _CONDITION, _STATUS,
-       _CONTAINER, _SPEC, _METADATA, _POD, _LIST_META, _POD_LIST, _STATUS_OBJECT, _WATCH_EVENT)
+       _CONTAINER, _SPEC, _OWNER_REFERENCE, _METADATA, _POD, _LIST_META, _POD_LIST,
+       _STATUS_OBJECT, _WATCH_EVENT)
 # Go zero values JSON never omits: a terminated state always has its exit code.
 with_defaults(_TERMINATED, ("exitCode", 0))
 

@@ -18,6 +18,9 @@ Contract:
   each type, if the status repeats one); every condition's lastTransitionTime counts
   towards `changed_at`.
 * An absent `status.phase` reads as "Pending" (the API server sets it when the pod is created).
+* `owner_kind`/`owner_uid` are the controller owner reference's (`controller: true`), else
+  the Job named by the Job controller's uid label; a reference that claims to be the
+  controller without a kind, name or uid is malformed.
 * An unknown `sniffer.io/kind` value or an invalid run id is malformed; an invalid
   `sniffer.io/traceparent` is ignored (trace context is advisory), giving None.
 * Budget: under 1 KiB of heap per cached pod (measured in tests/test_podview.py).
@@ -51,12 +54,16 @@ from sniffer.podfields import (
 )
 
 __all__ = [
-    "CANCEL_ANNOTATION", "KEPT_CONDITIONS", "KIND_LABEL", "MESSAGE_LIMIT", "OUTCOME_FINALIZER",
-    "RUN_ID_LABEL", "RUN_ID_PATTERN", "TRACEPARENT_ANNOTATION", "ConditionView",
-    "ContainerView", "MalformedPod", "PodView", "Termination", "WorkloadKind", "project",
+    "CANCEL_ANNOTATION", "JOB_UID_LABEL", "KEPT_CONDITIONS", "KIND_LABEL",
+    "LEGACY_JOB_UID_LABEL", "MESSAGE_LIMIT", "OUTCOME_FINALIZER", "RUN_ID_LABEL",
+    "RUN_ID_PATTERN", "TRACEPARENT_ANNOTATION", "ConditionView", "ContainerView",
+    "MalformedPod", "Owner", "PodView", "Termination", "WorkloadKind", "controller_of",
+    "project",
 ]
 
 RUN_ID_LABEL = "sniffer.io/run-id"
+JOB_UID_LABEL = "batch.kubernetes.io/controller-uid"
+LEGACY_JOB_UID_LABEL = "controller-uid"
 KIND_LABEL = "sniffer.io/kind"
 CANCEL_ANNOTATION = "sniffer.io/cancel-requested"
 TRACEPARENT_ANNOTATION = "sniffer.io/traceparent"
@@ -120,6 +127,15 @@ class ContainerView:
 
 
 @dataclass(frozen=True, slots=True)
+class Owner:
+    """An object's controller reference (`ownerReferences[]` with `controller: true`)."""
+
+    kind: str
+    name: str
+    uid: str
+
+
+@dataclass(frozen=True, slots=True)
 class PodView:
     """The cached projection of one pod.
 
@@ -153,6 +169,13 @@ class PodView:
     containers: tuple[ContainerView, ...]
     init_containers: tuple[ContainerView, ...]
     changed_at: float | None
+    owner_kind: str | None = None
+    owner_uid: str | None = None
+    """The pod's controller reference (`controller: true`): kind (Job, ReplicaSet,
+    StatefulSet, ...) and uid; None for a bare pod. A pod that has none but carries the
+    Job controller's uid label (`batch.kubernetes.io/controller-uid`, or the older
+    `controller-uid`), as an orphaning delete of its Job leaves it, reads as kind "Job"
+    with that uid: the Job that made it."""
     deleted_while_active: bool = False
     """History, not projection: the cache saw this pod deleting while still Pending or
     Running, so its deletion came before any terminal phase it reaches. Set by the
@@ -178,6 +201,24 @@ class PodView:
             if cond is not None and cond.type == type_:
                 return cond
         return None
+
+
+def controller_of(meta: Mapping[str, object]) -> Owner | None:
+    """The controller reference of an object's metadata, None if it has none.
+
+    Raises `MalformedPod` for a mistyped ownerReferences list; a reference that lacks a
+    kind, name or uid is malformed only if it claims to be the controller."""
+    refs = read_list(meta.get("ownerReferences"), "metadata.ownerReferences")
+    for i, raw in enumerate(refs):
+        field = f"metadata.ownerReferences[{i}]"
+        ref = read_map(raw, field, required=True)
+        if not read_bool(ref.get("controller"), f"{field}.controller"):
+            continue
+        return Owner(sys.intern(required_str(ref.get("kind"), f"{field}.kind")),
+                     required_str(ref.get("name"), f"{field}.name"),
+                     required_str(ref.get("uid"), f"{field}.uid"))
+    return None
+
 
 
 # --- the projection -------------------------------------------------------------------
@@ -275,6 +316,19 @@ def _containers(status: Mapping[str, object], field: str, order: dict[str, int],
     return tuple(views)
 
 
+def _owner(meta: Mapping[str, object]) -> tuple[str | None, str | None]:
+    """(kind, uid) of the pod's controller, else of the Job its uid label names."""
+    labels = read_map(meta.get("labels"), "metadata.labels")
+    job_uid = None
+    for label in (JOB_UID_LABEL, LEGACY_JOB_UID_LABEL):
+        if job_uid := read_str(labels.get(label), f"metadata.labels[{label!r}]"):
+            break
+    owner = controller_of(meta)
+    if owner is not None:
+        return owner.kind, owner.uid
+    return ("Job", job_uid) if job_uid else (None, None)
+
+
 def _labels(meta: Mapping[str, object]) -> tuple[str | None, WorkloadKind]:
     labels = read_map(meta.get("labels"), "metadata.labels")
     run_field = f"metadata.labels[{RUN_ID_LABEL!r}]"
@@ -321,6 +375,7 @@ def project(obj: object) -> PodView:
     namespace = sys.intern(required_str(meta.get("namespace"), "metadata.namespace"))
     name = required_str(meta.get("name"), "metadata.name")
 
+    owner_kind, owner_uid = _owner(meta)
     return PodView(
         namespace=namespace,
         key=f"{namespace}/{name}",
@@ -346,4 +401,6 @@ def project(obj: object) -> PodView:
         containers=containers,
         init_containers=init_containers,
         changed_at=max(times) if times else None,
+        owner_kind=owner_kind,
+        owner_uid=owner_uid,
     )

@@ -30,9 +30,18 @@ import msgspec
 
 # (The label and annotation keys are spelt out: a TypedDict takes literals only; the
 # tests check they are sniffer.podview's.)
-Labels = TypedDict("Labels", {"sniffer.io/run-id": Any, "sniffer.io/kind": Any}, total=False)
+Labels = TypedDict("Labels", {"sniffer.io/run-id": Any, "sniffer.io/kind": Any,
+                              "batch.kubernetes.io/controller-uid": Any,
+                              "controller-uid": Any}, total=False)
 Annotations = TypedDict("Annotations", {"sniffer.io/cancel-requested": Any,
                                         "sniffer.io/traceparent": Any}, total=False)
+
+
+class OwnerReference(TypedDict, total=False):
+    kind: Any
+    name: Any
+    uid: Any
+    controller: Any
 
 
 class Metadata(TypedDict, total=False):
@@ -45,6 +54,7 @@ class Metadata(TypedDict, total=False):
     deletionGracePeriodSeconds: Any
     labels: Labels | None
     annotations: Annotations | None
+    ownerReferences: list[OwnerReference] | None
     finalizers: Any
 
 

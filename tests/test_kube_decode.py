@@ -29,7 +29,9 @@ from sniffer.kubedecode import (
 )
 from sniffer.podview import (
     CANCEL_ANNOTATION,
+    JOB_UID_LABEL,
     KIND_LABEL,
+    LEGACY_JOB_UID_LABEL,
     RUN_ID_LABEL,
     TRACEPARENT_ANNOTATION,
     MalformedPod,
@@ -177,6 +179,7 @@ def test_a_pod_body_that_is_not_an_object_is_a_kube_error(body):
 def test_the_slim_schema_reads_the_labels_and_annotations_podview_names():
     meta = podwire.Metadata.__annotations__
     assert meta.keys() >= {"labels", "annotations"}
-    assert set(podwire.Labels.__annotations__) == {RUN_ID_LABEL, KIND_LABEL}
+    assert set(podwire.Labels.__annotations__) == {RUN_ID_LABEL, KIND_LABEL, JOB_UID_LABEL,
+                                                    LEGACY_JOB_UID_LABEL}
     assert set(podwire.Annotations.__annotations__) == {CANCEL_ANNOTATION,
                                                          TRACEPARENT_ANNOTATION}
