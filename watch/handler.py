@@ -12,6 +12,10 @@ Contract:
   to turn into one (`watch.workers`).
 * Whatever it learns from the platform (a read, a write's answer, "no such run") is
   recorded in the ledger before it returns; nothing else records there.
+* A pod a Job made (`sniffer.jobs.owned_by_job`) is an attempt, not a run: the Job path
+  (`watch.jobhandler`) reports its run from the Job, so it is never reported here (else
+  a failed attempt the Job retries would end the run); like an untracked pod, its key
+  goes to the finalizer loop, which releases a leftover finalizer.
 * A pod with no run id, whose run the platform does not know (orphan) or whose run is
   bound to another pod uid (foreign) is not reported; its key goes to the finalizer
   loop, which releases a leftover finalizer.
@@ -45,6 +49,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from sniffer.jobs import owned_by_job
 from sniffer.kubedecode import JSON, NotFound
 from sniffer.nullmetrics import NULL_METRICS
 from sniffer.platform import PlatformClient
@@ -124,7 +129,8 @@ class PlatformHandler:
                 self._ledger.forget(pod.run_id)
                 self._store.forget_tombstone(key, pod)
             return DONE
-        if pod.run_id is None:
+        if pod.run_id is None or owned_by_job(pod):
+            # A Job's pod is an attempt: the Job path reports its run (watch.jobhandler).
             return self._not_reported(pod)
         acked = (self._ledger.get(pod.run_id) or self._ledger.from_seed(pod)
                  or await self._refresh(pod))
