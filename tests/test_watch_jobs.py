@@ -67,11 +67,11 @@ async def test_a_job_that_exhausts_its_retries_fails_with_the_last_exit_code(
     job = await jobs.create("doomed", run_id, backoff_limit=1)
     async with running_watcher(settings_for(watcher_env(apiserver, platform, namespace))):
         await jobs.active("doomed")
-        for n, code in (("doomed-a", 1), ("doomed-b", 7)):
+        for n, code, ago_s in (("doomed-a", 1, 20), ("doomed-b", 7, 0)):
             await jobs.attempt(job, n, run_id)
             await jobs.pods.running(n)
             await eventually(lambda: state(platform, run_id) == "running")
-            await jobs.pods.terminated(n, exit_code=code, reason="Error")
+            await jobs.attempt_failed(n, exit_code=code, ago_s=ago_s)
         await jobs.failed("doomed", failed=2, reason="BackoffLimitExceeded")
         await eventually(lambda: state(platform, run_id) == "failed")
     run = platform.get_run(run_id)

@@ -15,7 +15,9 @@ Contract:
 * A pod a Job made (`sniffer.jobs.owned_by_job`) is an attempt, not a run: the Job path
   (`watch.jobhandler`) reports its run from the Job, so it is never reported here (else
   a failed attempt the Job retries would end the run); like an untracked pod, its key
-  goes to the finalizer loop, which releases a leftover finalizer.
+  goes to the finalizer loop, which releases a leftover finalizer. Its tombstone is the
+  Job path's to forget (`watch.jobindex.JobIndex.forget`): the last attempt's end is the
+  run's exit code, and pod GC may delete it before the Job fails.
 * A pod with no run id, whose run the platform does not know (orphan) or whose run is
   bound to another pod uid (foreign) is not reported; its key goes to the finalizer
   loop, which releases a leftover finalizer.
@@ -129,8 +131,12 @@ class PlatformHandler:
                 self._ledger.forget(pod.run_id)
                 self._store.forget_tombstone(key, pod)
             return DONE
-        if pod.run_id is None or owned_by_job(pod):
-            # A Job's pod is an attempt: the Job path reports its run (watch.jobhandler).
+        if owned_by_job(pod):
+            # An attempt: the Job path reports its run (watch.jobhandler) and forgets its
+            # tombstone once through with the Job (its last exit code is the run's).
+            self._finalize(pod)
+            return DONE
+        if pod.run_id is None:
             return self._not_reported(pod)
         acked = (self._ledger.get(pod.run_id) or self._ledger.from_seed(pod)
                  or await self._refresh(pod))

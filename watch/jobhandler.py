@@ -157,6 +157,7 @@ class JobHandler:
         held = OUTCOME_FINALIZER in job.finalizers
         deleted = self._store.is_deleted(job.key)
         if acked.terminal:
+            self._index.forget(job, deleted=False)
             if held and not deleted:
                 return await self._patch(job, release=True)
             return self._forget_if_deleted(job, terminal=True)
@@ -168,6 +169,7 @@ class JobHandler:
         return DONE
 
     async def _not_reported(self, job: JobView) -> Outcome:
+        self._index.forget(job, deleted=False)
         if OUTCOME_FINALIZER in job.finalizers and not self._store.is_deleted(job.key):
             return await self._patch(job, release=True)
         return self._forget_if_deleted(job)

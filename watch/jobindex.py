@@ -9,7 +9,8 @@ Contract:
   the same, and the Job's own arrival wakes its key. Pods of no Job pass nothing on.
 * `attempts(job)` are the cached pods filed under `job`'s uid that are still cached
   as that Job's (a tombstone counts: the pod's last view); keys found gone are unfiled.
-* `forget(job)` unfiles a Job whose deletion was handled.
+* `forget(job)` unfiles a Job whose run is over (acknowledged terminal, or not reported)
+  and forgets its attempts' tombstones: the pod path leaves those to the Job path.
 * Never awaits; single-threaded asyncio use.
 
 Invariant: a pod key is in `_attempts[uid]` only if it was last seen as a pod of the Job
@@ -67,7 +68,13 @@ class JobIndex:
                 keys.discard(key)
         return found
 
-    def forget(self, job: JobView) -> None:
-        if self._keys.get(job.uid) is not None:
-            del self._keys[job.uid]
-        self._attempts.pop(job.uid, None)
+    def forget(self, job: JobView, *, deleted: bool = True) -> None:
+        """Forget the attempts' tombstones; `deleted`: the Job's deletion is handled,
+        unfile it too."""
+        for key in self._attempts.get(job.uid, ()):
+            pod = self._pods.get(key)
+            if pod is not None and self._pods.is_deleted(key):
+                self._pods.forget_tombstone(key, pod)
+        if deleted:
+            self._keys.pop(job.uid, None)
+            self._attempts.pop(job.uid, None)
