@@ -38,6 +38,8 @@ Contract:
   finished. If the cache is behind (or the pod is gone) the key retries; the watch event
   on its way brings the newer view.
 * Writes happen only while `is_leader()` is true (checked right before each write).
+* The state-change span carries the workload kind (`sniffer.workload.kind` = "Pod"; the
+  Job path's says "Job").
 """
 
 from __future__ import annotations
@@ -204,6 +206,7 @@ class PlatformHandler:
         with tracer.start_as_current_span(
                 "sniffer.state_change", kind=SpanKind.INTERNAL, links=links,
                 attributes={"sniffer.key": pod.key, "sniffer.run_id": pod.run_id,
+                            "sniffer.workload.kind": "Pod",
                             "sniffer.state.from": acked.state.value,
                             "sniffer.state.to": derived.state.value,
                             "sniffer.attempt": self._attempts.num_requeues(pod.key) + 1,
