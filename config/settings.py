@@ -21,6 +21,10 @@ _SUBDOMAIN = re.compile(
     r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 
+KINDS = ("pods", "jobs")
+"""The workload kinds Sniffer knows (`KubeSettings.kinds`)."""
+
+
 @dataclass(frozen=True, slots=True)
 class KubeSettings:
     kubeconfig: str | None = None
@@ -32,6 +36,10 @@ class KubeSettings:
     """Namespaces to watch; empty means all namespaces (needs cluster-wide RBAC)."""
     label_selector: str = "sniffer.io/run-id"
     """Label selector of the tracked pods; the run id is read from sniffer.io/run-id."""
+    kinds: tuple[str, ...] = ("pods", "jobs")
+    """Workload kinds watched and reconciled: pods (bare pods, always) and jobs (batch/v1
+    Jobs: a run whose Job carries the run id takes its state from the Job, its pods are
+    attempts). Without jobs, a Job's pods are judged one by one, as bare pods."""
     page_size: int = 500
     """Items per LIST page (limit/continue pagination)."""
     watch_timeout_min_s: int = 300
@@ -195,6 +203,12 @@ class Settings:
         need(p.timeout_s > 0, "platform.timeout_s", "must be > 0", p.timeout_s)
         need(p.max_connections >= 1, "platform.max_connections", "must be >= 1",
              p.max_connections)
+        unknown = [kind for kind in k.kinds if kind not in KINDS]
+        need(not unknown, "kube.kinds", f"each must be one of {', '.join(KINDS)}", k.kinds)
+        need("pods" in k.kinds, "kube.kinds", "must include pods (a Job's attempts are pods)",
+             k.kinds)
+        need(len(set(k.kinds)) == len(k.kinds), "kube.kinds", "must not repeat a kind",
+             k.kinds)
         for ns in k.namespaces:
             need(_LABEL.fullmatch(ns) is not None, "kube.namespaces",
                  "each must be a namespace name (lowercase letters, digits, '-')", ns)

@@ -8,7 +8,8 @@ Contract:
   unusable Kubernetes credentials raise `CredentialsError` for the CLI (exit 2 too).
 * `Reconciler.run_pass` is one pass on clients it does not own: snapshot → diff →
   repair → report, in the span "sniffer.reconcile.pass" whose children are
-  "sniffer.reconcile.list_pods", "sniffer.reconcile.list_runs", "sniffer.reconcile.diff"
+  "sniffer.reconcile.list_pods", "sniffer.reconcile.list_jobs" (when Jobs are watched),
+  "sniffer.reconcile.list_runs", "sniffer.reconcile.diff"
   and one "sniffer.reconcile.repair" per repair. Every count lands in the returned
   `PassReport`, so telemetry records a pass from it.
 * Each pass is a fresh process (a CronJob run): memory is the pod projections plus one
@@ -132,7 +133,7 @@ class Reconciler:
                 snapshot = await until_stopped(take(
                     self._kube, self._platform, scope=scope,
                     label_selector=s.kube.label_selector, page_size=s.kube.page_size,
-                    concurrency=s.reconcile.concurrency, only=only,
+                    concurrency=s.reconcile.concurrency, only=only, kinds=s.kube.kinds,
                     on_phase=lambda phase: log.info("listing", extra={"phase": phase})),
                     stop)
             except (KubeError, PlatformError) as exc:
@@ -154,7 +155,7 @@ class Reconciler:
                 self._kube, self._platform, policy=policy,
                 grace_period_s=s.reconcile.grace_period_s, scope=scope,
                 label_selector=s.kube.label_selector, clock=self._clock,
-                hooks=self._hooks, retry_delay_s=self._retry_delay_s)
+                hooks=self._hooks, retry_delay_s=self._retry_delay_s, kinds=s.kube.kinds)
             results = await repair_all(
                 repairer, mismatches, stop, concurrency=s.reconcile.concurrency,
                 drain_timeout_s=s.shutdown.drain_timeout_s, dry_run=dry_run)

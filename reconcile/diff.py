@@ -40,6 +40,25 @@ Contract:
   - `uid_mismatch`: a pod of an open run bound to another pod uid → reported. Such a
     run is never judged lost either: a human decides which pod is the run's.
 
+* Runs backed by a Job (only when the snapshot `jobs_listed`): a run with a Job is judged
+  by `sniffer.jobs.derive_job` over the Job and its attempt pods (`owned_by_job` pods are
+  never judged one by one then, so a retried attempt's failure is no mismatch), with
+  the run's cancel flag; a bare pod beside the run's Job is a `uid_mismatch`. The Job
+  bound to the run (`run.pod_uid`) speaks for it; an unbound run is spoken for by the
+  Job its record names, else by its oldest Job.
+
+  - `job_ahead`: a non-terminal run whose Job shows a state further along → write
+    `target` with the Job's `attempts`, binding the run to the Job (and, if that is
+    terminal, release the Job's outcome finalizer).
+  - `finalizer_left` for a Job: a terminal run whose Job still carries Sniffer's
+    finalizer → release it.
+  - `job_lost`: a non-terminal run older than the grace period whose Job is gone (deleted
+    or removed by its TTL while nobody watched) but some of whose attempt pods remain →
+    write what they still say (`sniffer.jobs.job_lost`: a succeeded attempt is the
+    run's success, else the `lost` rule). A run with neither Job nor pods is `pod_lost`,
+    whatever backed it.
+  - A Job that cannot be projected is `underivable`, and its run is never judged lost.
+
 * Applying every proposed repair to the snapshot and judging again finds nothing
   repairable (tests/test_reconcile_diff.py checks it with hypothesis).
 """
@@ -51,6 +70,8 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from reconcile.snapshot import BadPod, Snapshot
+from sniffer.jobs import attempts, derive_job, is_attempt, job_lost, owned_by_job
+from sniffer.jobview import JobView
 from sniffer.platform_model import Run
 from sniffer.podview import OUTCOME_FINALIZER, PodView
 from sniffer.states import (
@@ -75,6 +96,8 @@ class MismatchKind(StrEnum):
     ORPHAN_POD = "orphan_pod"
     UNDERIVABLE = "underivable"
     UID_MISMATCH = "uid_mismatch"
+    JOB_AHEAD = "job_ahead"
+    JOB_LOST = "job_lost"
 
     @property
     def repairable(self) -> bool:
@@ -83,16 +106,19 @@ class MismatchKind(StrEnum):
 
 
 _REPAIRABLE = frozenset({MismatchKind.POD_AHEAD, MismatchKind.POD_LOST,
-                         MismatchKind.FINALIZER_LEFT})
+                         MismatchKind.FINALIZER_LEFT, MismatchKind.JOB_AHEAD,
+                         MismatchKind.JOB_LOST})
 
 
 @dataclass(frozen=True, slots=True)
 class PodRef:
-    """Which pod a mismatch is about. `uid` is None when only the run's record names it."""
+    """Which pod (or, with `kind` "Job", which Job) a mismatch is about. `uid` is None
+    when only the run's record names it."""
 
     namespace: str
     name: str
     uid: str | None
+    kind: str = "Pod"
 
     @property
     def key(self) -> str:
@@ -103,7 +129,9 @@ class PodRef:
 class Mismatch:
     """One thing that is wrong, and the repair it calls for.
 
-    `target` is set iff the kind is pod_ahead or pod_lost (the state to write);
+    `target` is set iff the kind is pod_ahead, pod_lost, job_ahead or job_lost (the state
+    to write; for job_ahead `pod` is the Job, for job_lost its newest attempt pod);
+    `attempts`/`attempt_pod` are set iff the kind is job_ahead or job_lost;
     `release_finalizer` is True iff the repair ends by removing Sniffer's finalizer from
     `pod` (finalizer_left, or pod_ahead to a terminal state of a pod that carries it).
     `run_state` is the run's state in the snapshot, None iff the platform does not know
@@ -116,6 +144,8 @@ class Mismatch:
     detail: str
     target: Derived | None = None
     release_finalizer: bool = False
+    attempts: int | None = None
+    attempt_pod: str | None = None
 
     @property
     def sort_key(self) -> tuple[str, str, str]:
@@ -125,22 +155,43 @@ class Mismatch:
 def diff(snapshot: Snapshot, *, now: float, policy: StatePolicy,
          grace_period_s: float) -> list[Mismatch]:
     """Every mismatch in `snapshot` at time `now` (epoch seconds); see the module docstring."""
-    pods_by_run: dict[str, list[PodView]] = {}
-    for pod in snapshot.pods:
-        if pod.run_id is not None:
-            pods_by_run.setdefault(pod.run_id, []).append(pod)
-    out = [_bad(bad, snapshot) for bad in snapshot.bad_pods]
+    pods_by_run, attempts_by_run, jobs_by_run = _by_run(snapshot)
+    out = [_bad(bad, snapshot) for bad in (*snapshot.bad_pods, *snapshot.bad_jobs)]
+    for run_id, jobs in jobs_by_run.items():
+        out.extend(_judge_jobs(run_id, jobs, attempts_by_run.get(run_id, []),
+                               pods_by_run.get(run_id, []), snapshot, now, policy))
     for run_id, pods in pods_by_run.items():
-        out.extend(_judge_pods(run_id, pods, snapshot, now, policy, grace_period_s))
-    with_bad_pods = {bad.run_id for bad in snapshot.bad_pods}
+        if run_id not in jobs_by_run:
+            out.extend(_judge_pods(run_id, pods, snapshot, now, policy, grace_period_s))
+    for run_id, pods in attempts_by_run.items():
+        if run_id not in jobs_by_run and run_id not in pods_by_run:
+            out.extend(_judge_job_gone(run_id, pods, snapshot, now, policy, grace_period_s))
+    with_bad_pods = {bad.run_id for bad in (*snapshot.bad_pods, *snapshot.bad_jobs)}
     for run in snapshot.runs.values():
-        if run.id in pods_by_run or run.id in with_bad_pods:
+        if (run.id in pods_by_run or run.id in with_bad_pods or run.id in jobs_by_run
+                or run.id in attempts_by_run):
             continue
         lost = _judge_missing(run, snapshot.scope, now, grace_period_s)
         if lost is not None:
             out.append(lost)
     out.sort(key=lambda m: m.sort_key)
     return out
+
+
+def _by_run(snapshot: Snapshot) -> tuple[dict[str, list[PodView]], dict[str, list[PodView]],
+                                         dict[str, list[JobView]]]:
+    """Run id → its bare pods, its Job attempt pods (when Jobs were listed), its Jobs."""
+    pods_by_run: dict[str, list[PodView]] = {}
+    attempts_by_run: dict[str, list[PodView]] = {}
+    for pod in snapshot.pods:
+        if pod.run_id is not None:
+            into = attempts_by_run if snapshot.jobs_listed and owned_by_job(pod) else pods_by_run
+            into.setdefault(pod.run_id, []).append(pod)
+    jobs_by_run: dict[str, list[JobView]] = {}
+    for job in snapshot.jobs:
+        if job.run_id is not None:
+            jobs_by_run.setdefault(job.run_id, []).append(job)
+    return pods_by_run, attempts_by_run, jobs_by_run
 
 
 def _ref(pod: PodView) -> PodRef:
@@ -155,7 +206,7 @@ def _bad(bad: BadPod, snapshot: Snapshot) -> Mismatch:
     run = snapshot.runs.get(bad.run_id) if bad.run_id else None
     return Mismatch(MismatchKind.UNDERIVABLE, bad.run_id, _state(run) if run else None,
                     PodRef(bad.namespace, bad.name, bad.uid or None),
-                    f"pod object unusable: {bad.error}")
+                    f"object unusable: {bad.error}")
 
 
 def _judge_pods(run_id: str, pods: list[PodView], snapshot: Snapshot, now: float,
@@ -199,6 +250,79 @@ def _judge_pods(run_id: str, pods: list[PodView], snapshot: Snapshot, now: float
             release_finalizer=(derived.state.is_terminal
                                and OUTCOME_FINALIZER in speaker.finalizers)))
     return out
+
+
+def _judge_jobs(run_id: str, jobs: list[JobView], attempt_pods: list[PodView],
+                bare_pods: list[PodView], snapshot: Snapshot, now: float,
+                policy: StatePolicy) -> Iterable[Mismatch]:
+    """A run backed by a Job (see the module docstring)."""
+    if run_id in snapshot.unknown_run_ids:
+        return [Mismatch(MismatchKind.ORPHAN_POD, run_id, None, _job_ref(job),
+                         f"the platform has no run {run_id} (job)") for job in jobs]
+    run = snapshot.runs.get(run_id)
+    if run is None:
+        return []
+    state = _state(run)
+    if state.is_terminal:
+        return [Mismatch(MismatchKind.FINALIZER_LEFT, run_id, state, _job_ref(job),
+                         f"run is {state.value}; job still carries {OUTCOME_FINALIZER}",
+                         release_finalizer=True)
+                for job in jobs if OUTCOME_FINALIZER in job.finalizers]
+    out = [Mismatch(MismatchKind.UID_MISMATCH, run_id, state, _ref(pod),
+                    "a bare pod beside the run's job") for pod in bare_pods]
+    if run.pod_uid:
+        out.extend(Mismatch(MismatchKind.UID_MISMATCH, run_id, state, _job_ref(job),
+                            f"run is bound to another object (uid {run.pod_uid})")
+                   for job in jobs if job.uid != run.pod_uid)
+        speaker = next((job for job in jobs if job.uid == run.pod_uid), None)
+    else:
+        speaker = min(jobs, key=lambda j: (
+            (j.namespace, j.name) != (run.pod_namespace, run.pod_name),
+            j.created_at, j.namespace, j.name))
+    if speaker is None:
+        return out
+    mine = [pod for pod in attempt_pods if is_attempt(speaker, pod)]
+    derived = derive_job(speaker, mine, now=now, policy=policy,
+                         cancel_requested=run.cancel_requested)
+    if advances(state, derived.state):
+        count = attempts(speaker, mine)
+        because = f" ({derived.reason})" if derived.reason else ""
+        out.append(Mismatch(
+            MismatchKind.JOB_AHEAD, run_id, state, _job_ref(speaker),
+            f"job shows {derived.state.value}{because}; platform has {state.value}",
+            target=derived, attempts=max(count.count, run.attempts),
+            attempt_pod=count.current_pod,
+            release_finalizer=(derived.state.is_terminal
+                               and OUTCOME_FINALIZER in speaker.finalizers)))
+    return out
+
+
+def _judge_job_gone(run_id: str, pods: list[PodView], snapshot: Snapshot, now: float,
+                    policy: StatePolicy, grace_period_s: float) -> Iterable[Mismatch]:
+    """A run whose Job is gone but some of whose attempt pods remain."""
+    if run_id in snapshot.unknown_run_ids:
+        return [Mismatch(MismatchKind.ORPHAN_POD, run_id, None, _ref(pod),
+                         f"the platform has no run {run_id}") for pod in pods]
+    run = snapshot.runs.get(run_id)
+    if run is None:
+        return []
+    state = _state(run)
+    if state.is_terminal or now - run.created_at.timestamp() < grace_period_s:
+        return []
+    derived = job_lost(pods, now=now, policy=policy, cancel_requested=run.cancel_requested)
+    if not advances(state, derived.state):
+        return []
+    count = attempts(None, pods)
+    newest = max(pods, key=lambda p: (p.created_at, p.name))
+    because = f" ({derived.reason})" if derived.reason else ""
+    return [Mismatch(MismatchKind.JOB_LOST, run_id, state, _ref(newest),
+                     f"job gone; its attempts show {derived.state.value}{because}; "
+                     f"platform has {state.value}", target=derived,
+                     attempts=max(count.count, run.attempts), attempt_pod=count.current_pod)]
+
+
+def _job_ref(job: JobView) -> PodRef:
+    return PodRef(job.namespace, job.name, job.uid, "Job")
 
 
 def _left_to_watcher(pod: PodView, derived: Derived, run: Run, now: float,

@@ -20,6 +20,10 @@ Contract:
   have appeared under another name), not just a GET of the name the run records. Pods
   are projected as the snapshot projects them (`reconcile.snapshot.project_into`), so a
   pod found there that cannot be read keeps the run from being judged lost.
+* Job-backed runs (job_ahead, job_lost), and pod lost when Jobs are watched: the re-read
+  lists the run's pods *and* Jobs by label in the namespace (a Job may have appeared
+  since the snapshot, or its attempts changed), so a run is never judged by a stale
+  Job; the write carries the Job's attempts and binds the run to the Job.
 * Finalizer release (finalizer_left, and after a terminal write for a pod that carries
   it): a strategic-merge patch with the pod's uid as precondition; idempotent, and a pod
   that is gone or was replaced under the same name is left alone
@@ -42,9 +46,10 @@ from typing import Protocol
 
 from opentelemetry import trace
 
-from reconcile.diff import Mismatch, MismatchKind, diff
-from reconcile.snapshot import BadPod, Snapshot, project_into
+from reconcile.diff import Mismatch, MismatchKind, PodRef, diff
+from reconcile.snapshot import BadPod, Snapshot, project_into, project_job_into
 from sniffer.backoff import backoff_delay
+from sniffer.jobview import JobView
 from sniffer.kubedecode import JSON, KubeError, NotFound, Page
 from sniffer.platform_model import (
     Outcome,
@@ -54,7 +59,7 @@ from sniffer.platform_model import (
     StateUpdate,
     UpdateResult,
 )
-from sniffer.pods import list_pages, release_finalizer
+from sniffer.pods import list_job_pages, list_pages, release_finalizer, release_job_finalizer
 from sniffer.podview import OUTCOME_FINALIZER, RUN_ID_LABEL, PodView
 from sniffer.states import StatePolicy
 
@@ -102,6 +107,12 @@ class PodAccess(Protocol):
 
     async def get_pod(self, namespace: str, name: str, *, slim: bool = False) -> JSON: ...
 
+    async def list_jobs(self, namespace: str | None, *, label_selector: str, limit: int,
+                        continue_token: str | None = None) -> Page: ...
+
+    async def patch_job(self, namespace: str, name: str, patch: JSON, *,
+                        content_type: str = ...) -> JSON: ...
+
     async def patch_pod(self, namespace: str, name: str, patch: JSON | list[JSON], *,
                         content_type: str = ...) -> JSON: ...
 
@@ -145,7 +156,8 @@ class Repairer:
                  retries: int = 2, retry_delay_s: float = 0.5,
                  max_retry_delay_s: float = 5.0,
                  clock: Callable[[], float] = time.time,
-                 hooks: RepairHooks | None = None) -> None:
+                 hooks: RepairHooks | None = None,
+                 kinds: tuple[str, ...] = ("pods",)) -> None:
         self._kube = kube
         self._platform = platform
         self._policy = policy
@@ -157,6 +169,7 @@ class Repairer:
         self._max_retry_delay_s = max_retry_delay_s
         self._clock = clock
         self._hooks = hooks or RepairHooks()
+        self._jobs = "jobs" in kinds
 
     async def repair(self, m: Mismatch) -> RepairResult:
         """Repair one repairable mismatch; never raises for the repair's own errors."""
@@ -226,8 +239,9 @@ class Repairer:
         if m.target is not None:
             assert m.run_id is not None
             t = m.target
-            pod = m.pod if m.kind is MismatchKind.POD_AHEAD else None
-            update = StateUpdate.derived(m.run_id, t, pod)
+            binds = m.kind in (MismatchKind.POD_AHEAD, MismatchKind.JOB_AHEAD)
+            update = StateUpdate.derived(m.run_id, t, m.pod if binds else None,
+                                         attempts=m.attempts, attempt_pod=m.attempt_pod)
             result = await self._platform.update_state(update, expected_state=run.state)
             if result.outcome is Outcome.NOT_FOUND:
                 return RepairResult(m, RepairOutcome.FAILED, "none",
@@ -236,19 +250,20 @@ class Repairer:
                 raise _Race(result.run)
             because = f" ({t.reason})" if t.reason else ""
             done.append(f"set {t.state.value}{because}, was {run.state}")
-        if m.release_finalizer and m.pod is not None and await self._release(m.pod.namespace,
-                                                                              m.pod.name,
-                                                                              m.pod.uid):
-            done.append(f"removed finalizer {OUTCOME_FINALIZER}")
+        if m.release_finalizer and m.pod is not None and await self._release(m.pod):
+            done.append(f"removed finalizer {OUTCOME_FINALIZER}"
+                        + (" from the job" if m.pod.kind == "Job" else ""))
         if not done:
             return RepairResult(m, RepairOutcome.ALREADY_CONSISTENT,
                                 "none: the pod is gone or was replaced")
         return RepairResult(m, RepairOutcome.REPAIRED, "; ".join(done))
 
-    async def _release(self, namespace: str, name: str, uid: str | None) -> bool:
-        """Remove Sniffer's finalizer from this very pod (uid precondition); True if a
-        patch landed, False if the pod is gone or is another pod now."""
-        return await release_finalizer(self._kube, namespace, name, uid)
+    async def _release(self, ref: PodRef) -> bool:
+        """Remove Sniffer's finalizer from this very pod or Job (uid precondition); True
+        if a patch landed, False if it is gone or is another object now."""
+        if ref.kind == "Job":
+            return await release_job_finalizer(self._kube, ref.namespace, ref.name, ref.uid)
+        return await release_finalizer(self._kube, ref.namespace, ref.name, ref.uid)
 
     # --- the re-read ------------------------------------------------------------------
 
@@ -257,13 +272,19 @@ class Repairer:
         assert m.run_id is not None
         pods: list[PodView] = []
         bad: list[BadPod] = []
+        jobs: list[JobView] = []
+        bad_jobs: list[BadPod] = []
         namespaces: tuple[str | None, ...] = ()
-        if m.kind is MismatchKind.POD_LOST:
-            # A pod may have appeared under any name: list by label, in the namespace the
-            # run names (the diff only judges runs lost whose namespace is in scope).
+        if m.kind in (MismatchKind.POD_LOST, MismatchKind.JOB_AHEAD,
+                      MismatchKind.JOB_LOST) or (m.pod is not None and m.pod.kind == "Job"):
+            # A pod (or Job) may have appeared under any name: list by label, in the
+            # namespace the run names (the diff only judges runs lost whose namespace is
+            # in scope), or the Job's.
             namespaces = (m.pod.namespace,) if m.pod else (self._scope or (None,))
             for namespace in namespaces:
                 await self._list_run_pods(namespace, m.run_id, pods, bad)
+                if self._jobs:
+                    await self._list_run_jobs(namespace, m.run_id, jobs, bad_jobs)
         elif m.pod is not None:
             await self._get_pod(m.pod.namespace, m.pod.name, m.pod.uid, pods, bad)
         run = await self._platform.get_run(m.run_id)
@@ -272,20 +293,32 @@ class Repairer:
             return run, []  # the run names another namespace now; the next pass looks there
         snapshot = Snapshot(
             pods=tuple(pods), bad_pods=tuple(bad), runs={run.id: run} if run else {},
-            unknown_run_ids=frozenset() if run else frozenset({m.run_id}), scope=self._scope)
+            unknown_run_ids=frozenset() if run else frozenset({m.run_id}), scope=self._scope,
+            jobs=tuple(jobs), bad_jobs=tuple(bad_jobs), jobs_listed=self._jobs)
         return run, diff(snapshot, now=self._clock(), policy=self._policy,
                          grace_period_s=self._grace)
 
+    def _run_selector(self, run_id: str) -> str:
+        return f"{self._selector},{RUN_ID_LABEL}={run_id}" if self._selector else (
+            f"{RUN_ID_LABEL}={run_id}")
+
     async def _list_run_pods(self, namespace: str | None, run_id: str, pods: list[PodView],
                              bad: list[BadPod]) -> None:
-        selector = f"{self._selector},{RUN_ID_LABEL}={run_id}" if self._selector else (
-            f"{RUN_ID_LABEL}={run_id}")
         async with contextlib.aclosing(list_pages(self._kube, namespace,
-                                                  label_selector=selector,
+                                                  label_selector=self._run_selector(run_id),
                                                   page_size=100)) as pages:
             async for page in pages:
                 for obj in page.items:
                     project_into(obj, pods, bad)
+
+    async def _list_run_jobs(self, namespace: str | None, run_id: str, jobs: list[JobView],
+                             bad: list[BadPod]) -> None:
+        async with contextlib.aclosing(list_job_pages(
+                self._kube, namespace, label_selector=self._run_selector(run_id),
+                page_size=100)) as pages:
+            async for page in pages:
+                for obj in page.items:
+                    project_job_into(obj, jobs, bad)
 
     async def _get_pod(self, namespace: str, name: str, uid: str | None,
                        pods: list[PodView], bad: list[BadPod]) -> None:
@@ -306,8 +339,8 @@ def _pick(planned: Mismatch, fresh: list[Mismatch]) -> Mismatch | None:
     for m in fresh:
         if m.run_id != planned.run_id or m.kind not in allowed:
             continue
-        if planned.pod is not None and m.pod is not None and planned.kind is not \
-                MismatchKind.POD_LOST and m.pod.uid != planned.pod.uid:
+        if planned.pod is not None and m.pod is not None and planned.kind not in (
+                MismatchKind.POD_LOST, MismatchKind.JOB_LOST) and m.pod.uid != planned.pod.uid:
             continue
         return m
     return None

@@ -11,6 +11,11 @@ Contract:
   slim page at a time plus the projections.
 * A pod that cannot be projected is kept as a small `BadPod` (it is reported as
   underivable); it never stops the pass.
+* With `kinds` including "jobs", the tracked batch/v1 Jobs are listed the same way
+  (same namespaces, label selector and pagination) right after the pods and before the
+  runs, projected to `JobView`s; a Job that cannot be projected is a `BadPod` in
+  `bad_jobs`. Without it, `jobs_listed` is False and the diff judges a Job's pods as
+  bare pods.
 * Runs the non-terminal listing did not return are read one by one (`runs_looked_up`)
   only where the answer can change what the pass does: for pods that carry Sniffer's
   finalizer (is the run terminal? then the finalizer is left over) or that have not
@@ -36,9 +41,10 @@ from typing import Protocol
 
 from opentelemetry import trace
 
+from sniffer.jobview import JobView, project_job
 from sniffer.kubedecode import Gone, Page
 from sniffer.platform_model import PlatformError, Run
-from sniffer.pods import list_pages
+from sniffer.pods import list_job_pages, list_pages
 from sniffer.podview import (
     OUTCOME_FINALIZER,
     RUN_ID_LABEL,
@@ -62,6 +68,9 @@ class PodLister(Protocol):
     async def list_pods(self, namespace: str | None, *, label_selector: str, limit: int,
                         continue_token: str | None = None, slim: bool = False) -> Page: ...
 
+    async def list_jobs(self, namespace: str | None, *, label_selector: str, limit: int,
+                        continue_token: str | None = None) -> Page: ...
+
 
 class RunReader(Protocol):
     """The part of `sniffer.platform.PlatformClient` a snapshot needs."""
@@ -74,7 +83,8 @@ class RunReader(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class BadPod:
-    """A tracked pod whose object could not be projected (`error` names the field)."""
+    """A tracked pod (or Job) whose object could not be projected (`error` names the
+    field)."""
 
     namespace: str
     name: str
@@ -106,6 +116,11 @@ class Snapshot:
     runs_looked_up: int = 0
     lookup_errors: Mapping[str, str] = field(default_factory=dict)
     """run id → why it could not be read."""
+    jobs: tuple[JobView, ...] = ()
+    bad_jobs: tuple[BadPod, ...] = ()
+    """Tracked Jobs that could not be projected (a `BadPod` names any object)."""
+    jobs_listed: bool = False
+    """True iff Jobs were listed: runs backed by a Job are judged by the Job."""
 
 
 def needs_run_lookup(pod: PodView) -> bool:
@@ -113,14 +128,26 @@ def needs_run_lookup(pod: PodView) -> bool:
     return OUTCOME_FINALIZER in pod.finalizers or pod.phase not in ("Succeeded", "Failed")
 
 
+_JOB_ENDS = ("Complete", "SuccessCriteriaMet", "Failed", "FailureTarget")
+
+
+def job_needs_run_lookup(job: JobView) -> bool:
+    """As `needs_run_lookup`, for a Job: it carries Sniffer's finalizer or has not ended."""
+    return (OUTCOME_FINALIZER in job.finalizers
+            or not any(job.holds(type_) for type_ in _JOB_ENDS))
+
+
 async def take(kube: PodLister, platform: RunReader, *, scope: tuple[str, ...],
                label_selector: str, page_size: int, concurrency: int,
-               only: tuple[str, ...] = (),
+               only: tuple[str, ...] = (), kinds: tuple[str, ...] = ("pods",),
                on_phase: Callable[[str], None] | None = None) -> Snapshot:
-    """List both sides (see the module docstring). `on_phase` is told "pods", "runs" and
-    "lookups" as each phase begins (progress logging)."""
+    """List both sides (see the module docstring). `on_phase` is told "pods", "jobs"
+    (with "jobs" in `kinds`), "runs" and "lookups" as each phase begins (progress
+    logging)."""
     pods: list[PodView] = []
     bad: list[BadPod] = []
+    jobs: list[JobView] = []
+    bad_jobs: list[BadPod] = []
     selectors = ([label_selector] if not only else
                  [_only_selector(label_selector, only[i:i + _ONLY_CHUNK])
                   for i in range(0, len(only), _ONLY_CHUNK)])
@@ -131,6 +158,11 @@ async def take(kube: PodLister, platform: RunReader, *, scope: tuple[str, ...],
             for selector in selectors:
                 await _list_namespace(kube, namespace, selector, page_size, pods, bad)
         span.set_attribute("sniffer.pods", len(pods) + len(bad))
+    with_jobs = "jobs" in kinds
+    if with_jobs:
+        if on_phase:
+            on_phase("jobs")
+        await _list_all_jobs(kube, scope, selectors, page_size, jobs, bad_jobs)
     if on_phase:
         on_phase("runs")
     runs: dict[str, Run] = {}
@@ -144,9 +176,7 @@ async def take(kube: PodLister, platform: RunReader, *, scope: tuple[str, ...],
             async for run in platform.list_runs(NON_TERMINAL, page_size=RUN_PAGE_SIZE):
                 runs[run.id] = run
                 listed += 1
-            wanted = list(dict.fromkeys(
-                pod.run_id for pod in pods
-                if pod.run_id is not None and pod.run_id not in runs and needs_run_lookup(pod)))
+            wanted = _worth_a_read(pods, jobs, runs)
         if on_phase:
             on_phase("lookups")
         await _look_up(platform, wanted, concurrency, runs, unknown, errors)
@@ -154,7 +184,28 @@ async def take(kube: PodLister, platform: RunReader, *, scope: tuple[str, ...],
         span.set_attribute("sniffer.runs_looked_up", len(wanted))
     return Snapshot(pods=tuple(pods), bad_pods=tuple(bad), runs=runs,
                     unknown_run_ids=frozenset(unknown), scope=scope, runs_listed=listed,
-                    runs_looked_up=len(wanted), lookup_errors=errors)
+                    runs_looked_up=len(wanted), lookup_errors=errors, jobs=tuple(jobs),
+                    bad_jobs=tuple(bad_jobs), jobs_listed=with_jobs)
+
+
+async def _list_all_jobs(kube: PodLister, scope: tuple[str, ...], selectors: list[str],
+                         page_size: int, jobs: list[JobView], bad: list[BadPod]) -> None:
+    with tracer.start_as_current_span("sniffer.reconcile.list_jobs") as span:
+        for namespace in scope or (None,):
+            for selector in selectors:
+                await _list_jobs(kube, namespace, selector, page_size, jobs, bad)
+        span.set_attribute("sniffer.jobs", len(jobs) + len(bad))
+
+
+def _worth_a_read(pods: list[PodView], jobs: list[JobView],
+                  runs: Mapping[str, Run]) -> list[str]:
+    """Run ids not listed whose state matters (`needs_run_lookup`), in first-seen order."""
+    wanted = [pod.run_id for pod in pods
+              if pod.run_id is not None and pod.run_id not in runs and needs_run_lookup(pod)]
+    wanted += [job.run_id for job in jobs
+               if job.run_id is not None and job.run_id not in runs
+               and job_needs_run_lookup(job)]
+    return list(dict.fromkeys(wanted))
 
 
 def _only_selector(base: str, run_ids: tuple[str, ...]) -> str:
@@ -188,6 +239,43 @@ async def _list_namespace(kube: PodLister, namespace: str | None, selector: str,
             del bad[start_bad:]
 
 
+async def _list_jobs(kube: PodLister, namespace: str | None, selector: str, page_size: int,
+                     jobs: list[JobView], bad: list[BadPod]) -> None:
+    """Append the projections of every Job of one paginated LIST (as `_list_namespace`)."""
+    start_jobs, start_bad = len(jobs), len(bad)
+    for attempt in range(_GONE_RESTARTS + 1):
+        try:
+            async with contextlib.aclosing(list_job_pages(
+                    kube, namespace, label_selector=selector, page_size=page_size)) as pages:
+                async for page in pages:
+                    for obj in page.items:
+                        project_job_into(obj, jobs, bad)
+            return
+        except Gone:
+            if attempt == _GONE_RESTARTS:
+                raise
+            del jobs[start_jobs:]
+            del bad[start_bad:]
+
+
+def project_job_into(obj: object, jobs: list[JobView], bad: list[BadPod]) -> None:
+    """As `project_into`, for a Job object."""
+    try:
+        jobs.append(project_job(obj))
+    except MalformedPod as exc:
+        bad.append(_bad_object(obj, exc))
+
+
+def _bad_object(obj: object, exc: MalformedPod) -> BadPod:
+    meta = obj.get("metadata") if isinstance(obj, dict) else None
+    meta = meta if isinstance(meta, dict) else {}
+    labels = meta.get("labels")
+    run_id = labels.get(RUN_ID_LABEL) if isinstance(labels, dict) else None
+    return BadPod(namespace=str(meta.get("namespace") or ""),
+                  name=str(meta.get("name") or ""), uid=str(meta.get("uid") or ""),
+                  run_id=run_id if isinstance(run_id, str) else None, error=exc.reason)
+
+
 def project_into(obj: object, pods: list[PodView], bad: list[BadPod]) -> None:
     """Project `obj` onto `pods`, or, if it cannot be, keep it as a `BadPod` in `bad`
     (with its run id when the label is readable, so the diff never judges that run lost).
@@ -196,14 +284,7 @@ def project_into(obj: object, pods: list[PodView], bad: list[BadPod]) -> None:
     try:
         pods.append(project(obj))
     except MalformedPod as exc:
-        meta = obj.get("metadata") if isinstance(obj, dict) else None
-        meta = meta if isinstance(meta, dict) else {}
-        labels = meta.get("labels")
-        run_id = labels.get(RUN_ID_LABEL) if isinstance(labels, dict) else None
-        bad.append(BadPod(namespace=str(meta.get("namespace") or ""),
-                          name=str(meta.get("name") or ""), uid=str(meta.get("uid") or ""),
-                          run_id=run_id if isinstance(run_id, str) else None,
-                          error=exc.reason))
+        bad.append(_bad_object(obj, exc))
 
 
 async def _look_up(platform: RunReader, run_ids: list[str], concurrency: int,

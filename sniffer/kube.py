@@ -256,6 +256,34 @@ class KubeClient:
             log.warning("the API server (or a proxy) refused protobuf; using JSON from now "
                         "on", extra={"answer": answer})
 
+    # --- jobs -----------------------------------------------------------------------
+
+    @staticmethod
+    def jobs_path(namespace: str | None, name: str | None = None) -> str:
+        base = (f"/apis/batch/v1/namespaces/{quote(namespace)}/jobs" if namespace
+                else "/apis/batch/v1/jobs")
+        return f"{base}/{quote(name)}" if name else base
+
+    async def list_jobs(self, namespace: str | None, *, label_selector: str, limit: int,
+                        continue_token: str | None = None) -> Page:
+        """One page of a paginated LIST of Jobs, as `list_pods` (JSON: a Job's fields are
+        few beside a pod's, so there is no slim or protobuf path); raw items for
+        `sniffer.jobview.project_job`."""
+        path = self.jobs_path(namespace)
+        response = await self.request("GET", path, query={
+            "labelSelector": label_selector or None, "limit": limit,
+            "continue": continue_token}, client_timeout=aiohttp.ClientTimeout(total=120))
+        return decode_pod_list(await read_body(response, "GET", path))
+
+    async def get_job(self, namespace: str, name: str) -> JSON:
+        """One Job by name (a missing one raises `NotFound`)."""
+        return await self.request_json("GET", self.jobs_path(namespace, name))
+
+    async def patch_job(self, namespace: str, name: str, patch: JSON, *,
+                        content_type: str = "application/strategic-merge-patch+json") -> JSON:
+        return await self.request_json("PATCH", self.jobs_path(namespace, name), body=patch,
+                                       content_type=content_type)
+
     async def patch_pod(self, namespace: str, name: str, patch: JSON | list[JSON], *,
                         content_type: str = "application/strategic-merge-patch+json") -> JSON:
         return await self.request_json("PATCH", self.pods_path(namespace, name), body=patch,

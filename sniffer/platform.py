@@ -17,7 +17,8 @@ Contract:
     ``ValueError``/``KeyError``: one bad reply must not kill the caller's loop.
 
 * State updates map each documented answer to one :class:`Outcome`, in one place
-  (:meth:`PlatformClient.update_state`): 200 applied → ``APPLIED``; 200 not applied →
+  (:meth:`PlatformClient.update_state`): 200 applied → ``APPLIED`` (a state change, or a
+  same-state update that raised a Job-backed run's ``attempts``); 200 not applied →
   ``UNCHANGED`` (the run already had that state); 409 → ``CONFLICT`` (``code`` is
   ``"conflict"`` — the run is further along or terminal — or ``"pod_mismatch"``);
   412 → ``PRECONDITION_FAILED``; 404 → ``NOT_FOUND``. Except for ``NOT_FOUND`` the result

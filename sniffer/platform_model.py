@@ -89,6 +89,13 @@ def _opt(data: Mapping[str, Any], key: str, kind: type) -> Any:
     return value
 
 
+def _count(data: Mapping[str, Any], key: str) -> int:
+    value = data[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{key} is not a count")
+    return value
+
+
 def _bool(data: Mapping[str, Any], key: str) -> bool:
     value = data[key]
     if not isinstance(value, bool):
@@ -121,6 +128,10 @@ class Run:
     pod_namespace: str | None
     pod_name: str | None
     pod_uid: str | None
+    attempts: int = 0
+    """How many pods a Job-backed run has used (0 for a run of one pod); never decreases."""
+    attempt_pod: str | None = None
+    """The name of the Job's newest attempt pod, None for a run of one pod."""
 
     @property
     def terminal(self) -> bool:
@@ -160,6 +171,8 @@ class Run:
                 pod_namespace=_opt(data, "pod_namespace", str),
                 pod_name=_opt(data, "pod_name", str),
                 pod_uid=_opt(data, "pod_uid", str),
+                attempts=_count(data, "attempts"),
+                attempt_pod=_opt(data, "attempt_pod", str),
             )
         except KeyError as exc:
             raise ValueError(f"run lacks field {exc.args[0]!r}") from None
@@ -194,6 +207,10 @@ class StateUpdate:
     pod_uid: str | None = None
     pod_name: str | None = None
     pod_namespace: str | None = None
+    attempts: int | None = None
+    """A Job-backed run's attempt count (`sniffer.jobs.attempts`); the platform keeps the
+    largest it was sent, so a stale count is harmless."""
+    attempt_pod: str | None = None
 
     def __post_init__(self) -> None:
         state = getattr(self.state, "value", self.state)
@@ -202,25 +219,30 @@ class StateUpdate:
         object.__setattr__(self, "state", state)
         if not self.run_id:
             raise ValueError("run_id is empty")
+        if self.attempts is not None and self.attempts < 0:
+            raise ValueError(f"attempts is negative ({self.attempts})")
         for name in ("started_at", "finished_at"):
             value = getattr(self, name)
             if value is not None and value.tzinfo is None:
                 raise ValueError(f"{name} is a naive datetime")
 
     @classmethod
-    def derived(cls, run_id: str, derived: Derived,
-                pod: NamedPod | None = None) -> StateUpdate:
+    def derived(cls, run_id: str, derived: Derived, pod: NamedPod | None = None, *,
+                attempts: int | None = None, attempt_pod: str | None = None) -> StateUpdate:
         """The update that reports `derived` for `run_id`, naming `pod` (if given) as the
-        run's pod; epoch-second times become UTC datetimes."""
+        run's pod (for a Job-backed run: the Job, which the run stays bound to while its
+        attempt pods come and go); epoch-second times become UTC datetimes."""
         return cls(run_id=run_id, state=derived.state.value, reason=derived.reason,
                    message=derived.message, exit_code=derived.exit_code,
                    started_at=_utc(derived.started_at), finished_at=_utc(derived.finished_at),
                    pod_uid=pod.uid if pod else None, pod_name=pod.name if pod else None,
-                   pod_namespace=pod.namespace if pod else None)
+                   pod_namespace=pod.namespace if pod else None, attempts=attempts,
+                   attempt_pod=attempt_pod)
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {"state": self.state}
-        for name in ("reason", "message", "exit_code", "pod_uid", "pod_name", "pod_namespace"):
+        for name in ("reason", "message", "exit_code", "pod_uid", "pod_name", "pod_namespace",
+                     "attempts", "attempt_pod"):
             value = getattr(self, name)
             if value is not None:
                 body[name] = value

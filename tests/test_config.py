@@ -44,6 +44,7 @@ def test_config_path_can_come_from_the_environment(tmp_path: Path) -> None:
         ({"SNIFFER_KUBE_NAMESPACES": "team-a, team-b"},
          ("kube", "namespaces", ("team-a", "team-b"))),
         ({"SNIFFER_FINALIZERS_ENABLED": "no"}, ("finalizers", "enabled", False)),
+        ({"SNIFFER_KUBE_KINDS": "pods"}, ("kube", "kinds", ("pods",))),
         ({"SNIFFER_STATES_PENDING_FAILURE_AFTER_S": "900"},
          ("states", "pending_failure_after_s", 900.0)),
         ({"SNIFFER_TELEMETRY_PROMETHEUS_PORT": "null"}, ("telemetry", "prometheus_port", None)),
@@ -68,6 +69,11 @@ def test_environment_values_are_coerced_to_the_field_type(env, expected) -> None
         ("- a\n- b\n", {}, "must be a mapping of sections"),
         ("kube: [\n", {}, "not valid YAML"),
         ("leader:\n  renew_deadline_s: 30\n", {}, "leader.renew_deadline_s: must satisfy"),
+        ("kube:\n  kinds: [pods, cronjobs]\n", {},
+         "kube.kinds: each must be one of pods, jobs (got ('pods', 'cronjobs'))"),
+        ("kube:\n  kinds: [jobs]\n", {}, "kube.kinds: must include pods"),
+        ("kube:\n  kinds: [pods, jobs, pods]\n", {}, "kube.kinds: must not repeat a kind"),
+        ("kube:\n  kinds: jobs\n", {}, "kube.kinds"),
     ],
 )
 def test_invalid_config_raises_one_error_naming_the_field(tmp_path, yaml_text, env, needle) -> None:
@@ -83,6 +89,10 @@ def test_a_token_value_never_appears_in_the_error() -> None:
         load_settings(env={**BASE_ENV, "SNIFFER_PLATFORM_TOKEN": "s3cret-value"})
     # The variable is named, so the operator can find it, but the value is not echoed.
     assert "s3cret-value" not in str(info.value)
+
+
+def test_pods_and_jobs_are_watched_by_default() -> None:
+    assert load_settings(env=BASE_ENV).kube.kinds == ("pods", "jobs")
 
 
 def test_missing_platform_url_is_reported() -> None:

@@ -49,6 +49,7 @@ import yaml
 
 from config import load_settings
 from sniffer.kube import KubeClient
+from sniffer.kubedecode import KubeError
 from testbed.apiserver import ApiServer
 from testbed.build import ensure_binaries
 from testbed.platform.launcher import PlatformServer
@@ -600,12 +601,15 @@ def test_each_service_account_gets_what_it_needs_and_nothing_more(
     for sa in ("sniffer-watch", "sniffer-reconcile"):
         kc = rbac.kubeconfig(sa, tmp_path / f"{sa}.kubeconfig")
         allowed: list[tuple[str, str, str | None]] = [
-            ("get", "pods", some_ns), ("list", "pods", some_ns), ("patch", "pods", some_ns)]
+            ("get", "pods", some_ns), ("list", "pods", some_ns), ("patch", "pods", some_ns),
+            ("list", "jobs.batch", some_ns), ("patch", "jobs.batch", some_ns)]
         if not watched:  # cluster-wide: the reflector lists and watches across namespaces
-            allowed += [("list", "pods", None)]
+            allowed += [("list", "pods", None), ("list", "jobs.batch", None)]
         denied: list[tuple[str, str, str | None]] = [
             ("create", "pods", some_ns), ("update", "pods", some_ns),
             ("delete", "pods", some_ns), ("deletecollection", "pods", some_ns),
+            ("create", "jobs.batch", some_ns), ("update", "jobs.batch", some_ns),
+            ("delete", "jobs.batch", some_ns), ("list", "cronjobs.batch", some_ns),
             ("get", "secrets", home), ("list", "secrets", None),
             ("list", "configmaps", home), ("list", "nodes", None),
             ("create", "serviceaccounts", home), ("delete", "leases", home),
@@ -613,18 +617,22 @@ def test_each_service_account_gets_what_it_needs_and_nothing_more(
             ("create", "rolebindings", home), ("escalate", "clusterroles", None)]
         if watched:  # namespaced: nothing outside the watched namespaces
             denied += [("list", "pods", None), ("list", "pods", unwatched),
-                       ("patch", "pods", unwatched)]
+                       ("patch", "pods", unwatched), ("list", "jobs.batch", None),
+                       ("list", "jobs.batch", unwatched)]
         subresources_denied = [("patch", "status"), ("get", "log"), ("create", "exec"),
                                ("create", "eviction")]
         if sa == "sniffer-watch":
-            allowed += [("watch", "pods", some_ns)]
-            allowed += [] if watched else [("watch", "pods", None)]
+            allowed += [("watch", "pods", some_ns), ("watch", "jobs.batch", some_ns),
+                        ("get", "jobs.batch", some_ns)]
+            allowed += [] if watched else [("watch", "pods", None),
+                                           ("watch", "jobs.batch", None)]
             allowed += [("create", "leases", home), ("get", "leases/sniffer-watch", home),
                         ("update", "leases/sniffer-watch", home)]
             denied += [("get", "leases/another-lease", home),
                        ("update", "leases/another-lease", home), ("list", "leases", home)]
         else:  # the reconciler lists and re-reads, and takes no part in leader election
             denied += [("watch", "pods", some_ns), ("watch", "pods", None),
+                       ("watch", "jobs.batch", some_ns), ("get", "jobs.batch", some_ns),
                        ("create", "leases", home), ("get", "leases/sniffer-watch", home),
                        ("update", "leases/sniffer-watch", home)]
         for verb, resource, ns in allowed:
@@ -634,6 +642,8 @@ def test_each_service_account_gets_what_it_needs_and_nothing_more(
         for verb, sub in subresources_denied:
             assert not can_i(kc, verb, "pods", namespace=some_ns, subresource=sub), \
                 f"{sa} may {verb} pods/{sub}"
+        assert not can_i(kc, "patch", "jobs.batch", namespace=some_ns, subresource="status"), \
+            f"{sa} may patch jobs/status"
 
 
 def _get_text(url: str) -> str:
@@ -747,12 +757,30 @@ async def test_the_service_accounts_may_patch_nothing_but_their_finalizer(
     admin = await KubeClient.connect(kubeconfig=str(apiserver.kubeconfig))
     try:
         await Pods(admin, jobs[0]).create("victim", "run-1")
+        await admin.request_json("POST", KubeClient.jobs_path(jobs[0]), body={
+            "apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": "victim", "labels": {"sniffer.io/run-id": "run-2"}},
+            "spec": {"suspend": True, "template": {"spec": {
+                "restartPolicy": "Never",
+                "containers": [{"name": "main", "image": "registry.example/job:1"}]}}}})
     finally:
         await admin.close()
 
     def patch(kubeconfig: Path, body: Obj) -> subprocess.CompletedProcess[str]:
         return run([kubectl_path(), f"--kubeconfig={kubeconfig}", "patch", "pod", "victim",
                     "-n", jobs[0], "--type=merge", "-p", json.dumps(body)], check=False)
+
+    async def patch_job(kubeconfig: Path, body: Obj) -> str | None:
+        """The refusal of a merge patch of Job "victim", None if it landed. (Straight to
+        the API: `kubectl patch` GETs first, which the reconciler may not.)"""
+        client = await KubeClient.connect(kubeconfig=str(kubeconfig))
+        try:
+            await client.patch_job(jobs[0], "victim", body, content_type=MERGE_PATCH)
+        except KubeError as refused:
+            return f"{refused.status} {refused}"
+        finally:
+            await client.close()
+        return None
 
     for sa in ("sniffer-watch", "sniffer-reconcile"):
         kc = rbac.kubeconfig(sa, tmp_path / f"{sa}.kubeconfig")
@@ -774,6 +802,16 @@ async def test_the_service_accounts_may_patch_nothing_but_their_finalizer(
         assert added.returncode == 0, added.stderr
         removed = patch(kc, {"metadata": {"finalizers": None}})
         assert removed.returncode == 0, removed.stderr
+        # The same policy holds for Jobs: unsuspending, relabelling or re-owning a Job is
+        # refused; its own finalizer comes and goes.
+        for body in ({"spec": {"suspend": False}},
+                     {"metadata": {"labels": {"sniffer.io/run-id": "run-9"}}},
+                     {"metadata": {"finalizers": ["example.com/other"]}}):
+            refusal = await patch_job(kc, body)
+            assert refusal is not None and refusal.startswith("403"), (body, refusal)
+            assert "only add or remove its own finalizer" in refusal
+        assert await patch_job(kc, {"metadata": {"finalizers": ["sniffer.io/outcome"]}}) is None
+        assert await patch_job(kc, {"metadata": {"finalizers": None}}) is None
 
 
 def assert_no_refusal(output: str) -> None:

@@ -122,6 +122,31 @@ async def test_update_outcomes_applied_then_unchanged(
     assert again.run == result.run
 
 
+async def test_attempts_travel_and_a_raise_alone_is_applied(
+    client: PlatformClient, platform: PlatformServer, unique_run_id
+) -> None:
+    run_id = unique_run_id()
+    platform.create_run(run_id)
+    first = StateUpdate(run_id, "running", pod_uid="job-uid", attempts=1, attempt_pod="t-a")
+    result = await client.update_state(first, expected_state="queued")
+    assert result.run is not None
+    assert (result.run.attempts, result.run.attempt_pod) == (1, "t-a")
+    retry = StateUpdate(run_id, "running", pod_uid="job-uid", attempts=2, attempt_pod="t-b")
+    raised = await client.update_state(retry, expected_state="running")
+    assert raised.outcome is Outcome.APPLIED
+    assert raised.run is not None
+    assert (raised.run.state, raised.run.attempts, raised.run.attempt_pod) == (
+        "running", 2, "t-b")
+    stale = await client.update_state(first, expected_state="running")
+    assert stale.outcome is Outcome.UNCHANGED
+    assert stale.run == raised.run
+
+
+def test_a_state_update_refuses_a_negative_attempts_count() -> None:
+    with pytest.raises(ValueError, match="attempts"):
+        StateUpdate("r", "running", attempts=-1)
+
+
 async def test_update_outcome_conflict_carries_the_current_run_and_code(
     client: PlatformClient, platform: PlatformServer, unique_run_id
 ) -> None:

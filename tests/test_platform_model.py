@@ -36,7 +36,7 @@ def _run_json(**changes: Any) -> dict[str, Any]:
         "created_at": "2026-01-02T03:04:05Z", "updated_at": "2026-01-02T03:04:06+01:00",
         "started_at": None, "finished_at": None, "reason": None, "message": None,
         "exit_code": None, "cancel_requested": False, "pod_namespace": "ns",
-        "pod_name": "p", "pod_uid": None,
+        "pod_name": "p", "pod_uid": None, "attempts": 0, "attempt_pod": None,
     }
     return {**run, **changes}
 

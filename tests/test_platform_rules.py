@@ -132,3 +132,31 @@ def test_terminal_run_answers_conflict_to_a_different_terminal_state() -> None:
     done = RunView(state="succeeded", version=5, pod_uid=None)
     request = PatchRequest("failed", expected_state="succeeded", expected_version=5)
     assert decide_patch(done, request) is Decision.CONFLICT
+
+
+# --- attempts -----------------------------------------------------------------------------
+
+JOB_RUN = RunView(state="running", version=3, pod_uid="uid-a", attempts=2)
+
+
+@pytest.mark.parametrize(("request_", "decision"), [
+    (PatchRequest("running", attempts=3), Decision.ATTEMPTS),  # no precondition needed
+    (PatchRequest("running", attempts=3, pod_uid="uid-a"), Decision.ATTEMPTS),
+    (PatchRequest("running", attempts=3, expected_version=1), Decision.ATTEMPTS),
+    (PatchRequest("running", attempts=2), Decision.NOOP),
+    (PatchRequest("running", attempts=1), Decision.NOOP),
+    (PatchRequest("running", attempts=3, pod_uid="uid-other"), Decision.NOOP),
+    (PatchRequest("queued", attempts=9), Decision.CONFLICT),  # no backwards move for a count
+    (PatchRequest("failed", attempts=1, expected_state="running"), Decision.APPLY),
+    (PatchRequest("failed", attempts=1), Decision.PRECONDITION_REQUIRED),
+])
+def test_a_same_state_attempts_raise_is_its_own_decision(
+    request_: PatchRequest, decision: Decision
+) -> None:
+    assert decide_patch(JOB_RUN, request_) is decision
+
+
+@pytest.mark.parametrize("state", sorted(TERMINAL_STATES))
+def test_a_terminal_run_ignores_an_attempts_raise(state: str) -> None:
+    done = RunView(state=state, version=5, pod_uid=None, attempts=1)
+    assert decide_patch(done, PatchRequest(state, attempts=7)) is Decision.NOOP

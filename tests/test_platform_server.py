@@ -24,7 +24,7 @@ TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
 RUN_FIELDS = {
     "id", "state", "version", "kind", "created_at", "updated_at", "started_at",
     "finished_at", "reason", "message", "exit_code", "cancel_requested", "pod_namespace",
-    "pod_name", "pod_uid",
+    "pod_name", "pod_uid", "attempts", "attempt_pod",
 }
 
 
@@ -499,6 +499,101 @@ async def test_every_applied_change_is_logged_once_with_its_arrival_time(
         assert TIMESTAMP.match(entry["received_at_rfc3339"])
 
 
+# -- attempts of Job-backed runs ----------------------------------------------------------
+
+
+async def running_job_run(api: Api, run_id: str, attempts: int = 1) -> dict[str, Any]:
+    await api.create(run_id)
+    status, body = await api.patch(run_id, state="running", expected_state="queued",
+                                   pod_uid="job-uid", attempts=attempts,
+                                   attempt_pod=f"train-{attempts}")
+    assert status == 200 and body["applied"], body
+    return body["run"]
+
+
+async def test_a_new_run_has_no_attempts(api: Api, unique_run_id) -> None:
+    run = await api.create(unique_run_id())
+    assert (run["attempts"], run["attempt_pod"]) == (0, None)
+
+
+async def test_a_same_state_update_that_raises_attempts_is_applied_without_a_log_entry(
+    api: Api, unique_run_id
+) -> None:
+    run_id = unique_run_id()
+    before = await running_job_run(api, run_id)
+    since = api.server.stats()["last_update_seq"]
+    status, body = await api.patch(run_id, state="running", attempts=2,
+                                   attempt_pod="train-2", reason="Retrying")
+    assert status == 200 and body["applied"] is True, body
+    run = body["run"]
+    assert (run["attempts"], run["attempt_pod"], run["version"]) == (2, "train-2", 3)
+    assert run["reason"] == before["reason"], "an attempts raise changes nothing else"
+    assert run["updated_at"] > before["updated_at"]
+    assert await api.get(run_id) == run
+    assert [e for e in api.server.updates(since) if e["run_id"] == run_id] == []
+
+
+async def test_a_lower_or_equal_attempts_count_is_ignored_not_refused(
+    api: Api, unique_run_id
+) -> None:
+    run_id = unique_run_id()
+    run = await running_job_run(api, run_id, attempts=3)
+    for attempts, pod in ((2, "train-2"), (3, "train-3-other"), (0, None)):
+        status, body = await api.patch(run_id, state="running", attempts=attempts,
+                                       attempt_pod=pod)
+        assert (status, body) == (200, {"run": run, "applied": False})
+    # a forward move carrying a stale count still moves; the count stays
+    status, body = await api.patch(run_id, state="failed", expected_state="running",
+                                   attempts=1, attempt_pod="train-1", exit_code=3)
+    assert status == 200 and body["applied"] is True
+    assert (body["run"]["state"], body["run"]["attempts"], body["run"]["attempt_pod"]) == (
+        "failed", 3, "train-3")
+
+
+async def test_a_forward_move_with_more_attempts_raises_them_too(
+    api: Api, unique_run_id
+) -> None:
+    run_id = unique_run_id()
+    await running_job_run(api, run_id)
+    status, body = await api.patch(run_id, state="succeeded", expected_state="running",
+                                   attempts=3, attempt_pod="train-3")
+    assert status == 200 and body["applied"] is True
+    assert (body["run"]["state"], body["run"]["attempts"], body["run"]["attempt_pod"]) == (
+        "succeeded", 3, "train-3")
+
+
+async def test_a_terminal_run_keeps_its_attempts(api: Api, unique_run_id) -> None:
+    run_id = unique_run_id()
+    await running_job_run(api, run_id)
+    _, body = await api.patch(run_id, state="failed", expected_state="running", attempts=4)
+    for state in ("failed", "succeeded"):
+        status, again = await api.patch(run_id, state=state, expected_state="failed",
+                                        attempts=9, attempt_pod="late")
+        assert again["run"] == body["run"]
+        assert (status, again.get("applied")) in ((200, False), (409, None))
+
+
+async def test_attempts_from_another_pod_uid_are_not_applied(api: Api, unique_run_id) -> None:
+    run_id = unique_run_id()
+    run = await running_job_run(api, run_id)
+    status, body = await api.patch(run_id, state="running", pod_uid="another-job", attempts=5)
+    assert (status, body) == (200, {"run": run, "applied": False})
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("attempts", -1), ("attempts", "2"), ("attempts", 1.5), ("attempts", True),
+    ("attempts", 2**31), ("attempt_pod", 7), ("attempt_pod", "p" * 254),
+])
+async def test_a_bad_attempts_field_answers_400_naming_it(
+    api: Api, unique_run_id, field: str, value: Any
+) -> None:
+    run_id = unique_run_id()
+    run = await running_job_run(api, run_id)
+    status, body = await api.patch(run_id, state="running", **{field: value})
+    assert status == 400 and body["error"]["field"] == field, body
+    assert await api.get(run_id) == run
+
+
 async def test_update_log_pages_by_seq(api: Api, unique_run_id) -> None:
     ids = [unique_run_id() for _ in range(5)]
     since = api.server.stats()["last_update_seq"]
@@ -725,3 +820,29 @@ async def test_a_bad_fault_setting_answers_400_naming_the_field(
     status, data, _ = await api.call("PUT", "/admin/faults", body)
     assert status == 400 and data["error"]["field"] == field
     assert api.server.get_faults()["error_rate"] == 0
+
+
+def test_a_database_from_before_attempts_gains_them_on_open(tmp_path) -> None:
+    import sqlite3
+
+    from testbed.platform.store import Store
+
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)
+    old.execute("CREATE TABLE runs (id TEXT PRIMARY KEY, state TEXT NOT NULL, version INTEGER"
+                " NOT NULL, kind TEXT NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT"
+                " NULL, started_at TEXT, finished_at TEXT, reason TEXT, message TEXT,"
+                " exit_code INTEGER, cancel_requested INTEGER NOT NULL DEFAULT 0,"
+                " pod_namespace TEXT, pod_name TEXT, pod_uid TEXT) WITHOUT ROWID")
+    old.execute("INSERT INTO runs (id, state, version, kind, created_at, updated_at) VALUES"
+                " ('r', 'queued', 1, 'job', '2026-01-01T00:00:00.000000Z',"
+                " '2026-01-01T00:00:00.000000Z')")
+    old.commit()
+    old.close()
+    store = Store.open(path)
+    try:
+        run = store.get_run("r")
+        assert run is not None
+        assert (run["attempts"], run["attempt_pod"]) == (0, None)
+    finally:
+        store.close()

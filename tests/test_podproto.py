@@ -61,6 +61,16 @@ def manifests(namespace: str) -> list[tuple[dict[str, Any], dict[str, Any] | Non
     plain["metadata"]["annotations"] = {}
     plain["metadata"]["finalizers"] = ["example.com/a", "sniffer.io/outcome"]
     out.append((plain, plain.pop("status")))
+    attempt = real_pod("train-x7k2p", "job-run-1", shape=Shape.FAILED_ERROR)
+    attempt["metadata"]["labels"].update({
+        "batch.kubernetes.io/controller-uid": "0b7e6a4c-1f2d-4e5a-9c3b-5d6e7f8a9b0c",
+        "batch.kubernetes.io/job-name": "train", "controller-uid": "0b7e6a4c-1f2d-4e5a-"
+        "9c3b-5d6e7f8a9b0c", "job-name": "train"})
+    attempt["metadata"]["ownerReferences"] = [  # (no garbage collector runs here)
+        {"apiVersion": "v1", "kind": "ConfigMap", "name": "cfg", "uid": "cm-1"},
+        {"apiVersion": "batch/v1", "kind": "Job", "name": "train", "controller": True,
+         "blockOwnerDeletion": True, "uid": "0b7e6a4c-1f2d-4e5a-9c3b-5d6e7f8a9b0c"}]
+    out.append((attempt, attempt.pop("status")))
     for pod, _ in out:
         meta = pod["metadata"]
         meta["namespace"] = namespace
@@ -141,13 +151,15 @@ async def test_a_protobuf_list_projects_to_the_views_of_the_json_list(raw, names
     page = decode_pod_list(js, slim=True)
     views = views_of(decoded["items"])
     assert views == views_of(page.items) == views_of(json.loads(js)["items"])
-    assert len(views) == len(STATUS_SHAPES) + 3
+    assert len(views) == len(STATUS_SHAPES) + 4
     assert decoded["metadata"]["resourceVersion"] == page.resource_version
     by_name = {v.name: v for v in views}  # the variants arrived as variants
     assert by_name["job-running"].deletion_timestamp is not None
     assert by_name["job-running"].deletion_grace_period_s == 45
     assert by_name["nb-cancel"].cancel_requested
     assert by_name["nb-cancel"].kind == "notebook"
+    assert (by_name["train-x7k2p"].owner_kind, by_name["train-x7k2p"].owner_uid) == (
+        "Job", "0b7e6a4c-1f2d-4e5a-9c3b-5d6e7f8a9b0c")
     assert by_name["app-odd-messages"].message == "é" * MESSAGE_LIMIT
     assert any(c.sidecar for c in by_name["job-init-running"].init_containers)
     assert by_name["job-disruption-target"].disruption is not None
@@ -174,7 +186,7 @@ async def test_protobuf_pages_carry_the_same_continue_tokens_and_items(raw, name
         token = {"continue": decoded["metadata"]["continue"]}  # the protobuf page's token
     assert pages > 1
     assert pb_views == js_views
-    assert len(pb_views) == len(STATUS_SHAPES) + 3
+    assert len(pb_views) == len(STATUS_SHAPES) + 4
 
 
 async def test_a_protobuf_get_projects_to_the_view_of_the_json_get(raw, namespace):

@@ -753,8 +753,10 @@ async def test_cli_exits_0_with_json_counts_when_it_repaired_everything(bed: Bed
     assert report["ok"] is True
     assert report["exit_code"] == 0
     assert report["mismatches"] == {"pod_ahead": 1, "pod_lost": 1, "finalizer_left": 0,
-                                    "orphan_pod": 1, "underivable": 0, "uid_mismatch": 0}
-    assert report["repaired"] == {"pod_ahead": 1, "pod_lost": 1, "finalizer_left": 0}
+                                    "orphan_pod": 1, "underivable": 0, "uid_mismatch": 0,
+                                    "job_ahead": 0, "job_lost": 0}
+    assert report["repaired"] == {"pod_ahead": 1, "pod_lost": 1, "finalizer_left": 0,
+                                  "job_ahead": 0, "job_lost": 0}
     assert report["outcomes"]["reported"] == 1
     assert report["failed"] == 0
     assert report["pods_listed"] == 2
@@ -821,13 +823,14 @@ def test_cli_refuses_an_invalid_run_id_before_connecting(tmp_path: Path) -> None
 
 
 async def read_only_kubeconfig(bed: Bed) -> Path:
-    """A kubeconfig for a service account that may read pods but not patch them."""
+    """A kubeconfig for a service account that may read pods (and Jobs) but not patch them."""
     ns, rbac = bed.ns, f"/apis/rbac.authorization.k8s.io/v1/namespaces/{bed.ns}"
     await bed.kube.request_json("POST", f"/api/v1/namespaces/{ns}/serviceaccounts",
                                 body={"metadata": {"name": "reader"}})
     await bed.kube.request_json("POST", f"{rbac}/roles", body={
         "metadata": {"name": "read-pods"},
-        "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}]})
+        "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
+                  {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list"]}]})
     await bed.kube.request_json("POST", f"{rbac}/rolebindings", body={
         "metadata": {"name": "reader-reads-pods"},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",

@@ -52,8 +52,10 @@ def test_json_counts_every_kind_and_outcome_zeros_included() -> None:
     data = json.loads(render_json(report((AHEAD, R.REPAIRED), (LOST, R.FAILED),
                                          (ORPHAN, R.REPORTED))))
     assert data["mismatches"] == {"pod_ahead": 1, "pod_lost": 1, "finalizer_left": 0,
-                                  "orphan_pod": 1, "underivable": 0, "uid_mismatch": 0}
-    assert data["repaired"] == {"pod_ahead": 1, "pod_lost": 0, "finalizer_left": 0}
+                                  "orphan_pod": 1, "underivable": 0, "uid_mismatch": 0,
+                                  "job_ahead": 0, "job_lost": 0}
+    assert data["repaired"] == {"pod_ahead": 1, "pod_lost": 0, "finalizer_left": 0,
+                                "job_ahead": 0, "job_lost": 0}
     assert set(data["outcomes"]) == {o.value for o in RepairOutcome}
     assert (data["failed"], data["skipped"], data["exit_code"], data["ok"]) == (1, 0, 1, False)
     assert data["started_at"] == "2026-01-01T00:00:00.000000Z"

@@ -50,6 +50,12 @@ class FakeKube:
                 f'"items":[{",".join(self._text[start:end])}]}}')
         return decode_pod_list(body.encode(), slim=slim)  # as KubeClient decodes it
 
+    async def list_jobs(self, namespace: str | None, *, label_selector: str, limit: int,
+                        continue_token: str | None = None) -> Page:
+        """This cluster has no Jobs (the Job listing is tested on the API server)."""
+        self.requests.append((namespace, f"jobs:{label_selector}", continue_token))
+        return Page([], "100", None)
+
 
 class FakePlatform:
     def __init__(self, runs: list[Run]) -> None:

@@ -51,12 +51,14 @@ RECEIVED_AT = "received_at"
 
 DECISION_STATUS: dict[Decision, int] = {
     Decision.APPLY: 200,
+    Decision.ATTEMPTS: 200,
     Decision.NOOP: 200,
     Decision.CONFLICT: 409,
     Decision.POD_MISMATCH: 409,
     Decision.PRECONDITION_REQUIRED: 428,
     Decision.PRECONDITION_FAILED: 412,
 }
+_APPLIED = frozenset({Decision.APPLY, Decision.ATTEMPTS})
 _DECISION_MESSAGE: dict[Decision, str] = {
     Decision.CONFLICT: "state may only move forward and a terminal state never changes",
     Decision.POD_MISMATCH: "the run is bound to a different pod uid",
@@ -170,7 +172,7 @@ async def patch_run(request: web.Request) -> web.Response:
         return _not_found(run_id)
     status = DECISION_STATUS[outcome.decision]
     if status == 200:
-        return _json({"run": outcome.run, "applied": outcome.decision is Decision.APPLY})
+        return _json({"run": outcome.run, "applied": outcome.decision in _APPLIED})
     return _error(
         status, outcome.decision.value, _DECISION_MESSAGE[outcome.decision], run=outcome.run
     )

@@ -13,12 +13,22 @@ Promises:
   one status code. The order is::
 
       (404 is decided by the caller, before this function)
+      same state, non-terminal, attempts
+        above the stored count, pod_uid
+        not another one's                -> ATTEMPTS              200, applied=true
       same state                         -> NOOP                  200, applied=false
       not a forward move                 -> CONFLICT              409 code=conflict
       pod_uid differs from the bound uid -> POD_MISMATCH          409 code=pod_mismatch
       neither expected_state nor _version-> PRECONDITION_REQUIRED 428
       expected_state/_version mismatch   -> PRECONDITION_FAILED   412
       otherwise                          -> APPLY                 200, applied=true
+
+* ``attempts`` (the pods a Job-backed run has used) never decreases: APPLY and ATTEMPTS
+  store the larger of the stored and the sent count, and a lower count is ignored (the
+  rest of the request is judged as if it had none), never refused: a state change that
+  carries a stale count is still a state change, and the watcher and the reconciler
+  must not fight over a number. An attempts raise needs no precondition (taking the
+  larger of two counts cannot undo another writer's work) and changes no state.
 """
 
 from __future__ import annotations
@@ -51,6 +61,7 @@ class Decision(enum.StrEnum):
     """The outcome of evaluating one PATCH against the current run (see module docstring)."""
 
     NOOP = "noop"
+    ATTEMPTS = "attempts"
     CONFLICT = "conflict"
     POD_MISMATCH = "pod_mismatch"
     PRECONDITION_REQUIRED = "precondition_required"
@@ -88,6 +99,7 @@ class RunView:
     state: str
     version: int
     pod_uid: str | None
+    attempts: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,20 +110,26 @@ class PatchRequest:
     expected_state: str | None = None
     expected_version: int | None = None
     pod_uid: str | None = None
+    attempts: int | None = None
+
+
+def raises_attempts(run: RunView, request: PatchRequest) -> bool:
+    """True iff ``request`` carries more attempts than ``run`` has stored."""
+    return request.attempts is not None and request.attempts > run.attempts
 
 
 def decide_patch(run: RunView, request: PatchRequest) -> Decision:
     """Evaluate ``request`` against ``run`` in the documented order (module docstring)."""
     verdict = check_transition(run.state, request.state)
+    mismatch = (request.pod_uid is not None and run.pod_uid is not None
+                and request.pod_uid != run.pod_uid)
     if verdict is Verdict.NOOP:
+        if raises_attempts(run, request) and not is_terminal(run.state) and not mismatch:
+            return Decision.ATTEMPTS
         return Decision.NOOP
     if verdict is Verdict.CONFLICT:
         return Decision.CONFLICT
-    if (
-        request.pod_uid is not None
-        and run.pod_uid is not None
-        and request.pod_uid != run.pod_uid
-    ):
+    if mismatch:
         return Decision.POD_MISMATCH
     if request.expected_state is None and request.expected_version is None:
         return Decision.PRECONDITION_REQUIRED

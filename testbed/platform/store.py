@@ -7,9 +7,12 @@ Promises:
 * Committed data survives the process being stopped or killed (WAL journal,
   ``synchronous=NORMAL``: durable against process crashes; a power loss may lose the last
   few commits, which a test platform accepts).
-* ``version`` starts at 1 and grows by exactly 1 per applied change (state change or first
-  cancel request). ``updated_at`` changes iff ``version`` does.
-* The update log holds exactly one row per applied state change, with ``seq`` strictly
+* ``version`` starts at 1 and grows by exactly 1 per applied change (state change,
+  attempts raise, or first cancel request). ``updated_at`` changes iff ``version`` does.
+* ``attempts`` never decreases; ``attempt_pod`` changes only with a higher count (the
+  pod of the newest attempt), or when none is stored yet (see `rules`).
+* The update log holds exactly one row per applied state change (an attempts-only raise
+  is no state change and has none), with ``seq`` strictly
   increasing in commit order, ``received_at`` the time the request arrived and
   ``traceparent`` the request's W3C trace context header (None if it had none).
 * Listing is keyset-paginated on ``id`` (runs are never deleted and ids never change), so a
@@ -56,7 +59,9 @@ CREATE TABLE IF NOT EXISTS runs (
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     pod_namespace    TEXT,
     pod_name         TEXT,
-    pod_uid          TEXT
+    pod_uid          TEXT,
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    attempt_pod      TEXT
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS runs_by_state ON runs (state, id);
 CREATE TABLE IF NOT EXISTS updates (
@@ -73,8 +78,10 @@ CREATE TABLE IF NOT EXISTS updates (
 _COLUMNS = (
     "id", "state", "version", "kind", "created_at", "updated_at", "started_at",
     "finished_at", "reason", "message", "exit_code", "cancel_requested",
-    "pod_namespace", "pod_name", "pod_uid",
+    "pod_namespace", "pod_name", "pod_uid", "attempts", "attempt_pod",
 )
+# Columns added after the first schema: a database made before them gains them on open.
+_ADDED_COLUMNS = (("attempts", "INTEGER NOT NULL DEFAULT 0"), ("attempt_pod", "TEXT"))
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM runs"
 
 
@@ -149,6 +156,10 @@ class Store:
     def open(cls, path: Path | str) -> Store:
         conn = _connect(Path(path))
         conn.executescript(_SCHEMA)
+        present = {row[1] for row in conn.execute("PRAGMA table_info(runs)")}
+        for name, decl in _ADDED_COLUMNS:
+            if name not in present:
+                conn.execute(f"ALTER TABLE runs ADD COLUMN {name} {decl}")
         return cls(conn, Path(path))
 
     def start_checkpointer(self, interval_s: float = 0.5) -> None:
@@ -299,22 +310,26 @@ class Store:
             if run is None:
                 return None
             decision = rules.decide_patch(
-                RunView(state=run["state"], version=run["version"], pod_uid=run["pod_uid"]),
+                RunView(state=run["state"], version=run["version"], pod_uid=run["pod_uid"],
+                        attempts=run["attempts"]),
                 PatchRequest(
                     state=body.state,
                     expected_state=body.expected_state,
                     expected_version=body.expected_version,
                     pod_uid=body.pod_uid,
+                    attempts=body.attempts,
                 ),
             )
-            if decision is not Decision.APPLY:
+            if decision not in (Decision.APPLY, Decision.ATTEMPTS):
                 return PatchOutcome(decision, run)
             stamp = format_time(received_at)
-            changes: dict[str, Any] = {
-                "state": body.state,
-                "version": run["version"] + 1,
-                "updated_at": stamp,
-            }
+            changes: dict[str, Any] = {"version": run["version"] + 1, "updated_at": stamp}
+            changes.update(_attempts(run, body))
+            if decision is Decision.ATTEMPTS:
+                self._update(conn, run_id, changes)
+                run.update(changes)
+                return PatchOutcome(decision, run)
+            changes["state"] = body.state
             for field in ("reason", "message", "exit_code", "started_at", "finished_at",
                           "pod_uid", "pod_name", "pod_namespace"):
                 value = getattr(body, field)
@@ -326,10 +341,7 @@ class Store:
             if rules.is_terminal(body.state) and "finished_at" not in changes \
                     and run["finished_at"] is None:
                 changes["finished_at"] = stamp
-            assignments = ", ".join(f"{name} = ?" for name in changes)
-            conn.execute(
-                f"UPDATE runs SET {assignments} WHERE id = ?", (*changes.values(), run_id)
-            )
+            self._update(conn, run_id, changes)
             conn.execute(
                 "INSERT INTO updates"
                 " (run_id, from_state, to_state, received_at, version, traceparent)"
@@ -339,3 +351,22 @@ class Store:
             )
             run.update(changes)
         return PatchOutcome(Decision.APPLY, run)
+
+    @staticmethod
+    def _update(conn: sqlite3.Connection, run_id: str, changes: dict[str, Any]) -> None:
+        assignments = ", ".join(f"{name} = ?" for name in changes)
+        conn.execute(f"UPDATE runs SET {assignments} WHERE id = ?", (*changes.values(), run_id))
+
+
+def _attempts(run: dict[str, Any], body: PatchBody) -> dict[str, Any]:
+    """The attempts fields an applied PATCH writes: a count only ever rises, and the
+    attempt pod follows the count (or fills an empty one)."""
+    changes: dict[str, Any] = {}
+    if body.attempts is not None and body.attempts > run["attempts"]:
+        changes["attempts"] = body.attempts
+        if body.attempt_pod is not None:
+            changes["attempt_pod"] = body.attempt_pod
+    elif (body.attempt_pod is not None and run["attempt_pod"] is None
+          and (body.attempts is None or body.attempts == run["attempts"])):
+        changes["attempt_pod"] = body.attempt_pod
+    return changes

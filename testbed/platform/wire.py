@@ -172,6 +172,8 @@ class PatchBody:
     pod_uid: str | None = None
     pod_name: str | None = None
     pod_namespace: str | None = None
+    attempts: int | None = None
+    attempt_pod: str | None = None
 
 
 _PATCH_FIELDS = frozenset(PatchBody.__slots__)
@@ -198,6 +200,8 @@ def parse_patch(raw: Any) -> PatchBody:
         pod_uid=_opt_str(body, "pod_uid", MAX_NAME),
         pod_name=_opt_str(body, "pod_name", MAX_NAME),
         pod_namespace=_opt_str(body, "pod_namespace", MAX_NAME),
+        attempts=_opt_int(body, "attempts", 0, 2**31 - 1),
+        attempt_pod=_opt_str(body, "attempt_pod", MAX_NAME),
     )
 
 
