@@ -175,8 +175,9 @@ class Watcher:
         health = HealthServer(
             host=s.health.host, port=s.health.port, ready=lambda: store.has_synced,
             checks={"reflector": lambda: _reflector_check(reflector, s.kube.read_timeout_s),
-                    "job_reflector": lambda: _reflector_check(jobs.reflector,
-                                                              s.kube.read_timeout_s),
+                    "job_reflector": lambda: (_reflector_check(jobs.reflector,
+                                                               s.kube.read_timeout_s)
+                                              if jobs.enabled else None),
                     "workers": lambda: _worker_check(controller)},
             info=lambda: {"leader": elector.is_leader if elector else True,
                           "cached_pods": len(store), "queue_depth": len(queue),
@@ -252,6 +253,7 @@ def _job_path(s: Settings, kube: KubeClient, store: PodStore, ledger: RunLedger,
         watch_timeout_s=(s.kube.watch_timeout_min_s, s.kube.watch_timeout_max_s),
         read_timeout_s=s.kube.read_timeout_s, workers=s.workers.count,
         max_retries=s.workers.max_retries, finalizers_enabled=s.finalizers.enabled,
+        enabled="jobs" in s.kube.kinds,
         tombstones=LeaderTombstones(elector) if elector is not None else None,
         is_leader=(lambda: elector.is_leader) if elector else (lambda: True),
         metrics=metrics.controller, reflector_metrics=metrics.reflector)
@@ -294,7 +296,7 @@ async def _reflect(controller: Controller, reflector: Reflector[Cached],
     # returned to the OS). A failed seed only means every pod is cached in full.
     await controller.seed()
     async with asyncio.TaskGroup() as group:
-        group.create_task(jobs.reflector.run(), name="job-reflector")
+        group.create_task(jobs.reflect(), name="job-reflector")
         await reflector.run()
 
 

@@ -8,6 +8,10 @@ Contract (the pod handler's, `watch.handler`, for a run backed by a batch/v1 Job
   bound to the Job's uid (the update names the Job as the run's "pod"): attempts come
   and go, the Job stays. A failed attempt the Job retries is never terminal: only the
   Job's own conditions, its deletion or a cancel end the run.
+* Attempts: each update carries the attempt count and the current attempt's pod
+  (`sniffer.jobs.attempts`); an open run whose Job made more attempts than the platform
+  acknowledged gets a same-state update with the new count (the platform keeps the
+  largest; a count never moves a run backwards).
 * It answers with one `watch.workers.Outcome`; whatever it learns from the platform is
   recorded in the ledger before it returns.
 * A Job with no run id, whose run the platform does not know, or whose run is bound to
@@ -31,13 +35,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Protocol
 
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
-from sniffer.jobs import attempts, derive_job
+from sniffer.jobs import Attempts, attempts, derive_job
 from sniffer.jobview import JobView
 from sniffer.nullmetrics import NULL_METRICS
 from sniffer.platform import PlatformClient
@@ -63,15 +66,6 @@ class JobFinalizers(Protocol):
     def release(self, job: JobView) -> Awaitable[bool]: ...
 
 
-@dataclass(frozen=True, slots=True)
-class _Bound:
-    """What the update names as the run's pod: the Job."""
-
-    namespace: str
-    name: str
-    uid: str
-
-
 class JobHandler:
     """Brings the platform in line with one cached Job. Constructing starts nothing."""
 
@@ -92,6 +86,9 @@ class JobHandler:
         self._is_leader = is_leader
         self._metrics: HandlerMetrics = metrics or NULL_METRICS
         self._clock = clock
+        self._attempts_acked: dict[str, int] = {}
+        """run id → the largest attempt count the platform acknowledged (open runs only:
+        an entry goes when the run's ledger entry does)."""
 
     async def handle(self, key: str) -> Outcome:
         job = self._store.get(key)
@@ -117,18 +114,28 @@ class JobHandler:
         pods = self._index.attempts(job)
         derived = derive_job(job, pods, now=self._clock(), policy=self._policy,
                              cancel_requested=acked.cancel_requested)
-        if acked.terminal or derived.state.rank <= acked.state.rank:  # type: ignore[union-attr]
+        tried = attempts(job, pods)
+        if acked.terminal or not self._ahead(job.run_id, acked, derived, tried.count):
             return await self._nothing_to_send(job, acked, derived)
         if not self._is_leader():
             return Outcome.retry("not the leader")
-        return await self._send(job, acked, derived)
+        return await self._send(job, acked, derived, tried)
 
-    async def _send(self, job: JobView, acked: Acked, derived: Derived) -> Outcome:
+    def _ahead(self, run_id: str, acked: Acked, derived: Derived, count: int) -> bool:
+        """A later state, or the same open state with more attempts than acknowledged
+        (the platform shows attempts; a count never moves the run backwards)."""
+        assert acked.state is not None
+        if derived.state.rank != acked.state.rank:
+            return derived.state.rank > acked.state.rank
+        return count > self._attempts_acked.get(run_id, 0)
+
+    async def _send(self, job: JobView, acked: Acked, derived: Derived,
+                    tried: Attempts) -> Outcome:
         assert job.run_id is not None
         assert acked.state is not None
-        bound = _Bound(job.namespace, job.key[len(job.namespace) + 1:], job.uid)
-        update = StateUpdate.derived(job.run_id, derived, bound)
-        count = attempts(job, self._index.attempts(job)).count
+        update = StateUpdate.derived(job.run_id, derived, job, attempts=tried.count,
+                                     attempt_pod=tried.current_pod)
+        count = tried.count
         with tracer.start_as_current_span(
                 "sniffer.state_change", kind=SpanKind.INTERNAL, links=_links(job.traceparent),
                 attributes={"sniffer.key": job.key, "sniffer.run_id": job.run_id,
@@ -136,7 +143,7 @@ class JobHandler:
                             "sniffer.state.from": acked.state.value,
                             "sniffer.state.to": derived.state.value,
                             "sniffer.job.attempts": count,
-                            "k8s.namespace.name": job.namespace, "k8s.job.name": bound.name,
+                            "k8s.namespace.name": job.namespace, "k8s.job.name": job.name,
                             "k8s.job.uid": job.uid}):
             self._metrics.sent(derived.state.value)
             result = await self._platform.update_state(update,
@@ -146,6 +153,8 @@ class JobHandler:
             self._metrics.orphan()
             return await self._not_reported(job)
         self._ledger.record(job.run_id, new := Acked.of(result.run))
+        self._attempts_acked[job.run_id] = max(result.run.attempts,
+                                               self._attempts_acked.get(job.run_id, 0))
         if result.outcome is PlatformOutcome.PRECONDITION_FAILED:
             return Outcome(Result.REQUEUE)
         if result.outcome in (PlatformOutcome.APPLIED, PlatformOutcome.UNCHANGED):
@@ -187,6 +196,7 @@ class JobHandler:
             self._store.forget_tombstone(job.key, job)
             self._index.forget(job)
             if job.run_id is not None:
+                self._attempts_acked.pop(job.run_id, None)
                 if terminal:
                     self._ledger.forget(job.run_id)
                 else:
@@ -200,4 +210,6 @@ class JobHandler:
             self._ledger.record_unknown(job.run_id)
             return None
         self._ledger.record(job.run_id, acked := Acked.of(run))
+        self._attempts_acked[job.run_id] = max(run.attempts,
+                                               self._attempts_acked.get(job.run_id, 0))
         return acked

@@ -8,7 +8,8 @@ so one per run, with the pod queue's semantics (stingy, coalescing, per-key back
 Contract:
 * `on_pod_change(key)` goes beside the pod pool's `on_change` on the pod reflector's
   callback: a change of an attempt pod wakes its Job's key.
-* `reflector` fills the Job cache on every replica (a warm standby); `run()` (the
+* `reflect()` (the reflector) fills the Job cache on every replica (a warm standby);
+  with Jobs not among `kube.kinds` it does nothing and the cache is empty. `run()` (the
   leader's, once the caches are synced) accepts changes, enqueues every cached Job and
   runs the workers until the queue is shut down. Call once.
 * The run ledger is the pod path's (one record of what the platform acknowledged).
@@ -43,6 +44,7 @@ class JobPath:
                  namespaces: tuple[str, ...], label_selector: str, page_size: int,
                  watch_timeout_s: tuple[int, int], read_timeout_s: float,
                  workers: int, max_retries: int, finalizers_enabled: bool,
+                 enabled: bool = True,
                  tombstones: TombstonePolicy | None = None,
                  is_leader: Callable[[], bool] = lambda: True,
                  metrics: HandlerMetrics | None = None,
@@ -50,7 +52,11 @@ class JobPath:
                  clock: Callable[[], float] = time.time) -> None:
         sink: HandlerMetrics = metrics or NULL_METRICS
         self.queue = queue
-        self.store = store = JobStore(namespaces or (None,), tombstones=tombstones)
+        self.enabled = enabled
+        """False (`kube.kinds` without jobs): no Job is listed or watched (the cache is
+        empty and synced at once), so no Job RBAC is needed."""
+        self.store = store = JobStore((namespaces or (None,)) if enabled else (),
+                                      tombstones=tombstones)
         # The index wakes Job keys through the pool, which needs the handler, which
         # needs the index: the index reaches the pool late.
         self.index = JobIndex(pods=pods, jobs=store, on_job=lambda key: self._changed(key))
@@ -71,6 +77,11 @@ class JobPath:
 
     def _changed(self, key: str) -> None:
         self.pool.on_change(key)
+
+    async def reflect(self) -> None:
+        """Run the Job reflector until cancelled (returns at once if not `enabled`)."""
+        if self.enabled:
+            await self.reflector.run()
 
     @property
     def running(self) -> bool:
