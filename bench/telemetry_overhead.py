@@ -34,6 +34,7 @@ from opentelemetry.trace import Link, SpanKind
 from sniffer.nullmetrics import NULL_METRICS
 from sniffer.telemetry.catalogue import BY_NAME
 from sniffer.telemetry.pipeline import WatchTelemetry
+from watch.workqueue import Priority
 
 ROUTE = "/api/v1/runs/{id}"
 
@@ -49,9 +50,10 @@ def _one_change(t: WatchTelemetry | None) -> Callable[[float], None]:
 
     def change(now: float) -> None:
         reflector.event("MODIFIED")
+        reflector.delivered(0.00005)
         queue.add()
         queue.depth(1)
-        queue.get(0.0004)
+        queue.get(0.0004, Priority.LIVE)
         queue.depth(0)
         controller.sent("running")
         platform.request("PATCH", ROUTE, 200, None, 0.003)

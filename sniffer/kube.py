@@ -23,6 +23,7 @@ Contract:
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -218,13 +219,13 @@ class KubeClient:
             if protobuf:
                 async for frame in watch_frames(response.content, read_timeout):
                     try:
-                        yield decode_event_proto(frame)
+                        yield decode_event_proto(frame, time.monotonic())
                     except MalformedEvent as bad:
                         yield bad
                 return
             async for line in watch_lines(response.content, read_timeout):
                 try:
-                    yield decode_event(line, slim=slim)
+                    yield decode_event(line, slim=slim, read_at=time.monotonic())
                 except MalformedEvent as bad:
                     yield bad
         finally:

@@ -85,6 +85,9 @@ class WatchEvent:
 
     type: str
     object: JSON
+    read_at: float = 0.0
+    """Monotonic time its bytes were framed off the stream (0: not stamped); the start of
+    the watch-delivery histogram."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +185,7 @@ def json_object(body: bytes, what: str, status: int = 200) -> JSON:
     return data
 
 
-def decode_event(line: bytes, *, slim: bool = False) -> WatchEvent:
+def decode_event(line: bytes, *, slim: bool = False, read_at: float = 0.0) -> WatchEvent:
     """Decode one watch line (`slim`: the object carries only what `project` reads).
     ERROR events raise (`Gone` for 410), malformed lines raise `MalformedEvent`; nothing
     else escapes."""
@@ -192,20 +195,20 @@ def decode_event(line: bytes, *, slim: bool = False) -> WatchEvent:
             data = json.loads(line)
         except (ValueError, RecursionError) as exc:
             raise MalformedEvent(0, f"watch line is not JSON ({len(line)} bytes)") from exc
-    return _event(data)
+    return _event(data, read_at)
 
 
-def decode_event_proto(frame: bytes) -> WatchEvent:
+def decode_event_proto(frame: bytes, read_at: float = 0.0) -> WatchEvent:
     """Decode one protobuf watch frame (slim object), judged as `decode_event` judges a
     line: ERROR events raise, malformed frames raise `MalformedEvent`."""
     try:
         data = proto_event(frame)
     except ProtoError as exc:
         raise MalformedEvent(0, f"watch frame of {len(frame)} bytes: {exc}") from exc
-    return _event(data)
+    return _event(data, read_at)
 
 
-def _event(data: object) -> WatchEvent:
+def _event(data: object, read_at: float = 0.0) -> WatchEvent:
     if not isinstance(data, dict):
         raise MalformedEvent(0, "watch line is not an object")
     kind = data.get("type")
@@ -218,7 +221,7 @@ def _event(data: object) -> WatchEvent:
         if code == 410 or obj.get("reason") in ("Expired", "Gone"):
             raise Gone(410, message)
         raise KubeError(code if isinstance(code, int) else 0, message)
-    return WatchEvent(kind, obj)
+    return WatchEvent(kind, obj, read_at)
 
 
 async def watch_lines(stream: aiohttp.StreamReader, read_timeout: float) -> AsyncIterator[bytes]:

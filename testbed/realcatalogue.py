@@ -242,6 +242,19 @@ def preemptor(*, name: str, namespace: str, image: str) -> dict[str, Any]:
     }
 
 
+def newer_finished(*, name: str, namespace: str, image: str) -> dict[str, Any]:
+    """An untracked pod that exits 0 at once. Pod GC keeps the newest-created finished
+    pods (ties broken by the greater name), so created after a pod ended, under that
+    pod's name plus a suffix, it makes that pod collectable with a threshold of 1."""
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "labels": dict(MANAGED_BY)},
+        "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 0,
+                 "automountServiceAccountToken": False,
+                 "containers": [_container("main", image, "exit 0")]},
+    }
+
+
 def priority_classes() -> list[dict[str, Any]]:
     """The two PriorityClasses the preemption lifecycle needs."""
     return [{"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",

@@ -15,7 +15,8 @@ Contract:
   platform reaps once it has decided (crash loops, stuck images) are reaped when the
   platform run is terminal, or after ``decided_within_s`` if no Sniffer decides it. The
   pod-GC lifecycle waits for the controller-manager's pod GC to delete its finished pod,
-  which needs a node started with a low ``pod_gc_threshold`` and newer finished pods.
+  which needs a node started with a ``pod_gc_threshold`` of 1: once the pod has ended
+  the driver finishes a newer untracked pod, since pod GC spares the newest.
 * The node is shared: the taint lifecycle's NoExecute taint and the late-scheduled
   lifecycle's label are removed again when their play ends, whatever happened.
 * A play whose calls fail records an `error` and the others go on.
@@ -48,6 +49,7 @@ from testbed.realcatalogue import (
     Act,
     RealLifecycle,
     manifest,
+    newer_finished,
     preemptor,
     priority_classes,
 )
@@ -226,8 +228,16 @@ class _Driver:
                         await self._patch_node({"metadata": {"labels": {label: None}}})
         elif act is Act.AWAIT_POD_GC:
             await self._until(play, _ended, "end")
-            await self._until(play, _deleting, "pod GC (is the node's "
-                              "--terminated-pod-gc-threshold exceeded?)")
+            # Pod GC spares the newest-created finished pods: unless one newer than this
+            # finishes, this one may be the newest and stay for good.
+            newer = f"{name}-newer"
+            await self.api.create_pod(newer_finished(name=newer, namespace=ns,
+                                                     image=self.image))
+            try:
+                await self._until(play, _deleting, "pod GC (is the node's "
+                                  "--terminated-pod-gc-threshold exceeded?)")
+            finally:
+                await self.api.delete(ns, newer, grace_s=0)  # pod GC may have taken it
         elif act is Act.REAP_CRASHLOOP or act is Act.REAP_WHEN_DECIDED:
             check = (_crash_looped(self.crashloop_restarts) if act is Act.REAP_CRASHLOOP
                      else _waiting_on("ErrImageNeverPull", "InvalidImageName"))

@@ -51,6 +51,7 @@ from tests.fixtures.reflecting import Counting, reflecting
 from tests.test_kube_decode import feed
 from watch.reflector import Reflector
 from watch.store import PodStore
+from watch.workqueue import Priority
 
 NOW = 1_790_000_000.0
 POLICY = StatePolicy(pending_failure_after_s=60.0)
@@ -374,9 +375,15 @@ async def test_an_error_410_mid_stream_relists_and_turns_the_gap_into_deletions(
                          event_line(c, "ADDED")]) + b"\n"
     store = PodStore(("fuzz",))
     changed: list[str] = []
+    priorities: list[tuple[str, Priority]] = []
+
+    def on_change(key: str, priority: Priority) -> None:
+        changed.append(key)
+        priorities.append((key, priority))
+
     metrics = Counting()
     kube = FakeKube(stream, lists=[[], [b2, c]])
-    reflector = Reflector(cast(KubeClient, kube), store, changed.append,
+    reflector = Reflector(cast(KubeClient, kube), store, on_change,
                           namespaces=("fuzz",), label_selector="sniffer.io/run-id",
                           metrics=metrics)
     task = asyncio.create_task(reflector.run())
@@ -390,6 +397,10 @@ async def test_an_error_410_mid_stream_relists_and_turns_the_gap_into_deletions(
         assert store.get("fuzz/job-b").phase == "Succeeded"
         assert "expired" in metrics.restarts
         assert changed.count("fuzz/job-a") == 2  # added, then deleted in the gap
+        # What the relist found is a backlog; what the watch streamed is live.
+        assert priorities[:2] == [("fuzz/job-a", Priority.LIVE), ("fuzz/job-b", Priority.LIVE)]
+        assert ("fuzz/job-a", Priority.LIST) in priorities[2:]
+        assert ("fuzz/job-b", Priority.LIST) in priorities[2:]
         assert not task.done()
     finally:
         task.cancel()

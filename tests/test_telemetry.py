@@ -27,6 +27,7 @@ from sniffer.telemetry.logexport import OtlpLogHandler
 from sniffer.telemetry.pipeline import error_class, latency_origin
 from sniffer.telemetry.reconciler import error_type
 from sniffer.telemetry.setup import Plan, Telemetry, build_resource, flush_budget_s
+from watch.workqueue import Priority
 
 # -- what is exported ------------------------------------------------------------------------
 
@@ -255,8 +256,36 @@ async def test_watcher_gauges_are_sampled_on_its_event_loop(
     assert value["sniffer.freshness"] == 2.5
     assert value["sniffer.cache.runs"] == 7
     assert value["sniffer.leader.status"] == 1
-    assert value["sniffer.queue.unfinished_work"] == 4.0
+    by_queue = {p.attributes["sniffer.queue.name"]: p.value
+                for p in points["sniffer.queue.unfinished_work"]}
+    assert by_queue == {"pods": 4.0, "finalizers": 0.0}  # the watcher has no finalizer queue
+    longest = {p.attributes["sniffer.queue.name"]: p.value
+               for p in points["sniffer.queue.longest_running_processor"]}
+    assert longest["pods"] == 3.0
     assert queue.loop_thread == threading.get_ident()  # sampled on the loop, not the reader
+
+
+def test_each_queue_reports_under_its_own_name(
+        meter: Any, reader: InMemoryMetricReader) -> None:
+    """client-go labels each queue's metrics by its name; so do we (sniffer.queue.name),
+    and a third queue (say, Jobs) gets its own series by asking for its name."""
+    watch = WatchTelemetry(meter, leader_election=True)
+    jobs = watch.queue_metrics("jobs")
+    assert watch.queue_metrics("jobs") is jobs
+    watch.queue.add()
+    watch.queue.add()
+    watch.finalizer_queue.add()
+    jobs.depth(5)
+    watch.queue.get(0.5, Priority.LIST)
+    watch.queue.get(0.25, Priority.LIVE)
+    points = _points(reader)
+    adds = {p.attributes["sniffer.queue.name"]: p.value for p in points["sniffer.queue.adds"]}
+    assert adds == {"pods": 2, "finalizers": 1, "jobs": 0}
+    depth = {p.attributes["sniffer.queue.name"]: p.value for p in points["sniffer.queue.depth"]}
+    assert depth == {"pods": 0, "finalizers": 0, "jobs": 5}
+    waits = {(p.attributes["sniffer.queue.name"], p.attributes["sniffer.priority"]): p.sum
+             for p in points["sniffer.queue.duration"]}
+    assert waits == {("pods", "list"): 0.5, ("pods", "live"): 0.25}
 
 
 def test_gauges_report_the_last_snapshot_once_the_loop_is_gone(

@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from sniffer.telemetry import ReconcileTelemetry, WatchTelemetry
 from sniffer.telemetry.catalogue import METRICS, SPANS
+from watch.workqueue import Priority
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "telemetry.md"
@@ -136,10 +137,11 @@ def _exercise(watch: WatchTelemetry, reconcile: ReconcileTelemetry) -> None:
     watch.reflector.relist("initial")
     watch.reflector.watch_restart("timeout")
     watch.reflector.malformed("pod")
+    watch.reflector.delivered(0.001)
     for queue in (watch.queue, watch.finalizer_queue):
         queue.add()
         queue.depth(1)
-        queue.get(0.1)
+        queue.get(0.1, Priority.LIVE)
         queue.done(0.1)
         queue.retry()
         queue.unfinished_work(0.1)

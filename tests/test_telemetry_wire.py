@@ -327,7 +327,8 @@ def test_pipeline_metrics_report_the_work_done(watched: WatchSession) -> None:
         2 * PODS
     assert _total(r, "sniffer.watch.relists", **{"sniffer.relist.cause": "initial"}) >= 1 or \
         _total(r, "sniffer.watch.relists") >= 1
-    assert _total(r, "sniffer.queue.adds") >= 2 * PODS
+    assert _total(r, "sniffer.queue.adds", **{"sniffer.queue.name": "pods"}) >= 2 * PODS
+    assert _total(r, "sniffer.queue.adds", **{"sniffer.queue.name": "finalizers"}) >= PODS
     assert _total(r, "sniffer.handler.outcomes", **{"sniffer.outcome": "done"}) >= 2 * PODS
     # Patches sent: a handler working from a cache that lags its own patch may send one twice.
     assert _total(r, "sniffer.finalizer.operations",
@@ -611,3 +612,29 @@ def test_every_exported_span_and_its_attributes_are_documented(
     names = {s.name for s in spans}
     assert {"sniffer.state_change", "PATCH /api/v1/runs/{id}", "GET /api/v1/runs",
             "sniffer.reconcile.pass", "sniffer.reconcile.repair"} <= names
+
+
+def test_sniffers_share_of_the_latency_is_exported_split_by_step(
+        watched: WatchSession) -> None:
+    """Watch delivery, queue wait (by queue and priority), the handler and the platform
+    call each arrive as a histogram in seconds, one sample per step taken."""
+    r = watched.receiver
+    delivery = r.latest("sniffer.watch.delivery")
+    assert {(p.type, p.unit) for p in delivery} == {("histogram", "s")}
+    # Every ADDED/MODIFIED/DELETED event of the pods was timed from its framed bytes.
+    timed = _total(r, "sniffer.watch.events", **{"sniffer.watch.event.type": "MODIFIED"})
+    assert sum(p.count for p in delivery) >= timed >= 2 * PODS
+    assert all(p.bounds == BY_NAME["sniffer.watch.delivery"].buckets for p in delivery)
+    waits = r.latest("sniffer.queue.duration")
+    assert {p.unit for p in waits} == {"s"}
+    by = {(p.attributes["sniffer.queue.name"], p.attributes["sniffer.priority"]): p.count
+          for p in waits}
+    # Pods created after the watcher started are seen on the watch: live changes.
+    assert by.get(("pods", "live"), 0) >= 2 * PODS
+    assert set(by) <= {(q, pr) for q in ("pods", "finalizers") for pr in ("live", "list")}
+    work = {p.attributes["sniffer.queue.name"]: p.count
+            for p in r.latest("sniffer.queue.work_duration")}
+    assert work["pods"] >= 2 * PODS
+    assert work["finalizers"] >= PODS
+    platform = sum(p.count for p in r.latest("sniffer.platform.request.duration"))
+    assert platform >= 2 * PODS

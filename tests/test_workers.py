@@ -17,7 +17,7 @@ from tests.fixtures.watcher import eventually
 from tests.test_workqueue import Limiter
 from watch.store import PodStore
 from watch.workers import DONE, Outcome, Result, WorkerPool
-from watch.workqueue import WorkQueue
+from watch.workqueue import Priority, WorkQueue
 
 
 class Labels:
@@ -164,3 +164,19 @@ async def test_changes_enter_only_once_accepted_and_stay_pending_until_resolved(
         await eventually(lambda: p.outcomes.handled == 2)
     assert p.observed_at("k") is None
     assert p.oldest_pending_age() == 0.0
+
+
+async def test_a_live_change_is_handled_before_a_listed_backlog() -> None:
+    """The reflector reports what a list found as LIST and watch events as LIVE: one
+    worker, a backlog listed first, then one live change: the live one goes first."""
+    script: dict[str, object] = {f"listed-{i}": DONE for i in range(50)}
+    handler = Scripted(script | {"live": DONE})
+    p, _, _, _ = pool(handler, workers=1)
+    p.accept()
+    for i in range(50):
+        p.on_change(f"listed-{i}", Priority.LIST)
+    p.on_change("live")
+    async with running(p):
+        await eventually(lambda: p.outcomes.handled == 51)
+    assert handler.calls[0] == "live"
+    assert handler.calls[1:] == [f"listed-{i}" for i in range(50)]

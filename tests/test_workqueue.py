@@ -20,7 +20,7 @@ from hypothesis.stateful import (
 
 from tests.fixtures.clock import FakeClock
 from tests.fixtures.timers import FakeTimers
-from watch.workqueue import ShutDown, WorkQueue
+from watch.workqueue import Priority, ShutDown, WorkQueue
 
 # Delays in these tests are tiny and only order events; nothing asserts how fast anything
 # is. Each wait that could hang on a bug is bounded, so a bug fails instead of hanging.
@@ -51,6 +51,7 @@ class Metrics:
         self.retries = 0
         self.depths: list[int] = []
         self.latencies: list[float] = []
+        self.priorities: list[Priority] = []
         self.work: list[float] = []
         self.unfinished: list[float] = []
         self.longest: list[float] = []
@@ -61,8 +62,9 @@ class Metrics:
     def depth(self, depth: int) -> None:
         self.depths.append(depth)
 
-    def get(self, queued_s: float) -> None:
+    def get(self, queued_s: float, priority: Priority) -> None:
         self.latencies.append(queued_s)
+        self.priorities.append(priority)
 
     def done(self, work_s: float) -> None:
         self.work.append(work_s)
@@ -363,12 +365,12 @@ class QueueMachine(RuleBasedStateMachine):
     def matches_model(self) -> None:
         q = self.queue
         assert len(q) == len(self.waiting)
-        assert list(q._queue) == self.waiting
+        assert q.waiting_keys() == self.waiting
         assert q._dirty == self.dirty
         assert set(q._processing) == self.processing
         assert set(q._added_at) == q._dirty
         for key in q._dirty | set(q._processing):
-            assert (key in q._queue) == (key in q._dirty and key not in q._processing)
+            assert (key in q._entry) == (key in q._dirty and key not in q._processing)
 
 
 def test_queue_behaves_like_its_model() -> None:

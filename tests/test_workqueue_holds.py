@@ -262,7 +262,7 @@ class HeldQueueMachine(RuleBasedStateMachine):
     @invariant()
     def matches_model(self) -> None:
         q = self.queue
-        assert list(q._queue) == self.waiting
+        assert q.waiting_keys() == self.waiting
         assert q._dirty == self.dirty
         assert set(q._processing) == self.processing
         assert q._held == self.held

@@ -59,7 +59,7 @@ from watch.ratelimit import (
 )
 from watch.reflector import Reflector, ReflectorMetrics
 from watch.store import Cached, PodStore
-from watch.workqueue import QueueMetrics, WorkQueue
+from watch.workqueue import Priority, QueueMetrics, WorkQueue
 
 log = logging.getLogger(__name__)
 
@@ -259,11 +259,12 @@ def _job_path(s: Settings, kube: KubeClient, store: PodStore, ledger: RunLedger,
         metrics=metrics.controller, reflector_metrics=metrics.reflector)
 
 
-def _both(first: Callable[[str], None], then: Callable[[str], None]) -> Callable[[str], None]:
+def _both(first: Callable[[str, Priority], None],
+          then: Callable[[str, Priority], None]) -> Callable[[str, Priority], None]:
     """The pod reflector's callback: the pod path, then the Job path (attempt pods)."""
-    def changed(key: str) -> None:
-        first(key)
-        then(key)
+    def changed(key: str, priority: Priority) -> None:
+        first(key, priority)
+        then(key, priority)
     return changed
 
 

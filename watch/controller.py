@@ -45,7 +45,7 @@ from watch.handler import HandlerMetrics, PlatformHandler, PodReader
 from watch.ledger import RunLedger
 from watch.store import PodStore
 from watch.workers import WorkerPool
-from watch.workqueue import WorkQueue
+from watch.workqueue import Priority, WorkQueue
 
 ControllerMetrics = HandlerMetrics
 """What the controller reports (the name `sniffer.telemetry` implements it under)."""
@@ -124,8 +124,8 @@ class Controller:
         self._started = True
         self.pool.accept()
         await self.seed()
-        for key in self._store.all_keys():
-            self._queue.add(key)
+        for key in self._store.all_keys():  # a backlog: live changes go first
+            self._queue.add(key, Priority.LIST)
         async with asyncio.TaskGroup() as group:
             group.create_task(self.finalizing.run(), name="finalizer-loop")
             await self.pool.run()

@@ -2,7 +2,7 @@
 
 Contract:
 * `job_changed(key)` (the Job reflector's callback) remembers the Job's uid → key and
-  passes the key on (`on_job(key)`, the Job pool's `on_change`).
+  passes the key on (`on_job(key, priority)`, the Job pool's `on_change`).
 * `pod_changed(key)` (beside the pod pool's `on_change`, on the pod reflector's
   callback) files a pod a Job made (`sniffer.jobs.owned_by_job`) under its Job's uid and
   wakes that Job's key if the Job is cached; a pod cached before its Job is filed all
@@ -25,13 +25,14 @@ from sniffer.jobs import owned_by_job
 from sniffer.jobview import JobView
 from sniffer.podview import PodView
 from watch.store import JobStore, PodStore
+from watch.workqueue import Priority
 
 
 class JobIndex:
     """Ties attempt pods to their Job. Constructing starts nothing."""
 
     def __init__(self, *, pods: PodStore, jobs: JobStore,
-                 on_job: Callable[[str], None]) -> None:
+                 on_job: Callable[[str, Priority], None]) -> None:
         self._pods = pods
         self._jobs = jobs
         self._on_job = on_job
@@ -40,20 +41,20 @@ class JobIndex:
         self._attempts: dict[str, set[str]] = {}
         """Job uid → keys of the pods seen as its attempts."""
 
-    def job_changed(self, key: str) -> None:
+    def job_changed(self, key: str, priority: Priority = Priority.LIVE) -> None:
         job = self._jobs.get(key)
         if job is not None:
             self._keys[job.uid] = key
-        self._on_job(key)
+        self._on_job(key, priority)
 
-    def pod_changed(self, key: str) -> None:
+    def pod_changed(self, key: str, priority: Priority = Priority.LIVE) -> None:
         pod = self._pods.get(key)
         if not isinstance(pod, PodView) or not owned_by_job(pod) or pod.owner_uid is None:
             return
         self._attempts.setdefault(pod.owner_uid, set()).add(key)
         job_key = self._keys.get(pod.owner_uid)
         if job_key is not None:
-            self._on_job(job_key)
+            self._on_job(job_key, priority)
 
     def attempts(self, job: JobView) -> list[PodView]:
         keys = self._attempts.get(job.uid)

@@ -33,7 +33,7 @@ from watch.ledger import RunLedger
 from watch.reflector import Reflector, ReflectorMetrics
 from watch.store import JobStore, PodStore, TombstonePolicy
 from watch.workers import WorkerPool
-from watch.workqueue import WorkQueue
+from watch.workqueue import Priority, WorkQueue
 
 
 class JobPath:
@@ -59,7 +59,7 @@ class JobPath:
                                       tombstones=tombstones)
         # The index wakes Job keys through the pool, which needs the handler, which
         # needs the index: the index reaches the pool late.
-        self.index = JobIndex(pods=pods, jobs=store, on_job=lambda key: self._changed(key))
+        self.index = JobIndex(pods=pods, jobs=store, on_job=lambda key, priority: self._changed(key, priority))
         self.handler = JobHandler(
             store=store, index=self.index, ledger=ledger, platform=platform,
             finalizers=KubeJobFinalizers(kube), enabled=finalizers_enabled, policy=policy,
@@ -75,8 +75,8 @@ class JobPath:
         self.on_pod_change = self.index.pod_changed
         self._started = False
 
-    def _changed(self, key: str) -> None:
-        self.pool.on_change(key)
+    def _changed(self, key: str, priority: Priority) -> None:
+        self.pool.on_change(key, priority)
 
     async def reflect(self) -> None:
         """Run the Job reflector until cancelled (returns at once if not `enabled`)."""
@@ -95,5 +95,5 @@ class JobPath:
         self._started = True
         self.pool.accept()
         for key in self.store.all_keys():
-            self.index.job_changed(key)
+            self.index.job_changed(key, Priority.LIST)
         await self.pool.run()

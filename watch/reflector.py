@@ -9,7 +9,8 @@ Contract (client-go's Reflector, in asyncio):
   resourceVersion with bookmarks and a server timeout randomised in
   [watch_timeout_min_s, watch_timeout_max_s], so many replicas don't relist in step.
 * Every change (including deletions seen only as absences from a relist) is reported
-  once through `on_change(key)` after the store has it.
+  once through `on_change(key, priority)` after the store has it: `Priority.LIST` for
+  what a list found, `Priority.LIVE` for a watch event.
 * 410 Gone, at open or mid-stream, relists; so does an expired continue token.
   A stream that ends normally, or goes silent for `read_timeout_s` (half-open), is
   reopened from the last resourceVersion seen (bookmarks advance it), without a relist.
@@ -44,6 +45,7 @@ from sniffer.nullmetrics import NULL_METRICS
 from sniffer.pods import list_pages
 from sniffer.podview import MalformedPod, project
 from watch.store import Cached, ObjectStore, Versioned
+from watch.workqueue import Priority
 
 V = TypeVar("V", bound=Versioned)
 V_co = TypeVar("V_co", bound=Versioned, covariant=True)
@@ -58,6 +60,8 @@ class ReflectorMetrics(Protocol):
     def relist(self, cause: str) -> None: ...
     def watch_restart(self, cause: str) -> None: ...
     def malformed(self, where: str) -> None: ...
+    def delivered(self, seconds: float) -> None:
+        """A watch event went from its bytes framed to stored and queued in `seconds`."""
 
 
 class Source(Protocol[V_co]):
@@ -110,7 +114,7 @@ class Reflector(Generic[V]):
     """Lists and watches tracked objects into a store. Constructing starts nothing."""
 
     def __init__(self, kube: KubeClient, store: ObjectStore[V],
-                 on_change: Callable[[str], None], *,
+                 on_change: Callable[[str, Priority], None], *,
                  namespaces: tuple[str, ...], label_selector: str, page_size: int = 500,
                  watch_timeout_s: tuple[int, int] = (300, 600), read_timeout_s: float = 120.0,
                  metrics: ReflectorMetrics | None = None,
@@ -196,7 +200,7 @@ class Reflector(Generic[V]):
             "namespace": namespace, self._source.what: len(pods), "changed": len(changed),
             "cause": cause, "resource_version": resource_version})
         for key in changed:
-            self._on_change(key)
+            self._on_change(key, Priority.LIST)
         return resource_version
 
     async def _watch(self, namespace: str | None, resource_version: str) -> str:
@@ -232,7 +236,9 @@ class Reflector(Generic[V]):
                                 extra={"event_type": event.type[:40]})
                     continue
                 if changed:
-                    self._on_change(pod.key)
+                    self._on_change(pod.key, Priority.LIVE)
+                if event.read_at:
+                    self._metrics.delivered(time.monotonic() - event.read_at)
         return resource_version
 
     def _project(self, obj: dict[str, object], where: str) -> V | None:

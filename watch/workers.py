@@ -7,10 +7,13 @@ is `watch.handler.PlatformHandler`) and the finalizer queue (`watch.finalizer_lo
 Contract of the pool:
 * A key is never handled by two workers at once (the queue is stingy); other keys are
   handled in parallel, by at most `workers` workers.
-* `on_change(key)` is how an observed change enters the pool: ignored until `accept()`
-  (a standby queues nothing), then it stamps the change's observation time (the first
-  one of a key still pending) and adds the key to the queue. `oldest_pending_age()` is
-  the age of the oldest change no outcome has resolved yet (freshness).
+* `on_change(key, priority)` is how an observed change enters the pool: ignored until
+  `accept()` (a standby queues nothing), then it stamps the change's observation time
+  (the first one of a key still pending) and adds the key to the queue with its
+  priority: LIVE for a watch event (the default), LIST for a change an initial list or a
+  relist found, so a backlog never delays live changes (`watch.workqueue`).
+  `oldest_pending_age()` is the age of the oldest change no outcome has resolved yet
+  (freshness).
 * Every key a worker takes gets exactly one outcome: the handler's answer, or, if the
   handler raised, `outcome_of` of the exception (one bad object never kills a worker),
   or `INTERRUPTED` if the call was cancelled (its change stays pending; the worker
@@ -72,7 +75,7 @@ from typing import Any, Protocol
 
 from sniffer.kubedecode import KubeError
 from sniffer.platform_model import PlatformRejected, PlatformUnavailable
-from watch.workqueue import ShutDown, WorkQueue
+from watch.workqueue import Priority, ShutDown, WorkQueue
 
 log = logging.getLogger("watch.controller")
 
@@ -243,12 +246,13 @@ class WorkerPool:
         """Start taking changes through `on_change` (this replica leads)."""
         self._accepting = True
 
-    def on_change(self, key: str) -> None:
-        """A change of `key` was observed. Never blocks; ignored before `accept()`."""
+    def on_change(self, key: str, priority: Priority = Priority.LIVE) -> None:
+        """A change of `key` was observed (by a watch event: LIVE; by a list: LIST).
+        Never blocks; ignored before `accept()`."""
         if not self._accepting:
             return
         self._observed.setdefault(key, self._clock())
-        self.queue.add(key)
+        self.queue.add(key, priority)
 
     def observed_at(self, key: str) -> float | None:
         """Wall time the oldest pending change of `key` was observed (None: none)."""

@@ -2,11 +2,23 @@
 
 Contract (the guarantees of client-go's `workqueue/doc.go`, plus delays and rate limits):
 
-* Fair: keys are handed out in the order they were first added (FIFO); waiting `get`
-  calls are woken in the order they started waiting.
+* Live first, with aging: each add has a `Priority`, LIVE (a watch event, a retry: the
+  default) or LIST (found by an initial list or a relist). A key waits in line with an
+  *eligible time*: when it joined the line, plus `aging_s` for a LIST key. Keys are handed
+  out in order of eligible time (LIVE first on a tie). So a live change is never queued
+  behind list keys that have waited less than `aging_s`, and no key is ever overtaken by a
+  key that was added more than `aging_s` after it: nothing starves, whatever arrives
+  (controller-runtime's priority queue, without aging, starves low priorities:
+  controller-runtime issue 3496). With one priority, or `aging_s` 0, this is FIFO.
+  Waiting `get` calls are woken in the order they started waiting.
 * Stingy: a key is never handed out while it is being processed; a key added while it is
   processed is processed once more after `done`, however often it was added meanwhile.
-* Coalescing: adding a key that is already waiting is a no-op (it keeps its place).
+* Coalescing: adding a key that is already waiting is a no-op (it keeps its place),
+  except that a LIVE add of a key waiting as LIST moves it to the live line when that is
+  earlier: a coalesced key keeps the highest priority it was added with. A key re-added
+  while in flight joins the line at `done`, with the highest priority of those adds.
+* A delayed or rate-limited add hands its key out as LIVE when its delay ends: it has
+  waited its delay already.
 * Delays: `add_after(key, delay)` adds the key once `delay` seconds of loop time have
   passed (at once if `delay <= 0`); of several pending delays for one key the earliest wins.
   Delays are driven by `loop.call_at` callbacks (one timer for the earliest delay): the
@@ -40,6 +52,7 @@ import itertools
 import time
 from collections import deque
 from collections.abc import Callable, Hashable
+from enum import IntEnum
 from typing import Generic, Protocol, TypeVar
 
 from sniffer.nullmetrics import NULL_METRICS
@@ -49,6 +62,24 @@ K = TypeVar("K", bound=Hashable)
 
 # The loop may run a timer callback up to its clock's resolution early.
 _EARLY = time.get_clock_info("monotonic").resolution
+
+
+DEFAULT_AGING_S = 30.0
+"""How long a LIST key may wait before it competes with live keys as their equal. Long
+enough for a large initial list to drain behind live changes, short enough that a change
+found only by a relist is not left for the reconciler."""
+
+
+class Priority(IntEnum):
+    """Lower is handed out first."""
+
+    LIVE = 0
+    """A change seen as it happened (a watch event), or a retry or recheck."""
+    LIST = 1
+    """A change found by an initial list or a relist (a backlog, not news)."""
+
+
+_NO = (-1, 0.0)  # the `_entry` of a key not in line: no entry has sequence number -1
 
 
 class ShutDown(Exception):
@@ -66,8 +97,9 @@ class QueueMetrics(Protocol):
     def depth(self, depth: int) -> None:
         """Keys waiting now: `workqueue_depth`."""
 
-    def get(self, queued_s: float) -> None:
-        """A key was handed out after waiting `queued_s`: `workqueue_queue_duration`."""
+    def get(self, queued_s: float, priority: Priority) -> None:
+        """A key was handed out after waiting `queued_s` since it was added, with the
+        highest priority it was added with: `workqueue_queue_duration`."""
 
     def done(self, work_s: float) -> None:
         """A key was processed for `work_s`: `workqueue_work_duration`."""
@@ -99,9 +131,14 @@ class WorkQueue(Generic[K]):
     """A rate-limiting, delaying work queue of hashable keys.
 
     Invariants (checked by tests/test_workqueue.py):
-    * a key is in `_queue` iff it is in `_dirty` and not in `_processing`; `_queue` holds
-      no key twice;
-    * a key is in `_added_at` iff it is in `_dirty`;
+    * a key is *in line* iff it is in `_entry`, iff it is in `_dirty` and not in
+      `_processing`; with `_entry[key] == (seq, eligible)`, the entry `(eligible, seq,
+      key)` is in exactly one line; every other entry in the lines is stale (its sequence
+      number is not its key's) and skipped; each line is sorted by `(eligible, seq)`
+      (entries are appended with a monotonic clock);
+    * `_priority[key]` is the highest priority a dirty key was added with (a key in line
+      may wait in a lower line, when it had aged past what the higher one gives);
+    * a key is in `_added_at` iff it is in `_dirty`, iff it is in `_priority`;
     * a key is in `_waiting` iff it is in `_live` and the heap holds its live entry
       `(_waiting[key], _live[key], key)`; its other heap entries are stale and skipped
       (told apart by sequence number, not time: a key re-scheduled for the same moment
@@ -114,15 +151,23 @@ class WorkQueue(Generic[K]):
     def __init__(self, rate_limiter: RateLimiter[K] | None = None, *,
                  metrics: QueueMetrics | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 timers: Timers | None = None) -> None:
-        """`clock` times metrics only; delays run on `timers`, by default the clock of the
-        event loop running at the time of each delayed add."""
+                 timers: Timers | None = None, aging_s: float = DEFAULT_AGING_S) -> None:
+        """`clock` times metrics and aging (monotonic); delays run on `timers`, by default
+        the clock of the event loop running at the time of each delayed add. `aging_s`
+        (>= 0): see the contract."""
+        if aging_s < 0:
+            raise ValueError(f"aging_s: must be >= 0, got {aging_s!r}")
+        self._aging = {Priority.LIVE: 0.0, Priority.LIST: float(aging_s)}
         self._limiter: RateLimiter[K] = (
             rate_limiter if rate_limiter is not None else default_controller_rate_limiter())
         self._metrics: QueueMetrics = metrics if metrics is not None else NULL_METRICS
         self._clock = clock
         self._timers = timers
-        self._queue: deque[K] = deque()
+        self._lines: dict[Priority, deque[tuple[float, int, K]]] = {
+            p: deque() for p in Priority}
+        self._live_line, self._list_line = self._lines[Priority.LIVE], self._lines[Priority.LIST]
+        self._entry: dict[K, tuple[int, float]] = {}  # key in line -> (seq, eligible)
+        self._priority: dict[K, Priority] = {}  # dirty key -> highest priority added with
         self._dirty: set[K] = set()
         self._processing: dict[K, float] = {}  # key -> when it was handed out
         self._added_at: dict[K, float] = {}
@@ -139,18 +184,24 @@ class WorkQueue(Generic[K]):
 
     # --- adding --------------------------------------------------------------------------
 
-    def add(self, key: K) -> None:
+    def add(self, key: K, priority: Priority = Priority.LIVE) -> None:
         """Mark `key` as needing processing. Ignored after shutdown; coalesces into a
-        pending rate-limited retry of the key (it is processed when that retry is due)."""
-        if self._shutting_down or key in self._dirty or key in self._held:
+        pending rate-limited retry of the key (it is processed when that retry is due);
+        a LIVE add of a key waiting as LIST may move it up (see the contract)."""
+        if self._shutting_down or key in self._held:
             return
         # No await between check and mutation.
+        if key in self._dirty:
+            if priority < self._priority[key]:
+                self._promote(key, priority)
+            return
         self._dirty.add(key)
-        self._added_at[key] = self._clock()
+        self._priority[key] = priority
+        self._added_at[key] = now = self._clock()
         self._metrics.add()
         if key not in self._processing:
-            self._queue.append(key)
-            self._metrics.depth(len(self._queue))
+            self._enqueue(key, now)
+            self._metrics.depth(len(self._entry))
             self._wake_one()
 
     def add_after(self, key: K, delay: float) -> None:
@@ -198,9 +249,10 @@ class WorkQueue(Generic[K]):
         if key in self._dirty:  # the hold's end adds it again; not before
             self._dirty.discard(key)
             self._added_at.pop(key, None)
+            del self._priority[key]
             if key not in self._processing:
-                self._queue.remove(key)
-                self._metrics.depth(len(self._queue))
+                del self._entry[key]  # its entry in the line is now stale
+                self._metrics.depth(len(self._entry))
         self._set_due(timers, key, due)
 
     def forget(self, key: K) -> None:
@@ -220,7 +272,7 @@ class WorkQueue(Generic[K]):
         Caller duty: call `done(key)` exactly once for every key returned, even when
         processing fails. Raises `ShutDown` once the queue is shut down and empty.
         Cancelling a waiting `get` loses no key."""
-        while not self._queue:
+        while not self._entry:
             if self._shutting_down:
                 raise ShutDown
             getter = asyncio.get_running_loop().create_future()
@@ -231,7 +283,7 @@ class WorkQueue(Generic[K]):
                 getter.cancel()
                 if getter in self._getters:
                     self._getters.remove(getter)
-                if self._queue and not getter.cancelled():
+                if self._entry and not getter.cancelled():
                     self._wake_one()  # pass the wake-up this getter consumed on
                 raise
         return self._take()
@@ -240,7 +292,7 @@ class WorkQueue(Generic[K]):
         """The next key, marked in flight, without waiting (same duty as `get`).
 
         Raises `asyncio.QueueEmpty` if none is waiting, `ShutDown` if shut down and empty."""
-        if self._queue:
+        if self._entry:
             return self._take()
         if self._shutting_down:
             raise ShutDown
@@ -256,15 +308,23 @@ class WorkQueue(Generic[K]):
             raise ValueError(f"done({key!r}): the key is not being processed")
         self._metrics.done(self._clock() - started)
         if key in self._dirty:
-            self._queue.append(key)
-            self._metrics.depth(len(self._queue))
+            self._enqueue(key)
+            self._metrics.depth(len(self._entry))
             self._wake_one()
         self._check_drained()
 
     def __len__(self) -> int:
         """Keys waiting to be handed out (not those in flight or delayed); informational
         only: it may change before the caller acts on it."""
-        return len(self._queue)
+        return len(self._entry)
+
+    def waiting_keys(self) -> list[K]:
+        """The keys waiting to be handed out, in the order they would be (no key handed
+        out meanwhile); informational only, and O(n log n): for tests and debugging."""
+        entries = [(eligible, line, seq, key) for line, entries in self._lines.items()
+                   for eligible, seq, key in entries if self._entry.get(key, _NO)[0] == seq]
+        entries.sort()
+        return [key for _, _, _, key in entries]
 
     def update_unfinished_work(self) -> None:
         """Report unfinished work and the longest-running key in flight to the metrics.
@@ -313,14 +373,47 @@ class WorkQueue(Generic[K]):
 
     # --- internals -----------------------------------------------------------------------
 
+    def _enqueue(self, key: K, now: float | None = None) -> None:
+        """Put `key` (dirty, not in flight, not in line) at the end of its line; `now` is
+        the clock's time, if the caller just read it."""
+        priority = self._priority[key]
+        seq = next(self._seq)
+        eligible = (self._clock() if now is None else now) + self._aging[priority]
+        self._entry[key] = (seq, eligible)
+        self._lines[priority].append((eligible, seq, key))
+
+    def _promote(self, key: K, priority: Priority) -> None:
+        """A dirty key was added again with a higher `priority`."""
+        self._priority[key] = priority
+        entry = self._entry.get(key)
+        if entry is None:
+            return  # in flight: `done` queues it with its new priority
+        if self._clock() + self._aging[priority] < entry[1]:
+            self._enqueue(key)  # its old entry is now stale
+        # else it aged past what the new line would give it and keeps its place.
+
+    def _head(self) -> tuple[float, int, K]:
+        """Take the next entry to hand out (caller duty: some key is in line), dropping
+        stale entries at the heads of the lines. LIVE wins a tie."""
+        entry, live, listed = self._entry, self._live_line, self._list_line
+        while live and entry.get(live[0][2], _NO)[0] != live[0][1]:
+            live.popleft()
+        while listed and entry.get(listed[0][2], _NO)[0] != listed[0][1]:
+            listed.popleft()
+        if listed and (not live or listed[0][0] < live[0][0]):
+            return listed.popleft()
+        return live.popleft()
+
     def _take(self) -> K:
-        # No await between the caller's check of `_queue` and this mutation.
-        key = self._queue.popleft()
+        # No await between the caller's check of `_entry` and this mutation.
+        _, _, key = self._head()
+        del self._entry[key]
         now = self._clock()
         self._processing[key] = now
         self._dirty.discard(key)
-        self._metrics.get(now - self._added_at.pop(key, now))
-        self._metrics.depth(len(self._queue))
+        priority = self._priority.pop(key)
+        self._metrics.get(now - self._added_at.pop(key, now), priority)
+        self._metrics.depth(len(self._entry))
         return key
 
     def _wake_one(self) -> None:
@@ -331,7 +424,7 @@ class WorkQueue(Generic[K]):
                 return
 
     def _check_drained(self) -> None:
-        if self._shutting_down and not self._queue and not self._processing:
+        if self._shutting_down and not self._entry and not self._processing:
             self._drained.set()
 
     def _loop(self) -> Timers:

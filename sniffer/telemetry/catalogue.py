@@ -28,6 +28,10 @@ Component = Literal["watch", "reconcile", "both"]
 LATENCY_BUCKETS_S: tuple[float, ...] = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
     600.0, 1800.0)
+# In-process steps (decode, store, enqueue): tens of microseconds, up to event-loop stalls.
+DELIVERY_BUCKETS_S: tuple[float, ...] = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+    0.5, 1.0)
 # A reconcile pass lists everything: seconds to minutes.
 PASS_BUCKETS_S: tuple[float, ...] = (
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
@@ -64,45 +68,32 @@ METRICS: tuple[Metric, ...] = (
        "watch"),
     _m("sniffer.watch.malformed", "counter", "{object}", ("sniffer.malformed.where",),
        "Malformed watch lines, events or pods that were skipped.", "watch"),
-    # -- work queue (client-go's workqueue metric set) -------------------------------------
-    _m("sniffer.queue.depth", "gauge", "{key}", (),
-       "Keys waiting in the work queue (not those in flight or delayed).", "watch"),
-    _m("sniffer.queue.adds", "counter", "{key}", (),
-       "Keys added to the work queue (an add that coalesced with a waiting key is not "
+    _m("sniffer.watch.delivery", "histogram", "s", (),
+       "Watch delivery: from the moment a watch event's bytes were framed off the stream "
+       "to its pod being in the cache and its key queued (decode, store, enqueue).", "watch",
+       DELIVERY_BUCKETS_S),
+    # -- work queues (client-go's workqueue metric set, one series per queue) ---------------
+    _m("sniffer.queue.depth", "gauge", "{key}", ("sniffer.queue.name",),
+       "Keys waiting in a work queue (not those in flight or delayed), by queue (pods, "
+       "finalizers, ...).", "watch"),
+    _m("sniffer.queue.adds", "counter", "{key}", ("sniffer.queue.name",),
+       "Keys added to a work queue (an add that coalesced with a waiting key is not "
        "counted).", "watch"),
-    _m("sniffer.queue.retries", "counter", "{key}", (),
+    _m("sniffer.queue.retries", "counter", "{key}", ("sniffer.queue.name",),
        "Rate-limited or delayed re-adds (retries after a transient failure, rechecks).",
        "watch"),
-    _m("sniffer.queue.duration", "histogram", "s", (),
-       "Time a key waited in the queue before a worker took it.", "watch", LATENCY_BUCKETS_S),
-    _m("sniffer.queue.work_duration", "histogram", "s", (),
-       "Time a worker spent on one key (handler and platform call).", "watch",
-       LATENCY_BUCKETS_S),
-    _m("sniffer.queue.unfinished_work", "gauge", "s", (),
+    _m("sniffer.queue.duration", "histogram", "s", ("sniffer.queue.name", "sniffer.priority"),
+       "Queue wait: from a key's add to a worker taking it, by queue and by the highest "
+       "priority it was added with (live: a watch event or retry; list: an initial list "
+       "or relist).", "watch", LATENCY_BUCKETS_S),
+    _m("sniffer.queue.work_duration", "histogram", "s", ("sniffer.queue.name",),
+       "Time a worker spent on one key (the handler, with its platform call or patch).",
+       "watch", LATENCY_BUCKETS_S),
+    _m("sniffer.queue.unfinished_work", "gauge", "s", ("sniffer.queue.name",),
        "Sum of how long the keys in flight have been processed so far (stuck workers "
        "make it grow).", "watch"),
-    _m("sniffer.queue.longest_running_processor", "gauge", "s", (),
+    _m("sniffer.queue.longest_running_processor", "gauge", "s", ("sniffer.queue.name",),
        "How long the longest-running key in flight has been processed.", "watch"),
-    # -- finalizer queue (the same set, for watch.finalizer_loop's own queue) ------------------
-    _m("sniffer.finalizer_queue.depth", "gauge", "{key}", (),
-       "Keys waiting in the finalizer queue (not those in flight or delayed).", "watch"),
-    _m("sniffer.finalizer_queue.adds", "counter", "{key}", (),
-       "Keys added to the finalizer queue (an add that coalesced with a waiting key is not "
-       "counted).", "watch"),
-    _m("sniffer.finalizer_queue.retries", "counter", "{key}", (),
-       "Rate-limited re-adds of finalizer keys (a patch that failed, or not the leader).",
-       "watch"),
-    _m("sniffer.finalizer_queue.duration", "histogram", "s", (),
-       "Time a key waited in the finalizer queue before a finalizer worker took it.", "watch",
-       LATENCY_BUCKETS_S),
-    _m("sniffer.finalizer_queue.work_duration", "histogram", "s", (),
-       "Time a finalizer worker spent on one key (decision and finalizer patch).", "watch",
-       LATENCY_BUCKETS_S),
-    _m("sniffer.finalizer_queue.unfinished_work", "gauge", "s", (),
-       "Sum of how long the finalizer keys in flight have been processed so far (a slow "
-       "API server makes it grow).", "watch"),
-    _m("sniffer.finalizer_queue.longest_running_processor", "gauge", "s", (),
-       "How long the longest-running finalizer key in flight has been processed.", "watch"),
     # -- controller -----------------------------------------------------------------------
     _m("sniffer.handler.outcomes", "counter", "{outcome}", ("sniffer.outcome",),
        "Handler results, one per processed key: done, requeue, requeue_after, retry, drop.",

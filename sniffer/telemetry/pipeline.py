@@ -3,15 +3,18 @@ platform client's metric Protocols, plus the gauges read from the running watche
 
 Contract:
 * `WatchTelemetry` structurally implements `watch.reflector.ReflectorMetrics`
-  (`reflector`), `watch.workqueue.QueueMetrics` (`queue` for the platform queue,
-  `finalizer_queue` for the finalizer loop's, under ``sniffer.queue.*`` and
-  ``sniffer.finalizer_queue.*``), `watch.controller.ControllerMetrics` (`controller`) and
+  (`reflector`), `watch.workqueue.QueueMetrics` (one per queue, `queue_metrics(name)`:
+  `queue` is the platform queue's, ``pods``, `finalizer_queue` the finalizer loop's,
+  ``finalizers``; every queue reports the one ``sniffer.queue.*`` set, told apart by
+  ``sniffer.queue.name`` as client-go labels each queue by its name),
+  `watch.controller.ControllerMetrics` (`controller`) and
   `sniffer.platform.PlatformMetrics` (`platform`); it imports none of them (layers point
   one way: watch → sniffer core).
 * Every hot-path call is a dict update or a deque append (see `instruments`): well under a
   microsecond, no lock, no allocation after the first call with given attribute values.
 * Gauges that need the watcher's state (cached pods, finalizers held, freshness, leader,
-  unfinished work) are sampled *on the event loop* at collection time: `observe(watcher)`
+  unfinished work of each queue in `QUEUE_ATTRIBUTES`) are sampled *on the event loop*
+  at collection time: `observe(watcher)`
   (the Watcher's observe hook) remembers the loop; the reader's thread asks the loop for a
   snapshot and waits at most `SAMPLE_TIMEOUT_S`, else reports the previous snapshot. So
   the watcher's single-threaded structures are never read from another thread.
@@ -39,6 +42,9 @@ from sniffer.telemetry.instruments import Counts, Histogram, Registry
 log = logging.getLogger(__name__)
 
 SAMPLE_TIMEOUT_S = 1.0
+QUEUE_ATTRIBUTES = {"queue": "pods", "finalizer_queue": "finalizers"}
+"""The watcher's attributes holding a work queue, and each queue's metric name: the
+sampler reports their unfinished work. A new queue is added here (and to the Watcher)."""
 _SAMPLE_REUSE_S = 0.25
 _STATUS_RESOLUTION_S = 1.0
 
@@ -50,7 +56,7 @@ class WatcherView(Protocol):
     queue: Any
     controller: Any
     elector: Any
-    # `finalizer_queue` is read too when present (test doubles may lack it).
+    # The queues of `QUEUE_ATTRIBUTES` are read when present (test doubles may lack them).
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,10 +66,6 @@ class Snapshot:
     freshness_s: float = 0.0
     acked_runs: int = 0
     leader: bool = False
-    unfinished_work_s: float = 0.0
-    longest_running_s: float = 0.0
-    finalizer_unfinished_work_s: float = 0.0
-    finalizer_longest_running_s: float = 0.0
 
 
 def error_class(reason: str) -> str:
@@ -117,6 +119,7 @@ class _Reflector:
                                          keys=("sniffer.watch.restart.cause",))
         self._malformed = registry.counts("sniffer.watch.malformed",
                                           keys=("sniffer.malformed.where",))
+        self._delivery = registry.histogram("sniffer.watch.delivery")
 
     def event(self, kind: str) -> None:
         self._events.inc(kind)
@@ -130,33 +133,60 @@ class _Reflector:
     def malformed(self, where: str) -> None:
         self._malformed.inc(where)
 
+    def delivered(self, seconds: float) -> None:
+        self._delivery.record(seconds)
+
+
+class _QueueInstruments:
+    """The ``sniffer.queue.*`` instruments, shared by every queue's sink."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.sinks: dict[str, _Queue] = {}
+        keys = ("sniffer.queue.name",)
+        self.adds = registry.counts("sniffer.queue.adds", keys=keys)
+        self.retries = registry.counts("sniffer.queue.retries", keys=keys)
+        self.queued = registry.histogram("sniffer.queue.duration",
+                                         keys=("sniffer.queue.name", "sniffer.priority"))
+        self.work = registry.histogram("sniffer.queue.work_duration", keys=keys)
+        registry.gauge("sniffer.queue.depth", lambda: [
+            Observation(q.current_depth, q.attributes) for q in list(self.sinks.values())])
+
 
 class _Queue:
-    def __init__(self, registry: Registry, prefix: str = "sniffer.queue") -> None:
-        self._depth = registry.value(f"{prefix}.depth")
-        self._adds = registry.counts(f"{prefix}.adds")
-        self._retries = registry.counts(f"{prefix}.retries")
-        self._queued = registry.histogram(f"{prefix}.duration")
-        self._work = registry.histogram(f"{prefix}.work_duration")
+    """`watch.workqueue.QueueMetrics` for the queue called `name`."""
+
+    def __init__(self, instruments: _QueueInstruments, name: str) -> None:
+        self.name = name
+        self.attributes = {"sniffer.queue.name": name}
+        self._i = instruments
+        self._priority_keys: dict[Any, tuple[str, str]] = {}  # built once per priority
+        self.current_depth = 0
+        # A queue's counters exist from its start, at 0 (as client-go's do).
+        instruments.adds.inc(name, 0)
+        instruments.retries.inc(name, 0)
         # Reported by the queue when the sampler asks it (update_unfinished_work); the
         # gauges read them through the snapshot (see WatchTelemetry).
         self.unfinished_s = 0.0
         self.longest_s = 0.0
 
     def add(self) -> None:
-        self._adds.inc()
+        self._i.adds.inc(self.name)
 
     def depth(self, depth: int) -> None:
-        self._depth.current = depth
+        self.current_depth = depth
 
-    def get(self, queued_s: float) -> None:
-        self._queued.record(queued_s)
+    def get(self, queued_s: float, priority: Any) -> None:
+        key = self._priority_keys.get(priority)
+        if key is None:  # `watch.workqueue.Priority` (not imported: layers point one way)
+            label = str(getattr(priority, "name", priority)).lower()
+            key = self._priority_keys[priority] = (self.name, label)
+        self._i.queued.record(queued_s, key)
 
     def done(self, work_s: float) -> None:
-        self._work.record(work_s)
+        self._i.work.record(work_s, self.name)
 
     def retry(self) -> None:
-        self._retries.inc()
+        self._i.retries.inc(self.name)
 
     def unfinished_work(self, seconds: float) -> None:
         self.unfinished_s = seconds
@@ -211,8 +241,9 @@ class WatchTelemetry:
         registry = Registry(meter)
         self.registry = registry
         self.reflector = _Reflector(registry)
-        self.queue = _Queue(registry)
-        self.finalizer_queue = _Queue(registry, "sniffer.finalizer_queue")
+        self._queues = _QueueInstruments(registry)
+        self.queue = self.queue_metrics(QUEUE_ATTRIBUTES["queue"])
+        self.finalizer_queue = self.queue_metrics(QUEUE_ATTRIBUTES["finalizer_queue"])
         self.controller = _Controller(registry)
         self.platform = PlatformTelemetry(registry)
         self._leader_election = leader_election
@@ -227,18 +258,29 @@ class WatchTelemetry:
                 ("sniffer.cache.pods", lambda s: s.cached_pods),
                 ("sniffer.cache.runs", lambda s: s.acked_runs),
                 ("sniffer.finalizers.held", lambda s: s.finalizers_held),
-                ("sniffer.leader.status", lambda s: int(s.leader)),
-                ("sniffer.queue.unfinished_work", lambda s: s.unfinished_work_s),
-                ("sniffer.queue.longest_running_processor", lambda s: s.longest_running_s),
-                ("sniffer.finalizer_queue.unfinished_work",
-                 lambda s: s.finalizer_unfinished_work_s),
-                ("sniffer.finalizer_queue.longest_running_processor",
-                 lambda s: s.finalizer_longest_running_s)):
+                ("sniffer.leader.status", lambda s: int(s.leader))):
             registry.gauge(name, self._observer(read))
+        for name, field in (("sniffer.queue.unfinished_work", "unfinished_s"),
+                            ("sniffer.queue.longest_running_processor", "longest_s")):
+            registry.gauge(name, self._queue_observer(field))
+
+    def queue_metrics(self, name: str) -> _Queue:
+        """The `QueueMetrics` of the queue called `name` (one sink per name)."""
+        sink = self._queues.sinks.get(name)
+        if sink is None:
+            sink = self._queues.sinks[name] = _Queue(self._queues, name)
+        return sink
 
     def _observer(self, read: Any) -> Any:
         def observe() -> Iterable[Observation]:
             return (Observation(read(self.snapshot())),)
+        return observe
+
+    def _queue_observer(self, field: str) -> Any:
+        def observe() -> Iterable[Observation]:
+            self.snapshot()  # has each queue report its unfinished work to its sink
+            return [Observation(getattr(sink, field), sink.attributes)
+                    for sink in list(self._queues.sinks.values())]
         return observe
 
     # -- wiring (called on the event loop) --------------------------------------------------
@@ -256,25 +298,22 @@ class WatchTelemetry:
         w = self._watcher
         if w is None:
             return self._last
-        store, queue, controller, elector = w.store, w.queue, w.controller, w.elector
+        store, controller, elector = w.store, w.controller, w.elector
         pods = held = 0
         if store is not None:
             pods = len(store)
             held = sum(1 for pod in store if OUTCOME_FINALIZER in pod.finalizers)
-        if queue is not None:
-            queue.update_unfinished_work()  # reports to self.queue, synchronously
-        finalizer_queue = getattr(w, "finalizer_queue", None)
-        if finalizer_queue is not None:
-            finalizer_queue.update_unfinished_work()  # to self.finalizer_queue
+        for attribute in QUEUE_ATTRIBUTES:
+            queue = getattr(w, attribute, None)
+            if queue is not None:
+                queue.update_unfinished_work()  # reports to its sink, synchronously
         freshness, acked = 0.0, 0
         if controller is not None:
             freshness = controller.oldest_unhandled_age()
             acked = controller.acked_runs
         # Without leader election every replica writes, so it counts as the leader.
         leader = bool(elector.is_leader) if elector is not None else True
-        return Snapshot(pods, held, freshness, acked, leader, self.queue.unfinished_s,
-                        self.queue.longest_s, self.finalizer_queue.unfinished_s,
-                        self.finalizer_queue.longest_s)
+        return Snapshot(pods, held, freshness, acked, leader)
 
     def final_sample(self) -> None:
         """Take a last snapshot now, on the event loop, for the export at exit (after the
