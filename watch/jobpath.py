@@ -59,7 +59,7 @@ class JobPath:
                                       tombstones=tombstones)
         # The index wakes Job keys through the pool, which needs the handler, which
         # needs the index: the index reaches the pool late.
-        self.index = JobIndex(pods=pods, jobs=store, on_job=lambda key, priority: self._changed(key, priority))
+        self.index = JobIndex(pods=pods, jobs=store, on_job=self._changed)
         self.handler = JobHandler(
             store=store, index=self.index, ledger=ledger, platform=platform,
             finalizers=KubeJobFinalizers(kube), enabled=finalizers_enabled, policy=policy,
