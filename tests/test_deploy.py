@@ -804,11 +804,12 @@ async def test_the_service_accounts_may_patch_nothing_but_their_finalizer(
         assert removed.returncode == 0, removed.stderr
         # The same policy holds for Jobs: unsuspending, relabelling or re-owning a Job is
         # refused; its own finalizer comes and goes.
-        for body in ({"spec": {"suspend": False}},
-                     {"metadata": {"labels": {"sniffer.io/run-id": "run-9"}}},
-                     {"metadata": {"finalizers": ["example.com/other"]}}):
-            refusal = await patch_job(kc, body)
-            assert refusal is not None and refusal.startswith("403"), (body, refusal)
+        job_changes: list[Obj] = [{"spec": {"suspend": False}},
+                                  {"metadata": {"labels": {"sniffer.io/run-id": "run-9"}}},
+                                  {"metadata": {"finalizers": ["example.com/other"]}}]
+        for change in job_changes:
+            refusal = await patch_job(kc, change)
+            assert refusal is not None and refusal.startswith("403"), (change, refusal)
             assert "only add or remove its own finalizer" in refusal
         assert await patch_job(kc, {"metadata": {"finalizers": ["sniffer.io/outcome"]}}) is None
         assert await patch_job(kc, {"metadata": {"finalizers": None}}) is None
