@@ -38,6 +38,7 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from config.loader import ConfigError
 from config.settings import Settings
@@ -48,6 +49,7 @@ from sniffer.states import StatePolicy
 from watch.controller import Controller, ControllerMetrics
 from watch.finalizer_patch import Finalizers
 from watch.health import HealthServer
+from watch.jobpath import JobPath
 from watch.leader import LeaderElector
 from watch.ledger import SEED_MARGIN_S, RunLedger
 from watch.ratelimit import (
@@ -56,8 +58,8 @@ from watch.ratelimit import (
     MaxOfRateLimiter,
 )
 from watch.reflector import Reflector, ReflectorMetrics
-from watch.store import PodStore
-from watch.workqueue import QueueMetrics, WorkQueue
+from watch.store import Cached, PodStore
+from watch.workqueue import Priority, QueueMetrics, WorkQueue
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +107,8 @@ class Watcher:
         self.controller: Controller | None = None
         self.queue: WorkQueue[str] | None = None
         self.finalizer_queue: WorkQueue[str] | None = None
+        self.job_queue: WorkQueue[str] | None = None
+        self.jobs: JobPath | None = None
         self.elector: LeaderElector | None = None
         self._started = False
 
@@ -157,17 +161,27 @@ class Watcher:
             is_leader=(lambda: elector.is_leader) if elector else (lambda: True),
             metrics=self._metrics.controller, finalizer_queue=finalizer_queue,
             finalizer_workers=s.finalizers.workers)
+        # Its own queue: one key per Job (per run), the platform queue's semantics.
+        self.job_queue = job_queue = WorkQueue[str](_limiter(s))
+        self.jobs = jobs = _job_path(s, kube, store, ledger, job_queue, platform, elector,
+                                     self._metrics)
+
         reflector = Reflector(
-            kube, store, controller.on_change, namespaces=s.kube.namespaces,
+            kube, store, _both(controller.on_change, jobs.on_pod_change),
+            namespaces=s.kube.namespaces,
             label_selector=s.kube.label_selector, page_size=s.kube.page_size,
             watch_timeout_s=(s.kube.watch_timeout_min_s, s.kube.watch_timeout_max_s),
             read_timeout_s=s.kube.read_timeout_s, metrics=self._metrics.reflector)
         health = HealthServer(
             host=s.health.host, port=s.health.port, ready=lambda: store.has_synced,
             checks={"reflector": lambda: _reflector_check(reflector, s.kube.read_timeout_s),
+                    "job_reflector": lambda: (_reflector_check(jobs.reflector,
+                                                               s.kube.read_timeout_s)
+                                              if jobs.enabled else None),
                     "workers": lambda: _worker_check(controller)},
             info=lambda: {"leader": elector.is_leader if elector else True,
                           "cached_pods": len(store), "queue_depth": len(queue),
+                          "cached_jobs": len(jobs.store), "job_queue_depth": len(job_queue),
                           "finalizer_queue_depth": len(finalizer_queue),
                           "tombstones": store.tombstones, "tasks": len(asyncio.all_tasks())})
         if s.health.port:
@@ -186,20 +200,21 @@ class Watcher:
             "identity": elector.identity if elector else None})
         try:
             async with asyncio.TaskGroup() as group:
-                reflecting = group.create_task(_reflect(controller, reflector),
+                reflecting = group.create_task(_reflect(controller, reflector, jobs),
                                                name="reflector")
                 electing = group.create_task(elector.run(), name="elector") if elector else None
-                working = group.create_task(self._work(store, elector, controller),
+                working = group.create_task(self._work(store, elector, controller, jobs),
                                             name="controller")
                 await stop.wait()
                 log.info("stopping: no new work; draining in-flight updates",
                          extra={"drain_timeout_s": s.shutdown.drain_timeout_s,
                                 "queue_depth": len(queue)})
                 if controller.running:
-                    drained = await drain_in_order((queue, finalizer_queue),
+                    drained = await drain_in_order((queue, job_queue, finalizer_queue),
                                                    s.shutdown.drain_timeout_s)
                 else:  # a standby has nothing in flight; its queued keys are the leader's job
                     queue.shut_down()
+                    job_queue.shut_down()
                     finalizer_queue.shut_down()
                     drained = True
                 if not drained:
@@ -216,12 +231,41 @@ class Watcher:
 
     @staticmethod
     async def _work(store: PodStore, elector: LeaderElector | None,
-                    controller: Controller) -> None:
+                    controller: Controller, jobs: JobPath) -> None:
         await store.wait_synced()
-        log.info("pod cache synced", extra={"cached_pods": len(store)})
+        await jobs.store.wait_synced()
+        log.info("pod and Job caches synced",
+                 extra={"cached_pods": len(store), "cached_jobs": len(jobs.store)})
         if elector is not None:
             await elector.wait_leader()
-        await controller.run()
+        async with asyncio.TaskGroup() as group:
+            group.create_task(jobs.run(), name="job-path")
+            await controller.run()
+
+
+def _job_path(s: Settings, kube: KubeClient, store: PodStore, ledger: RunLedger,
+              queue: WorkQueue[str], platform: PlatformClient, elector: LeaderElector | None,
+              metrics: WatchMetrics) -> JobPath:
+    return JobPath(
+        kube=kube, pods=store, ledger=ledger, queue=queue, platform=platform,
+        policy=state_policy(s), namespaces=s.kube.namespaces,
+        label_selector=s.kube.label_selector, page_size=s.kube.page_size,
+        watch_timeout_s=(s.kube.watch_timeout_min_s, s.kube.watch_timeout_max_s),
+        read_timeout_s=s.kube.read_timeout_s, workers=s.workers.count,
+        max_retries=s.workers.max_retries, finalizers_enabled=s.finalizers.enabled,
+        enabled="jobs" in s.kube.kinds,
+        tombstones=LeaderTombstones(elector) if elector is not None else None,
+        is_leader=(lambda: elector.is_leader) if elector else (lambda: True),
+        metrics=metrics.controller, reflector_metrics=metrics.reflector)
+
+
+def _both(first: Callable[[str, Priority], None],
+          then: Callable[[str, Priority], None]) -> Callable[[str, Priority], None]:
+    """The pod reflector's callback: the pod path, then the Job path (attempt pods)."""
+    def changed(key: str, priority: Priority) -> None:
+        first(key, priority)
+        then(key, priority)
+    return changed
 
 
 def _limiter(s: Settings) -> MaxOfRateLimiter[str]:
@@ -246,12 +290,15 @@ async def drain_in_order(queues: Sequence[WorkQueue[str]], timeout_s: float) -> 
     return True
 
 
-async def _reflect(controller: Controller, reflector: Reflector) -> None:
+async def _reflect(controller: Controller, reflector: Reflector[Cached],
+                   jobs: JobPath) -> None:
     # Seed first: the LIST is then judged as it arrives, so settled pods are never held
     # as full views (what a process holds at its peak it keeps: freed heap is not
     # returned to the OS). A failed seed only means every pod is cached in full.
     await controller.seed()
-    await reflector.run()
+    async with asyncio.TaskGroup() as group:
+        group.create_task(jobs.reflect(), name="job-reflector")
+        await reflector.run()
 
 
 class LeaderTombstones:
@@ -283,7 +330,7 @@ class LeaderTombstones:
         return self._before
 
 
-def _reflector_check(reflector: Reflector, read_timeout_s: float) -> str | None:
+def _reflector_check(reflector: Reflector[Any], read_timeout_s: float) -> str | None:
     silent = time.monotonic() - reflector.last_event_at
     # The reflector reopens a silent stream after read_timeout_s; twice that means stuck.
     if silent > 2 * read_timeout_s + 60:

@@ -14,7 +14,8 @@ Contract:
   not platform updates. A key is never patched by two workers at once (the queue is
   stingy), so an add and a release of one pod never race.
 * The decision (`decide`, pure) for a cached `PodView` that is live (not a tombstone):
-  - RELEASE iff it carries Sniffer's finalizer and: it is untracked (no run id); or the
+  - RELEASE iff it carries Sniffer's finalizer and: it is untracked (no run id); or a Job
+    made it (the finalizer is on the Job, `watch.jobhandler`); or the
     platform does not know its run (orphan); or its run is bound to another pod uid
     (foreign); or its run is terminal and acknowledged
     (`RunKnowledge.terminal_acknowledged`, which includes the seed's rule).
@@ -51,6 +52,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
 
+from sniffer.jobs import owned_by_job
 from sniffer.nullmetrics import NULL_METRICS
 from sniffer.podview import OUTCOME_FINALIZER, PodView
 from sniffer.states import StatePolicy, Underivable, derive
@@ -111,6 +113,8 @@ def _release_reason(pod: PodView, *, acked: Acked | None, terminal_acknowledged:
     """Why the finalizer must go, or None: it may stay."""
     if pod.run_id is None:
         return "untracked"
+    if owned_by_job(pod):
+        return "job's"  # the Job holds the outcome (watch.jobhandler), its pods need not
     if unknown:
         return "orphan"
     if acked is not None and acked.pod_uid and acked.pod_uid != pod.uid:

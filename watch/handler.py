@@ -12,6 +12,12 @@ Contract:
   to turn into one (`watch.workers`).
 * Whatever it learns from the platform (a read, a write's answer, "no such run") is
   recorded in the ledger before it returns; nothing else records there.
+* A pod a Job made (`sniffer.jobs.owned_by_job`) is an attempt, not a run: the Job path
+  (`watch.jobhandler`) reports its run from the Job, so it is never reported here (else
+  a failed attempt the Job retries would end the run); like an untracked pod, its key
+  goes to the finalizer loop, which releases a leftover finalizer. Its tombstone is the
+  Job path's to forget (`watch.jobindex.JobIndex.forget`): the last attempt's end is the
+  run's exit code, and pod GC may delete it before the Job fails.
 * A pod with no run id, whose run the platform does not know (orphan) or whose run is
   bound to another pod uid (foreign) is not reported; its key goes to the finalizer
   loop, which releases a leftover finalizer.
@@ -32,6 +38,8 @@ Contract:
   finished. If the cache is behind (or the pod is gone) the key retries; the watch event
   on its way brings the newer view.
 * Writes happen only while `is_leader()` is true (checked right before each write).
+* The state-change span carries the workload kind (`sniffer.workload.kind` = "Pod"; the
+  Job path's says "Job").
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from sniffer.jobs import owned_by_job
 from sniffer.kubedecode import JSON, NotFound
 from sniffer.nullmetrics import NULL_METRICS
 from sniffer.platform import PlatformClient
@@ -124,6 +133,11 @@ class PlatformHandler:
                 self._ledger.forget(pod.run_id)
                 self._store.forget_tombstone(key, pod)
             return DONE
+        if owned_by_job(pod):
+            # An attempt: the Job path reports its run (watch.jobhandler) and forgets its
+            # tombstone once through with the Job (its last exit code is the run's).
+            self._finalize(pod)
+            return DONE
         if pod.run_id is None:
             return self._not_reported(pod)
         acked = (self._ledger.get(pod.run_id) or self._ledger.from_seed(pod)
@@ -192,6 +206,7 @@ class PlatformHandler:
         with tracer.start_as_current_span(
                 "sniffer.state_change", kind=SpanKind.INTERNAL, links=links,
                 attributes={"sniffer.key": pod.key, "sniffer.run_id": pod.run_id,
+                            "sniffer.workload.kind": "Pod",
                             "sniffer.state.from": acked.state.value,
                             "sniffer.state.to": derived.state.value,
                             "sniffer.attempt": self._attempts.num_requeues(pod.key) + 1,

@@ -1,4 +1,8 @@
-"""The reflector: keeps the `PodStore` equal to the API server's view of tracked pods.
+"""The reflector: keeps a store equal to the API server's view of one kind of tracked
+object (pods by default; Jobs with `watch.jobsource.JobSource`).
+
+The kind is the `Source` it reads (list pages, a watch stream, the projection); what
+follows holds for every kind, "pod" reading "object" where the kind is another.
 
 Contract (client-go's Reflector, in asyncio):
 * LIST (paginated with limit/continue), `replace` the store, then WATCH from the list's
@@ -31,17 +35,20 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import AsyncGenerator, Callable
+from typing import Generic, Protocol, TypeVar
 
 from sniffer.backoff import Backoff
 from sniffer.kube import KubeClient
-from sniffer.kubedecode import Gone, KubeError, MalformedEvent, WatchStalled
+from sniffer.kubedecode import Gone, KubeError, MalformedEvent, Page, WatchEvent, WatchStalled
 from sniffer.nullmetrics import NULL_METRICS
 from sniffer.pods import list_pages
-from sniffer.podview import MalformedPod, PodView, project
-from watch.store import Cached, PodStore
+from sniffer.podview import MalformedPod, project
+from watch.store import Cached, ObjectStore, Versioned
 from watch.workqueue import Priority
+
+V = TypeVar("V", bound=Versioned)
+V_co = TypeVar("V_co", bound=Versioned, covariant=True)
 
 log = logging.getLogger(__name__)
 
@@ -57,16 +64,64 @@ class ReflectorMetrics(Protocol):
         """A watch event went from its bytes framed to stored and queued in `seconds`."""
 
 
-class Reflector:
-    """Lists and watches tracked pods into a store. Constructing starts nothing."""
+class Source(Protocol[V_co]):
+    """One kind of object as the reflector reads it."""
 
-    def __init__(self, kube: KubeClient, store: PodStore,
+    what: str
+    """The kind's plural, for logs ("pods", "jobs")."""
+
+    def pages(self, namespace: str | None, *, label_selector: str,
+              page_size: int) -> AsyncGenerator[Page, None]:
+        """Every page of one paginated LIST (`sniffer.pods.list_pages`' contract)."""
+        ...
+
+    def watch(self, namespace: str | None, *, label_selector: str, resource_version: str,
+              timeout_seconds: int, read_timeout: float,
+              ) -> AsyncGenerator[WatchEvent | MalformedEvent, None]:
+        """One watch stream (`KubeClient.watch_pods`' contract)."""
+        ...
+
+    def project(self, obj: dict[str, object]) -> V_co:
+        """The view of one object; raises `MalformedPod` (or a subclass) for a bad one."""
+        ...
+
+
+class PodSource:
+    """Pods, decoded slim."""
+
+    what = "pods"
+
+    def __init__(self, kube: KubeClient) -> None:
+        self._kube = kube
+
+    def pages(self, namespace: str | None, *, label_selector: str,
+              page_size: int) -> AsyncGenerator[Page, None]:
+        return list_pages(self._kube, namespace, label_selector=label_selector,
+                          page_size=page_size)
+
+    def watch(self, namespace: str | None, *, label_selector: str, resource_version: str,
+              timeout_seconds: int, read_timeout: float,
+              ) -> AsyncGenerator[WatchEvent | MalformedEvent, None]:
+        return self._kube.watch_pods(
+            namespace, label_selector=label_selector, resource_version=resource_version,
+            timeout_seconds=timeout_seconds, read_timeout=read_timeout, slim=True)
+
+    def project(self, obj: dict[str, object]) -> Cached:
+        return project(obj)
+
+
+class Reflector(Generic[V]):
+    """Lists and watches tracked objects into a store. Constructing starts nothing."""
+
+    def __init__(self, kube: KubeClient, store: ObjectStore[V],
                  on_change: Callable[[str, Priority], None], *,
                  namespaces: tuple[str, ...], label_selector: str, page_size: int = 500,
                  watch_timeout_s: tuple[int, int] = (300, 600), read_timeout_s: float = 120.0,
                  metrics: ReflectorMetrics | None = None,
-                 rng: random.Random | None = None) -> None:
-        self._kube = kube
+                 rng: random.Random | None = None,
+                 source: Source[V] | None = None) -> None:
+        """`source` None: pods (`PodSource`; `store` must then be a `PodStore`)."""
+        self._source: Source[V] = source or PodSource(kube)  # type: ignore[assignment]
         self._store = store
         self._on_change = on_change
         self._namespaces: tuple[str | None, ...] = namespaces or (None,)
@@ -127,10 +182,10 @@ class Reflector:
 
     async def _relist(self, namespace: str | None, cause: str) -> str:
         """Paginated LIST, then replace the store; returns the list's resourceVersion."""
-        pods: list[Cached] = []
+        pods: list[V] = []
         resource_version = ""
-        pages = list_pages(self._kube, namespace, label_selector=self._selector,
-                           page_size=self._page_size)
+        pages = self._source.pages(namespace, label_selector=self._selector,
+                                   page_size=self._page_size)
         async with contextlib.aclosing(pages):
             async for page in pages:
                 self.last_event_at = time.monotonic()
@@ -141,9 +196,9 @@ class Reflector:
                 resource_version = page.resource_version
         changed = self._store.replace(namespace, pods, now=time.time())
         self._metrics.relist(cause)
-        log.info("listed pods", extra={"namespace": namespace, "pods": len(pods),
-                                       "changed": len(changed), "cause": cause,
-                                       "resource_version": resource_version})
+        log.info(f"listed {self._source.what}", extra={
+            "namespace": namespace, self._source.what: len(pods), "changed": len(changed),
+            "cause": cause, "resource_version": resource_version})
         for key in changed:
             self._on_change(key, Priority.LIST)
         return resource_version
@@ -151,10 +206,9 @@ class Reflector:
     async def _watch(self, namespace: str | None, resource_version: str) -> str:
         """Consume one watch stream; returns the last resourceVersion seen."""
         low, high = self._watch_timeout_s
-        stream = self._kube.watch_pods(
+        stream = self._source.watch(
             namespace, label_selector=self._selector, resource_version=resource_version,
-            timeout_seconds=self._rng.randint(low, high), read_timeout=self._read_timeout_s,
-            slim=True)
+            timeout_seconds=self._rng.randint(low, high), read_timeout=self._read_timeout_s)
         async with contextlib.aclosing(stream):
             async for event in stream:
                 self.last_event_at = time.monotonic()
@@ -187,13 +241,13 @@ class Reflector:
                     self._metrics.delivered(time.monotonic() - event.read_at)
         return resource_version
 
-    def _project(self, obj: dict[str, object], where: str) -> PodView | None:
+    def _project(self, obj: dict[str, object], where: str) -> V | None:
         try:
-            return project(obj)
+            return self._source.project(obj)
         except MalformedPod as exc:
-            self._metrics.malformed("pod")
+            self._metrics.malformed("pod" if self._source.what == "pods" else "job")
             meta = obj.get("metadata")
             name = meta.get("name") if isinstance(meta, dict) else None
-            log.warning("skipping malformed pod", extra={
+            log.warning(f"skipping malformed {self._source.what[:-1]}", extra={
                 "where": where, "pod": str(name)[:253] if name else None, "error": str(exc)})
             return None

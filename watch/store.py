@@ -1,8 +1,14 @@
-"""The pod cache: the latest projection of every tracked pod, keyed ``namespace/name``.
+"""The object cache: the latest projection of every tracked pod (or Job), keyed
+``namespace/name``.
 
 A plain cache, as client-go's Store: it knows nothing of handlers and calls nothing back.
-Its two policies are constructor arguments: the compaction policy (which finished pods
-may be kept as small records) and the tombstone policy (which deletions it remembers).
+`ObjectStore` is the cache of any kind of projection (`Versioned`: a key, a uid, a
+resourceVersion, finalizers, a deletion timestamp); `PodStore` is the pod cache, which
+adds the compaction policy (which finished pods may be kept as small records); the Job
+cache (`JobStore`) is an `ObjectStore` of `sniffer.jobview.JobView`s. Both take the
+tombstone policy (which deletions it remembers). Everything below holds for every kind;
+"pod" reads "object" where the kind is not a pod (settled records and
+`deleted_while_active` are pods' only).
 
 Contract:
 * Writers: only the reflector writes the cache's content (`upsert`, `delete`,
@@ -65,8 +71,9 @@ import math
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
+from sniffer.jobview import JobView
 from sniffer.podview import OUTCOME_FINALIZER, PodView
 
 FINISHED = ("Succeeded", "Failed")
@@ -98,6 +105,24 @@ class SettledPod:
 
 Cached = PodView | SettledPod
 """What the cache holds for one pod: its view, or the record of a settled pod."""
+
+
+class Versioned(Protocol):
+    """What the cache reads of every projection it holds."""
+
+    @property
+    def key(self) -> str: ...
+    @property
+    def uid(self) -> str: ...
+    @property
+    def resource_version(self) -> str: ...
+    @property
+    def finalizers(self) -> tuple[str, ...]: ...
+    @property
+    def deletion_timestamp(self) -> float | None: ...
+
+
+V = TypeVar("V", bound=Versioned)
 
 
 class CompactionPolicy(Protocol):
@@ -134,12 +159,14 @@ class KeepTombstones:
         return -math.inf
 
 
-def _deleted_while_active(pod: Cached) -> bool:
-    return pod.deleted_while_active or (
-        pod.deletion_timestamp is not None and pod.phase in ("Pending", "Running"))
+def _deleted_while_active(pod: Versioned) -> bool:
+    # Pods' history only: a Job view has neither the flag nor a phase.
+    return bool(getattr(pod, "deleted_while_active", False)) or (
+        pod.deletion_timestamp is not None
+        and getattr(pod, "phase", None) in ("Pending", "Running"))
 
 
-def _rv(pod: Cached) -> int:
+def _rv(pod: Versioned) -> int:
     if isinstance(pod, SettledPod):
         return pod.rv
     try:
@@ -148,21 +175,18 @@ def _rv(pod: Cached) -> int:
         return -1
 
 
-class PodStore:
-    """The watcher's cache of tracked pods."""
+class ObjectStore(Generic[V]):
+    """The watcher's cache of one kind of tracked object."""
 
     def __init__(self, namespaces: Collection[str | None], *,
-                 compaction: CompactionPolicy | None = None,
                  tombstones: TombstonePolicy | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        """`compaction` None: no pod is settled, every pod is cached as its full view.
-        `tombstones` None: `KeepTombstones`. `clock` stamps tombstones; it must be the
+        """`tombstones` None: `KeepTombstones`. `clock` stamps tombstones; it must be the
         clock of the tombstone policy's `seen_before` (the leader elector's)."""
-        self._compaction = compaction
         self._keeping: TombstonePolicy = tombstones or KeepTombstones()
         self._clock = clock
-        self._pods: dict[str, Cached] = {}
-        self._tombstones: dict[str, Cached] = {}
+        self._pods: dict[str, V] = {}
+        self._tombstones: dict[str, V] = {}
         self._deleted_at: dict[str, float] = {}
         self._unsynced: set[str | None] = set(namespaces)
         self._synced = asyncio.Event()
@@ -173,18 +197,17 @@ class PodStore:
 
     # --- reads -------------------------------------------------------------------------
 
-    def get(self, key: str) -> Cached | None:
-        """The live pod (compacted if it is settled by now), else its tombstone, else
+    def get(self, key: str) -> V | None:
+        """The live object (compacted if it is settled by now), else its tombstone, else
         None."""
         pod = self._pods.get(key)
         if pod is None:
             self._expire()
             return self._tombstones.get(key)
-        if isinstance(pod, PodView):
-            compacted = self.compact(pod)
-            if compacted is not pod:
-                # no await between the read and the replacement
-                self._pods[key] = pod = compacted
+        compacted = self.compact(pod)
+        if compacted is not pod:
+            # no await between the read and the replacement
+            self._pods[key] = pod = compacted
         return pod
 
     def is_deleted(self, key: str) -> bool:
@@ -195,7 +218,7 @@ class PodStore:
         """Live pods cached (tombstones excluded); informational."""
         return len(self._pods)
 
-    def __iter__(self) -> Iterator[Cached]:
+    def __iter__(self) -> Iterator[V]:
         return iter(list(self._pods.values()))
 
     def all_keys(self) -> list[str]:
@@ -208,28 +231,14 @@ class PodStore:
         self._expire()
         return len(self._tombstones)
 
-    @property
-    def settled(self) -> int:
-        """Live pods cached as `SettledPod` records; informational (a linear count)."""
-        return sum(1 for pod in self._pods.values() if isinstance(pod, SettledPod))
-
-    def compact(self, pod: Cached) -> Cached:
-        """`pod`'s `SettledPod` if it is settled (see the contract), else `pod`. Changes
-        nothing in the cache: the reflector may apply it to each pod it lists before
-        `replace`, and `upsert` applies it anyway."""
-        policy = self._compaction
-        if (isinstance(pod, SettledPod) or policy is None or pod.run_id is None
-                or pod.phase not in FINISHED or OUTCOME_FINALIZER in pod.finalizers
-                or not policy.terminal_acknowledged(pod)):
-            return pod
-        return SettledPod(key=pod.key, uid=pod.uid, rv=_rv(pod), run_id=pod.run_id,
-                          phase=pod.phase, finalizers=pod.finalizers,
-                          deletion_timestamp=pod.deletion_timestamp,
-                          deleted_while_active=_deleted_while_active(pod))
+    def compact(self, pod: V) -> V:
+        """`pod`, or the smaller record the cache keeps of it (`PodStore.compact`).
+        Changes nothing in the cache."""
+        return pod
 
     # --- writes from the reflector ------------------------------------------------------
 
-    def upsert(self, pod: Cached) -> bool:
+    def upsert(self, pod: V) -> bool:
         """Store `pod` (compacted if settled); True if it changed anything (a newer
         resourceVersion)."""
         key = pod.key
@@ -237,8 +246,8 @@ class PodStore:
         if current is not None and current.uid == pod.uid:
             if _rv(current) >= _rv(pod) >= 0:
                 return False
-            if _deleted_while_active(current) and not pod.deleted_while_active:
-                pod = dataclasses.replace(pod, deleted_while_active=True)
+            if _deleted_while_active(current) and not getattr(pod, "deleted_while_active", False):
+                pod = dataclasses.replace(pod, deleted_while_active=True)  # type: ignore[type-var]
         pod = self.compact(pod)
         if OUTCOME_FINALIZER in pod.finalizers:
             self._finalized[key] = pod.uid
@@ -249,7 +258,7 @@ class PodStore:
             del self._deleted_at[key]
         return True
 
-    def delete(self, pod: Cached, *, now: float, unseen: bool = False) -> bool:
+    def delete(self, pod: V, *, now: float, unseen: bool = False) -> bool:
         """Record a deletion; the last view becomes a tombstone. True if it was cached.
         `unseen`: a relist found the pod gone, so no event showed how it ended."""
         key = pod.key
@@ -262,22 +271,24 @@ class PodStore:
         if finalized and not self._keeping.keep_finalized():
             return cached is not None
         last = pod if cached is None or _rv(pod) >= _rv(cached) else cached
-        if cached is not None and _deleted_while_active(cached) and not last.deleted_while_active:
+        if (cached is not None and _deleted_while_active(cached)
+                and not getattr(last, "deleted_while_active", False)):
             # The DELETED event's object is a fresh projection: keep the history we saw.
-            last = dataclasses.replace(last, deleted_while_active=True)
+            last = dataclasses.replace(last, deleted_while_active=True)  # type: ignore[type-var]
         if last.deletion_timestamp is None:
             # No deletion was seen: its time is now's; with `unseen`, so is the fact that
             # the view is not the pod's end (`sniffer.states` then judges it lost).
-            last = (dataclasses.replace(last, deletion_timestamp=now, final_state_unknown=True)
-                    if unseen and isinstance(last, PodView)
-                    else dataclasses.replace(last, deletion_timestamp=now))
+            last = (dataclasses.replace(last, deletion_timestamp=now,
+                                        final_state_unknown=True)
+                    if unseen and isinstance(last, PodView | JobView)
+                    else dataclasses.replace(last, deletion_timestamp=now))  # type: ignore[type-var]
         self._tombstones[key] = last
         self._deleted_at.pop(key, None)  # re-inserted at the end: recording order
         self._deleted_at[key] = self._clock()
         self._expire()
         return True
 
-    def replace(self, namespace: str | None, pods: Iterable[Cached], *, now: float) -> list[str]:
+    def replace(self, namespace: str | None, pods: Iterable[V], *, now: float) -> list[str]:
         """Make the cache equal to a fresh LIST of `namespace` (None: all namespaces).
 
         Returns the keys that changed: new or updated pods, and vanished pods (which
@@ -298,7 +309,7 @@ class PodStore:
 
     # --- the consumer's one call ------------------------------------------------------------
 
-    def forget_tombstone(self, key: str, pod: Cached) -> None:
+    def forget_tombstone(self, key: str, pod: V) -> None:
         """The handler finished with deleted `pod`; drop its tombstone if unchanged."""
         if self._tombstones.get(key) is pod:
             del self._tombstones[key]
@@ -330,3 +341,40 @@ class PodStore:
     async def wait_synced(self) -> None:
         """Return once every namespace has been listed once (client-go's HasSynced)."""
         await self._synced.wait()
+
+
+class PodStore(ObjectStore[Cached]):
+    """The watcher's cache of tracked pods: an `ObjectStore` that keeps settled pods as
+    `SettledPod` records (the compaction policy)."""
+
+    def __init__(self, namespaces: Collection[str | None], *,
+                 compaction: CompactionPolicy | None = None,
+                 tombstones: TombstonePolicy | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """`compaction` None: no pod is settled, every pod is cached as its full view;
+        the rest as `ObjectStore`."""
+        super().__init__(namespaces, tombstones=tombstones, clock=clock)
+        self._compaction = compaction
+
+    @property
+    def settled(self) -> int:
+        """Live pods cached as `SettledPod` records; informational (a linear count)."""
+        return sum(1 for pod in self._pods.values() if isinstance(pod, SettledPod))
+
+    def compact(self, pod: Cached) -> Cached:
+        """`pod`'s `SettledPod` if it is settled (see the contract), else `pod`. Changes
+        nothing in the cache: the reflector may apply it to each pod it lists before
+        `replace`, and `upsert` applies it anyway."""
+        policy = self._compaction
+        if (isinstance(pod, SettledPod) or policy is None or pod.run_id is None
+                or pod.phase not in FINISHED or OUTCOME_FINALIZER in pod.finalizers
+                or not policy.terminal_acknowledged(pod)):
+            return pod
+        return SettledPod(key=pod.key, uid=pod.uid, rv=_rv(pod), run_id=pod.run_id,
+                          phase=pod.phase, finalizers=pod.finalizers,
+                          deletion_timestamp=pod.deletion_timestamp,
+                          deleted_while_active=_deleted_while_active(pod))
+
+
+JobStore = ObjectStore[JobView]
+"""The watcher's cache of tracked Jobs (no compaction: a cached Job is its view)."""

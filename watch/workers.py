@@ -71,11 +71,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Protocol
+from typing import Any, Protocol
 
 from sniffer.kubedecode import KubeError
 from sniffer.platform_model import PlatformRejected, PlatformUnavailable
-from watch.store import Cached
 from watch.workqueue import Priority, ShutDown, WorkQueue
 
 log = logging.getLogger("watch.controller")
@@ -136,11 +135,12 @@ class OutcomeQueue(Protocol):
 
 
 class OutcomeStore(Protocol):
-    """What a drop reads and clears in the pod cache (`watch.store.PodStore`)."""
+    """What a drop reads and clears in the cache (`watch.store.PodStore`, or the Job
+    cache `watch.store.JobStore`: any kind)."""
 
-    def get(self, key: str) -> Cached | None: ...
+    def get(self, key: str) -> Any: ...
     def is_deleted(self, key: str) -> bool: ...
-    def forget_tombstone(self, key: str, pod: Cached) -> None: ...
+    def forget_tombstone(self, key: str, pod: Any) -> None: ...
 
 
 class OutcomeMetrics(Protocol):
@@ -196,7 +196,9 @@ class OutcomeMap:
             log.error("dropping change after retries; the reconciler will repair it",
                       extra={"key": key, "run_id": pod.run_id if pod else None,
                              "error": outcome.error})
-            self._metrics.dropped(pod.phase if pod else "unknown", outcome.error or "")
+            # A Job view has no phase: its drops are labelled "job".
+            self._metrics.dropped(getattr(pod, "phase", "job") if pod else "unknown",
+                                  outcome.error or "")
             self.dropped += 1
             self._queue.forget(key)
             self._resolved(key)

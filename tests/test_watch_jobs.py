@@ -1,0 +1,139 @@
+"""`sniffer watch` over Job-backed runs on a real kube-apiserver, no Job controller: each
+test writes the Job's status through its status subresource, as the Job controller
+would, and creates the attempt pods the controller would create. The reference platform
+over HTTP holds the run; what it shows (state, reason, exit code, history) is checked.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from sniffer.kube import KubeClient
+from sniffer.podview import OUTCOME_FINALIZER
+from testbed.platform.launcher import PlatformServer
+from tests.fixtures.jobs import Jobs
+from tests.fixtures.watcher import eventually, running_watcher, settings_for, watcher_env
+
+
+@pytest.fixture
+def new_id():
+    return lambda: f"run-{uuid.uuid4().hex[:16]}"
+
+
+@pytest.fixture
+def jobs(kube: KubeClient, namespace: str) -> Jobs:
+    return Jobs(kube, namespace)
+
+
+def history(platform: PlatformServer, run_id: str) -> list[str]:
+    return [u["to_state"] for u in platform.updates() if u["run_id"] == run_id]
+
+
+def state(platform: PlatformServer, run_id: str) -> str | None:
+    run = platform.get_run(run_id)
+    return None if run is None else run["state"]
+
+
+async def test_a_failed_attempt_the_job_retries_is_not_the_runs_failure(
+        apiserver, platform, namespace, jobs, new_id):
+    run_id = new_id()
+    platform.create_run(run_id, pod_namespace=namespace, pod_name="retry")
+    job = await jobs.create("retry", run_id)
+    async with running_watcher(settings_for(watcher_env(apiserver, platform, namespace))):
+        await jobs.attempt(job, "retry-a", run_id)
+        await jobs.active("retry")
+        await jobs.pods.running("retry-a")
+        await eventually(lambda: state(platform, run_id) == "running")
+        await jobs.pods.terminated("retry-a", exit_code=1, reason="Error")
+        await jobs.active("retry", failed=1)
+        await jobs.attempt(job, "retry-b", run_id)
+        await jobs.pods.running("retry-b")
+        # The attempt's failure was seen (the Job counts it) and the run goes on.
+        await jobs.pods.succeeded("retry-b")
+        await jobs.complete("retry", failed=1)
+        await eventually(lambda: state(platform, run_id) == "succeeded")
+    assert "failed" not in history(platform, run_id)
+    run = platform.get_run(run_id)
+    assert (run["reason"], run["exit_code"]) == ("Completed", 0)
+    assert run["pod_uid"] == job["metadata"]["uid"]
+
+
+async def test_a_job_that_exhausts_its_retries_fails_with_the_last_exit_code(
+        apiserver, platform, namespace, jobs, new_id):
+    run_id = new_id()
+    platform.create_run(run_id, pod_namespace=namespace, pod_name="doomed")
+    job = await jobs.create("doomed", run_id, backoff_limit=1)
+    async with running_watcher(settings_for(watcher_env(apiserver, platform, namespace))):
+        await jobs.active("doomed")
+        for n, code, ago_s in (("doomed-a", 1, 20), ("doomed-b", 7, 0)):
+            await jobs.attempt(job, n, run_id)
+            await jobs.pods.running(n)
+            await eventually(lambda: state(platform, run_id) == "running")
+            await jobs.attempt_failed(n, exit_code=code, ago_s=ago_s)
+        await jobs.failed("doomed", failed=2, reason="BackoffLimitExceeded")
+        await eventually(lambda: state(platform, run_id) == "failed")
+    run = platform.get_run(run_id)
+    assert (run["reason"], run["exit_code"]) == ("BackoffLimitExceeded", 7)
+    assert history(platform, run_id) == ["running", "failed"]
+
+
+async def test_the_job_carries_the_outcome_finalizer_until_its_outcome_is_acknowledged(
+        apiserver, platform, namespace, jobs, new_id):
+    run_id = new_id()
+    platform.create_run(run_id, pod_namespace=namespace, pod_name="held")
+    job = await jobs.create("held", run_id)
+    env = watcher_env(apiserver, platform, namespace)
+    async with running_watcher(settings_for(env)):
+        await eventually(lambda: jobs.finalizers("held"))
+        assert OUTCOME_FINALIZER in (await jobs.finalizers("held") or [])
+        await jobs.attempt(job, "held-a", run_id)
+        await jobs.active("held")
+        await jobs.pods.running("held-a")
+        await eventually(lambda: state(platform, run_id) == "running")
+    # Watcher down: the Job finishes and is deleted (a TTL, a user): the finalizer
+    # keeps it, finished, until a watcher reports it.
+    await jobs.pods.succeeded("held-a")
+    await jobs.complete("held")
+    await jobs.delete("held")
+    kept = await jobs.get("held")
+    assert kept is not None
+    assert kept["metadata"].get("deletionTimestamp")
+    async with running_watcher(settings_for(env)):
+        await eventually(lambda: state(platform, run_id) == "succeeded")
+        await eventually(lambda: _gone(jobs, "held"))
+    assert history(platform, run_id) == ["running", "succeeded"]
+
+
+async def _gone(jobs: Jobs, name: str) -> bool:
+    return await jobs.get(name) is None
+
+
+async def test_a_job_deleted_by_the_platforms_cancel_ends_cancelled(
+        apiserver, platform, namespace, jobs, new_id):
+    run_id = new_id()
+    platform.create_run(run_id, pod_namespace=namespace, pod_name="stop")
+    job = await jobs.create("stop", run_id)
+    async with running_watcher(settings_for(watcher_env(apiserver, platform, namespace))):
+        await jobs.attempt(job, "stop-a", run_id)
+        await jobs.active("stop")
+        await jobs.pods.running("stop-a")
+        await eventually(lambda: state(platform, run_id) == "running")
+        platform.cancel_run(run_id)
+        await jobs.delete("stop")
+        await eventually(lambda: state(platform, run_id) == "cancelled")
+        await eventually(lambda: _gone(jobs, "stop"))
+    assert history(platform, run_id) == ["running", "cancelled"]
+
+
+async def test_a_suspended_job_stays_queued(apiserver, platform, namespace, jobs, new_id):
+    run_id = new_id()
+    platform.create_run(run_id, pod_namespace=namespace, pod_name="later")
+    await jobs.create("later", run_id, suspend=True)
+    async with running_watcher(settings_for(watcher_env(apiserver, platform, namespace))) as w:
+        await eventually(lambda: jobs.finalizers("later"))
+        # The finalizer is added only once the run was read as queued: it was handled.
+        assert w.controller is not None
+    assert state(platform, run_id) == "queued"
+    assert history(platform, run_id) == []
