@@ -522,7 +522,8 @@ def reconciled(apiserver: ApiServer, platform_server: PlatformServer,
 def test_reconcile_pass_repairs_and_exits_zero(reconciled: ReconcileSession) -> None:
     assert reconciled.exit_code == 0, reconciled.program.stderr[-3000:]
     assert reconciled.report["repaired"] == {"pod_ahead": 2, "pod_lost": 1,
-                                             "finalizer_left": 0}
+                                             "finalizer_left": 0, "job_ahead": 0,
+                                             "job_lost": 0}
     assert reconciled.receiver.errors == []
 
 
@@ -535,8 +536,9 @@ def test_reconcile_pass_is_one_trace_with_child_spans(reconciled: ReconcileSessi
     assert root.attributes["sniffer.repaired"] == 3
     trace = [s for s in spans if s.trace_id == root.trace_id]
     children = sorted(s.name for s in trace if s.parent_span_id == root.span_id)
-    assert children == ["sniffer.reconcile.diff", "sniffer.reconcile.list_pods",
-                        "sniffer.reconcile.list_runs"] + ["sniffer.reconcile.repair"] * 3
+    assert children == ["sniffer.reconcile.diff", "sniffer.reconcile.list_jobs",
+                        "sniffer.reconcile.list_pods", "sniffer.reconcile.list_runs",
+                        ] + ["sniffer.reconcile.repair"] * 3
     for repair in (s for s in trace if s.name == "sniffer.reconcile.repair"):
         calls = [s.name for s in trace if s.parent_span_id == repair.span_id]
         assert "PATCH /api/v1/runs/{id}" in calls, calls

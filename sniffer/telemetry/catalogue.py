@@ -173,9 +173,11 @@ class Span:
 
 
 SPANS: tuple[Span, ...] = (
-    Span("sniffer.state_change", "INTERNAL", "root; linked to the pod's sniffer.io/traceparent",
-         ("sniffer.key", "sniffer.run_id", "sniffer.state.from", "sniffer.state.to",
-          "sniffer.attempt", "k8s.namespace.name", "k8s.pod.name", "k8s.pod.uid"),
+    Span("sniffer.state_change", "INTERNAL",
+         "root; linked to the pod's (or Job's) sniffer.io/traceparent",
+         ("sniffer.key", "sniffer.run_id", "sniffer.workload.kind", "sniffer.state.from",
+          "sniffer.state.to", "sniffer.attempt", "k8s.namespace.name", "k8s.pod.name",
+          "k8s.pod.uid", "sniffer.job.attempts", "k8s.job.name", "k8s.job.uid"),
          "One state change sent by the watcher, around its platform call."),
     Span("PATCH /api/v1/runs/{id}", "CLIENT", "sniffer.state_change or sniffer.reconcile.repair",
          ("http.request.method", "url.template", "server.address", "server.port",
