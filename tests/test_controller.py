@@ -158,7 +158,7 @@ async def test_a_change_failing_its_last_allowed_attempt_is_dropped_then_handled
             h.timers.advance(1)
             await h.idle(attempt)
         assert h.controller.dropped == 1
-        assert not h.queue._waiting, "a dropped change has no retry pending"
+        assert not h.queue._delays._waiting, "a dropped change has no retry pending"
         platform.set_faults(error_rate=0.0)
         h.change(pod(run_id, 4, "Succeeded"))
         await h.idle(4)

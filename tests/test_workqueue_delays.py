@@ -51,11 +51,12 @@ def test_earliest_delay_of_a_key_wins_and_the_later_one_is_dropped() -> None:
 
 
 def check_delay_invariants(queue: WorkQueue[str]) -> None:
-    live = {(due, key) for due, _, key in queue._heap if queue._waiting.get(key) == due}
-    assert {key for _, key in live} == set(queue._waiting)
-    assert (queue._timer is not None) == bool(queue._waiting)
-    if queue._waiting:
-        assert queue._timer_at == min(queue._waiting.values())
+    delays = queue._delays
+    live = {(due, key) for due, _, key in delays._heap if delays._waiting.get(key) == due}
+    assert {key for _, key in live} == set(queue._delays._waiting)
+    assert (queue._delays._timer is not None) == bool(queue._delays._waiting)
+    if queue._delays._waiting:
+        assert queue._delays._timer_at == min(queue._delays._waiting.values())
 
 
 @pytest.mark.parametrize("seed", range(10))
@@ -68,11 +69,11 @@ def test_delayed_adds_each_arrive_once_in_due_order(seed: int) -> None:
         key, delay = rng.choice("abcdefgh"), rng.choice([0.0, 0.001, 0.005, 0.01, 0.02])
         queue.add_after(key, delay)
         if delay > 0:
-            assert queue._waiting[key] <= loop.time() + delay
-            if key not in due or due[key][0] != queue._waiting[key]:
+            assert queue._delays._waiting[key] <= loop.time() + delay
+            if key not in due or due[key][0] != queue._delays._waiting[key]:
                 # Fake time is exact, so keys can fall due at the same instant: those
                 # come out in the order their delays were set.
-                due[key] = (queue._waiting[key], next(order))
+                due[key] = (queue._delays._waiting[key], next(order))
         check_delay_invariants(queue)
         while len(queue):  # keys added at once are handled right away
             done_key = queue.get_nowait()
@@ -80,7 +81,7 @@ def test_delayed_adds_each_arrive_once_in_due_order(seed: int) -> None:
         if rng.random() < 0.2:
             loop.advance(0.003)
             check_delay_invariants(queue)
-            for key in [k for k, d in due.items() if k not in queue._waiting]:
+            for key in [k for k, d in due.items() if k not in queue._delays._waiting]:
                 del due[key]  # it fired: it is waiting or was handled above
             while len(queue):
                 queue.done(queue.get_nowait())
@@ -92,8 +93,8 @@ def test_delayed_adds_each_arrive_once_in_due_order(seed: int) -> None:
             seen.append(key)
             check_delay_invariants(queue)
     assert seen == expected
-    assert not queue._waiting
-    assert queue._timer is None
+    assert not queue._delays._waiting
+    assert queue._delays._timer is None
 
 
 def test_delayed_add_of_a_waiting_key_coalesces() -> None:

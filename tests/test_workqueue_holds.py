@@ -98,7 +98,7 @@ def test_a_second_rate_limited_add_while_held_keeps_the_later_end() -> None:
     queue.add_rate_limited("a", at_least=1)
     timers.advance(7)
     assert drain_now(queue) == []
-    assert queue._timer_at == queue._waiting["a"]
+    assert queue._delays._timer_at == queue._delays._waiting["a"]
     timers.advance(1)
     assert drain_now(queue) == ["a"]
 
@@ -266,11 +266,11 @@ class HeldQueueMachine(RuleBasedStateMachine):
         assert q._dirty == self.dirty
         assert set(q._processing) == self.processing
         assert q._held == self.held
-        assert q._waiting == {k: d for k, (d, _) in self.due.items()}
+        assert q._delays._waiting == {k: d for k, (d, _) in self.due.items()}
         assert not (q._held & q._dirty)
-        assert (q._timer is not None) == bool(q._waiting)
-        if q._waiting:
-            assert q._timer_at == min(q._waiting.values())
+        assert (q._delays._timer is not None) == bool(q._delays._waiting)
+        if q._delays._waiting:
+            assert q._delays._timer_at == min(q._delays._waiting.values())
 
 
 def test_held_queue_behaves_like_its_model() -> None:

@@ -21,9 +21,8 @@ Contract (the guarantees of client-go's `workqueue/doc.go`, plus delays and rate
   waited its delay already.
 * Delays: `add_after(key, delay)` adds the key once `delay` seconds of loop time have
   passed (at once if `delay <= 0`); of several pending delays for one key the earliest wins.
-  Delays are driven by `loop.call_at` callbacks (one timer for the earliest delay): the
-  constructor starts no task and the queue never owns one.
-  Delays run on the event loop's clock, or on injected `Timers` (tests).
+  Delays run on one `call_at` timer (`watch.delays`) of the event loop's clock, or of
+  injected `Timers` (tests): the queue starts and owns no task.
 * Rate limits: `add_rate_limited(key)` delays the key by what the rate limiter says (or
   longer, `at_least`: a server's Retry-After); `forget(key)` resets its history,
   `num_requeues(key)` reads it.
@@ -47,7 +46,6 @@ Contract (the guarantees of client-go's `workqueue/doc.go`, plus delays and rate
 from __future__ import annotations
 
 import asyncio
-import heapq
 import itertools
 import time
 from collections import deque
@@ -56,13 +54,10 @@ from enum import IntEnum
 from typing import Generic, Protocol, TypeVar
 
 from sniffer.nullmetrics import NULL_METRICS
+from watch.delays import Delays, Timers
 from watch.ratelimit import RateLimiter, default_controller_rate_limiter
 
 K = TypeVar("K", bound=Hashable)
-
-# The loop may run a timer callback up to its clock's resolution early.
-_EARLY = time.get_clock_info("monotonic").resolution
-
 
 DEFAULT_AGING_S = 30.0
 """How long a LIST key may wait before it competes with live keys as their equal. Long
@@ -114,19 +109,6 @@ class QueueMetrics(Protocol):
         """Age of the longest-running key in flight: `longest_running_processor_seconds`."""
 
 
-class TimerHandle(Protocol):
-    def cancel(self) -> None: ...
-
-
-class Timers(Protocol):
-    """What delays need from an event loop (`asyncio.AbstractEventLoop` has both); tests
-    inject a fake to move time by hand."""
-
-    def time(self) -> float: ...
-
-    def call_at(self, when: float, callback: Callable[[], object]) -> TimerHandle: ...
-
-
 class WorkQueue(Generic[K]):
     """A rate-limiting, delaying work queue of hashable keys.
 
@@ -139,13 +121,10 @@ class WorkQueue(Generic[K]):
     * `_priority[key]` is the highest priority a dirty key was added with (a key in line
       may wait in a lower line, when it had aged past what the higher one gives);
     * a key is in `_added_at` iff it is in `_dirty`, iff it is in `_priority`;
-    * a key is in `_waiting` iff it is in `_live` and the heap holds its live entry
-      `(_waiting[key], _live[key], key)`; its other heap entries are stale and skipped
-      (told apart by sequence number, not time: a key re-scheduled for the same moment
-      takes its new place among keys due then); `_waiting` is empty once shut down;
-    * a key is in `_held` iff it is in `_waiting` because of a rate-limited add; a held
-      key is never in `_dirty` (its timer adds it);
-    * `_timer` is scheduled iff `_waiting` is not empty, for its earliest time.
+    * `_delays` (watch/delays.py) holds the keys of pending delayed and rate-limited
+      adds; it is empty once shut down;
+    * a key is in `_held` iff it is pending in `_delays` because of a rate-limited add; a
+      held key is never in `_dirty` (its delay's end adds it).
     """
 
     def __init__(self, rate_limiter: RateLimiter[K] | None = None, *,
@@ -162,7 +141,6 @@ class WorkQueue(Generic[K]):
             rate_limiter if rate_limiter is not None else default_controller_rate_limiter())
         self._metrics: QueueMetrics = metrics if metrics is not None else NULL_METRICS
         self._clock = clock
-        self._timers = timers
         self._lines: dict[Priority, deque[tuple[float, int, K]]] = {
             p: deque() for p in Priority}
         self._live_line, self._list_line = self._lines[Priority.LIVE], self._lines[Priority.LIST]
@@ -172,13 +150,9 @@ class WorkQueue(Generic[K]):
         self._processing: dict[K, float] = {}  # key -> when it was handed out
         self._added_at: dict[K, float] = {}
         self._getters: deque[asyncio.Future[None]] = deque()
-        self._waiting: dict[K, float] = {}  # key -> loop time it is due
+        self._delays: Delays[K] = Delays(self._delay_over, timers)
         self._held: set[K] = set()
-        self._heap: list[tuple[float, int, K]] = []
-        self._live: dict[K, int] = {}  # key -> sequence number of its live heap entry
         self._seq = itertools.count()
-        self._timer: TimerHandle | None = None
-        self._timer_at = 0.0
         self._shutting_down = False
         self._drained = asyncio.Event()
 
@@ -218,11 +192,11 @@ class WorkQueue(Generic[K]):
             return
         if key in self._held:
             return
-        timers = self._loop()
-        due = timers.time() + delay
-        if key in self._waiting and self._waiting[key] <= due:
+        due = self._delays.now() + delay
+        pending = self._delays.due(key)
+        if pending is not None and pending <= due:
             return
-        self._set_due(timers, key, due)
+        self._delays.set(key, due)
 
     def add_rate_limited(self, key: K, *, at_least: float = 0.0) -> None:
         """Add `key` after the delay the rate limiter sets, or `at_least` seconds if that is
@@ -240,9 +214,9 @@ class WorkQueue(Generic[K]):
         if delay <= 0:
             self.add(key)
             return
-        timers = self._loop()
-        due = timers.time() + delay
-        if key in self._held and self._waiting[key] >= due:
+        due = self._delays.now() + delay
+        held_until = self._delays.due(key) if key in self._held else None
+        if held_until is not None and held_until >= due:
             return
         # No await between check and mutation.
         self._held.add(key)
@@ -253,7 +227,7 @@ class WorkQueue(Generic[K]):
             if key not in self._processing:
                 del self._entry[key]  # its entry in the line is now stale
                 self._metrics.depth(len(self._entry))
-        self._set_due(timers, key, due)
+        self._delays.set(key, due)
 
     def forget(self, key: K) -> None:
         """Reset `key`'s retry history. Call it when the key was processed successfully
@@ -314,8 +288,7 @@ class WorkQueue(Generic[K]):
         self._check_drained()
 
     def __len__(self) -> int:
-        """Keys waiting to be handed out (not those in flight or delayed); informational
-        only: it may change before the caller acts on it."""
+        """Keys waiting to be handed out (not in flight, not delayed); informational."""
         return len(self._entry)
 
     def waiting_keys(self) -> list[K]:
@@ -342,13 +315,8 @@ class WorkQueue(Generic[K]):
         """Stop taking work: ignore adds, drop pending delays, let waiting `get` calls
         finish (with a key, or `ShutDown`). Idempotent."""
         self._shutting_down = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._waiting.clear()
+        self._delays.clear()
         self._held.clear()
-        self._heap.clear()
-        self._live.clear()
         while self._getters:
             getter = self._getters.popleft()
             if not getter.done():
@@ -427,41 +395,6 @@ class WorkQueue(Generic[K]):
         if self._shutting_down and not self._entry and not self._processing:
             self._drained.set()
 
-    def _loop(self) -> Timers:
-        return self._timers if self._timers is not None else asyncio.get_running_loop()
-
-    def _set_due(self, timers: Timers, key: K, due: float) -> None:
-        """Make `key` due at `due` (earlier or, for a hold, later than before)."""
-        previous = self._waiting.get(key)
-        self._waiting[key] = due
-        self._live[key] = seq = next(self._seq)
-        heapq.heappush(self._heap, (due, seq, key))
-        if self._timer is None or due < self._timer_at:
-            self._schedule(timers, due)
-        elif previous == self._timer_at and due > previous:
-            self._schedule(timers, min(self._waiting.values()))  # the earliest moved later
-
-    def _schedule(self, timers: Timers, due: float) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = timers.call_at(due, self._on_timer)
-        self._timer_at = due
-
-    def _on_timer(self) -> None:
-        """Add every key whose delay has passed; re-arm for the next one."""
-        self._timer = None
-        timers = self._loop()
-        now = timers.time()
-        while self._heap:
-            due, seq, key = self._heap[0]
-            if self._live.get(key) != seq:
-                heapq.heappop(self._heap)  # stale: superseded by another delay or a hold
-                continue
-            if due > now + _EARLY:
-                self._schedule(timers, due)
-                return
-            heapq.heappop(self._heap)
-            del self._waiting[key]
-            del self._live[key]
-            self._held.discard(key)
-            self.add(key)
+    def _delay_over(self, key: K) -> None:
+        self._held.discard(key)
+        self.add(key)
