@@ -12,8 +12,10 @@ Contract (client-go's Reflector, in asyncio):
   once through `on_change(key, priority)` after the store has it: `Priority.LIST` for
   what a list found, `Priority.LIVE` for a watch event.
 * 410 Gone, at open or mid-stream, relists; so does an expired continue token.
-  A stream that ends normally, or goes silent for `read_timeout_s` (half-open), is
-  reopened from the last resourceVersion seen (bookmarks advance it), without a relist.
+  A stream that ends normally, goes silent for `read_timeout_s` (half-open) or breaks
+  (a transport error) is reopened from the last resourceVersion it delivered (bookmarks
+  advance it), without a relist, as client-go resumes from its last sync version; the
+  failure's log line names that version (`resume_from`).
 * Errors back off exponentially with equal jitter (at least half the capped delay, so a
   retry never comes at once), capped; a success resets the backoff.
 * A malformed object or line is logged and counted, then skipped; it never ends the loop.
@@ -132,6 +134,7 @@ class Reflector(Generic[V]):
         self._metrics: ReflectorMetrics = metrics or NULL_METRICS
         self._rng = rng or random.Random()
         self._started = False
+        self._delivered: dict[str | None, str] = {}  # namespace -> last version delivered
         self.last_event_at = time.monotonic()
         """Monotonic time of the last line or list page received; /healthz reads it."""
 
@@ -166,19 +169,30 @@ class Reflector(Generic[V]):
                 resource_version, cause = None, "expired"
                 self._metrics.watch_restart("expired")
             except WatchStalled as exc:
+                resource_version = self._resume_from(namespace, resource_version)
                 log.warning("watch stream stalled, reopening",
-                            extra={"namespace": namespace, "error": exc.message})
+                            extra={"namespace": namespace, "error": exc.message,
+                                   "resume_from": resource_version})
                 self._metrics.watch_restart("stalled")
                 await asyncio.sleep(backoff.next())
             except KubeError as exc:
                 delay = backoff.next()
+                resource_version = self._resume_from(namespace, resource_version)
                 log.warning("list/watch failed, retrying",
                             extra={"namespace": namespace, "error": str(exc),
-                                   "retry_in_s": round(delay, 3)})
+                                   "retry_in_s": round(delay, 3),
+                                   "resume_from": resource_version})
                 self._metrics.watch_restart("error")
                 if resource_version is None:
                     cause = "error"
                 await asyncio.sleep(delay)
+
+    def _resume_from(self, namespace: str | None, started_at: str | None) -> str | None:
+        """Where a watch that failed resumes: the last version its stream delivered (None,
+        a relist, if the failure came before any watch began)."""
+        if started_at is None:
+            return None
+        return self._delivered.get(namespace, started_at)
 
     async def _relist(self, namespace: str | None, cause: str) -> str:
         """Paginated LIST, then replace the store; returns the list's resourceVersion."""
@@ -204,7 +218,9 @@ class Reflector(Generic[V]):
         return resource_version
 
     async def _watch(self, namespace: str | None, resource_version: str) -> str:
-        """Consume one watch stream; returns the last resourceVersion seen."""
+        """Consume one watch stream; returns the last resourceVersion seen (also kept in
+        `_delivered`, for a stream that fails)."""
+        self._delivered[namespace] = resource_version
         low, high = self._watch_timeout_s
         stream = self._source.watch(
             namespace, label_selector=self._selector, resource_version=resource_version,
@@ -220,12 +236,13 @@ class Reflector(Generic[V]):
                 if event.type == "BOOKMARK":
                     rv = (event.object.get("metadata") or {}).get("resourceVersion")
                     if isinstance(rv, str) and rv:
-                        resource_version = rv
+                        resource_version = self._delivered[namespace] = rv
                     continue
                 pod = self._project(event.object, "watch")
                 if pod is None:
                     continue
                 resource_version = pod.resource_version or resource_version
+                self._delivered[namespace] = resource_version
                 if event.type == "DELETED":
                     changed = self._store.delete(pod, now=time.time())
                 elif event.type in ("ADDED", "MODIFIED"):
