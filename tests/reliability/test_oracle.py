@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
 
 from testbed.simulator.records import Change, SimResult
 from tests.reliability.scenarios import pending_past
+from tests.reliability.verdict import delivered_before
 
 
 def left(c: Change) -> bool:
@@ -53,3 +58,25 @@ def test_a_stuck_pod_whose_condition_came_after_the_rule_may_show_the_shape_befo
     late = sim(change("e", "create", "queued", T0),
                dataclasses.replace(change("e", "status", "queued", T0 + 9), shape="unschedulable"))
     assert pending_past([early, late], 8.0, until=stuck) == {"e"}
+
+
+def _log(path: Path, *entries: Mapping[str, object]) -> Path:
+    path.write_text("".join(json.dumps(e) + "\n" for e in entries) + "not json\n")
+    return path
+
+
+def test_what_a_watcher_had_delivered_when_its_stream_failed_is_read_from_its_log(
+        tmp_path: Path) -> None:
+    start = datetime(2026, 12, 3, 17, 40, 32, tzinfo=UTC).timestamp()
+    before = {"time": "2026-12-03T17:40:10.000Z", "message": "list/watch failed, retrying",
+              "resume_from": "300"}
+    first = {"time": "2026-12-03T17:40:33.060Z", "message": "list/watch failed, retrying",
+             "resume_from": "478"}
+    later = {"time": "2026-12-03T17:40:40.000Z", "message": "watch stream stalled, reopening",
+             "resume_from": "900"}
+    a = _log(tmp_path / "a.log", before, {"time": "x", "message": "listed pods"}, first, later)
+    b = _log(tmp_path / "b.log", {**first, "resume_from": "610"})
+    assert delivered_before([a], start) == 478  # the first failure after the gap began
+    assert delivered_before([a, b], start) == 478  # the least of the watchers
+    assert delivered_before([b, tmp_path / "missing.log"], start) == 610
+    assert delivered_before([_log(tmp_path / "c.log", before)], start) is None

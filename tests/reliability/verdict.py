@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -116,17 +117,27 @@ def gap_alternatives(ctx: Ctx, finalized: set[str], present: set[str],
       "ended, then deleted": the state is judged, the reason and exit code are not. The
       same holds for a terminal state `sniffer reconcile` wrote from a snapshot taken
       after the pod's deletion had completed: a snapshot has no history.
+      A deletion accepted just before the gap began is in it too if no watcher had
+      received it: its resourceVersion is past what the watchers' streams had delivered
+      when they failed (`delivered_before`; on a loaded machine delivery lags seconds).
     """
     out: dict[str, list[Expectation]] = {}
     gaps = [(g.start, g.end if g.end is not None else time.time()) for g in ctx.gaps]
     if not gaps and not ctx.reconciler_wrote:
         return out
+    logs = [w.log_path for w in ctx.watchers.values()]
+    delivered = [delivered_before(logs, start) for start, _ in gaps]
     for sim in ctx.sims:
         requested: dict[str, float] = {}
         gone: dict[str, float] = {}
         for c in sim.changes:
-            if c.shape in DELETION_SHAPES:
-                requested.setdefault(c.run_id, c.accepted_at)
+            if c.shape in DELETION_SHAPES and c.run_id not in requested:
+                requested[c.run_id] = c.accepted_at
+                version = _version(c.resource_version)
+                for (start, _), seen in zip(gaps, delivered, strict=True):
+                    if c.accepted_at < start and version is not None and \
+                            seen is not None and version > seen:
+                        requested[c.run_id] = start  # unseen when the gap began
             if c.shape in GONE_SHAPES:
                 gone[c.run_id] = max(gone.get(c.run_id, 0.0), c.accepted_at)
         for run_id, at in gone.items():
@@ -145,6 +156,45 @@ def gap_alternatives(ctx: Ctx, finalized: set[str], present: set[str],
             if alts:
                 out[run_id] = alts
     return out
+
+
+_RESUMING = ("list/watch failed, retrying", "watch stream stalled, reopening")
+
+
+def _version(text: str | None) -> int | None:
+    # The testbed's API server serves etcd revisions: integers, in commit order (an
+    # oracle's shortcut; Sniffer itself treats versions as opaque).
+    return int(text) if text is not None and text.isdigit() else None
+
+
+def delivered_before(logs: Iterable[Path], start: float) -> int | None:
+    """The least resourceVersion that the watchers' first failing streams at or after
+    `start` had delivered (their `resume_from`), None if no watcher logged one."""
+    seen: list[int] = []
+    for path in logs:
+        with contextlib.suppress(OSError):
+            for line in path.read_text(errors="replace").splitlines():
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue
+                if not isinstance(entry, dict) or entry.get("message") not in _RESUMING:
+                    continue
+                at = _log_time(entry.get("time"))
+                version = _version(entry.get("resume_from"))
+                if at is not None and at >= start and version is not None:
+                    seen.append(version)
+                    break
+    return min(seen, default=None)
+
+
+def _log_time(text: object) -> float | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 def scan_logs(paths: Iterable[Path]) -> tuple[int, Counter[str], list[str]]:
