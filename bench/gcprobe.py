@@ -9,7 +9,7 @@ Contract:
   start (imports included); ``synced`` only the pauses after the pod cache was synced
   (and frozen, if asked), i.e. what the measured load sees.
 * ``SNIFFER_BENCH_GC_FREEZE=1``: `gc.freeze()` once the pod cache is synced (the
-  watcher's "pod cache synced" log line), so the long-lived cache is never traversed
+  watcher's "caches synced" log line), so the long-lived cache is never traversed
   again by a collection; the summary says when it froze and how many objects.
 * ``SNIFFER_BENCH_GC_THRESHOLD=a,b,c``: `gc.set_threshold(a, b, c)` before the program
   starts.
@@ -28,7 +28,7 @@ import sys
 import time
 from typing import Any
 
-READY_MESSAGE = "pod cache synced"
+READY_MESSAGE = "caches synced"
 
 
 class Probe:

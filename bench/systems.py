@@ -182,7 +182,7 @@ def _peer_env(target: Target) -> dict[str, str]:
 def _sniffer(label: str, description: str, *, finalizers: bool, workers: int = 64) -> System:
     return System(label, description, lambda t: [sys.executable, "-m", "cli", "watch"],
                   lambda t: _sniffer_env(t, finalizers=finalizers, workers=workers),
-                  "pod cache synced")
+                  "caches synced")
 
 
 SYSTEMS: dict[str, System] = {s.label: s for s in (
@@ -194,7 +194,7 @@ SYSTEMS: dict[str, System] = {s.label: s for s in (
              workers=256),
     System("sniffer-gcprobe", "sniffer (as `sniffer`) under bench.gcprobe: gc pauses recorded",
            lambda t: [sys.executable, "-m", "bench.gcprobe", "watch"],
-           lambda t: _sniffer_env(t, finalizers=False, workers=64), "pod cache synced"),
+           lambda t: _sniffer_env(t, finalizers=False, workers=64), "caches synced"),
     System("client-go", "Go: shared informer, rate-limited work queue, 64 workers",
            lambda t: [str(ensure_clientgo_peer())], _peer_env, "synced"),
     System("client-go-json", "the client-go peer, lists and watches in JSON (as Python must)",

@@ -7,7 +7,7 @@ RBAC, the admission policy, restricted Pod Security. The pods reach the API serv
 reference platform and an OTLP receiver through relays on the node's bridge address
 (testbed/podaccess.py). Then, in order:
 
-* both watcher replicas turn Ready (readiness = pod cache synced) and one holds the Lease;
+* both watcher replicas turn Ready (readiness = caches synced) and one holds the Lease;
 * a workload run on the node reaches the platform through the deployed watcher, and its
   trace reaches the collector, found by run id;
 * the containers run as UID 65532 on a read-only root filesystem, seen from inside;
@@ -235,10 +235,10 @@ def test_both_watchers_turn_ready_once_synced_and_one_holds_the_lease(cluster: C
     ready = until(c.two_ready, "2 Ready watchers")
     holder = until(c.lease_holder, "a Lease holder")
     assert holder in ready
-    # Ready means synced: each replica logged its pod cache synced (docs/deploy.md).
+    # Ready means synced: each replica logged its caches synced (docs/deploy.md).
     for pod in ready:
         logs = c.kubectl("-n", NS, "logs", pod).stdout
-        assert '"pod cache synced"' in logs, logs[-2000:]
+        assert '"caches synced"' in logs, logs[-2000:]
 
 
 def test_a_workload_on_the_node_reaches_the_platform_through_the_deployed_watcher(

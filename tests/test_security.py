@@ -139,7 +139,7 @@ def test_turning_tls_verification_off_is_logged_at_start(
     log = tmp_path / "watch.log"
     proc = sniffer(["watch"], env, log)
     try:
-        text = wait_for(proc, log, "pod cache synced")
+        text = wait_for(proc, log, "caches synced")
     finally:
         assert stop(proc) == 0
     warnings = [json.loads(line) for line in text.splitlines()
@@ -177,7 +177,7 @@ def test_with_verification_on_a_wrong_ca_never_lets_the_watcher_sync(
         text = wait_for(proc, log, "list/watch failed, retrying")
         assert "CERTIFICATE_VERIFY_FAILED" in text
         assert not ready(env)
-        assert "pod cache synced" not in log.read_text()
+        assert "caches synced" not in log.read_text()
     finally:
         assert stop(proc) == 0
 
@@ -192,7 +192,7 @@ def test_a_kubeconfig_that_skips_verification_is_logged_too(
     log = tmp_path / "watch.log"
     proc = sniffer(["watch"], env, log)
     try:
-        text = wait_for(proc, log, "pod cache synced")
+        text = wait_for(proc, log, "caches synced")
     finally:
         assert stop(proc) == 0
     assert "TLS verification of the Kubernetes API server is OFF" in text

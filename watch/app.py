@@ -234,7 +234,7 @@ class Watcher:
                     controller: Controller, jobs: JobPath) -> None:
         await store.wait_synced()
         await jobs.store.wait_synced()
-        log.info("pod and Job caches synced",
+        log.info("caches synced",
                  extra={"cached_pods": len(store), "cached_jobs": len(jobs.store)})
         if elector is not None:
             await elector.wait_leader()
