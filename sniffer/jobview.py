@@ -41,18 +41,15 @@ from sniffer.podfields import (
 )
 from sniffer.podview import (
     CANCEL_ANNOTATION,
-    KIND_LABEL,
-    RUN_ID_LABEL,
-    RUN_ID_PATTERN,
     TRACEPARENT_ANNOTATION,
     WorkloadKind,
+    run_labels,
 )
 
 __all__ = ["KEPT_JOB_CONDITIONS", "JobCondition", "JobView", "MalformedJob", "project_job"]
 
 KEPT_JOB_CONDITIONS = ("Complete", "SuccessCriteriaMet", "Failed", "FailureTarget",
                        "Suspended")
-_KINDS = {kind.value: kind for kind in WorkloadKind}
 
 
 class MalformedJob(MalformedPod):
@@ -147,20 +144,6 @@ def _conditions(status: Mapping[str, object]) -> tuple[JobCondition, ...]:
     return tuple(kept.values())
 
 
-def _labels(meta: Mapping[str, object]) -> tuple[str | None, WorkloadKind]:
-    labels = read_map(meta.get("labels"), "metadata.labels")
-    run_field = f"metadata.labels[{RUN_ID_LABEL!r}]"
-    run_id = read_str(labels.get(RUN_ID_LABEL), run_field)
-    if run_id is not None and RUN_ID_PATTERN.fullmatch(run_id) is None:
-        raise MalformedJob(f"{run_field}: not a valid run id: {run_id[:80]!r}")
-    kind_field = f"metadata.labels[{KIND_LABEL!r}]"
-    kind_value = read_str(labels.get(KIND_LABEL), kind_field) or WorkloadKind.JOB.value
-    if kind_value not in _KINDS:
-        raise MalformedJob(f"{kind_field}: unknown kind {kind_value[:40]!r} "
-                           "(expected job, notebook or app)")
-    return run_id, _KINDS[kind_value]
-
-
 def project_job(obj: object) -> JobView:
     """Project a Job object (as `json.loads` gives it) into a `JobView`.
 
@@ -180,7 +163,7 @@ def _project(obj: object) -> JobView:
     meta = read_map(job.get("metadata"), "metadata", required=True)
     spec = read_map(job.get("spec"), "spec")
     status = read_map(job.get("status"), "status")
-    run_id, kind = _labels(meta)
+    run_id, kind = run_labels(meta, MalformedJob)
     annotations = read_map(meta.get("annotations"), "metadata.annotations")
     cancel = read_str(annotations.get(CANCEL_ANNOTATION),
                       f"metadata.annotations[{CANCEL_ANNOTATION!r}]")

@@ -58,7 +58,7 @@ __all__ = [
     "CANCEL_ANNOTATION", "KEPT_CONDITIONS", "KIND_LABEL",
     "MESSAGE_LIMIT", "OUTCOME_FINALIZER", "RUN_ID_LABEL",
     "RUN_ID_PATTERN", "TRACEPARENT_ANNOTATION", "ConditionView", "ContainerView",
-    "MalformedPod", "PodView", "Termination", "WorkloadKind", "project",
+    "MalformedPod", "PodView", "Termination", "WorkloadKind", "project", "run_labels",
 ]
 
 RUN_ID_LABEL = "sniffer.io/run-id"
@@ -287,16 +287,19 @@ def _containers(status: Mapping[str, object], field: str, order: dict[str, int],
     return tuple(views)
 
 
-def _labels(meta: Mapping[str, object]) -> tuple[str | None, WorkloadKind]:
+def run_labels(meta: Mapping[str, object], malformed: type[MalformedPod] = MalformedPod,
+               ) -> tuple[str | None, WorkloadKind]:
+    """The run id and workload kind an object's labels give (pods and Jobs alike); raises
+    `malformed` for an invalid run id or an unknown kind."""
     labels = read_map(meta.get("labels"), "metadata.labels")
     run_field = f"metadata.labels[{RUN_ID_LABEL!r}]"
     run_id = read_str(labels.get(RUN_ID_LABEL), run_field)
     if run_id is not None and RUN_ID_PATTERN.fullmatch(run_id) is None:
-        raise MalformedPod(f"{run_field}: not a valid run id: {run_id[:80]!r}")
+        raise malformed(f"{run_field}: not a valid run id: {run_id[:80]!r}")
     kind_field = f"metadata.labels[{KIND_LABEL!r}]"
     kind_value = read_str(labels.get(KIND_LABEL), kind_field) or WorkloadKind.JOB.value
     if kind_value not in _KINDS:
-        raise MalformedPod(f"{kind_field}: unknown kind {kind_value[:40]!r} "
+        raise malformed(f"{kind_field}: unknown kind {kind_value[:40]!r} "
                            "(expected job, notebook or app)")
     return run_id, _KINDS[kind_value]
 
@@ -311,7 +314,7 @@ def project(obj: object) -> PodView:
     meta = read_map(pod.get("metadata"), "metadata", required=True)
     spec = read_map(pod.get("spec"), "spec")
     status = read_map(pod.get("status"), "status")
-    run_id, kind = _labels(meta)
+    run_id, kind = run_labels(meta)
     annotations = read_map(meta.get("annotations"), "metadata.annotations")
     cancel = read_str(annotations.get(CANCEL_ANNOTATION),
                       f"metadata.annotations[{CANCEL_ANNOTATION!r}]")
