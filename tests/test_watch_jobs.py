@@ -137,3 +137,14 @@ async def test_a_suspended_job_stays_queued(apiserver, platform, namespace, jobs
         assert w.controller is not None
     assert state(platform, run_id) == "queued"
     assert history(platform, run_id) == []
+
+
+async def test_the_job_fixture_keeps_a_started_jobs_start_time(apiserver, jobs, new_id):
+    # Regression: a second `active` in a later second sent a new startTime, which the API
+    # server refuses on a running Job (422, immutable). It failed in CI when the test
+    # above crossed a second boundary; a start long ago makes that crossing certain.
+    await jobs.create("started", new_id())
+    long_ago = "2026-01-01T00:00:00Z"
+    await jobs.status("started", {"startTime": long_ago, "active": 1})
+    job = await jobs.active("started", failed=1)
+    assert (job["status"]["startTime"], job["status"]["failed"]) == (long_ago, 1)
