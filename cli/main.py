@@ -146,7 +146,9 @@ def _watch(settings: Settings) -> int:
             return await Watcher(settings).run(stop)
         metrics = WatchMetrics(reflector=sinks.reflector, controller=sinks.controller,
                                queue=sinks.queue, platform=sinks.platform,
-                               finalizer_queue=sinks.finalizer_queue)
+                               finalizer_queue=sinks.finalizer_queue,
+                               job_queue=sinks.job_queue, job_controller=sinks.job_controller,
+                               job_reflector=sinks.job_reflector)
         try:
             return await Watcher(settings, metrics=metrics, observe=sinks.observe).run(stop)
         finally:

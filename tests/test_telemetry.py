@@ -220,6 +220,38 @@ def test_platform_error_statuses_carry_error_type(meter: Any,
             "http.response.status_code": 200} in attrs
 
 
+def test_the_pod_and_job_paths_report_one_series_set_told_apart_by_kind(
+        meter: Any, reader: InMemoryMetricReader) -> None:
+    watch = WatchTelemetry(meter, leader_election=False)
+    watch.controller.acknowledged("running", time.time(), None)
+    watch.job_controller.acknowledged("running", time.time(), None)
+    watch.job_controller.acknowledged("succeeded", time.time(), None)
+    watch.job_controller.dropped("job", "platform unavailable: 503")
+    watch.reflector.event("ADDED")
+    watch.job_reflector.relist("gone")
+    watch.job_queue.add()
+    points = _points(reader)
+
+    def series(name: str) -> dict[frozenset[tuple[str, Any]], Any]:
+        return {frozenset(p.attributes.items()): p.value for p in points[name]}
+
+    def kind(kind: str, **attributes: str) -> frozenset[tuple[str, Any]]:
+        return frozenset({"sniffer.workload.kind": kind, **attributes}.items())
+
+    state, cause, event = "sniffer.state", "sniffer.relist.cause", "sniffer.watch.event.type"
+    assert series("sniffer.changes.acknowledged") == {
+        kind("Pod", **{state: "running"}): 1, kind("Job", **{state: "running"}): 1,
+        kind("Job", **{state: "succeeded"}): 1}
+    assert series("sniffer.changes.dropped") == {
+        kind("Job", **{"k8s.pod.phase": "job", "error.type": "platform_unavailable"}): 1}
+    assert series("sniffer.watch.events") == {kind("Pod", **{event: "ADDED"}): 1}
+    assert series("sniffer.watch.relists") == {kind("Job", **{cause: "gone"}): 1}
+    assert {dict(k)["sniffer.queue.name"]: v for k, v in series("sniffer.queue.adds").items()
+            } == {"pods": 0, "jobs": 1, "finalizers": 0}
+    # What an operator alerts on exists per kind from the start, at 0.
+    assert series("sniffer.runs.orphaned") == {kind("Pod"): 0, kind("Job"): 0}
+
+
 # -- the watcher's gauges ---------------------------------------------------------------------
 
 class FakeQueue:
@@ -258,7 +290,8 @@ async def test_watcher_gauges_are_sampled_on_its_event_loop(
     assert value["sniffer.leader.status"] == 1
     by_queue = {p.attributes["sniffer.queue.name"]: p.value
                 for p in points["sniffer.queue.unfinished_work"]}
-    assert by_queue == {"pods": 4.0, "finalizers": 0.0}  # the watcher has no finalizer queue
+    # The double has no Job or finalizer queue: theirs stay at 0.
+    assert by_queue == {"pods": 4.0, "jobs": 0.0, "finalizers": 0.0}
     longest = {p.attributes["sniffer.queue.name"]: p.value
                for p in points["sniffer.queue.longest_running_processor"]}
     assert longest["pods"] == 3.0

@@ -32,12 +32,19 @@ from testbed.apiserver import ApiServer
 from testbed.platform.launcher import PlatformServer
 from testbed.simulator.lifecycles import Shape
 from testbed.simulator.shapes import render
+from tests.fixtures.jobs import active_status, attempt_manifest, complete_status, job_manifest
 from tests.fixtures.kube import _purge_namespace
 from tests.fixtures.kubehttp import STRATEGIC_PATCH, request_sync
 from tests.fixtures.otlp import OtlpReceiver, SpanView
 
 ROOT = Path(__file__).resolve().parent.parent
 PODS = 3
+JOB = "etl"
+"""Beside the pod-backed runs, one Job-backed run (the Job path's series, kind Job)."""
+JOB_CHANGES = (("queued", "queued"), ("queued", "running"), ("running", "succeeded"))
+"""What the Job-backed run shows: its first attempt while queued, then its states."""
+POD_KIND = {"sniffer.workload.kind": "Pod"}
+JOB_KIND = {"sniffer.workload.kind": "Job"}
 
 
 # -- helpers: the program, the pods ------------------------------------------------------
@@ -163,6 +170,21 @@ def wait_for(check: Callable[[], bool], what: str, timeout: float = 60.0) -> Non
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def scraped_value(text: str, name: str, **labels: str) -> float | None:
+    """The value of the one sample of `name` in a Prometheus text page whose labels
+    include `labels` (in any order); None if there is none."""
+    found = []
+    for line in text.splitlines():
+        match = re.fullmatch(r"(\w+)(?:\{(.*)\})? (\S+)", line)
+        if match is None or match.group(1) != name:
+            continue
+        have = dict(re.findall(r'(\w+)="([^"]*)"', match.group(2) or ""))
+        if all(have.get(k) == v for k, v in labels.items()):
+            found.append(float(match.group(3)))
+    assert len(found) <= 1, (name, labels, found)
+    return found[0] if found else None
+
+
 def create_namespace(apiserver: ApiServer, stem: str) -> str:
     name = f"t-{stem}-{secrets.token_hex(3)}"
     reply = request_sync(apiserver, "POST", "/api/v1/namespaces",
@@ -186,6 +208,7 @@ class Pod:
 class WatchSession:
     namespace: str
     pods: list[Pod]
+    job_run_id: str
     receiver: OtlpReceiver
     program: Program
     exit_code: int
@@ -209,6 +232,25 @@ def _submitted_pods(apiserver: ApiServer, platform_server: PlatformServer,
     return pods
 
 
+def _submitted_job(apiserver: ApiServer, platform_server: PlatformServer,
+                   namespace: str) -> tuple[str, dict[str, Any]]:
+    """A Job-backed run on the platform and its Job (no attempt yet)."""
+    run_id = f"tel-job-{secrets.token_hex(3)}"
+    platform_server.create_run(run_id, pod_namespace=namespace, pod_name=JOB)
+    reply = request_sync(apiserver, "POST", f"/apis/batch/v1/namespaces/{namespace}/jobs",
+                         job_manifest(namespace, JOB, run_id))
+    assert reply.status == 201, reply
+    return run_id, reply.body
+
+
+def set_job_status(apiserver: ApiServer, namespace: str, status: dict[str, Any]) -> None:
+    """Write the Job's status as the Job controller would (no controller runs here)."""
+    reply = request_sync(apiserver, "PATCH",
+                         f"/apis/batch/v1/namespaces/{namespace}/jobs/{JOB}/status",
+                         {"status": status}, content_type="application/merge-patch+json")
+    assert reply.ok, reply
+
+
 @pytest.fixture(scope="module")
 def watched(apiserver: ApiServer, platform_server: PlatformServer,
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[WatchSession]:
@@ -218,6 +260,7 @@ def watched(apiserver: ApiServer, platform_server: PlatformServer,
     namespace = create_namespace(apiserver, "telemetry-watch")
     receiver = OtlpReceiver().start()
     pods = _submitted_pods(apiserver, platform_server, namespace)
+    job_run_id, job = _submitted_job(apiserver, platform_server, namespace)
     resource_env = {"k8s.pod.name": "sniffer-watch-7d9f-x2k4", "k8s.namespace.name": "sniffer",
                     "k8s.node.name": "node-7"}
     env = sniffer_env(apiserver, platform_server, namespace, receiver.endpoint,
@@ -230,20 +273,31 @@ def watched(apiserver: ApiServer, platform_server: PlatformServer,
         program.wait_for_log(lambda r: r.get("message") == "seeded acknowledgements")
 
         def platform_states(state: str) -> Callable[[], bool]:
-            return lambda: all((platform_server.get_run(p.run_id) or {}).get("state") == state
-                               for p in pods)
+            return lambda: all((platform_server.get_run(run_id) or {}).get("state") == state
+                               for run_id in [p.run_id for p in pods] + [job_run_id])
 
+        reply = request_sync(apiserver, "POST", f"/api/v1/namespaces/{namespace}/pods",
+                             attempt_manifest(job, f"{JOB}-a", job_run_id))
+        assert reply.status == 201, reply
+        # The platform learns of the attempt while the run is queued; waiting for it keeps
+        # that change from coalescing with the next (the counts below are exact).
+        wait_for(lambda: (platform_server.get_run(job_run_id) or {}).get("attempts") == 1,
+                 "the platform to show the Job's first attempt")
+        set_status(apiserver, namespace, f"{JOB}-a", Shape.RUNNING)
+        set_job_status(apiserver, namespace, active_status(None))
         for pod in pods:
             set_status(apiserver, namespace, pod.name, Shape.RUNNING)
         wait_for(platform_states("running"), "the runs to be running")
+        set_status(apiserver, namespace, f"{JOB}-a", Shape.SUCCEEDED)
+        set_job_status(apiserver, namespace, complete_status())
         for pod in pods:
             set_status(apiserver, namespace, pod.name, Shape.SUCCEEDED)
         wait_for(platform_states("succeeded"), "the runs to be succeeded")
 
         def finalizers_released() -> bool:
-            for pod in pods:
-                body = request_sync(apiserver, "GET",
-                                    f"/api/v1/namespaces/{namespace}/pods/{pod.name}").body
+            paths = [f"/api/v1/namespaces/{namespace}/pods/{p.name}" for p in pods]
+            for path in [*paths, f"/apis/batch/v1/namespaces/{namespace}/jobs/{JOB}"]:
+                body = request_sync(apiserver, "GET", path).body
                 if OUTCOME_FINALIZER in (body["metadata"].get("finalizers") or []):
                     return False
             return True
@@ -255,17 +309,17 @@ def watched(apiserver: ApiServer, platform_server: PlatformServer,
         def scraped_all() -> bool:
             nonlocal scraped
             scraped = urllib.request.urlopen(scrape_url, timeout=10).read().decode()
-            acked = re.search(
-                r'sniffer_changes_acknowledged_total\{[^}]*sniffer_state="succeeded"[^}]*\} '
-                + f"{PODS}.0", scraped)
-            held = re.search(r"^sniffer_finalizers_held\{[^}]*\} 0\.0$", scraped, re.M)
-            return acked is not None and held is not None
+            acked = {kind: scraped_value(scraped, "sniffer_changes_acknowledged_total",
+                                         sniffer_state="succeeded", sniffer_workload_kind=kind)
+                     for kind in ("Pod", "Job")}
+            held = scraped_value(scraped, "sniffer_finalizers_held")
+            return acked == {"Pod": PODS, "Job": 1} and held == 0
 
         wait_for(scraped_all, "the scrape endpoint to show the acknowledgements")
         exit_code = program.terminate()
         ours = {p.run_id for p in pods}
         updates = [u for u in platform_server.updates() if u["run_id"] in ours]
-        yield WatchSession(namespace, pods, receiver, program, exit_code,
+        yield WatchSession(namespace, pods, job_run_id, receiver, program, exit_code,
                            platform_server.token, updates, scraped, resource_env)
     finally:
         if program.proc.poll() is None:
@@ -294,14 +348,18 @@ def test_watcher_exits_cleanly_after_sigterm_and_the_receiver_accepted_everythin
 
 def test_acknowledged_counter_equals_the_state_changes_made(watched: WatchSession) -> None:
     r = watched.receiver
-    assert _total(r, "sniffer.changes.acknowledged", **{"sniffer.state": "running"}) == PODS
-    assert _total(r, "sniffer.changes.acknowledged", **{"sniffer.state": "succeeded"}) == PODS
-    assert _total(r, "sniffer.changes.sent") == 2 * PODS  # no retries were needed
+    for state in ("running", "succeeded"):
+        assert _total(r, "sniffer.changes.acknowledged", **POD_KIND,
+                      **{"sniffer.state": state}) == PODS, state
+    assert _total(r, "sniffer.changes.sent", **POD_KIND) == 2 * PODS  # no retries needed
+    for state in ("queued", "running", "succeeded"):
+        for sink in ("sniffer.changes.sent", "sniffer.changes.acknowledged"):
+            assert _total(r, sink, **JOB_KIND, **{"sniffer.state": state}) == 1, (sink, state)
     assert _total(r, "sniffer.changes.dropped") == 0
     point = r.latest("sniffer.changes.acknowledged")[0]
     assert (point.type, point.monotonic, point.unit) == ("sum", True, "{change}")
     applied = _total(r, "sniffer.platform.updates", **{"sniffer.update.outcome": "applied"})
-    assert applied == 2 * PODS
+    assert applied == 2 * PODS + len(JOB_CHANGES)
     # The platform saw exactly these changes too.
     assert sorted((u["from_state"], u["to_state"]) for u in watched.updates) == sorted(
         [("queued", "running")] * PODS + [("running", "succeeded")] * PODS)
@@ -312,8 +370,12 @@ def test_end_to_end_latency_histogram_counts_each_change_in_seconds(
     points = watched.receiver.latest("sniffer.change.latency")
     assert {p.type for p in points} == {"histogram"}
     assert {p.unit for p in points} == {"s"}
-    assert sum(p.count for p in points) == 2 * PODS
-    by_state = {p.attributes["sniffer.state"] for p in points}
+    by_kind = {kind: sum(p.count for p in points
+                         if p.attributes["sniffer.workload.kind"] == kind)
+               for kind in ("Pod", "Job")}
+    assert by_kind == {"Pod": 2 * PODS, "Job": len(JOB_CHANGES)}
+    by_state = {p.attributes["sniffer.state"] for p in points
+                if p.attributes["sniffer.workload.kind"] == "Pod"}
     assert by_state == {"running", "succeeded"}
     for p in points:
         assert p.attributes["sniffer.latency.origin"] in ("status", "observed")
@@ -329,13 +391,20 @@ def test_pipeline_metrics_report_the_work_done(watched: WatchSession) -> None:
         _total(r, "sniffer.watch.relists") >= 1
     assert _total(r, "sniffer.queue.adds", **{"sniffer.queue.name": "pods"}) >= 2 * PODS
     assert _total(r, "sniffer.queue.adds", **{"sniffer.queue.name": "finalizers"}) >= PODS
-    assert _total(r, "sniffer.handler.outcomes", **{"sniffer.outcome": "done"}) >= 2 * PODS
-    # Patches sent: a handler working from a cache that lags its own patch may send one twice.
-    assert _total(r, "sniffer.finalizer.operations",
-                  **{"sniffer.finalizer.operation": "added"}) >= PODS
-    assert _total(r, "sniffer.finalizer.operations",
-                  **{"sniffer.finalizer.operation": "removed"}) >= PODS
-    assert _total(r, "sniffer.cache.pods") == PODS
+    assert _total(r, "sniffer.queue.adds", **{"sniffer.queue.name": "jobs"}) >= 2
+    assert _total(r, "sniffer.watch.relists", **JOB_KIND) >= 1
+    assert _total(r, "sniffer.watch.events", **JOB_KIND,
+                  **{"sniffer.watch.event.type": "MODIFIED"}) >= 2
+    for kind, runs in ((POD_KIND, PODS), (JOB_KIND, 1)):
+        assert _total(r, "sniffer.handler.outcomes", **kind,
+                      **{"sniffer.outcome": "done"}) >= 2 * runs
+        # Patches sent: a handler working from a cache that lags its own patch may send
+        # one twice.
+        for op in ("added", "removed"):
+            assert _total(r, "sniffer.finalizer.operations", **kind,
+                          **{"sniffer.finalizer.operation": op}) >= runs, (kind, op)
+    assert _total(r, "sniffer.runs.orphaned") == 0
+    assert _total(r, "sniffer.cache.pods") == PODS + 1  # the Job's attempt pod too
     assert _total(r, "sniffer.finalizers.held") == 0
     assert _total(r, "sniffer.queue.depth") == 0
     assert _total(r, "sniffer.freshness") == 0
@@ -347,7 +416,8 @@ def test_pipeline_metrics_report_the_work_done(watched: WatchSession) -> None:
     assert patches
     assert all(p.attributes["url.template"] == "/api/v1/runs/{id}" for p in patches)
     assert sum(p.count for p in patches
-               if p.attributes.get("http.response.status_code") == 200) == 2 * PODS
+               if p.attributes.get("http.response.status_code") == 200) == \
+        2 * PODS + len(JOB_CHANGES)
 
 
 def test_every_exported_metric_is_in_the_catalogue_with_its_unit_and_attributes(
@@ -380,14 +450,15 @@ def test_resource_attributes_come_from_the_environment(watched: WatchSession) ->
 
 def test_prometheus_endpoint_serves_the_same_catalogue(watched: WatchSession) -> None:
     assert "# TYPE sniffer_change_latency_seconds histogram" in watched.scraped
-    assert re.search(r'sniffer_changes_acknowledged_total\{[^}]*sniffer_state="running"[^}]*\} '
-                     + f"{PODS}.0", watched.scraped)
+    assert scraped_value(watched.scraped, "sniffer_changes_acknowledged_total",
+                         sniffer_state="running", sniffer_workload_kind="Pod") == PODS
 
 
 # -- traces --------------------------------------------------------------------------------
 
-def _state_changes(watched: WatchSession) -> list[SpanView]:
-    return [s for s in watched.receiver.spans() if s.name == "sniffer.state_change"]
+def _state_changes(watched: WatchSession, kind: str = "Pod") -> list[SpanView]:
+    return [s for s in watched.receiver.spans() if s.name == "sniffer.state_change"
+            and s.attributes["sniffer.workload.kind"] == kind]
 
 
 def test_one_state_change_span_per_change_with_a_platform_child_span(
@@ -411,6 +482,20 @@ def test_one_state_change_span_per_change_with_a_platform_child_span(
         assert child.attributes["http.response.status_code"] == 200
         assert child.attributes["server.address"] == "127.0.0.1"
         assert by_id[child.span_id] is child
+
+
+def test_a_job_backed_runs_changes_are_spans_of_kind_job(watched: WatchSession) -> None:
+    spans = watched.receiver.spans()
+    changes = _state_changes(watched, "Job")
+    assert sorted((c.attributes["sniffer.state.from"], c.attributes["sniffer.state.to"])
+                  for c in changes) == list(JOB_CHANGES)
+    for change in changes:
+        assert change.attributes["sniffer.run_id"] == watched.job_run_id
+        assert change.attributes["k8s.job.name"] == JOB
+        assert change.attributes["k8s.namespace.name"] == watched.namespace
+        assert change.attributes["sniffer.job.attempts"] == 1
+        children = [s.name for s in spans if s.parent_span_id == change.span_id]
+        assert children == ["PATCH /api/v1/runs/{id}"], children
 
 
 def test_state_change_span_links_to_the_pods_traceparent(watched: WatchSession) -> None:
@@ -441,7 +526,7 @@ def test_json_log_lines_carry_the_trace_and_span_of_their_context(
     spans = {(s.trace_id, s.span_id): s for s in watched.receiver.spans()}
     in_span = [r for r in lines if "trace_id" in r]
     patch_lines = [r for r in in_span if r["message"].startswith("PATCH /api/v1/runs/{id} -> ")]
-    assert len(patch_lines) == 2 * PODS
+    assert len(patch_lines) == 2 * PODS + len(JOB_CHANGES)  # the Job-backed run's too
     for record in patch_lines:
         assert spans[(record["trace_id"], record["span_id"])].name == "PATCH /api/v1/runs/{id}"
     exported = [r for r in watched.receiver.logs() if r["trace_id"]]
@@ -623,9 +708,14 @@ def test_sniffers_share_of_the_latency_is_exported_split_by_step(
     r = watched.receiver
     delivery = r.latest("sniffer.watch.delivery")
     assert {(p.type, p.unit) for p in delivery} == {("histogram", "s")}
-    # Every ADDED/MODIFIED/DELETED event of the pods was timed from its framed bytes.
-    timed = _total(r, "sniffer.watch.events", **{"sniffer.watch.event.type": "MODIFIED"})
-    assert sum(p.count for p in delivery) >= timed >= 2 * PODS
+    # Every ADDED/MODIFIED/DELETED event of the pods and Jobs was timed from its framed
+    # bytes.
+    for kind in ("Pod", "Job"):
+        timed = _total(r, "sniffer.watch.events", **{"sniffer.workload.kind": kind,
+                                                      "sniffer.watch.event.type": "MODIFIED"})
+        assert sum(p.count for p in delivery
+                   if p.attributes["sniffer.workload.kind"] == kind) >= timed >= \
+            (2 * PODS if kind == "Pod" else 2), kind
     assert all(p.bounds == BY_NAME["sniffer.watch.delivery"].buckets for p in delivery)
     waits = r.latest("sniffer.queue.duration")
     assert {p.unit for p in waits} == {"s"}
@@ -633,7 +723,8 @@ def test_sniffers_share_of_the_latency_is_exported_split_by_step(
           for p in waits}
     # Pods created after the watcher started are seen on the watch: live changes.
     assert by.get(("pods", "live"), 0) >= 2 * PODS
-    assert set(by) <= {(q, pr) for q in ("pods", "finalizers") for pr in ("live", "list")}
+    assert set(by) <= {(q, pr) for q in ("pods", "jobs", "finalizers")
+                       for pr in ("live", "list")}
     work = {p.attributes["sniffer.queue.name"]: p.count
             for p in r.latest("sniffer.queue.work_duration")}
     assert work["pods"] >= 2 * PODS

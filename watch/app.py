@@ -73,6 +73,11 @@ class WatchMetrics:
     queue: QueueMetrics | None = None
     platform: PlatformMetrics | None = None
     finalizer_queue: QueueMetrics | None = None
+    job_queue: QueueMetrics | None = None
+    job_controller: ControllerMetrics | None = None
+    job_reflector: ReflectorMetrics | None = None
+    """The Job path's sinks: the pod path's series with ``sniffer.queue.name`` = jobs and
+    ``sniffer.workload.kind`` = Job."""
 
 
 def identity(settings: Settings) -> str:
@@ -162,7 +167,8 @@ class Watcher:
             metrics=self._metrics.controller, finalizer_queue=finalizer_queue,
             finalizer_workers=s.finalizers.workers)
         # Its own queue: one key per Job (per run), the platform queue's semantics.
-        self.job_queue = job_queue = WorkQueue[str](_limiter(s))
+        self.job_queue = job_queue = WorkQueue[str](_limiter(s),
+                                                    metrics=self._metrics.job_queue)
         self.jobs = jobs = _job_path(s, kube, store, ledger, job_queue, platform, elector,
                                      self._metrics)
 
@@ -256,7 +262,7 @@ def _job_path(s: Settings, kube: KubeClient, store: PodStore, ledger: RunLedger,
         enabled="jobs" in s.kube.kinds,
         tombstones=LeaderTombstones(elector) if elector is not None else None,
         is_leader=(lambda: elector.is_leader) if elector else (lambda: True),
-        metrics=metrics.controller, reflector_metrics=metrics.reflector)
+        metrics=metrics.job_controller, reflector_metrics=metrics.job_reflector)
 
 
 def _both(first: Callable[[str, Priority], None],

@@ -18,6 +18,7 @@ Contract:
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncGenerator
 from urllib.parse import quote
 
@@ -86,7 +87,7 @@ class JobSource:
         try:
             async for line in watch_lines(response.content, read_timeout):
                 try:
-                    yield decode_event(line)
+                    yield decode_event(line, read_at=time.monotonic())
                 except MalformedEvent as bad:
                     yield bad
         finally:

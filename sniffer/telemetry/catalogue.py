@@ -58,24 +58,31 @@ def _m(name: str, kind: Kind, unit: str, attributes: tuple[str, ...], meaning: s
 
 METRICS: tuple[Metric, ...] = (
     # -- reflector ------------------------------------------------------------------------
-    _m("sniffer.watch.events", "counter", "{event}", ("sniffer.watch.event.type",),
-       "Watch events received, by type (ADDED, MODIFIED, DELETED, BOOKMARK, ERROR).", "watch"),
-    _m("sniffer.watch.relists", "counter", "{relist}", ("sniffer.relist.cause",),
-       "Full LISTs of the pods, by cause (initial, gone = 410, expired continue token, ...).",
+    _m("sniffer.watch.events", "counter", "{event}",
+       ("sniffer.workload.kind", "sniffer.watch.event.type"),
+       "Watch events received, by watched kind and type (ADDED, MODIFIED, DELETED, "
+       "BOOKMARK, ERROR).", "watch"),
+    _m("sniffer.watch.relists", "counter", "{relist}",
+       ("sniffer.workload.kind", "sniffer.relist.cause"),
+       "Full LISTs, by watched kind and cause (initial, gone = 410, expired continue token, ...).",
        "watch"),
-    _m("sniffer.watch.restarts", "counter", "{restart}", ("sniffer.watch.restart.cause",),
-       "Watch streams reopened without a relist, by cause (timeout, stalled, error, ...).",
+    _m("sniffer.watch.restarts", "counter", "{restart}",
+       ("sniffer.workload.kind", "sniffer.watch.restart.cause"),
+       "Watch streams reopened without a relist, by watched kind and cause (timeout, "
+       "stalled, error, ...).",
        "watch"),
-    _m("sniffer.watch.malformed", "counter", "{object}", ("sniffer.malformed.where",),
-       "Malformed watch lines, events or pods that were skipped.", "watch"),
-    _m("sniffer.watch.delivery", "histogram", "s", (),
+    _m("sniffer.watch.malformed", "counter", "{object}",
+       ("sniffer.workload.kind", "sniffer.malformed.where"),
+       "Malformed watch lines, events or objects that were skipped, by watched kind.", "watch"),
+    _m("sniffer.watch.delivery", "histogram", "s", ("sniffer.workload.kind",),
        "Watch delivery: from the moment a watch event's bytes were framed off the stream "
-       "to its pod being in the cache and its key queued (decode, store, enqueue).", "watch",
+       "to its object being in the cache and its key queued (decode, store, enqueue), by "
+       "watched kind.", "watch",
        DELIVERY_BUCKETS_S),
     # -- work queues (client-go's workqueue metric set, one series per queue) ---------------
     _m("sniffer.queue.depth", "gauge", "{key}", ("sniffer.queue.name",),
        "Keys waiting in a work queue (not those in flight or delayed), by queue (pods, "
-       "finalizers, ...).", "watch"),
+       "jobs, finalizers).", "watch"),
     _m("sniffer.queue.adds", "counter", "{key}", ("sniffer.queue.name",),
        "Keys added to a work queue (an add that coalesced with a waiting key is not "
        "counted).", "watch"),
@@ -95,19 +102,26 @@ METRICS: tuple[Metric, ...] = (
     _m("sniffer.queue.longest_running_processor", "gauge", "s", ("sniffer.queue.name",),
        "How long the longest-running key in flight has been processed.", "watch"),
     # -- controller -----------------------------------------------------------------------
-    _m("sniffer.handler.outcomes", "counter", "{outcome}", ("sniffer.outcome",),
-       "Handler results, one per processed key: done, requeue, requeue_after, retry, drop.",
+    _m("sniffer.handler.outcomes", "counter", "{outcome}",
+       ("sniffer.workload.kind", "sniffer.outcome"),
+       "Handler results, one per processed key: done, requeue, requeue_after, retry, drop; "
+       "by workload kind (Pod: the pod path, Job: the Job path).",
        "watch"),
-    _m("sniffer.changes.sent", "counter", "{change}", ("sniffer.state",),
-       "State changes sent to the platform (attempts, so retries count again), by the state "
-       "sent.", "watch"),
-    _m("sniffer.changes.acknowledged", "counter", "{change}", ("sniffer.state",),
-       "State changes the platform acknowledged (applied, or already had), by state.",
+    _m("sniffer.changes.sent", "counter", "{change}",
+       ("sniffer.workload.kind", "sniffer.state"),
+       "State changes sent to the platform (attempts, so retries count again), by workload "
+       "kind and the state sent.", "watch"),
+    _m("sniffer.changes.acknowledged", "counter", "{change}",
+       ("sniffer.workload.kind", "sniffer.state"),
+       "State changes the platform acknowledged (applied, or already had), by workload kind "
+       "and state.",
        "watch"),
-    _m("sniffer.changes.dropped", "counter", "{change}", ("k8s.pod.phase", "error.type"),
-       "Changes given up after the retry limit (the reconciler repairs them), by the pod's "
-       "phase and the class of the last error.", "watch"),
-    _m("sniffer.change.latency", "histogram", "s", ("sniffer.state", "sniffer.latency.origin"),
+    _m("sniffer.changes.dropped", "counter", "{change}",
+       ("sniffer.workload.kind", "k8s.pod.phase", "error.type"),
+       "Changes given up after the retry limit (the reconciler repairs them), by workload "
+       "kind, the pod's phase (\"job\" for a Job) and the class of the last error.", "watch"),
+    _m("sniffer.change.latency", "histogram", "s",
+       ("sniffer.workload.kind", "sniffer.state", "sniffer.latency.origin"),
        "End to end: from the change (the pod status's transition time, else the time Sniffer "
        "observed it: sniffer.latency.origin = status or observed) to the platform's "
        "acknowledgement.", "watch", LATENCY_BUCKETS_S),
@@ -121,13 +135,14 @@ METRICS: tuple[Metric, ...] = (
     _m("sniffer.finalizers.held", "gauge", "{pod}", (),
        "Cached pods that carry Sniffer's finalizer (sniffer.io/outcome).", "watch"),
     _m("sniffer.finalizer.operations", "counter", "{operation}",
-       ("sniffer.finalizer.operation",),
-       "Finalizer patches sent: added to or removed from a pod (idempotent patches; one "
-       "may repeat while the cache lags).", "watch"),
+       ("sniffer.workload.kind", "sniffer.finalizer.operation"),
+       "Finalizer patches sent: added to or removed from a pod or a Job, by workload kind "
+       "(idempotent patches; one may repeat while the cache lags).", "watch"),
     _m("sniffer.leader.status", "gauge", "1", (),
        "1 while this replica holds the lease (or leader election is off), else 0.", "watch"),
-    _m("sniffer.runs.orphaned", "counter", "{pod}", (),
-       "Tracked pods whose run the platform does not know (not reported).", "watch"),
+    _m("sniffer.runs.orphaned", "counter", "{object}", ("sniffer.workload.kind",),
+       "Tracked pods or Jobs whose run the platform does not know (not reported), by "
+       "workload kind.", "watch"),
     _m("sniffer.pods.underivable", "counter", "{pod}", (),
        "Pods whose state could not be derived (left to the reconciler).", "watch"),
     # -- platform client (both programs) ---------------------------------------------------

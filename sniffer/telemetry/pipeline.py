@@ -3,11 +3,14 @@ platform client's metric Protocols, plus the gauges read from the running watche
 
 Contract:
 * `WatchTelemetry` structurally implements `watch.reflector.ReflectorMetrics`
-  (`reflector`), `watch.workqueue.QueueMetrics` (one per queue, `queue_metrics(name)`:
-  `queue` is the platform queue's, ``pods``, `finalizer_queue` the finalizer loop's,
-  ``finalizers``; every queue reports the one ``sniffer.queue.*`` set, told apart by
-  ``sniffer.queue.name`` as client-go labels each queue by its name),
-  `watch.controller.ControllerMetrics` (`controller`) and
+  (`reflector`, `job_reflector`: one series set, told apart by ``sniffer.workload.kind``),
+  `watch.workqueue.QueueMetrics` (one per queue, `queue_metrics(name)`:
+  `queue` is the platform queue's, ``pods``, `job_queue` the Job path's, ``jobs``,
+  `finalizer_queue` the finalizer loop's, ``finalizers``; every queue reports the one
+  ``sniffer.queue.*`` set, told apart by ``sniffer.queue.name`` as client-go labels
+  each queue by its name),
+  `watch.controller.ControllerMetrics` (`controller` for the pod path, `job_controller`
+  for the Job path: the same series, told apart by ``sniffer.workload.kind``) and
   `sniffer.platform.PlatformMetrics` (`platform`); it imports none of them (layers point
   one way: watch → sniffer core).
 * Every hot-path call is a dict update or a deque append (see `instruments`): well under a
@@ -42,7 +45,7 @@ from sniffer.telemetry.instruments import Counts, Histogram, Registry
 log = logging.getLogger(__name__)
 
 SAMPLE_TIMEOUT_S = 1.0
-QUEUE_ATTRIBUTES = {"queue": "pods", "finalizer_queue": "finalizers"}
+QUEUE_ATTRIBUTES = {"queue": "pods", "job_queue": "jobs", "finalizer_queue": "finalizers"}
 """The watcher's attributes holding a work queue, and each queue's metric name: the
 sampler reports their unfinished work. A new queue is added here (and to the Watcher)."""
 _SAMPLE_REUSE_S = 0.25
@@ -111,30 +114,43 @@ class PlatformTelemetry:
         self._updates.inc(outcome)
 
 
-class _Reflector:
+class _ReflectorInstruments:
+    """The reflector's instruments, shared by every watched kind's sink."""
+
     def __init__(self, registry: Registry) -> None:
-        self._events = registry.counts("sniffer.watch.events", keys=("sniffer.watch.event.type",))
-        self._relists = registry.counts("sniffer.watch.relists", keys=("sniffer.relist.cause",))
-        self._restarts = registry.counts("sniffer.watch.restarts",
-                                         keys=("sniffer.watch.restart.cause",))
-        self._malformed = registry.counts("sniffer.watch.malformed",
-                                          keys=("sniffer.malformed.where",))
-        self._delivery = registry.histogram("sniffer.watch.delivery")
+        kind = "sniffer.workload.kind"
+        self.events = registry.counts("sniffer.watch.events",
+                                      keys=(kind, "sniffer.watch.event.type"))
+        self.relists = registry.counts("sniffer.watch.relists",
+                                       keys=(kind, "sniffer.relist.cause"))
+        self.restarts = registry.counts("sniffer.watch.restarts",
+                                        keys=(kind, "sniffer.watch.restart.cause"))
+        self.malformed = registry.counts("sniffer.watch.malformed",
+                                         keys=(kind, "sniffer.malformed.where"))
+        self.delivery = registry.histogram("sniffer.watch.delivery", keys=(kind,))
+
+
+class _Reflector:
+    """`watch.reflector.ReflectorMetrics` of the reflector of one kind (``Pod``, ``Job``)."""
+
+    def __init__(self, instruments: _ReflectorInstruments, kind: str) -> None:
+        self._i = instruments
+        self._kind = kind
 
     def event(self, kind: str) -> None:
-        self._events.inc(kind)
+        self._i.events.inc((self._kind, kind))
 
     def relist(self, cause: str) -> None:
-        self._relists.inc(cause)
+        self._i.relists.inc((self._kind, cause))
 
     def watch_restart(self, cause: str) -> None:
-        self._restarts.inc(cause)
+        self._i.restarts.inc((self._kind, cause))
 
     def malformed(self, where: str) -> None:
-        self._malformed.inc(where)
+        self._i.malformed.inc((self._kind, where))
 
     def delivered(self, seconds: float) -> None:
-        self._delivery.record(seconds)
+        self._i.delivery.record(seconds, self._kind)
 
 
 class _QueueInstruments:
@@ -195,43 +211,62 @@ class _Queue:
         self.longest_s = seconds
 
 
+class _ControllerInstruments:
+    """The handler's instruments, shared by every workload kind's sink."""
+
+    def __init__(self, registry: Registry) -> None:
+        kind = "sniffer.workload.kind"
+        self.outcomes = registry.counts("sniffer.handler.outcomes",
+                                        keys=(kind, "sniffer.outcome"))
+        self.sent = registry.counts("sniffer.changes.sent", keys=(kind, "sniffer.state"))
+        self.acked = registry.counts("sniffer.changes.acknowledged",
+                                     keys=(kind, "sniffer.state"))
+        self.dropped = registry.counts("sniffer.changes.dropped",
+                                       keys=(kind, "k8s.pod.phase", "error.type"))
+        self.latency = registry.histogram(
+            "sniffer.change.latency", keys=(kind, "sniffer.state", "sniffer.latency.origin"))
+        self.finalizer = registry.counts("sniffer.finalizer.operations",
+                                         keys=(kind, "sniffer.finalizer.operation"))
+        self.orphans = registry.counts("sniffer.runs.orphaned", keys=(kind,))
+        self.underivable = registry.counts("sniffer.pods.underivable")
+
+
 class _Controller:
-    def __init__(self, registry: Registry, clock: Any = time.time) -> None:
+    """`watch.handler.HandlerMetrics` of one workload kind's path (``Pod`` or ``Job``):
+    every series carries ``sniffer.workload.kind``, as the state-change spans do."""
+
+    def __init__(self, instruments: _ControllerInstruments, kind: str,
+                 clock: Any = time.time) -> None:
+        self._i = instruments
+        self._kind = kind
         self._clock = clock
-        self._outcomes = registry.counts("sniffer.handler.outcomes", keys=("sniffer.outcome",))
-        self._sent = registry.counts("sniffer.changes.sent", keys=("sniffer.state",))
-        self._acked = registry.counts("sniffer.changes.acknowledged", keys=("sniffer.state",))
-        self._dropped = registry.counts("sniffer.changes.dropped",
-                                        keys=("k8s.pod.phase", "error.type"))
-        self._latency = registry.histogram("sniffer.change.latency",
-                                           keys=("sniffer.state", "sniffer.latency.origin"))
-        self._finalizer = registry.counts("sniffer.finalizer.operations",
-                                          keys=("sniffer.finalizer.operation",))
-        self._orphans = registry.counts("sniffer.runs.orphaned")
-        self._underivable = registry.counts("sniffer.pods.underivable")
+        # The counters an operator alerts on exist from the start, at 0.
+        instruments.orphans.inc(kind, 0)
+        instruments.finalizer.inc((kind, "added"), 0)
+        instruments.finalizer.inc((kind, "removed"), 0)
 
     def outcome(self, result: str) -> None:
-        self._outcomes.inc(result)
+        self._i.outcomes.inc((self._kind, result))
 
     def sent(self, state: str) -> None:
-        self._sent.inc(state)
+        self._i.sent.inc((self._kind, state))
 
     def acknowledged(self, state: str, observed_at: float, changed_at: float | None) -> None:
-        self._acked.inc(state)
+        self._i.acked.inc((self._kind, state))
         origin, source = latency_origin(observed_at, changed_at)
-        self._latency.record(max(0.0, self._clock() - origin), (state, source))
+        self._i.latency.record(max(0.0, self._clock() - origin), (self._kind, state, source))
 
     def dropped(self, state: str, reason: str) -> None:
-        self._dropped.inc((state, error_class(reason)))
+        self._i.dropped.inc((self._kind, state, error_class(reason)))
 
     def finalizer(self, op: str) -> None:
-        self._finalizer.inc(op)
+        self._i.finalizer.inc((self._kind, op))
 
     def orphan(self) -> None:
-        self._orphans.inc()
+        self._i.orphans.inc(self._kind)
 
     def underivable(self) -> None:
-        self._underivable.inc()
+        self._i.underivable.inc()
 
 
 class WatchTelemetry:
@@ -240,11 +275,16 @@ class WatchTelemetry:
     def __init__(self, meter: Meter, *, leader_election: bool = True) -> None:
         registry = Registry(meter)
         self.registry = registry
-        self.reflector = _Reflector(registry)
+        reflecting = _ReflectorInstruments(registry)
+        self.reflector = _Reflector(reflecting, "Pod")
+        self.job_reflector = _Reflector(reflecting, "Job")
         self._queues = _QueueInstruments(registry)
         self.queue = self.queue_metrics(QUEUE_ATTRIBUTES["queue"])
+        self.job_queue = self.queue_metrics(QUEUE_ATTRIBUTES["job_queue"])
         self.finalizer_queue = self.queue_metrics(QUEUE_ATTRIBUTES["finalizer_queue"])
-        self.controller = _Controller(registry)
+        handler = _ControllerInstruments(registry)
+        self.controller = _Controller(handler, "Pod")
+        self.job_controller = _Controller(handler, "Job")
         self.platform = PlatformTelemetry(registry)
         self._leader_election = leader_election
         self._watcher: WatcherView | None = None
