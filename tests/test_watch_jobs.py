@@ -110,6 +110,10 @@ async def _gone(jobs: Jobs, name: str) -> bool:
     return await jobs.get(name) is None
 
 
+async def _released(jobs: Jobs, name: str) -> bool:
+    return await jobs.finalizers(name) == []
+
+
 async def test_a_job_deleted_by_the_platforms_cancel_ends_cancelled(
         apiserver, platform, namespace, jobs, new_id):
     run_id = new_id()
@@ -136,6 +140,49 @@ async def test_a_suspended_job_stays_queued(apiserver, platform, namespace, jobs
         # The finalizer is added only once the run was read as queued: it was handled.
         assert w.controller is not None
     assert state(platform, run_id) == "queued"
+    assert history(platform, run_id) == []
+
+
+async def test_attempt_pods_deleted_after_their_job_leave_no_tombstone(
+        apiserver, platform, namespace, jobs, new_id):
+    # Background propagation deletes the Job first, then its pods: by then the Job path
+    # has forgotten the Job, so the pod path must let the attempts' tombstones go.
+    run_id = new_id()
+    platform.create_run(run_id, pod_namespace=namespace, pod_name="ttl")
+    job = await jobs.create("ttl", run_id)
+    async with running_watcher(settings_for(watcher_env(apiserver, platform, namespace))) as w:
+        assert w.store is not None and w.jobs is not None
+        await jobs.attempt(job, "ttl-a", run_id)
+        await jobs.active("ttl")
+        await jobs.pods.running("ttl-a")
+        await jobs.pods.succeeded("ttl-a")
+        await jobs.complete("ttl")
+        await eventually(lambda: state(platform, run_id) == "succeeded")
+        await eventually(lambda: _released(jobs, "ttl"))
+        await jobs.delete("ttl")
+        await eventually(lambda: _gone(jobs, "ttl"))
+        await eventually(lambda: w.jobs.store.get(f"{namespace}/ttl") is None)
+        await jobs.pods.delete("ttl-a", grace_s=0)
+        # Seen deleted, and its tombstone let go (it stays forever otherwise).
+        await eventually(lambda: w.store.get(f"{namespace}/ttl-a") is None)
+        assert w.store.tombstones == 0
+    assert history(platform, run_id) == ["running", "succeeded"]
+
+
+async def test_attempt_pods_of_unwatched_jobs_leave_no_tombstone(
+        apiserver, platform, namespace, jobs, new_id):
+    run_id = new_id()
+    platform.create_run(run_id, pod_namespace=namespace, pod_name="unwatched")
+    job = await jobs.create("unwatched", run_id)
+    env = watcher_env(apiserver, platform, namespace, SNIFFER_KUBE_KINDS="pods")
+    async with running_watcher(settings_for(env)) as w:
+        assert w.store is not None
+        await jobs.attempt(job, "unwatched-a", run_id)
+        await eventually(lambda: w.store.get(f"{namespace}/unwatched-a") is not None)
+        await jobs.pods.delete("unwatched-a", grace_s=0)
+        await eventually(lambda: w.store.get(f"{namespace}/unwatched-a") is None)
+        assert w.store.tombstones == 0
+    # With Jobs not watched an attempt is still never the run's (no Job, no report).
     assert history(platform, run_id) == []
 
 

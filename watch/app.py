@@ -159,18 +159,18 @@ class Watcher:
         self.store = store = PodStore(
             s.kube.namespaces or (None,), compaction=ledger,
             tombstones=LeaderTombstones(elector) if elector is not None else None)
+        # Its own queue: one key per Job (per run), the platform queue's semantics.
+        self.job_queue = job_queue = WorkQueue[str](_limiter(s),
+                                                    metrics=self._metrics.job_queue)
+        self.jobs = jobs = _job_path(s, kube, store, ledger, job_queue, platform, elector,
+                                     self._metrics)
         self.controller = controller = Controller(
             store=store, ledger=ledger, queue=queue, platform=platform, pods=kube,
             finalizers=Finalizers(kube, enabled=s.finalizers.enabled),
             policy=state_policy(s), workers=w.count, max_retries=w.max_retries,
             is_leader=(lambda: elector.is_leader) if elector else (lambda: True),
             metrics=self._metrics.controller, finalizer_queue=finalizer_queue,
-            finalizer_workers=s.finalizers.workers)
-        # Its own queue: one key per Job (per run), the platform queue's semantics.
-        self.job_queue = job_queue = WorkQueue[str](_limiter(s),
-                                                    metrics=self._metrics.job_queue)
-        self.jobs = jobs = _job_path(s, kube, store, ledger, job_queue, platform, elector,
-                                     self._metrics)
+            finalizer_workers=s.finalizers.workers, job_held=jobs.index.holds)
 
         reflector = Reflector(
             kube, store, _both(controller.on_change, jobs.on_pod_change),

@@ -62,9 +62,10 @@ class Controller:
                  metrics: ControllerMetrics | None = None,
                  clock: Callable[[], float] = time.time,
                  finalizer_queue: WorkQueue[str] | None = None,
-                 finalizer_workers: int = 16) -> None:
+                 finalizer_workers: int = 16,
+                 job_held: Callable[[str | None], bool] = lambda uid: False) -> None:
         """`ledger` must be the store's compaction policy (one record of the runs);
-        `clock` is wall time."""
+        `clock` is wall time; `job_held` is the handler's (`watch.handler`)."""
         self._store = store
         self._queue = queue
         self.ledger = ledger
@@ -80,7 +81,8 @@ class Controller:
         self.handler = PlatformHandler(
             store=store, ledger=ledger, platform=platform, pods=pods, policy=policy,
             attempts=queue, finalizer_loop=self.finalizing.enqueue,
-            observed_at=self._observed_at, is_leader=is_leader, metrics=sink, clock=clock)
+            observed_at=self._observed_at, is_leader=is_leader, job_held=job_held,
+            metrics=sink, clock=clock)
         self.pool = WorkerPool(name="worker", queue=queue, handler=self.handler,
                                workers=workers, store=store, metrics=sink,
                                max_retries=max_retries, clock=clock)

@@ -15,9 +15,14 @@ Contract:
 * A pod a Job made (`sniffer.jobs.owned_by_job`) is an attempt, not a run: the Job path
   (`watch.jobhandler`) reports its run from the Job, so it is never reported here (else
   a failed attempt the Job retries would end the run); like an untracked pod, its key
-  goes to the finalizer loop, which releases a leftover finalizer. Its tombstone is the
-  Job path's to forget (`watch.jobindex.JobIndex.forget`): the last attempt's end is the
-  run's exit code, and pod GC may delete it before the Job fails.
+  goes to the finalizer loop, which releases a leftover finalizer. While the Job path
+  holds its Job (`job_held(uid)`), its tombstone is the Job path's to forget
+  (`watch.jobindex.JobIndex.forget`): the last attempt's end is the run's exit code, and
+  pod GC may delete it before the Job fails. A deleted attempt of a Job the Job path
+  does not hold (Jobs not watched; the Job deleted and forgotten first, as background
+  propagation does) is forgotten here: no one else ever would. (So is an attempt deleted
+  before its Job's first event arrived: the Job's conditions still give the run's state;
+  only that attempt's exit code is missing from a failure's detail.)
 * A pod with no run id, whose run the platform does not know (orphan) or whose run is
   bound to another pod uid (foreign) is not reported; its key goes to the finalizer
   loop, which releases a leftover finalizer.
@@ -105,11 +110,14 @@ class PlatformHandler:
                  finalizer_loop: Callable[[PodView], None],
                  observed_at: Callable[[str], float | None],
                  is_leader: Callable[[], bool] = lambda: True,
+                 job_held: Callable[[str | None], bool] = lambda uid: False,
                  metrics: HandlerMetrics | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         """`finalizer_loop(pod)` enqueues the pod's key for its finalizer (never blocks);
         `observed_at(key)` is the wall time the key's oldest pending change was observed
-        (None: unknown), for the freshness metric; `clock` is wall time."""
+        (None: unknown), for the freshness metric; `job_held(uid)` whether the Job path
+        holds the Job of that uid (`watch.jobindex.JobIndex.holds`); `clock` is wall
+        time."""
         self._store = store
         self._ledger = ledger
         self._platform = platform
@@ -119,6 +127,7 @@ class PlatformHandler:
         self._finalizer_loop = finalizer_loop
         self._observed_at = observed_at
         self._is_leader = is_leader
+        self._job_held = job_held
         self._metrics: HandlerMetrics = metrics or NULL_METRICS
         self._clock = clock
 
@@ -137,6 +146,8 @@ class PlatformHandler:
             # An attempt: the Job path reports its run (watch.jobhandler) and forgets its
             # tombstone once through with the Job (its last exit code is the run's).
             self._finalize(pod)
+            if self._store.is_deleted(key) and not self._job_held(pod.owner_uid):
+                self._store.forget_tombstone(key, pod)
             return DONE
         if pod.run_id is None:
             return self._not_reported(pod)

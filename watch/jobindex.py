@@ -10,7 +10,9 @@ Contract:
 * `attempts(job)` are the cached pods filed under `job`'s uid that are still cached
   as that Job's (a tombstone counts: the pod's last view); keys found gone are unfiled.
 * `forget(job)` unfiles a Job whose run is over (acknowledged terminal, or not reported)
-  and forgets its attempts' tombstones: the pod path leaves those to the Job path.
+  and forgets its attempts' tombstones: the pod path leaves those to the Job path while
+  `holds(uid)` (the Job is filed: cached, or tombstoned and not yet handled), and
+  forgets them itself otherwise.
 * Never awaits; single-threaded asyncio use.
 
 Invariant: a pod key is in `_attempts[uid]` only if it was last seen as a pod of the Job
@@ -55,6 +57,11 @@ class JobIndex:
         job_key = self._keys.get(pod.owner_uid)
         if job_key is not None:
             self._on_job(job_key, priority)
+
+    def holds(self, uid: str | None) -> bool:
+        """Whether the Job of `uid` is filed here: the Job path will look at (and forget)
+        its attempts' tombstones."""
+        return uid is not None and uid in self._keys
 
     def attempts(self, job: JobView) -> list[PodView]:
         keys = self._attempts.get(job.uid)
