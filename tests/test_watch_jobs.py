@@ -151,7 +151,8 @@ async def test_attempt_pods_deleted_after_their_job_leave_no_tombstone(
     platform.create_run(run_id, pod_namespace=namespace, pod_name="ttl")
     job = await jobs.create("ttl", run_id)
     async with running_watcher(settings_for(watcher_env(apiserver, platform, namespace))) as w:
-        assert w.store is not None and w.jobs is not None
+        assert w.store is not None
+        assert w.jobs is not None
         await jobs.attempt(job, "ttl-a", run_id)
         await jobs.active("ttl")
         await jobs.pods.running("ttl-a")
