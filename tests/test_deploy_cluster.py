@@ -324,16 +324,25 @@ def test_the_kubelet_serves_logs_only_to_the_api_server_and_proves_who_it_is(
 def test_the_cronjob_fires_on_schedule_and_its_report_is_in_the_logs(cluster: Cluster):
     c = cluster
 
-    def completed_scheduled_job() -> str | None:
-        for job in c.json("-n", NS, "get", "jobs")["items"]:
-            owners = job["metadata"].get("ownerReferences", [])
-            if (any(o["kind"] == "CronJob" and o["name"] == "sniffer-reconcile" for o in owners)
-                    and job.get("status", {}).get("succeeded")):
-                return str(job["metadata"]["name"])
+    def scheduled_report() -> str | None:
+        """The logs of the newest completed Job of the CronJob, read from its pod. With a
+        1-minute schedule and successfulJobsHistoryLimit 3 the CronJob controller deletes
+        the oldest Jobs (and their pods) as new ones finish, so a Job listed may be gone
+        by the time its logs are read: then the next poll reads a newer one."""
+        jobs = [job for job in c.json("-n", NS, "get", "jobs")["items"]
+                if any(o["kind"] == "CronJob" and o["name"] == "sniffer-reconcile"
+                       for o in job["metadata"].get("ownerReferences", []))
+                and job.get("status", {}).get("succeeded")]
+        jobs.sort(key=lambda job: job["metadata"]["creationTimestamp"], reverse=True)
+        for job in jobs[:1]:
+            selector = f"batch.kubernetes.io/job-name={job['metadata']['name']}"
+            for pod in c.json("-n", NS, "get", "pods", "-l", selector)["items"]:
+                logs = c.kubectl("-n", NS, "logs", pod["metadata"]["name"], check=False)
+                if logs.returncode == 0 and logs.stdout.strip():
+                    return logs.stdout
         return None
 
-    job = until(completed_scheduled_job, "a Job of the CronJob completed")
-    logs = report(c.kubectl("-n", NS, "logs", f"job/{job}").stdout)
+    logs = report(until(scheduled_report, "the report of a completed Job of the CronJob"))
     assert re.search(r"^pass: \d+ tracked pods in ", logs, re.MULTILINE), logs
     assert re.search(r"^result: (consistent|ok)\b.*\(exit 0\)$", logs, re.MULTILINE), logs
 
