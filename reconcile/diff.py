@@ -47,9 +47,10 @@ Contract:
   bound to the run (`run.pod_uid`) speaks for it; an unbound run is spoken for by the
   Job its record names, else by its oldest Job.
 
-  - `job_ahead`: a non-terminal run whose Job shows a state further along → write
-    `target` with the Job's `attempts`, binding the run to the Job (and, if that is
-    terminal, release the Job's outcome finalizer).
+  - `job_ahead`: a non-terminal run whose Job shows a state further along, or the same
+    state with more attempts than the run shows → write `target` with the Job's
+    `attempts`, binding the run to the Job (and, if that is terminal, release the Job's
+    outcome finalizer). A count never lowers the run's: `attempts` is the larger one.
   - `finalizer_left` for a Job: a terminal run whose Job still carries Sniffer's
     finalizer → release it.
   - `job_lost`: a non-terminal run older than the grace period whose Job is gone (deleted
@@ -284,16 +285,23 @@ def _judge_jobs(run_id: str, jobs: list[JobView], attempt_pods: list[PodView],
     mine = [pod for pod in attempt_pods if is_attempt(speaker, pod)]
     derived = derive_job(speaker, mine, now=now, policy=policy,
                          cancel_requested=run.cancel_requested)
+    count = attempts(speaker, mine)
     if advances(state, derived.state):
-        count = attempts(speaker, mine)
         because = f" ({derived.reason})" if derived.reason else ""
-        out.append(Mismatch(
-            MismatchKind.JOB_AHEAD, run_id, state, _job_ref(speaker),
-            f"job shows {derived.state.value}{because}; platform has {state.value}",
-            target=derived, attempts=max(count.count, run.attempts),
-            attempt_pod=count.current_pod,
-            release_finalizer=(derived.state.is_terminal
-                               and OUTCOME_FINALIZER in speaker.finalizers)))
+        what = f"job shows {derived.state.value}{because}; platform has {state.value}"
+    elif derived.state is state and count.count > run.attempts:
+        # The state is right but the platform shows fewer attempts than the Job made (the
+        # watcher was down across a retry): raise them, as the watcher would.
+        what = (f"job made {count.count} attempts; platform shows {run.attempts} "
+                f"({state.value})")
+    else:
+        return out
+    out.append(Mismatch(
+        MismatchKind.JOB_AHEAD, run_id, state, _job_ref(speaker), what,
+        target=derived, attempts=max(count.count, run.attempts),
+        attempt_pod=count.current_pod,
+        release_finalizer=(derived.state.is_terminal
+                           and OUTCOME_FINALIZER in speaker.finalizers)))
     return out
 
 

@@ -155,6 +155,25 @@ async def test_a_failed_attempt_the_job_retries_is_written_as_running_not_failed
     assert run_id not in by_run(await bed.reconcile()), "a second pass finds nothing"
 
 
+async def test_a_run_already_running_gets_the_attempts_its_job_made_since(
+        bed: JobBed) -> None:
+    """The watcher was down across a retry: the state is right, the count is behind."""
+    run_id = new_run_id()
+    uid = await bed.job("train", run_id)
+    await bed.job_status("train", {"startTime": stamp(T), "active": 1, "ready": 1,
+                                   "failed": 1})
+    await bed.attempt("train-a", "train", uid, run_id, "Failed", T, exit_code=1)
+    await bed.attempt("train-b", "train", uid, run_id, "Running", T + 60)
+    bed.run(run_id, "running", pod_name="train", pod_uid=uid)
+    version = bed.run_record(run_id)["version"]
+    report = await bed.reconcile()
+    assert by_run(report)[run_id] == [(MismatchKind.JOB_AHEAD, RepairOutcome.REPAIRED)]
+    run = bed.run_record(run_id)
+    assert (run["state"], run["attempts"], run["attempt_pod"]) == ("running", 2, "train-b")
+    assert run["version"] == version + 1, "one write: the attempts raise"
+    assert run_id not in by_run(await bed.reconcile()), "a second pass finds nothing"
+
+
 async def test_a_job_that_exhausted_its_retries_ends_failed_with_the_last_exit_code(
         bed: JobBed) -> None:
     run_id = new_run_id()
