@@ -90,6 +90,10 @@ class WorkerSettings:
     """Overall token bucket for retries: sustained retries per second."""
     burst: int = 1000
     """Overall token bucket for retries: burst size."""
+    list_aging_s: float = 30.0
+    """Live changes (watch events, retries) go before changes from an initial list or
+    a relist, but a list change never waits behind live ones added more than this long
+    after it, so nothing starves; 0 makes each queue FIFO."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +232,7 @@ class Settings:
              "must be > 0 and <= workers.max_delay_s", w.base_delay_s)
         need(w.qps > 0, "workers.qps", "must be > 0", w.qps)
         need(w.burst >= 1, "workers.burst", "must be >= 1", w.burst)
+        need(w.list_aging_s >= 0, "workers.list_aging_s", "must be >= 0", w.list_aging_s)
         need(self.finalizers.workers >= 1, "finalizers.workers", "must be >= 1",
              self.finalizers.workers)
         need(0 < le.retry_period_s < le.renew_deadline_s < le.lease_duration_s,

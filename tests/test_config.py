@@ -8,7 +8,8 @@ import pytest
 
 from config import ConfigError, load_settings
 from config.render import render
-from config.settings import Settings
+from config.settings import Settings, WorkerSettings
+from watch.workqueue import DEFAULT_AGING_S
 
 BASE_ENV = {"SNIFFER_PLATFORM_URL": "http://platform.test"}
 
@@ -61,6 +62,7 @@ def test_environment_values_are_coerced_to_the_field_type(env, expected) -> None
     [
         ("workers:\n  count: many\n", {}, "workers.count: must be an integer (got 'many')"),
         ("workers:\n  count: 0\n", {}, "workers.count: must be >= 1 (got 0)"),
+        ("workers:\n  list_aging_s: -1\n", {}, "workers.list_aging_s: must be >= 0 (got -1"),
         ("wrokers:\n  count: 3\n", {}, "wrokers: unknown section"),
         ("kube:\n  namespace: a\n", {}, "kube.namespace: unknown field"),
         ("finalizers:\n  enabled: maybe\n", {}, "finalizers.enabled: must be true or false"),
@@ -103,3 +105,8 @@ def test_missing_platform_url_is_reported() -> None:
 def test_unreadable_config_file_is_reported(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_settings(tmp_path / "missing.yaml", env=BASE_ENV)
+
+
+def test_the_list_aging_setting_defaults_to_the_work_queues_own() -> None:
+    """config/ sits below watch/ and cannot import it: this keeps the two from drifting."""
+    assert WorkerSettings().list_aging_s == DEFAULT_AGING_S

@@ -142,7 +142,8 @@ class Watcher:
                    platform: PlatformClient) -> int:
         s = self.settings
         w = s.workers
-        self.queue = queue = WorkQueue[str](_limiter(s), metrics=self._metrics.queue)
+        self.queue = queue = WorkQueue[str](_limiter(s), metrics=self._metrics.queue,
+                                            aging_s=w.list_aging_s)
         # Its own limiter: a release failing against the API server must not use up the
         # platform retries' token bucket, nor they its.
         self.finalizer_queue = finalizer_queue = WorkQueue[str](
@@ -161,7 +162,8 @@ class Watcher:
             tombstones=LeaderTombstones(elector) if elector is not None else None)
         # Its own queue: one key per Job (per run), the platform queue's semantics.
         self.job_queue = job_queue = WorkQueue[str](_limiter(s),
-                                                    metrics=self._metrics.job_queue)
+                                                    metrics=self._metrics.job_queue,
+                                                    aging_s=w.list_aging_s)
         self.jobs = jobs = _job_path(s, kube, store, ledger, job_queue, platform, elector,
                                      self._metrics)
         self.controller = controller = Controller(
