@@ -57,7 +57,9 @@ demo: install testbed
 # Benchmarks (bench/): Sniffer side by side with its peers on one testbed. `bench` is the
 # full run (about 30 minutes on 2 cores; BENCH_ARGS="--help" lists its options);
 # `bench-quick` is the seconds-long smoke run of every scenario and peer that asserts
-# every run ended right, never a speed. The bench extra adds kopf, psutil, matplotlib.
+# every run ended right, never a speed. Both end with bench.jobcost: the watcher's cost
+# per Job-backed run beside a bare pod's (a few minutes; 20 runs in the quick one).
+# The bench extra adds kopf, psutil, matplotlib.
 
 $(BENCH_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
@@ -65,9 +67,11 @@ $(BENCH_STAMP): $(STAMP)
 
 bench: $(BENCH_STAMP) testbed
 	$(PY) -m bench $(BENCH_ARGS)
+	$(PY) -m bench.jobcost
 
 bench-quick: $(BENCH_STAMP) testbed
 	$(PY) -m bench --quick $(BENCH_ARGS)
+	$(PY) -m bench.jobcost --runs 20 --trials 1 --out bench/results/quick
 
 # Reliability (tests/reliability): the full fault matrix - one scenario per fault of issue 8,
 # 1,000 jobs each, the two-minute platform outage at full length - then a soak of
