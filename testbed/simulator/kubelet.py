@@ -65,9 +65,10 @@ class Kubelet:
 
     # --- single writes -----------------------------------------------------------------
 
-    async def apply(self, pod: JSON, shape: Shape, *, restarts: int = 0) -> Accepted:
+    async def apply(self, pod: JSON, shape: Shape, *, restarts: int = 0,
+                    exit_code: int | None = None) -> Accepted:
         meta = pod["metadata"]
-        status = render(shape, pod, time.time(), restarts=restarts)
+        status = render(shape, pod, time.time(), restarts=restarts, exit_code=exit_code)
         return await self._api.patch_status(meta["namespace"], meta["name"], status)
 
     async def finish_deletion(self, pod: JSON) -> Accepted | None:
