@@ -9,8 +9,8 @@ Contract:
 
 * `draw_job_plans(jobs, seed, prefix, namespace, mix=, backoff_limit=)` returns `jobs`
   plans, the same for the same arguments (all randomness comes from `seed`), in creation
-  order (`JobPlan.index`), with run ids ``<prefix>-<n>`` and Job names
-  ``job-<prefix>-<n>`` (DNS labels at most 63 characters).
+  order (`JobPlan.index`), with run ids ``<prefix>-<n>`` and distinct Job names
+  ``job-<prefix>-<n>`` (the prefix cut to 45 characters: DNS labels of at most 63).
 * A plan's `attempts` are the exit codes of its attempts in order; 0 means that attempt
   succeeds, and only the last may be 0. The lifecycles (`JOB_LIFECYCLES`):
   - ``first-try``: one attempt, exit 0;
@@ -90,7 +90,7 @@ def draw_job_plans(jobs: int, seed: int, prefix: str, namespace: str, *,
         attempts = _attempts(rng, lifecycle, backoff_limit)
         plans.append(JobPlan(
             index=i, run_id=f"{prefix}-{i}", namespace=namespace,
-            job_name=f"job-{prefix}-{i}"[:63].rstrip("-"), lifecycle=lifecycle,
+            job_name=f"job-{prefix[:45].rstrip('-')}-{i}", lifecycle=lifecycle,
             backoff_limit=backoff_limit, attempts=attempts,
             durations=tuple(round(rng.uniform(*duration_s), 3) for _ in attempts),
             node=f"sim-node-{rng.randrange(nodes)}"))
