@@ -18,8 +18,9 @@ Contract:
   Failed (reason Error, the plan's exit code); a cancelled run's attempt runs until its
   deletion, which the stand-in kubelet (`kubelet.Kubelet`) finishes once the garbage
   collector deletes the pod. An attempt beyond the plan is an `Error`.
-* A run's end: for ``first-try``, ``retry-*`` and ``exhausted`` runs, the Job's terminal
-  condition (Complete or Failed) as the simulator's watch of Jobs first shows it; for a
+* A run's end: for ``first-try``, ``retry-*`` and ``exhausted`` runs, the Job's first
+  terminal condition (SuccessCriteriaMet or Complete, FailureTarget or Failed: `ENDS`) as
+  the simulator's watch of Jobs first shows it; for a
   cancelled run, the Job gone after the platform's cancel and the Job's DELETE
   (propagation Background). The cancel is requested only once the platform shows the run
   running and the Job carries Sniffer's finalizer, so the Job cannot vanish unseen (a
@@ -27,10 +28,11 @@ Contract:
 * Records: every write is a `Change` (ops ``run-create``, ``create-job``, ``status``,
   ``run-cancel``, ``delete-job``; the stand-in kubelet's ``status``/``delete``), with
   ``expect`` the state a correct Sniffer shows once it has seen it: queued, running
-  (also after a failed attempt the Job retries), and the run's final state from the
-  change that decides it (the last attempt's end, the Job's DELETE). The Job
-  controller's condition is a ``job-condition`` change by actor ``job-controller``,
-  stamped when the simulator saw it. Attempt pod shapes are prefixed ``attempt-``: the
+  (after every attempt's end too: the Job decides), and the run's final state from the
+  change that decides it: the Job's DELETE, or the Job controller's condition, a
+  ``job-condition`` change by actor ``job-controller``, "accepted" when the simulator saw
+  it and "sent" when the last attempt's end was (the controller wrote it in between).
+  Attempt pod shapes are prefixed ``attempt-``: the
   pod-scoped oracle rules for deleted pods do not apply to a run held by its Job.
   Each run ends with one `Outcome` (`JobPlan.expectation`), ``decided_at`` the deciding
   change's acceptance.
@@ -96,6 +98,14 @@ class _Run:
         self.running = asyncio.Event()
         self.ended = asyncio.Event()
         self.decided_at: float | None = None
+        self.last_sent: float | None = None
+        """When the write ending the last planned attempt was sent."""
+
+
+ENDS = {"SuccessCriteriaMet": State.SUCCEEDED, "Complete": State.SUCCEEDED,
+        "FailureTarget": State.FAILED, "Failed": State.FAILED}
+"""The Job's terminal conditions: the controller writes the first of each pair when it
+decides, the second once the Job's pods are accounted for."""
 
 
 def job_manifest(plan: JobPlan) -> JSON:
@@ -256,17 +266,18 @@ class _JobDriver:
                 return  # runs until the garbage collector deletes it
             await asyncio.sleep(plan.durations[index])
             code = plan.attempts[index]
-            last = index == len(plan.attempts) - 1
-            expect = plan.expectation.state if last else State.RUNNING
             pod = accepted.obj or pod
+            if index == len(plan.attempts) - 1:
+                run.last_sent = time.time()  # the Job controller's end comes after
+            # Running still: only the Job's condition ends the run.
             if code == 0:
                 accepted = await self.kubelet.apply(pod, Shape.SUCCEEDED)
-                self._change(run, "status", "kubelet", "attempt-succeeded", expect, accepted,
-                             name)
+                self._change(run, "status", "kubelet", "attempt-succeeded", State.RUNNING,
+                             accepted, name)
             else:
                 accepted = await self.kubelet.apply(pod, Shape.FAILED_ERROR, exit_code=code)
-                self._change(run, "status", "kubelet", "attempt-failed", expect, accepted,
-                             name)
+                self._change(run, "status", "kubelet", "attempt-failed", State.RUNNING,
+                             accepted, name)
         except KubeError as e:
             self._error(run, "attempt", f"{name}: {type(e).__name__}: {e}")
 
@@ -281,12 +292,14 @@ class _JobDriver:
                 run.ended.set()
             return
         for cond in (job.get("status") or {}).get("conditions") or ():
-            if cond.get("type") in ("Complete", "Failed") and cond.get("status") == "True":
+            state = ENDS.get(cond.get("type") or "")
+            if state is not None and cond.get("status") == "True":
                 now = time.time()
-                state = State.SUCCEEDED if cond["type"] == "Complete" else State.FAILED
+                # The controller wrote it after our last write was sent, before we saw it.
+                sent = run.last_sent if run.last_sent is not None else now
                 self._change(run, "job-condition", "job-controller",
-                             f"job-{cond['type'].lower()}-{cond.get('reason')}", state,
-                             Accepted(job, now, now))
+                             f"job-{cond['type']}-{cond.get('reason')}", state,
+                             Accepted(job, sent, now))
                 if not run.plan.cancel:
                     run.ended.set()
                 return

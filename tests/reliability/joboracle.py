@@ -1,10 +1,10 @@
 """The Job-backed runs' oracle over the platform's update log: pure functions.
 
 A run backed by a Job ends when its Job does, never when one attempt does. The
-simulator's records say, for each run, which change decided its end (the last attempt's
-end, or the Job's DELETE after a cancel: the first change whose ``expect`` is terminal)
-and what that end is. Every other change of a Job-backed run keeps it open, however its
-attempt ended.
+simulator's records say, for each run, which change decided its end (the Job controller's
+terminal condition, sent no earlier than the last attempt's end, or the Job's DELETE
+after a cancel: the first change whose ``expect`` is terminal) and what that end is.
+Every other change of a Job-backed run keeps it open, however its attempt ended.
 
 Contract:
 * `premature_ends(changes, updates)` lists, one line each, the updates that put a run of
@@ -18,8 +18,8 @@ Contract:
   Updates of runs not in `changes` are ignored. Both clocks are this machine's wall clock
   (the simulator's records and the platform's ``received_at``).
 * `retried(changes)` counts the runs whose records show an attempt that failed and was
-  retried (a failed attempt whose change keeps the run open): the evidence that the
-  scenario exercised retries.
+  retried (another attempt ran after it): the evidence that the scenario exercised
+  retries.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from typing import Any
 from testbed.simulator.records import Change
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
-FAILED_ATTEMPT = "attempt-failed"
-"""The shape of an attempt pod's failure (`testbed.simulator.jobdriver`)."""
+FAILED_ATTEMPT, RUNNING_ATTEMPT = "attempt-failed", "attempt-running"
+"""The shapes of an attempt pod's failure and start (`testbed.simulator.jobdriver`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +78,12 @@ def premature_ends(changes: Iterable[Change],
 
 
 def retried(changes: Iterable[Change]) -> int:
-    """Runs with a failed attempt that their Job retried."""
-    return len({c.run_id for c in changes
-                if c.shape == FAILED_ATTEMPT and c.expect not in TERMINAL})
+    """Runs with a failed attempt that their Job retried (another attempt ran after it)."""
+    failed: set[str] = set()
+    again: set[str] = set()
+    for c in sorted(changes, key=lambda c: c.accepted_at):
+        if c.shape == FAILED_ATTEMPT:
+            failed.add(c.run_id)
+        elif c.shape == RUNNING_ATTEMPT and c.run_id in failed:
+            again.add(c.run_id)
+    return len(again)

@@ -22,7 +22,8 @@ RETRIED_THEN_SUCCEEDED = [
     change("a", "attempt-running", "running", T0),
     change("a", "attempt-failed", "running", T0 + 2),  # the Job retries
     change("a", "attempt-running", "running", T0 + 13),
-    change("a", "attempt-succeeded", "succeeded", T0 + 15),
+    change("a", "attempt-succeeded", "running", T0 + 15),
+    change("a", "job-SuccessCriteriaMet-CompletionsReached", "succeeded", T0 + 15),
 ]
 
 
@@ -39,7 +40,7 @@ def test_a_retried_attempts_failure_reported_as_the_runs_is_caught() -> None:
 
 def test_the_right_end_received_before_the_deciding_change_was_sent_is_caught() -> None:
     exhausted = [change("b", "attempt-failed", "running", T0),
-                 change("b", "attempt-failed", "failed", T0 + 30)]
+                 change("b", "job-FailureTarget-BackoffLimitExceeded", "failed", T0 + 30)]
     assert premature_ends(exhausted, [update("b", "failed", T0 + 29)]) == [
         "b: failed 1.00s before the change that ended its Job was sent"]
     assert premature_ends(exhausted, [update("b", "failed", T0 + 30.01)]) == []
@@ -56,6 +57,7 @@ def test_open_states_and_other_runs_updates_are_not_judged() -> None:
     assert premature_ends(RETRIED_THEN_SUCCEEDED, updates) == []
 
 
-def test_only_failed_attempts_that_kept_the_run_open_count_as_retried() -> None:
-    exhausted_once = [change("d", "attempt-failed", "failed", T0)]  # its last attempt
-    assert retried([*RETRIED_THEN_SUCCEEDED, *exhausted_once]) == 1
+def test_only_failed_attempts_followed_by_another_count_as_retried() -> None:
+    never_again = [change("d", "attempt-running", "running", T0),
+                   change("d", "attempt-failed", "running", T0 + 1)]
+    assert retried([*RETRIED_THEN_SUCCEEDED, *never_again]) == 1
