@@ -300,7 +300,16 @@ async def _verdict(ctx: Ctx, result: Result, observer: PodObserver) -> None:
 
 
 async def _purge(kube: KubeClient, namespace: str) -> None:
-    """Remove the scenario's pods for good (after the checks), then its namespace."""
+    """Remove the scenario's Jobs and pods for good (after the checks), then its
+    namespace."""
+    jobs = kube.jobs_path(namespace)
+    for job in (await kube.request_json("GET", jobs)).get("items") or ():
+        if job["metadata"].get("finalizers"):
+            with contextlib.suppress(NotFound):
+                await kube.request_json("PATCH", f"{jobs}/{job['metadata']['name']}",
+                                        body={"metadata": {"finalizers": None}},
+                                        content_type="application/merge-patch+json")
+    await kube.request_json("DELETE", jobs, query={"propagationPolicy": "Background"})
     for pod in await list_pods(kube, namespace):
         meta = pod["metadata"]
         if meta.get("finalizers"):
