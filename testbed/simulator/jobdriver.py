@@ -47,7 +47,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,11 +55,12 @@ from typing import Any
 import aiohttp
 
 from sniffer.kube import KubeClient
-from sniffer.kubedecode import Gone, KubeError, NotFound, Page, WatchEvent
+from sniffer.kubedecode import KubeError, NotFound, Page
 from sniffer.ownership import JOB_UID_LABEL
 from sniffer.podview import KIND_LABEL, OUTCOME_FINALIZER, RUN_ID_LABEL
+from testbed.simulator.follow import follow, pod_pages
 from testbed.simulator.jobplans import DEFAULT_JOB_MIX, JobPlan, draw_job_plans
-from testbed.simulator.kubeapi import Accepted, Counters, PodApi, backoff
+from testbed.simulator.kubeapi import Accepted, Counters, PodApi
 from testbed.simulator.kubelet import Kubelet
 from testbed.simulator.lifecycles import TERMINAL, Shape, State
 from testbed.simulator.records import Change, Error, Outcome, RecordLog, SimResult
@@ -311,41 +312,6 @@ class _JobDriver:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-Lister = Callable[[], AsyncIterator[Page]]
-Watcher = Callable[[str], AsyncIterator[WatchEvent | Any]]
-
-
-async def follow(lister: Lister, watcher: Watcher, handle: Callable[[str, JSON], None],
-                 ready: asyncio.Event) -> None:
-    """List then watch forever (relist on 410, rewatch after errors), calling
-    `handle(event_type, object)`; `ready` is set once the first list is handled."""
-    rv: str | None = None
-    failures = 0
-    while True:
-        try:
-            if rv is None:
-                async for page in lister():
-                    for obj in page.items:
-                        handle("LIST", obj)
-                    rv = page.resource_version
-                ready.set()
-            assert rv is not None
-            async for event in watcher(rv):
-                if not isinstance(event, WatchEvent):
-                    continue
-                new = (event.object.get("metadata") or {}).get("resourceVersion")
-                rv = str(new) if new else rv
-                if event.type != "BOOKMARK":
-                    handle(event.type, event.object)
-            failures = 0
-        except Gone:
-            rv = None
-        except KubeError as e:
-            failures += 1
-            log.warning("job simulator: list/watch failed (%s); retrying", e)
-            await asyncio.sleep(backoff(min(failures, 6), floor=0.1))
-
-
 async def simulate_jobs(kube: KubeClient, platform_url: str, token_file: Path,
                         config: JobSimConfig, *, records_path: Path | None = None,
                         ) -> SimResult:
@@ -360,8 +326,8 @@ async def simulate_jobs(kube: KubeClient, platform_url: str, token_file: Path,
     started = time.time()
     ns, selector = config.namespace, f"{KIND_LABEL}=job"
 
-    def pod_pages() -> AsyncIterator[Page]:
-        return _pod_pages(kube, ns, selector)
+    def pods() -> AsyncIterator[Page]:
+        return pod_pages(kube, ns, selector)
 
     def pod_watch(rv: str) -> AsyncIterator[Any]:
         return kube.watch_pods(ns, label_selector=selector, resource_version=rv,
@@ -383,10 +349,12 @@ async def simulate_jobs(kube: KubeClient, platform_url: str, token_file: Path,
             driver = _JobDriver(kube, api, runs, config, plans, records)
             await api.ensure_namespace(ns)
             pods_ready, jobs_ready = asyncio.Event(), asyncio.Event()
-            followers = [asyncio.create_task(follow(pod_pages, pod_watch, driver.on_pod,
-                                                    pods_ready), name="jobsim:pods"),
+            followers = [asyncio.create_task(follow(pods, pod_watch, driver.on_pod,
+                                                    pods_ready, what="pods"),
+                                             name="jobsim:pods"),
                          asyncio.create_task(follow(job_pages, job_watch, driver.on_job,
-                                                    jobs_ready), name="jobsim:jobs")]
+                                                    jobs_ready, what="jobs"),
+                                             name="jobsim:jobs")]
             try:
                 async with driver.kubelet.running():
                     await asyncio.wait_for(asyncio.gather(pods_ready.wait(),
@@ -432,15 +400,4 @@ async def _bounded(playing: Awaitable[None], driver: _JobDriver, bound_s: float)
         task.result()
 
 
-async def _pod_pages(kube: KubeClient, namespace: str, selector: str) -> AsyncIterator[Page]:
-    token: str | None = None
-    while True:
-        page = await kube.list_pods(namespace, label_selector=selector, limit=500,
-                                    continue_token=token)
-        yield page
-        token = page.continue_token
-        if token is None:
-            return
-
-
-__all__ = ["JobSimConfig", "follow", "job_manifest", "simulate_jobs"]
+__all__ = ["JobSimConfig", "job_manifest", "simulate_jobs"]
