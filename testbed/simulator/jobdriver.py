@@ -20,11 +20,11 @@ Contract:
   collector deletes the pod. An attempt beyond the plan is an `Error`.
 * A run's end: for ``first-try``, ``retry-*`` and ``exhausted`` runs, the Job's first
   terminal condition (SuccessCriteriaMet or Complete, FailureTarget or Failed: `ENDS`) as
-  the simulator's watch of Jobs first shows it; for a
-  cancelled run, the Job gone after the platform's cancel and the Job's DELETE
-  (propagation Background). The cancel is requested only once the platform shows the run
-  running and the Job carries Sniffer's finalizer, so the Job cannot vanish unseen (a
-  Job deleted before any watcher held it is the reconciler's case, not this one's).
+  the simulator's watch of Jobs first shows it; for a cancelled run, the Job gone after
+  the platform's cancel and the Job's DELETE (propagation Background). The cancel is
+  requested only once the platform shows the run running and the Job carries Sniffer's
+  finalizer, so the Job cannot vanish unseen (a Job deleted before any watcher held it
+  is the reconciler's case, not this one's).
 * Records: every write is a `Change` (ops ``run-create``, ``create-job``, ``status``,
   ``run-cancel``, ``delete-job``; the stand-in kubelet's ``status``/``delete``), with
   ``expect`` the state a correct Sniffer shows once it has seen it: queued, running
@@ -32,8 +32,8 @@ Contract:
   change that decides it: the Job's DELETE, or the Job controller's condition, a
   ``job-condition`` change by actor ``job-controller``, "accepted" when the simulator saw
   it and "sent" when the last attempt's end was (the controller wrote it in between).
-  Attempt pod shapes are prefixed ``attempt-``: the
-  pod-scoped oracle rules for deleted pods do not apply to a run held by its Job.
+  Attempt pod shapes are prefixed ``attempt-``: the pod-scoped oracle rules for deleted
+  pods do not apply to a run held by its Job.
   Each run ends with one `Outcome` (`JobPlan.expectation`), ``decided_at`` the deciding
   change's acceptance.
 * At most ``config.concurrency`` requests are in flight; cancelling `simulate_jobs`
