@@ -17,6 +17,10 @@ Contract:
   - a terminal state for a run whose records decide no end at all.
   Updates of runs not in `changes` are ignored. Both clocks are this machine's wall clock
   (the simulator's records and the platform's ``received_at``).
+* `wrong_attempts(changes, runs)` lists the runs of `changes` whose platform record
+  (`runs`: run id → the platform's run) shows another attempt count than the attempt
+  pods that ran (one ``attempt-running`` change each); a run the platform lacks is
+  listed too.
 * `retried(changes)` counts the runs whose records show an attempt that failed and was
   retried (another attempt ran after it): the evidence that the scenario exercised
   retries.
@@ -87,3 +91,20 @@ def retried(changes: Iterable[Change]) -> int:
         elif c.shape == RUNNING_ATTEMPT and c.run_id in failed:
             again.add(c.run_id)
     return len(again)
+
+
+def wrong_attempts(changes: Iterable[Change],
+                   runs: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Runs whose platform attempt count differs from the attempts that ran."""
+    ran: dict[str, int] = {}
+    for c in changes:
+        ran.setdefault(c.run_id, 0)
+        if c.shape == RUNNING_ATTEMPT:
+            ran[c.run_id] += 1
+    out = []
+    for run_id, n in sorted(ran.items()):
+        run = runs.get(run_id)
+        shown = None if run is None else run.get("attempts")
+        if shown != n:
+            out.append(f"{run_id}: {n} attempt(s) ran, the platform shows {shown}")
+    return out

@@ -16,8 +16,9 @@ controller, under watch-stream cuts and a SIGKILLed watcher.
   run wrongly or before its Job ended (`tests.reliability.joboracle.premature_ends`).
 * Its evidence: the watcher logged the cut streams, it was SIGKILLed, the attempt pods
   were the Job controller's (their creator in managedFields), runs were really retried,
-  some exhausted their retries and some were cancelled; and no Job keeps Sniffer's
-  finalizer at the end.
+  some exhausted their retries and some were cancelled; and two checks: no Job keeps
+  Sniffer's finalizer at the end, and every judged run shows on the platform as many
+  attempts as ran (`joboracle.wrong_attempts`).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from testbed.simulator.jobdriver import JobSimConfig, simulate_jobs
 from testbed.simulator.records import SimResult
 from tests.reliability import faults
 from tests.reliability.context import Ctx
-from tests.reliability.joboracle import premature_ends, retried
+from tests.reliability.joboracle import premature_ends, retried, wrong_attempts
 from tests.reliability.model import Load, Scenario
 from tests.reliability.processes import list_pods
 from tests.reliability.verdict import scan_logs
@@ -128,6 +129,12 @@ def job_evidence(ctx: Ctx) -> list[str]:
                     ("cancelled runs", lifecycles["cancelled"])):
         if not n:
             problems.append(f"fault not evident: no {what}")
+    runs = {r["id"]: r for r in ctx.platform.list_runs()}
+    judged = set(ctx.sims[-1].expected) if ctx.sims else set()
+    miscounted = wrong_attempts([c for c in changes if c.run_id in judged], runs)
+    if miscounted:
+        problems.append(f"{len(miscounted)} run(s) show a wrong attempt count, e.g. "
+                        f"{miscounted[:5]}")
     try:
         jobs = _jobs(ctx)
     except (OSError, subprocess.SubprocessError, ValueError) as e:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from testbed.simulator.records import Change
-from tests.reliability.joboracle import premature_ends, retried
+from tests.reliability.joboracle import premature_ends, retried, wrong_attempts
 
 T0 = 1_800_000_000.0
 
@@ -61,3 +61,13 @@ def test_only_failed_attempts_followed_by_another_count_as_retried() -> None:
     never_again = [change("d", "attempt-running", "running", T0),
                    change("d", "attempt-failed", "running", T0 + 1)]
     assert retried([*RETRIED_THEN_SUCCEEDED, *never_again]) == 1
+
+
+def test_the_platform_must_show_as_many_attempts_as_ran() -> None:
+    cancelled = [change("e", "attempt-running", "running", T0),
+                 change("e", "job-deleted", "cancelled", T0 + 3)]
+    changes = [*RETRIED_THEN_SUCCEEDED, *cancelled]
+    assert wrong_attempts(changes, {"a": {"attempts": 2}, "e": {"attempts": 1}}) == []
+    assert wrong_attempts(changes, {"a": {"attempts": 1}}) == [
+        "a: 2 attempt(s) ran, the platform shows 1",
+        "e: 1 attempt(s) ran, the platform shows None"]
