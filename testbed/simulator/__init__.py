@@ -9,7 +9,9 @@ Modules: `lifecycles` (pure catalogue and oracle), `shapes` and `kubestatus` (pu
 kubelet statuses), `workloads` (plans and pod manifests), `config` (SimConfig and option
 parsers), `kubeapi` / `runs` (timed, bounded, retried Kubernetes and platform calls),
 `kubelet` (status writes, graceful deletions), `records` (what happened and what to
-expect), `driver` (`simulate`), `__main__` (the CLI).
+expect), `driver` (`simulate`), `__main__` (the CLI). Job-backed runs, whose attempt
+pods the real Job controller (`testbed.jobcontroller`) makes: `jobplans` (pure: each
+run's attempts, decided in advance) and `jobdriver` (`simulate_jobs`).
 """
 
 from testbed.simulator.config import Distribution, SimConfig

@@ -32,8 +32,9 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from sniffer.kubedecode import Gone, KubeError, WatchEvent
-from testbed.simulator.kubeapi import Accepted, PodApi, backoff
+from sniffer.kubedecode import KubeError, Page
+from testbed.simulator.follow import follow, pod_pages
+from testbed.simulator.kubeapi import Accepted, PodApi
 from testbed.simulator.lifecycles import Shape
 from testbed.simulator.shapes import render
 
@@ -65,9 +66,10 @@ class Kubelet:
 
     # --- single writes -----------------------------------------------------------------
 
-    async def apply(self, pod: JSON, shape: Shape, *, restarts: int = 0) -> Accepted:
+    async def apply(self, pod: JSON, shape: Shape, *, restarts: int = 0,
+                    exit_code: int | None = None) -> Accepted:
         meta = pod["metadata"]
-        status = render(shape, pod, time.time(), restarts=restarts)
+        status = render(shape, pod, time.time(), restarts=restarts, exit_code=exit_code)
         return await self._api.patch_status(meta["namespace"], meta["name"], status)
 
     async def finish_deletion(self, pod: JSON) -> Accepted | None:
@@ -151,45 +153,21 @@ class Kubelet:
 
     async def _watch_forever(self) -> None:
         kube = self._api.kube
-        rv: str | None = None
-        failures = 0
-        while True:
-            try:
-                if rv is None:
-                    rv = await self._list()
-                    self._ready.set()
-                async for event in kube.watch_pods(self.namespace, label_selector="",
-                                                   resource_version=rv, timeout_seconds=300,
-                                                   read_timeout=90):
-                    if isinstance(event, WatchEvent):
-                        rv = self._handle(event) or rv
-                failures = 0
-            except Gone:
-                rv = None
-            except KubeError as e:
-                failures += 1
-                log.warning("simulated kubelet: watch failed (%s); retrying", e)
-                await asyncio.sleep(backoff(min(failures, 6), floor=0.1))
 
-    async def _list(self) -> str:
-        token: str | None = None
-        while True:
-            page = await self._api.kube.list_pods(self.namespace, label_selector="",
-                                                  limit=500, continue_token=token)
-            for pod in page.items:
-                self._consider(pod)
-            token = page.continue_token
-            if token is None:
-                return page.resource_version
+        def pages() -> AsyncIterator[Page]:
+            return pod_pages(kube, self.namespace, "")
 
-    def _handle(self, event: WatchEvent) -> str | None:
-        meta = event.object.get("metadata") or {}
-        if event.type == "DELETED":
-            self._taken.discard(meta.get("uid") or "")
-        elif event.type in ("ADDED", "MODIFIED"):
-            self._consider(event.object)
-        rv = meta.get("resourceVersion")
-        return str(rv) if rv else None
+        def events(rv: str) -> AsyncIterator[Any]:
+            return kube.watch_pods(self.namespace, label_selector="", resource_version=rv,
+                                   timeout_seconds=300, read_timeout=90)
+
+        await follow(pages, events, self._handle, self._ready, what="pods (kubelet)")
+
+    def _handle(self, event: str, pod: JSON) -> None:
+        if event == "DELETED":
+            self._taken.discard((pod.get("metadata") or {}).get("uid") or "")
+        else:
+            self._consider(pod)
 
     def _consider(self, pod: JSON) -> None:
         meta, spec = pod.get("metadata") or {}, pod.get("spec") or {}

@@ -65,8 +65,10 @@ def _scheduler_condition(facts: PodFacts, type_: str, status: str, reason: str,
                             "lastTransitionTime": since}]}
 
 
-def render(shape: Shape, pod: Mapping[str, Any], now: float, *, restarts: int = 0) -> JSON:
-    """The status `shape` gives `pod` at `now` (`restarts`: for crash-loop shapes)."""
+def render(shape: Shape, pod: Mapping[str, Any], now: float, *, restarts: int = 0,
+           exit_code: int | None = None) -> JSON:
+    """The status `shape` gives `pod` at `now` (`restarts`: for crash-loop shapes;
+    `exit_code`: the main container's, for `Shape.FAILED_ERROR`, 1 if None)."""
     facts = PodFacts.of(pod)
     if shape is Shape.UNSCHEDULABLE:
         return _scheduler_condition(facts, "PodScheduled", "False", "Unschedulable",
@@ -131,6 +133,8 @@ def render(shape: Shape, pod: Mapping[str, Any], now: float, *, restarts: int = 
         start_all()
         code, reason = {Shape.SUCCEEDED: (0, "Completed"), Shape.FAILED_ERROR: (1, "Error"),
                         Shape.OOM_KILLED: (137, "OOMKilled")}[shape]
+        if shape is Shape.FAILED_ERROR and exit_code is not None:
+            code = exit_code
         b.terminated(main, code, reason)
         stop_all(0)
         sandbox, terminal = False, True

@@ -8,7 +8,9 @@ Modules:
   kube-apiserver that restarts on its own data and ports, and a threaded fault proxy.
 * `verdict`: the end-of-scenario checks; `faults`: the fault steps scenarios are made of.
 * `scenarios`: the catalogue (what load, which faults, on which schedule), sized for
-  ``make test`` (`FAST`) or for ``make soak`` (`FULL`).
+  ``make test`` (`FAST`) or for ``make soak`` (`FULL`); `jobscenario`: its Job-backed
+  scenario (the real Job controller), judged also by `joboracle` (a run ends only when
+  its Job does).
 * `soak`: the long steady run with periodic faults and resource sampling.
 * `report`: results JSON → docs/reliability.md.
 * ``python -m tests.reliability``: run any of them from the command line.

@@ -22,7 +22,9 @@ Contract:
     judged by state only (its final object no longer says whether the deletion ended
     it). A scenario that moves runs itself (409s) or sets state rules (stuck pods)
     states its own expectations;
-  - no run went backwards (`testbed.verdict.regressions` over the platform's update log);
+  - no run went backwards (`testbed.verdict.regressions` over the platform's update log),
+    nor moved wrongly by the scenario's own rule (`Scenario.regressions`: a Job-backed
+    run ended before its Job did);
   - no pod keeps Sniffer's finalizer (a live, non-terminal pod of a run the simulator
     failed to finish may: it is still running);
   - no traceback or unhandled exception in any watcher log, and every watcher exits 0 on
@@ -278,10 +280,13 @@ async def _verdict(ctx: Ctx, result: Result, observer: PodObserver) -> None:
         result.problems.append(f"{len(left)} pod(s) keep Sniffer's finalizer, e.g. {left[:5]}")
     updates = await asyncio.to_thread(ctx.platform.updates)
     backwards = regressions(updates)
-    result.regressed = len(backwards)
+    wrong = scenario.regressions(ctx, updates) if scenario.regressions is not None else []
+    result.regressed = len(backwards) + len(wrong)
     if backwards:
         result.problems.append(f"{len(backwards)} update(s) moved a run backwards: "
                                f"{backwards[:3]}")
+    if wrong:
+        result.problems.append(f"{len(wrong)} update(s) ended a run wrongly: {wrong[:3]}")
     timing(ctx, result, expected, updates)
     stats = await asyncio.to_thread(ctx.platform.stats)
     result.platform_requests = dict(stats.get("requests_by_status", {}))
@@ -295,7 +300,16 @@ async def _verdict(ctx: Ctx, result: Result, observer: PodObserver) -> None:
 
 
 async def _purge(kube: KubeClient, namespace: str) -> None:
-    """Remove the scenario's pods for good (after the checks), then its namespace."""
+    """Remove the scenario's Jobs and pods for good (after the checks), then its
+    namespace."""
+    jobs = kube.jobs_path(namespace)
+    for job in (await kube.request_json("GET", jobs)).get("items") or ():
+        if job["metadata"].get("finalizers"):
+            with contextlib.suppress(NotFound):
+                await kube.request_json("PATCH", f"{jobs}/{job['metadata']['name']}",
+                                        body={"metadata": {"finalizers": None}},
+                                        content_type="application/merge-patch+json")
+    await kube.request_json("DELETE", jobs, query={"propagationPolicy": "Background"})
     for pod in await list_pods(kube, namespace):
         meta = pod["metadata"]
         if meta.get("finalizers"):

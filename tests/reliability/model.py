@@ -2,13 +2,14 @@
 
 * `Load`: the simulator's load (jobs, rate, durations, mix, instant deletion).
 * `Scenario`: a load, a fault schedule (`inject`, run beside the simulator) or a `drive` of
-  its own, the watchers' settings, and the `evidence` that its faults happened.
+  its own, the watchers' settings, the `evidence` that its faults happened, and any
+  `regressions` rule of its own.
 * `Result`: the verdict of one run, JSON-able (`to_json`); `ok` iff `problems` is empty.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +51,7 @@ class Load:
 
 Step = Callable[["Ctx"], Coroutine[Any, Any, None]]
 Evidence = Callable[["Ctx"], list[str]]
+Oracle = Callable[["Ctx", Sequence[Mapping[str, Any]]], list[str]]
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,10 @@ class Scenario:
     """Adjust `Ctx.overrides` / `Ctx.allowed_reasons` after the simulation."""
     evidence: Evidence | None = None
     """Problems if the faults did not visibly happen (so a scenario cannot pass vacuously)."""
+    regressions: Oracle | None = None
+    """The scenario's own rule over the platform's update log: each line it returns is
+    an update that moved a run wrongly (counted in `Result.regressed`, beside the updates
+    that moved a run backwards)."""
     settle_bound_s: float = 240.0
     seed: int = 1
 

@@ -48,6 +48,21 @@ with the same checks (`tests/reliability/harness.py`):
   of the last fault's end and the last pod change, i.e. how long the platform trailed the
   cluster once both the faults and the load were over.
 
+One scenario, **job-retries** (issue 14), drives 1,000 *Job-backed* runs instead of pods:
+each run is a batch/v1 Job (backoffLimit 3) whose attempt pods the **real Job controller**
+creates (`testbed/jobcontroller.py`: kube-controller-manager with only its Job controller
+and garbage collector, no node), and the simulator plays each attempt pod's kubelet part
+(`testbed/simulator/jobdriver.py`: Running, then the planned exit). About 30% of the runs
+succeed first time, 45% fail once or twice and then succeed, 15% exhaust their retries
+(failed BackoffLimitExceeded, with the last attempt's exit code, each attempt's code
+distinct) and 10% are cancelled (the platform's cancel, then the Job deleted), while the
+watch streams are cut four times and the watcher is SIGKILLed once and restarted. Its
+*regressed* also counts every update that ended a run in another terminal state than its
+Job's, or before the change that ended its Job was even sent
+(`tests/reliability/joboracle.py`): a retried attempt's failure must never reach the
+platform as the run's. No Job may keep Sniffer's finalizer at the end (the Jobs carry it,
+not their pods; *finalizers left* counts pods).
+
 Settings are the production defaults except where a scenario's faults say otherwise, and:
 leader election is off where a proxy sits between the watcher and the API server (the
 fault is meant for the streams, not the Lease; leader loss has scenarios of its own); the

@@ -1,7 +1,9 @@
 """The fault matrix: which load, which faults, on which schedule.
 
 * `FULL` has one scenario per fault of issue 8, at full length (the two-minute platform
-  outage, a 30 s read timeout with an 80 s half-open stream); ``make soak`` runs it.
+  outage, a 30 s read timeout with an 80 s half-open stream), and Job-backed runs with
+  retries made by the real Job controller (issue 14, `jobscenario`); ``make soak`` runs
+  it.
 * `FAST` covers the same faults in five scenarios of 1,000 jobs each for ``make test``:
   faults of one side share a run (stream cut and half-open; every platform fault with a
   30 s outage; every process kill with the reconciler racing and being killed). Five
@@ -23,6 +25,7 @@ from testbed.simulator.lifecycles import Expectation, State
 from testbed.simulator.records import Change, SimResult
 from tests.reliability import faults
 from tests.reliability.context import Ctx
+from tests.reliability.jobscenario import JOB_RETRIES
 from tests.reliability.model import Load, Scenario, Step
 from tests.reliability.verdict import PENDING_REASONS, scan_logs
 
@@ -389,6 +392,7 @@ FULL: tuple[Scenario, ...] = (
     Scenario("reconcile-killed", "watcher stopped half-way; sniffer reconcile SIGKILLed "
              "mid-pass, rerun, and a third pass finds nothing", LOAD, drive=reconcile_killed,
              evidence=reconcile_killed_then_clean),
+    JOB_RETRIES,
 )
 
 
