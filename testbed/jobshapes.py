@@ -24,17 +24,22 @@ def rfc3339(t: datetime | None = None) -> str:
 
 
 def job_manifest(namespace: str, name: str, run_id: str, *, backoff_limit: int = 3,
-                 suspend: bool = False) -> dict[str, Any]:
-    """A Job backing run `run_id` (the run id and kind labels on it and its pods)."""
+                 suspend: bool = False, node: str | None = None,
+                 grace_s: int | None = None) -> dict[str, Any]:
+    """A Job backing run `run_id` (the run id and kind labels on it and its pods); with
+    `node`, its pods are bound there at creation."""
     labels = {"sniffer.io/run-id": run_id, "sniffer.io/kind": "job"}
+    pod_spec: dict[str, Any] = {"restartPolicy": "Never", "containers": [
+        {"name": "main", "image": "registry.local/work:1"}]}
+    if node is not None:
+        pod_spec["nodeName"] = node
+    if grace_s is not None:
+        pod_spec["terminationGracePeriodSeconds"] = grace_s
     return {
         "apiVersion": "batch/v1", "kind": "Job",
         "metadata": {"name": name, "namespace": namespace, "labels": dict(labels)},
         "spec": {"backoffLimit": backoff_limit, "suspend": suspend,
-                 "template": {
-                     "metadata": {"labels": dict(labels)},
-                     "spec": {"restartPolicy": "Never", "containers": [
-                         {"name": "main", "image": "registry.local/work:1"}]}}},
+                 "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec}},
     }
 
 

@@ -30,10 +30,10 @@ from pathlib import Path
 from testbed import nodebuild, nodeimages, nodepackages
 from testbed.apiserver import ApiServer
 from testbed.kubeletpki import KubeletPki
+from testbed.nodecleanup import alive, remove_cgroups, shims_of, terminate, unmount_under
 
 NODE_NAME = "localhost"
 READY_TIMEOUT = 180.0
-STOP_TIMEOUT = 20.0
 TERMINATED_POD_GC_THRESHOLD = 50
 CRASHLOOP_MAX_BACKOFF = "2s"
 """The kubelet's crash-loop back-off cap (`crashLoopBackOff.maxContainerRestartPeriod`,
@@ -54,7 +54,6 @@ else the host serves on a wildcard address stays out of the pods' reach."""
 APISERVER_EXTRA_ARGS = (f"--advertise-address={HOST_ADDRESS}",)
 """kube-apiserver flags for a server this node serves: its self-signed certificate then
 names HOST_ADDRESS too, where pods reach it through `testbed.podaccess`."""
-CGROUPS = ("kubepods", "k8s.io")
 
 
 class RealNodeError(RuntimeError):
@@ -323,44 +322,12 @@ def attach(workdir: Path) -> RealNode | None:
                     pids={k: int(v) for k, v in saved.get("pids", {}).items()})
 
 
-def alive(pid: int) -> bool:
-    """True iff a process with this id exists."""
-    return _alive(pid)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def _terminate(pid: int) -> None:
-    if not _alive(pid):
-        return
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT
-    while _alive(pid) and time.monotonic() < deadline:
-        with_reap(pid)
-        time.sleep(0.05)
-    if _alive(pid):
-        os.kill(pid, signal.SIGKILL)
-    with_reap(pid)
-
-
-def with_reap(pid: int) -> None:
-    """Collect ``pid`` if it is our exited child, so it does not linger as a zombie."""
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
-
-
 def _stop_node(workdir: Path, pids: dict[str, int]) -> None:
     if "kubelet" in pids:
-        _terminate(pids["kubelet"])
+        terminate(pids["kubelet"])
     ctr = nodebuild.ensure_containerd(quiet=True).ctr
     sock = _dirs(workdir)["containerd"] / "containerd.sock"
-    if sock.exists() and "containerd" in pids and _alive(pids["containerd"]):
+    if sock.exists() and "containerd" in pids and alive(pids["containerd"]):
         tasks = subprocess.run([str(ctr), "--address", str(sock), "-n", "k8s.io", "tasks",
                                 "ls", "-q"], capture_output=True, text=True, check=False)
         for task in tasks.stdout.split():
@@ -368,56 +335,16 @@ def _stop_node(workdir: Path, pids: dict[str, int]) -> None:
                             "-s", "SIGKILL", task], capture_output=True, check=False)
     for name in ("containerd", "kube-scheduler", "kube-controller-manager"):
         if name in pids:
-            _terminate(pids[name])
+            terminate(pids[name])
     # A shim outlives containerd until its task is deleted; ours name our socket.
-    for pid in _shims_of(sock):
+    for pid in shims_of(sock):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    _unmount_under(workdir)
+    unmount_under(workdir)
     # Shim sockets and runc state land here whatever containerd's state dir is.
     for path in (*OUTSIDE_PATHS, Path("/run/containerd/s"), Path("/run/containerd/runc/k8s.io")):
         subprocess.run(["rm", "-rf", str(path)], check=False)
     (workdir / "pids.json").unlink(missing_ok=True)
     subprocess.run(["ip", "link", "delete", BRIDGE], capture_output=True, check=False)
     _remove_input_rules()
-    _remove_cgroups()
-
-
-def _remove_cgroups() -> None:
-    """Remove the (by now empty) cgroups the kubelet and containerd made, deepest first."""
-    for hierarchy in Path("/sys/fs/cgroup").iterdir():
-        for top in CGROUPS:
-            root = hierarchy / top
-            if not root.is_dir():
-                continue
-            for d in sorted((p for p in root.rglob("*") if p.is_dir()),
-                            key=lambda p: len(p.parts), reverse=True):
-                with contextlib.suppress(OSError):
-                    d.rmdir()
-            with contextlib.suppress(OSError):
-                root.rmdir()
-
-
-def _shims_of(sock: Path) -> list[int]:
-    """Process ids of the containerd shims started for the containerd at ``sock``."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            args = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if (args and args[0].endswith(b"containerd-shim-runc-v2")
-                and str(sock).encode() in args):
-            found.append(int(proc.name))
-    return found
-
-
-def _unmount_under(workdir: Path) -> None:
-    """Unmount every mount point at or below ``workdir``, deepest first."""
-    prefix = str(workdir)
-    points = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
-    for point in sorted((p for p in points if p == prefix or p.startswith(prefix + "/")),
-                        key=len, reverse=True):
-        subprocess.run(["umount", "-l", point], capture_output=True, check=False)
+    remove_cgroups()

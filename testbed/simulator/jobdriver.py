@@ -58,6 +58,7 @@ from sniffer.kube import KubeClient
 from sniffer.kubedecode import KubeError, NotFound, Page
 from sniffer.ownership import JOB_UID_LABEL
 from sniffer.podview import KIND_LABEL, OUTCOME_FINALIZER, RUN_ID_LABEL
+from testbed import jobshapes
 from testbed.simulator.follow import follow, pod_pages
 from testbed.simulator.jobplans import DEFAULT_JOB_MIX, JobPlan, draw_job_plans
 from testbed.simulator.kubeapi import Accepted, Counters, PodApi
@@ -110,20 +111,9 @@ decides, the second once the Job's pods are accounted for."""
 
 
 def job_manifest(plan: JobPlan) -> JSON:
-    """The Job the platform submits for `plan` (run id and kind labels on it and its
-    pods; the template names the simulated node, so pods are bound at creation)."""
-    labels = {RUN_ID_LABEL: plan.run_id, KIND_LABEL: "job"}
-    return {
-        "apiVersion": "batch/v1", "kind": "Job",
-        "metadata": {"name": plan.job_name, "namespace": plan.namespace, "labels": labels},
-        "spec": {"backoffLimit": plan.backoff_limit, "completions": 1, "parallelism": 1,
-                 "template": {
-                     "metadata": {"labels": dict(labels)},
-                     "spec": {"nodeName": plan.node, "restartPolicy": "Never",
-                              "terminationGracePeriodSeconds": 2,
-                              "containers": [{"name": "main", "image": "registry.local/work:1",
-                                              "command": ["run-work"]}]}}},
-    }
+    """The Job the platform submits for `plan`, its pods bound to the simulated node."""
+    return jobshapes.job_manifest(plan.namespace, plan.job_name, plan.run_id,
+                                  backoff_limit=plan.backoff_limit, node=plan.node, grace_s=2)
 
 
 class _JobDriver:
