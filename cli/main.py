@@ -148,7 +148,10 @@ def _watch(settings: Settings) -> int:
                                queue=sinks.queue, platform=sinks.platform,
                                finalizer_queue=sinks.finalizer_queue,
                                job_queue=sinks.job_queue, job_controller=sinks.job_controller,
-                               job_reflector=sinks.job_reflector)
+                               job_reflector=sinks.job_reflector,
+                               app_queues=sinks.app_queues,
+                               app_controllers=sinks.app_controllers,
+                               app_reflectors=sinks.app_reflectors)
         try:
             return await Watcher(settings, metrics=metrics, observe=sinks.observe).run(stop)
         finally:

@@ -21,7 +21,7 @@ _SUBDOMAIN = re.compile(
     r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 
-KINDS = ("pods", "jobs")
+KINDS = ("pods", "jobs", "deployments", "statefulsets")
 """The workload kinds Sniffer knows (`KubeSettings.kinds`)."""
 
 
@@ -39,7 +39,12 @@ class KubeSettings:
     kinds: tuple[str, ...] = ("pods", "jobs")
     """Workload kinds watched and reconciled: pods (bare pods, always) and jobs (batch/v1
     Jobs: a run whose Job carries the run id takes its state from the Job, its pods are
-    attempts). Without jobs, a Job's pods are judged one by one, as bare pods."""
+    attempts), deployments and statefulsets (apps/v1, replicas 1: a run whose controller
+    carries the run id takes its state from the controller and its live pods, so a pod a
+    drain replaces is not the run's end). Without jobs a Job's pods are not reported at
+    all; without deployments (statefulsets) their pods are judged one by one, as bare
+    pods. deployments and statefulsets are off by default: they need RBAC on apps
+    (kustomize/base/rbac.yaml), which a watcher upgraded without it would lack."""
     page_size: int = 500
     """Items per LIST page (limit/continue pagination)."""
     watch_timeout_min_s: int = 300
@@ -209,7 +214,8 @@ class Settings:
              p.max_connections)
         unknown = [kind for kind in k.kinds if kind not in KINDS]
         need(not unknown, "kube.kinds", f"each must be one of {', '.join(KINDS)}", k.kinds)
-        need("pods" in k.kinds, "kube.kinds", "must include pods (a Job's attempts are pods)",
+        need("pods" in k.kinds, "kube.kinds",
+             "must include pods (a Job's attempts and an app's replicas are pods)",
              k.kinds)
         need(len(set(k.kinds)) == len(k.kinds), "kube.kinds", "must not repeat a kind",
              k.kinds)

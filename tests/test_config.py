@@ -72,7 +72,8 @@ def test_environment_values_are_coerced_to_the_field_type(env, expected) -> None
         ("kube: [\n", {}, "not valid YAML"),
         ("leader:\n  renew_deadline_s: 30\n", {}, "leader.renew_deadline_s: must satisfy"),
         ("kube:\n  kinds: [pods, cronjobs]\n", {},
-         "kube.kinds: each must be one of pods, jobs (got ('pods', 'cronjobs'))"),
+         "kube.kinds: each must be one of pods, jobs, deployments, statefulsets "
+         "(got ('pods', 'cronjobs'))"),
         ("kube:\n  kinds: [jobs]\n", {}, "kube.kinds: must include pods"),
         ("kube:\n  kinds: [pods, jobs, pods]\n", {}, "kube.kinds: must not repeat a kind"),
         ("kube:\n  kinds: jobs\n", {}, "kube.kinds"),

@@ -220,7 +220,7 @@ def test_platform_error_statuses_carry_error_type(meter: Any,
             "http.response.status_code": 200} in attrs
 
 
-def test_the_pod_and_job_paths_report_one_series_set_told_apart_by_kind(
+def test_the_pod_job_and_app_paths_report_one_series_set_told_apart_by_kind(
         meter: Any, reader: InMemoryMetricReader) -> None:
     watch = WatchTelemetry(meter, leader_election=False)
     watch.controller.acknowledged("running", time.time(), None)
@@ -230,6 +230,9 @@ def test_the_pod_and_job_paths_report_one_series_set_told_apart_by_kind(
     watch.reflector.event("ADDED")
     watch.job_reflector.relist("gone")
     watch.job_queue.add()
+    watch.app_controllers["Deployment"].acknowledged("running", time.time(), None)
+    watch.app_reflectors["StatefulSet"].relist("gone")
+    watch.app_queues["Deployment"].add()
     points = _points(reader)
 
     def series(name: str) -> dict[frozenset[tuple[str, Any]], Any]:
@@ -241,15 +244,17 @@ def test_the_pod_and_job_paths_report_one_series_set_told_apart_by_kind(
     state, cause, event = "sniffer.state", "sniffer.relist.cause", "sniffer.watch.event.type"
     assert series("sniffer.changes.acknowledged") == {
         kind("Pod", **{state: "running"}): 1, kind("Job", **{state: "running"}): 1,
-        kind("Job", **{state: "succeeded"}): 1}
+        kind("Job", **{state: "succeeded"}): 1, kind("Deployment", **{state: "running"}): 1}
     assert series("sniffer.changes.dropped") == {
         kind("Job", **{"k8s.pod.phase": "job", "error.type": "platform_unavailable"}): 1}
     assert series("sniffer.watch.events") == {kind("Pod", **{event: "ADDED"}): 1}
-    assert series("sniffer.watch.relists") == {kind("Job", **{cause: "gone"}): 1}
+    assert series("sniffer.watch.relists") == {kind("Job", **{cause: "gone"}): 1,
+                                               kind("StatefulSet", **{cause: "gone"}): 1}
     assert {dict(k)["sniffer.queue.name"]: v for k, v in series("sniffer.queue.adds").items()
-            } == {"pods": 0, "jobs": 1, "finalizers": 0}
+            } == {"pods": 0, "jobs": 1, "deployments": 1, "statefulsets": 0, "finalizers": 0}
     # What an operator alerts on exists per kind from the start, at 0.
-    assert series("sniffer.runs.orphaned") == {kind("Pod"): 0, kind("Job"): 0}
+    assert series("sniffer.runs.orphaned") == {kind("Pod"): 0, kind("Job"): 0,
+                                               kind("Deployment"): 0, kind("StatefulSet"): 0}
 
 
 # -- the watcher's gauges ---------------------------------------------------------------------
@@ -290,8 +295,9 @@ async def test_watcher_gauges_are_sampled_on_its_event_loop(
     assert value["sniffer.leader.status"] == 1
     by_queue = {p.attributes["sniffer.queue.name"]: p.value
                 for p in points["sniffer.queue.unfinished_work"]}
-    # The double has no Job or finalizer queue: theirs stay at 0.
-    assert by_queue == {"pods": 4.0, "jobs": 0.0, "finalizers": 0.0}
+    # The double has no Job, app or finalizer queue: theirs stay at 0.
+    assert by_queue == {"pods": 4.0, "jobs": 0.0, "deployments": 0.0, "statefulsets": 0.0,
+                        "finalizers": 0.0}
     longest = {p.attributes["sniffer.queue.name"]: p.value
                for p in points["sniffer.queue.longest_running_processor"]}
     assert longest["pods"] == 3.0
@@ -313,9 +319,11 @@ def test_each_queue_reports_under_its_own_name(
     watch.queue.get(0.25, Priority.LIVE)
     points = _points(reader)
     adds = {p.attributes["sniffer.queue.name"]: p.value for p in points["sniffer.queue.adds"]}
-    assert adds == {"pods": 2, "finalizers": 1, "jobs": 0}
+    assert adds == {"pods": 2, "finalizers": 1, "jobs": 0, "deployments": 0,
+                    "statefulsets": 0}
     depth = {p.attributes["sniffer.queue.name"]: p.value for p in points["sniffer.queue.depth"]}
-    assert depth == {"pods": 0, "finalizers": 0, "jobs": 5}
+    assert depth == {"pods": 0, "finalizers": 0, "jobs": 5, "deployments": 0,
+                     "statefulsets": 0}
     waits = {(p.attributes["sniffer.queue.name"], p.attributes["sniffer.priority"]): p.sum
              for p in points["sniffer.queue.duration"]}
     assert waits == {("pods", "list"): 0.5, ("pods", "live"): 0.25}

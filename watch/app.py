@@ -5,10 +5,13 @@ Contract:
   the platform's open runs, so the cache keeps finished, acknowledged pods as small
   records from the first LIST on) → reflector (every replica keeps a warm cache), and
   leader election → once synced *and* elected: seed afresh, enqueue every cached pod,
-  start the platform workers and the finalizer workers (`watch.finalizer_loop`).
+  start the platform workers and the finalizer workers (`watch.finalizer_loop`), and
+  the Job and app paths (`watch.jobpath`, `watch.apppath`: one per controller kind,
+  listing and watching only the kinds among `kube.kinds`).
   `/readyz` turns ready when the cache is synced, on leader and standby alike.
-* Shutdown order, on `stop` (SIGTERM): stop taking work (shut the platform queue) → let
-  in-flight updates finish → then shut the finalizer queue and let its waiting and
+* Shutdown order, on `stop` (SIGTERM): stop taking work (shut the platform queue, then
+  the Job and app paths' queues, each drained in turn) → let in-flight updates finish →
+  then shut the finalizer queue and let its waiting and
   in-flight patches finish (so a release enqueued by the last acknowledgements still
   goes out), both drains within one `shutdown.drain_timeout_s` (`drain_in_order`) →
   cancel workers, reflector and elector → release the lease (a standby takes over at
@@ -31,26 +34,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import secrets
 import socket
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from config.loader import ConfigError
 from config.settings import Settings
+from sniffer.appview import APP_CONTROLLERS
 from sniffer.cleanup import bounded
 from sniffer.kube import KubeClient
 from sniffer.platform import PlatformClient, PlatformMetrics
 from sniffer.states import StatePolicy
+from watch.apppath import AppPath
+from watch.appsource import RESOURCES
 from watch.controller import Controller, ControllerMetrics
 from watch.finalizer_patch import Finalizers
 from watch.health import HealthServer
 from watch.jobpath import JobPath
-from watch.leader import LeaderElector
+from watch.leader import LeaderElector, LeaderTombstones
 from watch.ledger import SEED_MARGIN_S, RunLedger
 from watch.ratelimit import (
     BucketRateLimiter,
@@ -78,6 +83,11 @@ class WatchMetrics:
     job_reflector: ReflectorMetrics | None = None
     """The Job path's sinks: the pod path's series with ``sniffer.queue.name`` = jobs and
     ``sniffer.workload.kind`` = Job."""
+    app_queues: Mapping[str, QueueMetrics] = field(default_factory=dict)
+    app_controllers: Mapping[str, ControllerMetrics] = field(default_factory=dict)
+    app_reflectors: Mapping[str, ReflectorMetrics] = field(default_factory=dict)
+    """The app paths' sinks by controller kind: ``sniffer.queue.name`` = deployments or
+    statefulsets, ``sniffer.workload.kind`` = Deployment or StatefulSet."""
 
 
 def identity(settings: Settings) -> str:
@@ -114,6 +124,9 @@ class Watcher:
         self.finalizer_queue: WorkQueue[str] | None = None
         self.job_queue: WorkQueue[str] | None = None
         self.jobs: JobPath | None = None
+        self.apps: list[AppPath] = []  # one per controller kind, watched or not
+        self.deployment_queue: WorkQueue[str] | None = None
+        self.statefulset_queue: WorkQueue[str] | None = None
         self.elector: LeaderElector | None = None
         self._started = False
 
@@ -125,8 +138,9 @@ class Watcher:
         if not s.platform.verify_tls:
             log.warning("TLS verification of the platform is OFF (platform.verify_tls=false)")
         # One connection per finalizer worker (patches) plus one per watch stream.
-        kube = await KubeClient.from_settings(
-            s.kube, pool_size=s.finalizers.workers + len(s.kube.namespaces) + 4)
+        streams = len(s.kube.kinds) * max(1, len(s.kube.namespaces))
+        kube = await KubeClient.from_settings(s.kube,
+                                              pool_size=s.finalizers.workers + streams + 4)
         # The lease gets its own connections: renewals must never queue behind a burst of
         # finalizer patches, or a busy leader would lose its lease.
         lease_kube = await KubeClient.from_settings(s.kube, pool_size=2)
@@ -166,30 +180,37 @@ class Watcher:
                                                     aging_s=w.list_aging_s)
         self.jobs = jobs = _job_path(s, kube, store, ledger, job_queue, platform, elector,
                                      self._metrics)
+        self.apps = apps = [_app_path(s, c, kube, store, ledger, platform, elector,
+                                      self._metrics) for c in APP_CONTROLLERS]
+        self.deployment_queue, self.statefulset_queue = (a.queue for a in apps)
         self.controller = controller = Controller(
             store=store, ledger=ledger, queue=queue, platform=platform, pods=kube,
             finalizers=Finalizers(kube, enabled=s.finalizers.enabled),
             policy=state_policy(s), workers=w.count, max_retries=w.max_retries,
             is_leader=(lambda: elector.is_leader) if elector else (lambda: True),
             metrics=self._metrics.controller, finalizer_queue=finalizer_queue,
-            finalizer_workers=s.finalizers.workers, job_held=jobs.index.holds)
+            finalizer_workers=s.finalizers.workers, job_held=jobs.index.holds,
+            app_owned=lambda pod: any(a.owns(pod) for a in apps))
 
         reflector = Reflector(
-            kube, store, _both(controller.on_change, jobs.on_pod_change),
+            kube, store, _all(controller.on_change, jobs.on_pod_change,
+                              *(a.on_pod_change for a in apps)),
             namespaces=s.kube.namespaces,
             label_selector=s.kube.label_selector, page_size=s.kube.page_size,
             watch_timeout_s=(s.kube.watch_timeout_min_s, s.kube.watch_timeout_max_s),
             read_timeout_s=s.kube.read_timeout_s, metrics=self._metrics.reflector)
         health = HealthServer(
             host=s.health.host, port=s.health.port, ready=lambda: store.has_synced,
-            checks={"reflector": lambda: _reflector_check(reflector, s.kube.read_timeout_s),
-                    "job_reflector": lambda: (_reflector_check(jobs.reflector,
-                                                               s.kube.read_timeout_s)
-                                              if jobs.enabled else None),
+            checks={"reflector": _reflector_check(reflector, s.kube.read_timeout_s),
+                    "job_reflector": _reflector_check(jobs.reflector, s.kube.read_timeout_s,
+                                                      jobs.enabled),
+                    **{f"{a.resource[:-1]}_reflector": _reflector_check(
+                        a.reflector, s.kube.read_timeout_s, a.enabled) for a in apps},
                     "workers": lambda: _worker_check(controller)},
             info=lambda: {"leader": elector.is_leader if elector else True,
                           "cached_pods": len(store), "queue_depth": len(queue),
                           "cached_jobs": len(jobs.store), "job_queue_depth": len(job_queue),
+                          **{f"cached_{a.resource}": len(a.store) for a in apps},
                           "finalizer_queue_depth": len(finalizer_queue),
                           "tombstones": store.tombstones, "tasks": len(asyncio.all_tasks())})
         if s.health.port:
@@ -208,23 +229,20 @@ class Watcher:
             "identity": elector.identity if elector else None})
         try:
             async with asyncio.TaskGroup() as group:
-                reflecting = group.create_task(_reflect(controller, reflector, jobs),
+                reflecting = group.create_task(_reflect(controller, reflector, jobs, apps),
                                                name="reflector")
                 electing = group.create_task(elector.run(), name="elector") if elector else None
-                working = group.create_task(self._work(store, elector, controller, jobs),
+                working = group.create_task(self._work(store, elector, controller, jobs,
+                                                       apps),
                                             name="controller")
                 await stop.wait()
                 log.info("stopping: no new work; draining in-flight updates",
                          extra={"drain_timeout_s": s.shutdown.drain_timeout_s,
                                 "queue_depth": len(queue)})
-                if controller.running:
-                    drained = await drain_in_order((queue, job_queue, finalizer_queue),
-                                                   s.shutdown.drain_timeout_s)
-                else:  # a standby has nothing in flight; its queued keys are the leader's job
-                    queue.shut_down()
-                    job_queue.shut_down()
-                    finalizer_queue.shut_down()
-                    drained = True
+                queues = (queue, job_queue, *(a.queue for a in apps), finalizer_queue)
+                # A standby has nothing in flight; its queued keys are the leader's job.
+                drained = (await drain_in_order(queues, s.shutdown.drain_timeout_s)
+                           if controller.running else _shut_down(queues))
                 if not drained:
                     log.warning("drain deadline passed; cancelling in-flight updates")
                 for task in (working, reflecting, electing):
@@ -239,15 +257,19 @@ class Watcher:
 
     @staticmethod
     async def _work(store: PodStore, elector: LeaderElector | None,
-                    controller: Controller, jobs: JobPath) -> None:
+                    controller: Controller, jobs: JobPath, apps: list[AppPath]) -> None:
         await store.wait_synced()
         await jobs.store.wait_synced()
+        for a in apps:
+            await a.store.wait_synced()
         log.info("caches synced",
                  extra={"cached_pods": len(store), "cached_jobs": len(jobs.store)})
         if elector is not None:
             await elector.wait_leader()
         async with asyncio.TaskGroup() as group:
             group.create_task(jobs.run(), name="job-path")
+            for a in apps:
+                group.create_task(a.run(), name=f"{a.resource}-path")
             await controller.run()
 
 
@@ -256,23 +278,42 @@ def _job_path(s: Settings, kube: KubeClient, store: PodStore, ledger: RunLedger,
               metrics: WatchMetrics) -> JobPath:
     return JobPath(
         kube=kube, pods=store, ledger=ledger, queue=queue, platform=platform,
-        policy=state_policy(s), namespaces=s.kube.namespaces,
-        label_selector=s.kube.label_selector, page_size=s.kube.page_size,
-        watch_timeout_s=(s.kube.watch_timeout_min_s, s.kube.watch_timeout_max_s),
-        read_timeout_s=s.kube.read_timeout_s, workers=s.workers.count,
-        max_retries=s.workers.max_retries, finalizers_enabled=s.finalizers.enabled,
-        enabled="jobs" in s.kube.kinds,
-        tombstones=LeaderTombstones(elector) if elector is not None else None,
-        is_leader=(lambda: elector.is_leader) if elector else (lambda: True),
-        metrics=metrics.job_controller, reflector_metrics=metrics.job_reflector)
+        enabled="jobs" in s.kube.kinds, metrics=metrics.job_controller,
+        reflector_metrics=metrics.job_reflector, **_path_settings(s, elector))
 
 
-def _both(first: Callable[[str, Priority], None],
-          then: Callable[[str, Priority], None]) -> Callable[[str, Priority], None]:
-    """The pod reflector's callback: the pod path, then the Job path (attempt pods)."""
+def _path_settings(s: Settings, elector: LeaderElector | None) -> dict[str, Any]:
+    """What the Job and app paths take from the settings alike."""
+    return {"policy": state_policy(s), "namespaces": s.kube.namespaces,
+            "label_selector": s.kube.label_selector, "page_size": s.kube.page_size,
+            "watch_timeout_s": (s.kube.watch_timeout_min_s, s.kube.watch_timeout_max_s),
+            "read_timeout_s": s.kube.read_timeout_s, "workers": s.workers.count,
+            "max_retries": s.workers.max_retries,
+            "finalizers_enabled": s.finalizers.enabled,
+            "tombstones": LeaderTombstones(elector) if elector is not None else None,
+            "is_leader": (lambda: elector.is_leader) if elector else (lambda: True)}
+
+
+def _app_path(s: Settings, controller: str, kube: KubeClient, store: PodStore,
+              ledger: RunLedger, platform: PlatformClient, elector: LeaderElector | None,
+              metrics: WatchMetrics) -> AppPath:
+    # Its own queue: one key per controller (per run), the platform queue's semantics.
+    queue = WorkQueue[str](_limiter(s), metrics=metrics.app_queues.get(controller),
+                           aging_s=s.workers.list_aging_s)
+    return AppPath(
+        controller=controller, kube=kube, pods=store, ledger=ledger, queue=queue,
+        platform=platform, enabled=RESOURCES[controller] in s.kube.kinds,
+        metrics=metrics.app_controllers.get(controller),
+        reflector_metrics=metrics.app_reflectors.get(controller),
+        **_path_settings(s, elector))
+
+
+def _all(*callbacks: Callable[[str, Priority], None]) -> Callable[[str, Priority], None]:
+    """The pod reflector's callback: the pod path, then the Job path (attempt pods),
+    then the app paths (replica pods)."""
     def changed(key: str, priority: Priority) -> None:
-        first(key, priority)
-        then(key, priority)
+        for callback in callbacks:
+            callback(key, priority)
     return changed
 
 
@@ -281,6 +322,12 @@ def _limiter(s: Settings) -> MaxOfRateLimiter[str]:
     return MaxOfRateLimiter(
         ItemExponentialFailureRateLimiter(base_delay=w.base_delay_s, max_delay=w.max_delay_s),
         BucketRateLimiter(qps=w.qps, burst=w.burst))
+
+
+def _shut_down(queues: Sequence[WorkQueue[str]]) -> bool:
+    for queue in queues:
+        queue.shut_down()
+    return True
 
 
 async def drain_in_order(queues: Sequence[WorkQueue[str]], timeout_s: float) -> bool:
@@ -299,51 +346,27 @@ async def drain_in_order(queues: Sequence[WorkQueue[str]], timeout_s: float) -> 
 
 
 async def _reflect(controller: Controller, reflector: Reflector[Cached],
-                   jobs: JobPath) -> None:
+                   jobs: JobPath, apps: list[AppPath]) -> None:
     # Seed first: the LIST is then judged as it arrives, so settled pods are never held
     # as full views (what a process holds at its peak it keeps: freed heap is not
     # returned to the OS). A failed seed only means every pod is cached in full.
     await controller.seed()
     async with asyncio.TaskGroup() as group:
         group.create_task(jobs.reflect(), name="job-reflector")
+        for a in apps:
+            group.create_task(a.reflect(), name=f"{a.resource}-reflector")
         await reflector.run()
 
 
-class LeaderTombstones:
-    """The store's tombstone policy (`watch.store.TombstonePolicy`) from the elector.
-
-    While this replica does not lead it keeps no tombstone of a pod that carried the
-    finalizer (the leader added it and releases it only once the outcome is
-    acknowledged), and lets go of the tombstones recorded before the live leader's
-    observed streak covers them (`LeaderObservation.covered_before`): its memory is
-    bounded by the deletions of the last few lease durations. While it leads it keeps
-    every tombstone until its handler is through with it.
-
-    Invariant: `_before` is the latest time the observation has answered (never moves
-    back: a tombstone let go stays gone)."""
-
-    def __init__(self, elector: LeaderElector) -> None:
-        self._elector = elector
-        self._before = -math.inf
-
-    def keep_finalized(self) -> bool:
-        return self._elector.is_leader
-
-    def seen_before(self) -> float:
-        if self._elector.is_leader:
-            return -math.inf
-        seen = self._elector.observation.covered_before()
-        if seen is not None and seen > self._before:
-            self._before = seen
-        return self._before
-
-
-def _reflector_check(reflector: Reflector[Any], read_timeout_s: float) -> str | None:
-    silent = time.monotonic() - reflector.last_event_at
-    # The reflector reopens a silent stream after read_timeout_s; twice that means stuck.
-    if silent > 2 * read_timeout_s + 60:
-        return f"no list or watch data for {silent:.0f}s"
-    return None
+def _reflector_check(reflector: Reflector[Any], read_timeout_s: float,
+                     enabled: bool = True) -> Callable[[], str | None]:
+    def check() -> str | None:
+        silent = time.monotonic() - reflector.last_event_at
+        # The reflector reopens a silent stream after read_timeout_s; twice that: stuck.
+        if enabled and silent > 2 * read_timeout_s + 60:
+            return f"no list or watch data for {silent:.0f}s"
+        return None
+    return check
 
 
 def _worker_check(controller: Controller) -> str | None:

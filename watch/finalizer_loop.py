@@ -15,7 +15,9 @@ Contract:
   stingy), so an add and a release of one pod never race.
 * The decision (`decide`, pure) for a cached `PodView` that is live (not a tombstone):
   - RELEASE iff it carries Sniffer's finalizer and: it is untracked (no run id); or a Job
-    made it (the finalizer is on the Job, `watch.jobhandler`); or the
+    made it (the finalizer is on the Job, `watch.jobhandler`); or it is a replica of a
+    watched app controller (the finalizer is on the controller, `watch.apphandler`: a
+    finalizer on a replica would only hold a drain up); or the
     platform does not know its run (orphan); or its run is bound to another pod uid
     (foreign); or its run is terminal and acknowledged
     (`RunKnowledge.terminal_acknowledged`, which includes the seed's rule).
@@ -85,18 +87,20 @@ ADD = Decision(Action.ADD, "live")
 
 def decide(pod: Cached | None, *, deleted: bool, acked: Acked | None,
            terminal_acknowledged: bool, unknown: bool, enabled: bool, now: float,
-           policy: StatePolicy) -> Decision:
+           policy: StatePolicy, app_owned: bool = False) -> Decision:
     """Where the finalizer of `pod` belongs (see the contract). Pure.
 
     `acked` is the platform's last answer about the pod's run (None: none yet or the run
     is unknown), `terminal_acknowledged` whether it acknowledged a terminal state (the
     seed's rule included), `unknown` whether the platform's last answer was "no such run", `enabled`
-    whether finalizer mode is on, `now` and `policy` what `sniffer.states.derive` needs."""
+    whether finalizer mode is on, `now` and `policy` what `sniffer.states.derive` needs,
+    `app_owned` whether the pod is a replica the app path reports (`watch.apppath.owns`)."""
     if not isinstance(pod, PodView) or deleted:
         return NOTHING  # gone, or a settled record: nothing to hold or release
     held = OUTCOME_FINALIZER in pod.finalizers
-    release = _release_reason(pod, acked=acked, terminal_acknowledged=terminal_acknowledged,
-                              unknown=unknown)
+    release = ("app's" if app_owned else
+               _release_reason(pod, acked=acked, terminal_acknowledged=terminal_acknowledged,
+                               unknown=unknown))
     if release is not None:
         return Decision(Action.RELEASE, release) if held else NOTHING
     if (held or not enabled or pod.deletion_timestamp is not None or acked is None
@@ -145,7 +149,9 @@ class FinalizerLoop:
     def __init__(self, *, store: PodStore, queue: WorkQueue[str], knowledge: RunKnowledge,
                  finalizers: Finalizers, policy: StatePolicy, workers: int,
                  is_leader: Callable[[], bool], metrics: FinalizerMetrics,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 app_owned: Callable[[PodView], bool] = lambda pod: False) -> None:
+        """`app_owned(pod)`: the app paths report `pod`'s run (`watch.apppath.owns`)."""
         self.queue = queue
         self._store = store
         self._knowledge = knowledge
@@ -154,6 +160,7 @@ class FinalizerLoop:
         self._is_leader = is_leader
         self._metrics = metrics
         self._clock = clock
+        self._app_owned = app_owned
         # The loop's outcomes are not the handler's (the metric sniffer.handler.outcomes
         # counts those): its pool reports none; its queue's metrics show its retries.
         self.pool = WorkerPool(name="finalizer-worker", queue=queue, handler=self,
@@ -191,7 +198,8 @@ class FinalizerLoop:
         return decide(pod, deleted=self._store.is_deleted(key), acked=acked,
                       terminal_acknowledged=terminal, unknown=unknown,
                       enabled=self._finalizers.enabled, now=self._clock(),
-                      policy=self._policy)
+                      policy=self._policy,
+                      app_owned=isinstance(pod, PodView) and self._app_owned(pod))
 
     async def handle(self, key: str) -> Outcome:
         """Put the finalizer of the pod cached for `key` where it belongs now."""

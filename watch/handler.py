@@ -23,6 +23,12 @@ Contract:
   propagation does) is forgotten here: no one else ever would. (So is an attempt deleted
   before its Job's first event arrived: the Job's conditions still give the run's state;
   only that attempt's exit code is missing from a failure's detail.)
+* A replica pod of a watched app controller (`app_owned`: a Deployment's ReplicaSet's or a
+  StatefulSet's pod with a run id, the kind among `kube.kinds`) is never reported here
+  either: the app path (`watch.apphandler`) reports its run from the controller, so a
+  drain that deletes the pod does not end the run. Its tombstone is forgotten at once
+  (the app path reads only live replicas); its key goes to the finalizer loop, which
+  releases a leftover finalizer. With the kind not watched it is judged as a bare pod.
 * A pod with no run id, whose run the platform does not know (orphan) or whose run is
   bound to another pod uid (foreign) is not reported; its key goes to the finalizer
   loop, which releases a leftover finalizer.
@@ -111,13 +117,15 @@ class PlatformHandler:
                  observed_at: Callable[[str], float | None],
                  is_leader: Callable[[], bool] = lambda: True,
                  job_held: Callable[[str | None], bool] = lambda uid: False,
+                 app_owned: Callable[[PodView], bool] = lambda pod: False,
                  metrics: HandlerMetrics | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         """`finalizer_loop(pod)` enqueues the pod's key for its finalizer (never blocks);
         `observed_at(key)` is the wall time the key's oldest pending change was observed
         (None: unknown), for the freshness metric; `job_held(uid)` whether the Job path
-        holds the Job of that uid (`watch.jobindex.JobIndex.holds`); `clock` is wall
-        time."""
+        holds the Job of that uid (`watch.jobindex.JobIndex.holds`); `app_owned(pod)`
+        whether an app path reports the pod's run (`watch.apppath.AppPath.owns`); `clock`
+        is wall time."""
         self._store = store
         self._ledger = ledger
         self._platform = platform
@@ -128,6 +136,7 @@ class PlatformHandler:
         self._observed_at = observed_at
         self._is_leader = is_leader
         self._job_held = job_held
+        self._app_owned = app_owned
         self._metrics: HandlerMetrics = metrics or NULL_METRICS
         self._clock = clock
 
@@ -142,13 +151,8 @@ class PlatformHandler:
                 self._ledger.forget(pod.run_id)
                 self._store.forget_tombstone(key, pod)
             return DONE
-        if owned_by_job(pod):
-            # An attempt: the Job path reports its run (watch.jobhandler) and forgets its
-            # tombstone once through with the Job (its last exit code is the run's).
-            self._finalize(pod)
-            if self._store.is_deleted(key) and not self._job_held(pod.owner_uid):
-                self._store.forget_tombstone(key, pod)
-            return DONE
+        if owned_by_job(pod) or self._app_owned(pod):
+            return self._left_to_its_controller(pod)
         if pod.run_id is None:
             return self._not_reported(pod)
         acked = (self._ledger.get(pod.run_id) or self._ledger.from_seed(pod)
@@ -185,6 +189,17 @@ class PlatformHandler:
         if derived.judged and (behind := await self._cache_behind(pod)) is not None:
             return Outcome.retry(behind)
         return await self._send(pod, acked, derived)
+
+    def _left_to_its_controller(self, pod: PodView) -> Outcome:
+        """A Job's attempt or a watched app controller's replica: its controller's path
+        reports the run (watch.jobhandler, watch.apphandler). A Job path holding the Job
+        forgets its attempts' tombstones itself (the last exit code is the run's); an app
+        path reads live replicas only, so a replica's tombstone goes at once."""
+        self._finalize(pod)
+        if self._store.is_deleted(pod.key) and (
+                not owned_by_job(pod) or not self._job_held(pod.owner_uid)):
+            self._store.forget_tombstone(pod.key, pod)
+        return DONE
 
     def _not_reported(self, pod: PodView) -> Outcome:
         """Untracked, orphaned or foreign: the finalizer loop may release a leftover

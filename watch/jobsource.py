@@ -12,6 +12,8 @@ Contract:
   it never conflicts with the Job controller's status writes). Both answer True iff the
   patch landed, False iff the Job is gone or its name is another Job's now; anything
   else is raised for the caller to retry.
+* `json_pages`, `json_watch` and `patch_finalizer` are those calls for any kind's path
+  (the app controllers' source, `watch.appsource`, uses them too).
 * Least privilege: these need `get, list, watch, patch` on `jobs` in `batch`, nothing
   on `jobs/status`.
 """
@@ -57,65 +59,32 @@ class JobSource:
     def __init__(self, kube: KubeClient) -> None:
         self._kube = kube
 
-    async def pages(self, namespace: str | None, *, label_selector: str,
-                    page_size: int) -> AsyncGenerator[Page, None]:
-        path = jobs_path(namespace)
-        token: str | None = None
-        while True:
-            response = await self._kube.request("GET", path, query={
-                "labelSelector": label_selector or None, "limit": page_size,
-                "continue": token}, client_timeout=aiohttp.ClientTimeout(total=120))
-            page = decode_pod_list(await read_body(response, "GET", path))
-            token = page.continue_token
-            yield page
-            if token is None:
-                return
+    def pages(self, namespace: str | None, *, label_selector: str,
+              page_size: int) -> AsyncGenerator[Page, None]:
+        return json_pages(self._kube, jobs_path(namespace), label_selector=label_selector,
+                          page_size=page_size)
 
-    async def watch(self, namespace: str | None, *, label_selector: str,
-                    resource_version: str, timeout_seconds: int, read_timeout: float,
-                    ) -> AsyncGenerator[WatchEvent | MalformedEvent, None]:
-        query = {"watch": "true", "allowWatchBookmarks": "true",
-                 "resourceVersion": resource_version, "timeoutSeconds": timeout_seconds,
-                 "labelSelector": label_selector or None}
-        try:
-            response = await self._kube.request(
-                "GET", jobs_path(namespace), query=query,
-                client_timeout=aiohttp.ClientTimeout(total=None, sock_connect=read_timeout,
-                                                     sock_read=read_timeout))
-        except Timeout as exc:
-            raise WatchStalled(0, f"watch did not open within {read_timeout:g}s") from exc
-        try:
-            async for line in watch_lines(response.content, read_timeout):
-                try:
-                    yield decode_event(line, read_at=time.monotonic())
-                except MalformedEvent as bad:
-                    yield bad
-        finally:
-            response.release()
+    def watch(self, namespace: str | None, *, label_selector: str, resource_version: str,
+              timeout_seconds: int, read_timeout: float,
+              ) -> AsyncGenerator[WatchEvent | MalformedEvent, None]:
+        return json_watch(self._kube, jobs_path(namespace), label_selector=label_selector,
+                          resource_version=resource_version,
+                          timeout_seconds=timeout_seconds, read_timeout=read_timeout)
 
     def project(self, obj: dict[str, object]) -> JobView:
         return project_job(obj)
 
 
-async def _patch(kube: KubeClient, job: JobView, meta: JSON) -> bool:
-    try:
-        await kube.request_json(
-            "PATCH", jobs_path(job.namespace, job.key[len(job.namespace) + 1:]),
-            body={"metadata": {"uid": job.uid, **meta}},
-            content_type="application/strategic-merge-patch+json")
-    except (NotFound, UidChanged):  # gone, or the name is another Job's now
-        return False
-    return True
-
-
 async def add_finalizer(kube: KubeClient, job: JobView) -> bool:
-    """Put Sniffer's outcome finalizer on `job` (ObjectMeta.finalizers merges as a set)."""
-    return await _patch(kube, job, {"finalizers": [OUTCOME_FINALIZER]})
+    """Put Sniffer's outcome finalizer on `job`."""
+    return await patch_finalizer(kube, jobs_path(job.namespace, job.name), job.uid,
+                                 release=False)
 
 
 async def release_finalizer(kube: KubeClient, job: JobView) -> bool:
     """Take Sniffer's outcome finalizer off `job`."""
-    return await _patch(kube, job, {"$deleteFromPrimitiveList/finalizers": [OUTCOME_FINALIZER]})
+    return await patch_finalizer(kube, jobs_path(job.namespace, job.name), job.uid,
+                                 release=True)
 
 
 class KubeJobFinalizers:
@@ -129,3 +98,56 @@ class KubeJobFinalizers:
 
     async def release(self, job: JobView) -> bool:
         return await release_finalizer(self._kube, job)
+
+
+async def json_pages(kube: KubeClient, path: str, *, label_selector: str,
+                     page_size: int) -> AsyncGenerator[Page, None]:
+    """Every page of one paginated JSON LIST of `path` (any kind; the pods' semantics)."""
+    token: str | None = None
+    while True:
+        response = await kube.request("GET", path, query={
+            "labelSelector": label_selector or None, "limit": page_size,
+            "continue": token}, client_timeout=aiohttp.ClientTimeout(total=120))
+        page = decode_pod_list(await read_body(response, "GET", path))
+        token = page.continue_token
+        yield page
+        if token is None:
+            return
+
+
+async def json_watch(kube: KubeClient, path: str, *, label_selector: str,
+                     resource_version: str, timeout_seconds: int, read_timeout: float,
+                     ) -> AsyncGenerator[WatchEvent | MalformedEvent, None]:
+    """One JSON watch stream of `path`, with bookmarks (any kind; the pods' semantics)."""
+    query = {"watch": "true", "allowWatchBookmarks": "true",
+             "resourceVersion": resource_version, "timeoutSeconds": timeout_seconds,
+             "labelSelector": label_selector or None}
+    try:
+        response = await kube.request(
+            "GET", path, query=query,
+            client_timeout=aiohttp.ClientTimeout(total=None, sock_connect=read_timeout,
+                                                 sock_read=read_timeout))
+    except Timeout as exc:
+        raise WatchStalled(0, f"watch did not open within {read_timeout:g}s") from exc
+    try:
+        async for line in watch_lines(response.content, read_timeout):
+            try:
+                yield decode_event(line, read_at=time.monotonic())
+            except MalformedEvent as bad:
+                yield bad
+    finally:
+        response.release()
+
+
+async def patch_finalizer(kube: KubeClient, path: str, uid: str, *, release: bool) -> bool:
+    """Add (or, `release`, remove) Sniffer's outcome finalizer on the object at `path`
+    with a uid-guarded strategic-merge patch (ObjectMeta.finalizers merges as a set).
+    True iff it landed; False iff the object is gone or its name is another's now."""
+    meta: JSON = ({"$deleteFromPrimitiveList/finalizers": [OUTCOME_FINALIZER]} if release
+                  else {"finalizers": [OUTCOME_FINALIZER]})
+    try:
+        await kube.request_json("PATCH", path, body={"metadata": {"uid": uid, **meta}},
+                                content_type="application/strategic-merge-patch+json")
+    except (NotFound, UidChanged):  # gone, or the name is another object's now
+        return False
+    return True

@@ -25,12 +25,15 @@ Contract:
   such tombstones; the bet is that a leader that lived that long after a deletion has
   handled it. If it died first with the deletion unhandled, `sniffer reconcile` repairs
   the run.
+* `LeaderTombstones(elector)` is that rule as the store's tombstone policy
+  (`watch.store.TombstonePolicy`), for the pod, Job and app caches alike.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -290,3 +293,32 @@ def _read_spec(lease: dict[str, Any], default_duration: float,
     if not isinstance(holder, str) or not duration > 0:
         return None
     return spec, holder, duration, transitions
+
+
+class LeaderTombstones:
+    """The store's tombstone policy (`watch.store.TombstonePolicy`) from the elector.
+
+    While this replica does not lead it keeps no tombstone of a pod that carried the
+    finalizer (the leader added it and releases it only once the outcome is
+    acknowledged), and lets go of the tombstones recorded before the live leader's
+    observed streak covers them (`LeaderObservation.covered_before`): its memory is
+    bounded by the deletions of the last few lease durations. While it leads it keeps
+    every tombstone until its handler is through with it.
+
+    Invariant: `_before` is the latest time the observation has answered (never moves
+    back: a tombstone let go stays gone)."""
+
+    def __init__(self, elector: LeaderElector) -> None:
+        self._elector = elector
+        self._before = -math.inf
+
+    def keep_finalized(self) -> bool:
+        return self._elector.is_leader
+
+    def seen_before(self) -> float:
+        if self._elector.is_leader:
+            return -math.inf
+        seen = self._elector.observation.covered_before()
+        if seen is not None and seen > self._before:
+            self._before = seen
+        return self._before

@@ -52,6 +52,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
+from sniffer.appview import AppView
 from sniffer.jobview import JobView
 from sniffer.platform_model import PlatformRejected, PlatformUnavailable, Run
 from sniffer.podview import PodView
@@ -178,7 +179,7 @@ class RunLedger:
         self._seed, self._seed_time = seed, started
         log.info("seeded acknowledgements", extra={"non_terminal_runs": len(seed)})
 
-    def from_seed(self, pod: PodView | JobView) -> Acked | None:
+    def from_seed(self, pod: PodView | JobView | AppView) -> Acked | None:
         """The seed's answer for `pod`'s run, recorded (see the contract), or None: read
         the run. Caller duty: `pod.run_id` is set and has no acknowledgement."""
         assert pod.run_id is not None
@@ -194,5 +195,5 @@ class RunLedger:
             self._acked[pod.run_id] = seeded
         return seeded
 
-    def _older_than_seed(self, pod: PodView | JobView) -> bool:
+    def _older_than_seed(self, pod: PodView | JobView | AppView) -> bool:
         return pod.created_at < self._seed_time - self._margin

@@ -262,7 +262,7 @@ class Reflector(Generic[V]):
         try:
             return self._source.project(obj)
         except MalformedPod as exc:
-            self._metrics.malformed("pod" if self._source.what == "pods" else "job")
+            self._metrics.malformed(self._source.what[:-1])  # pod, job, deployment, ...
             meta = obj.get("metadata")
             name = meta.get("name") if isinstance(meta, dict) else None
             log.warning(f"skipping malformed {self._source.what[:-1]}", extra={

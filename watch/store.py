@@ -73,6 +73,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
+from sniffer.appview import AppView
 from sniffer.jobview import JobView
 from sniffer.podview import OUTCOME_FINALIZER, PodView
 
@@ -280,7 +281,7 @@ class ObjectStore(Generic[V]):
             # the view is not the pod's end (`sniffer.states` then judges it lost).
             last = (dataclasses.replace(last, deletion_timestamp=now,
                                         final_state_unknown=True)
-                    if unseen and isinstance(last, PodView | JobView)
+                    if unseen and isinstance(last, PodView | JobView | AppView)
                     else dataclasses.replace(last, deletion_timestamp=now))  # type: ignore[type-var]
         self._tombstones[key] = last
         self._deleted_at.pop(key, None)  # re-inserted at the end: recording order

@@ -6,11 +6,13 @@ Contract:
   (`reflector`, `job_reflector`: one series set, told apart by ``sniffer.workload.kind``),
   `watch.workqueue.QueueMetrics` (one per queue, `queue_metrics(name)`:
   `queue` is the platform queue's, ``pods``, `job_queue` the Job path's, ``jobs``,
+  `app_queues[kind]` the app paths', ``deployments`` and ``statefulsets``,
   `finalizer_queue` the finalizer loop's, ``finalizers``; every queue reports the one
   ``sniffer.queue.*`` set, told apart by ``sniffer.queue.name`` as client-go labels
   each queue by its name),
   `watch.controller.ControllerMetrics` (`controller` for the pod path, `job_controller`
-  for the Job path: the same series, told apart by ``sniffer.workload.kind``) and
+  for the Job path, `app_controllers[kind]` for the app paths: the same series, told
+  apart by ``sniffer.workload.kind``; `app_reflectors[kind]` likewise) and
   `sniffer.platform.PlatformMetrics` (`platform`); it imports none of them (layers point
   one way: watch → sniffer core).
 * Every hot-path call is a dict update or a deque append (see `instruments`): well under a
@@ -39,13 +41,15 @@ from typing import Any, Protocol
 
 from opentelemetry.metrics import Meter, Observation
 
+from sniffer.appview import APP_CONTROLLERS
 from sniffer.podview import OUTCOME_FINALIZER
 from sniffer.telemetry.instruments import Counts, Histogram, Registry
 
 log = logging.getLogger(__name__)
 
 SAMPLE_TIMEOUT_S = 1.0
-QUEUE_ATTRIBUTES = {"queue": "pods", "job_queue": "jobs", "finalizer_queue": "finalizers"}
+QUEUE_ATTRIBUTES = {"queue": "pods", "job_queue": "jobs", "deployment_queue": "deployments",
+                    "statefulset_queue": "statefulsets", "finalizer_queue": "finalizers"}
 """The watcher's attributes holding a work queue, and each queue's metric name: the
 sampler reports their unfinished work. A new queue is added here (and to the Watcher)."""
 _SAMPLE_REUSE_S = 0.25
@@ -278,13 +282,17 @@ class WatchTelemetry:
         reflecting = _ReflectorInstruments(registry)
         self.reflector = _Reflector(reflecting, "Pod")
         self.job_reflector = _Reflector(reflecting, "Job")
+        self.app_reflectors = {kind: _Reflector(reflecting, kind) for kind in APP_CONTROLLERS}
         self._queues = _QueueInstruments(registry)
         self.queue = self.queue_metrics(QUEUE_ATTRIBUTES["queue"])
         self.job_queue = self.queue_metrics(QUEUE_ATTRIBUTES["job_queue"])
+        self.app_queues = {kind: self.queue_metrics(QUEUE_ATTRIBUTES[f"{kind.lower()}_queue"])
+                           for kind in APP_CONTROLLERS}
         self.finalizer_queue = self.queue_metrics(QUEUE_ATTRIBUTES["finalizer_queue"])
         handler = _ControllerInstruments(registry)
         self.controller = _Controller(handler, "Pod")
         self.job_controller = _Controller(handler, "Job")
+        self.app_controllers = {kind: _Controller(handler, kind) for kind in APP_CONTROLLERS}
         self.platform = PlatformTelemetry(registry)
         self._leader_election = leader_election
         self._watcher: WatcherView | None = None
