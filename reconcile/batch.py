@@ -24,7 +24,7 @@ import logging
 from collections.abc import Awaitable, Sequence
 from typing import Protocol, TypeVar
 
-from reconcile.diff import Mismatch
+from reconcile.mismatch import Mismatch
 from reconcile.repair import RepairOutcome, RepairResult
 from sniffer.podview import OUTCOME_FINALIZER
 

@@ -14,7 +14,7 @@ Contract:
 * One run gets at most one proposed state (`target`): the pod bound to it speaks for it
   (`run.pod_uid`); an unbound run is spoken for by the pod its record names, else by its
   oldest pod.
-* Kinds, and what the reconciler does about each:
+* Kinds (`reconcile.mismatch`), and what the reconciler does about each:
 
   - `pod_ahead`: a non-terminal run whose pod shows a state further along → write
     `target` (and, if that is terminal, release the pod's finalizer). Not yet, though,
@@ -60,6 +60,11 @@ Contract:
     whatever backed it.
   - A Job that cannot be projected is `underivable`, and its run is never judged lost.
 
+* Runs backed by an app controller (only for the kinds the snapshot `apps_listed`): their
+  replica pods are never judged one by one; `reconcile.appdiff` judges the run by its
+  controller (`app_ahead`, `finalizer_left`) or, with the controller gone and replicas
+  left, `app_lost`. A controller that cannot be projected is `underivable`.
+
 * Applying every proposed repair to the snapshot and judging again finds nothing
   repairable (tests/test_reconcile_diff.py checks it with hypothesis).
 """
@@ -67,10 +72,13 @@ Contract:
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
-from enum import StrEnum
+from dataclasses import replace
 
+from reconcile.appdiff import judge_app_gone, judge_apps
+from reconcile.mismatch import Mismatch, MismatchKind, PodRef
 from reconcile.snapshot import BadPod, Snapshot
+from sniffer.apps import replica_owner
+from sniffer.appview import AppView
 from sniffer.jobs import attempts, derive_job, is_attempt, job_lost, owned_by_job
 from sniffer.jobview import JobView
 from sniffer.platform_model import Run
@@ -87,96 +95,80 @@ from sniffer.states import (
     lost,
 )
 
-__all__ = ["POD_LOST_MESSAGE", "POD_LOST_REASON"]  # re-exported: the report names them
-
-
-class MismatchKind(StrEnum):
-    POD_AHEAD = "pod_ahead"
-    POD_LOST = "pod_lost"
-    FINALIZER_LEFT = "finalizer_left"
-    ORPHAN_POD = "orphan_pod"
-    UNDERIVABLE = "underivable"
-    UID_MISMATCH = "uid_mismatch"
-    JOB_AHEAD = "job_ahead"
-    JOB_LOST = "job_lost"
-
-    @property
-    def repairable(self) -> bool:
-        """True iff the reconciler acts on this kind (the others are only reported)."""
-        return self in _REPAIRABLE
-
-
-_REPAIRABLE = frozenset({MismatchKind.POD_AHEAD, MismatchKind.POD_LOST,
-                         MismatchKind.FINALIZER_LEFT, MismatchKind.JOB_AHEAD,
-                         MismatchKind.JOB_LOST})
-
-
-@dataclass(frozen=True, slots=True)
-class PodRef:
-    """Which pod (or, with `kind` "Job", which Job) a mismatch is about. `uid` is None
-    when only the run's record names it."""
-
-    namespace: str
-    name: str
-    uid: str | None
-    kind: str = "Pod"
-
-    @property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
-
-
-@dataclass(frozen=True, slots=True)
-class Mismatch:
-    """One thing that is wrong, and the repair it calls for.
-
-    `target` is set iff the kind is pod_ahead, pod_lost, job_ahead or job_lost (the state
-    to write; for job_ahead `pod` is the Job, for job_lost its newest attempt pod);
-    `attempts`/`attempt_pod` are set iff the kind is job_ahead or job_lost;
-    `release_finalizer` is True iff the repair ends by removing Sniffer's finalizer from
-    `pod` (finalizer_left, or pod_ahead to a terminal state of a pod that carries it).
-    `run_state` is the run's state in the snapshot, None iff the platform does not know
-    the run (or, for a malformed pod, its run id could not be read)."""
-
-    kind: MismatchKind
-    run_id: str | None
-    run_state: WorkloadState | None
-    pod: PodRef | None
-    detail: str
-    target: Derived | None = None
-    release_finalizer: bool = False
-    attempts: int | None = None
-    attempt_pod: str | None = None
-
-    @property
-    def sort_key(self) -> tuple[str, str, str]:
-        return (self.run_id or "", self.pod.key if self.pod else "", self.kind.value)
+__all__ = ["POD_LOST_MESSAGE", "POD_LOST_REASON", "diff"]  # the report names the first two
 
 
 def diff(snapshot: Snapshot, *, now: float, policy: StatePolicy,
          grace_period_s: float) -> list[Mismatch]:
     """Every mismatch in `snapshot` at time `now` (epoch seconds); see the module docstring."""
     pods_by_run, attempts_by_run, jobs_by_run = _by_run(snapshot)
-    out = [_bad(bad, snapshot) for bad in (*snapshot.bad_pods, *snapshot.bad_jobs)]
+    replicas_by_run, apps_by_run = _apps_by_run(snapshot, pods_by_run)
+    bad = (*snapshot.bad_pods, *snapshot.bad_jobs, *snapshot.bad_apps)
+    out = [_bad(b, snapshot) for b in bad]
+    for run_id, apps in apps_by_run.items():
+        out.extend(judge_apps(run_id, apps, replicas_by_run.get(run_id, []),
+                              pods_by_run.get(run_id, []), snapshot, now=now, policy=policy))
     for run_id, jobs in jobs_by_run.items():
-        out.extend(_judge_jobs(run_id, jobs, attempts_by_run.get(run_id, []),
-                               pods_by_run.get(run_id, []), snapshot, now, policy))
+        if run_id not in apps_by_run:
+            out.extend(_judge_jobs(run_id, jobs, attempts_by_run.get(run_id, []),
+                                   pods_by_run.get(run_id, []), snapshot, now, policy))
+    judged = apps_by_run.keys() | jobs_by_run.keys()
     for run_id, pods in pods_by_run.items():
-        if run_id not in jobs_by_run:
+        if run_id not in judged:
             out.extend(_judge_pods(run_id, pods, snapshot, now, policy, grace_period_s))
-    for run_id, pods in attempts_by_run.items():
-        if run_id not in jobs_by_run and run_id not in pods_by_run:
-            out.extend(_judge_job_gone(run_id, pods, snapshot, now, policy, grace_period_s))
-    with_bad_pods = {bad.run_id for bad in (*snapshot.bad_pods, *snapshot.bad_jobs)}
-    for run in snapshot.runs.values():
-        if (run.id in pods_by_run or run.id in with_bad_pods or run.id in jobs_by_run
-                or run.id in attempts_by_run):
-            continue
-        lost = _judge_missing(run, snapshot.scope, now, grace_period_s)
-        if lost is not None:
-            out.append(lost)
+    judged |= pods_by_run.keys() | {b.run_id for b in bad if b.run_id}
+    out.extend(_judge_leftovers(snapshot, judged, attempts_by_run, replicas_by_run, now,
+                                policy, grace_period_s))
     out.sort(key=lambda m: m.sort_key)
     return out
+
+
+def _judge_leftovers(snapshot: Snapshot, judged: set[str],
+                     attempts_by_run: dict[str, list[PodView]],
+                     replicas_by_run: dict[str, list[PodView]], now: float,
+                     policy: StatePolicy, grace_period_s: float) -> list[Mismatch]:
+    """Runs not `judged` yet: a Job's attempts or an app's replicas left without their
+    controller, else nothing at all (`pod_lost`)."""
+    out: list[Mismatch] = []
+    for run_id, pods in attempts_by_run.items():
+        if run_id not in judged:
+            out.extend(_judge_job_gone(run_id, pods, snapshot, now, policy, grace_period_s))
+    judged = judged | attempts_by_run.keys()
+    for run_id, pods in replicas_by_run.items():
+        if run_id not in judged:
+            out.extend(judge_app_gone(run_id, pods, snapshot, now=now,
+                                      grace_period_s=grace_period_s))
+    judged |= replicas_by_run.keys()
+    for run in snapshot.runs.values():
+        lost = None if run.id in judged else _judge_missing(run, snapshot.scope, now,
+                                                               grace_period_s)
+        if lost is not None:
+            out.append(lost)
+    return out
+
+
+def _apps_by_run(snapshot: Snapshot, pods_by_run: dict[str, list[PodView]],
+                 ) -> tuple[dict[str, list[PodView]], dict[str, list[AppView]]]:
+    """Run id → its replica pods (taken out of `pods_by_run`: of the app controller kinds
+    listed, they are never judged one by one), and its controllers."""
+    replicas_by_run: dict[str, list[PodView]] = {}
+    apps_by_run: dict[str, list[AppView]] = {}
+    if not snapshot.apps_listed:
+        return replicas_by_run, apps_by_run
+    for run_id in list(pods_by_run):
+        bare: list[PodView] = []
+        for pod in pods_by_run[run_id]:
+            into = (replicas_by_run.setdefault(run_id, [])
+                    if replica_owner(pod) in snapshot.apps_listed else bare)
+            into.append(pod)
+        if bare:
+            pods_by_run[run_id] = bare
+        else:
+            del pods_by_run[run_id]
+    for app in snapshot.apps:
+        if app.run_id is not None:
+            apps_by_run.setdefault(app.run_id, []).append(app)
+    return replicas_by_run, apps_by_run
 
 
 def _by_run(snapshot: Snapshot) -> tuple[dict[str, list[PodView]], dict[str, list[PodView]],

@@ -24,6 +24,8 @@ Contract:
   lists the run's pods *and* Jobs by label in the namespace (a Job may have appeared
   since the snapshot, or its attempts changed), so a run is never judged by a stale
   Job; the write carries the Job's attempts and binds the run to the Job.
+* App-controller-backed runs (app_ahead, app_lost; pod lost with apps watched): the same,
+  listing the run's Deployments / StatefulSets (the kinds watched) beside its pods.
 * Finalizer release (finalizer_left, and after a terminal write for a pod that carries
   it): a strategic-merge patch with the pod's uid as precondition; idempotent, and a pod
   that is gone or was replaced under the same name is left alone
@@ -46,8 +48,16 @@ from typing import Protocol
 
 from opentelemetry import trace
 
-from reconcile.diff import Mismatch, MismatchKind, PodRef, diff
-from reconcile.snapshot import BadPod, Snapshot, project_into, project_job_into
+from reconcile.diff import diff
+from reconcile.mismatch import Mismatch, MismatchKind, PodRef
+from reconcile.snapshot import (
+    BadPod,
+    Snapshot,
+    list_apps_into,
+    project_into,
+    project_job_into,
+)
+from sniffer.appview import APP_CONTROLLERS, AppView
 from sniffer.backoff import backoff_delay
 from sniffer.jobview import JobView
 from sniffer.kubedecode import JSON, KubeError, NotFound, Page
@@ -59,7 +69,13 @@ from sniffer.platform_model import (
     StateUpdate,
     UpdateResult,
 )
-from sniffer.pods import list_job_pages, list_pages, release_finalizer, release_job_finalizer
+from sniffer.pods import (
+    list_job_pages,
+    list_pages,
+    release_app_finalizer,
+    release_finalizer,
+    release_job_finalizer,
+)
 from sniffer.podview import OUTCOME_FINALIZER, RUN_ID_LABEL, PodView
 from sniffer.states import StatePolicy
 
@@ -116,6 +132,12 @@ class PodAccess(Protocol):
     async def patch_pod(self, namespace: str, name: str, patch: JSON | list[JSON], *,
                         content_type: str = ...) -> JSON: ...
 
+    async def list_apps(self, resource: str, namespace: str | None, *, label_selector: str,
+                        limit: int, continue_token: str | None = None) -> Page: ...
+
+    async def patch_app(self, resource: str, namespace: str, name: str, patch: JSON, *,
+                        content_type: str = ...) -> JSON: ...
+
 
 class RunWriter(Protocol):
     """The part of `sniffer.platform.PlatformClient` repairs need."""
@@ -170,6 +192,7 @@ class Repairer:
         self._clock = clock
         self._hooks = hooks or RepairHooks()
         self._jobs = "jobs" in kinds
+        self._apps = tuple(c for c in APP_CONTROLLERS if f"{c.lower()}s" in kinds)
 
     async def repair(self, m: Mismatch) -> RepairResult:
         """Repair one repairable mismatch; never raises for the repair's own errors."""
@@ -239,7 +262,8 @@ class Repairer:
         if m.target is not None:
             assert m.run_id is not None
             t = m.target
-            binds = m.kind in (MismatchKind.POD_AHEAD, MismatchKind.JOB_AHEAD)
+            binds = m.kind in (MismatchKind.POD_AHEAD, MismatchKind.JOB_AHEAD,
+                               MismatchKind.APP_AHEAD)
             update = StateUpdate.derived(m.run_id, t, m.pod if binds else None,
                                          attempts=m.attempts, attempt_pod=m.attempt_pod)
             result = await self._platform.update_state(update, expected_state=run.state)
@@ -252,7 +276,7 @@ class Repairer:
             done.append(f"set {t.state.value}{because}, was {run.state}")
         if m.release_finalizer and m.pod is not None and await self._release(m.pod):
             done.append(f"removed finalizer {OUTCOME_FINALIZER}"
-                        + (" from the job" if m.pod.kind == "Job" else ""))
+                        + (f" from the {m.pod.kind.lower()}" if m.pod.kind != "Pod" else ""))
         if not done:
             return RepairResult(m, RepairOutcome.ALREADY_CONSISTENT,
                                 "none: the pod is gone or was replaced")
@@ -263,6 +287,9 @@ class Repairer:
         if a patch landed, False if it is gone or is another object now."""
         if ref.kind == "Job":
             return await release_job_finalizer(self._kube, ref.namespace, ref.name, ref.uid)
+        if ref.kind in APP_CONTROLLERS:
+            return await release_app_finalizer(self._kube, f"{ref.kind.lower()}s",
+                                               ref.namespace, ref.name, ref.uid)
         return await release_finalizer(self._kube, ref.namespace, ref.name, ref.uid)
 
     # --- the re-read ------------------------------------------------------------------
@@ -274,9 +301,9 @@ class Repairer:
         bad: list[BadPod] = []
         jobs: list[JobView] = []
         bad_jobs: list[BadPod] = []
+        apps: list[AppView] = []
         namespaces: tuple[str | None, ...] = ()
-        if m.kind in (MismatchKind.POD_LOST, MismatchKind.JOB_AHEAD,
-                      MismatchKind.JOB_LOST) or (m.pod is not None and m.pod.kind == "Job"):
+        if m.kind in _LISTED or (m.pod is not None and m.pod.kind != "Pod"):
             # A pod (or Job) may have appeared under any name: list by label, in the
             # namespace the run names (the diff only judges runs lost whose namespace is
             # in scope), or the Job's.
@@ -285,6 +312,9 @@ class Repairer:
                 await self._list_run_pods(namespace, m.run_id, pods, bad)
                 if self._jobs:
                     await self._list_run_jobs(namespace, m.run_id, jobs, bad_jobs)
+                for controller in self._apps:
+                    await list_apps_into(self._kube, controller, namespace,
+                                         self._run_selector(m.run_id), 100, apps, bad_jobs)
         elif m.pod is not None:
             await self._get_pod(m.pod.namespace, m.pod.name, m.pod.uid, pods, bad)
         run = await self._platform.get_run(m.run_id)
@@ -294,7 +324,8 @@ class Repairer:
         snapshot = Snapshot(
             pods=tuple(pods), bad_pods=tuple(bad), runs={run.id: run} if run else {},
             unknown_run_ids=frozenset() if run else frozenset({m.run_id}), scope=self._scope,
-            jobs=tuple(jobs), bad_jobs=tuple(bad_jobs), jobs_listed=self._jobs)
+            jobs=tuple(jobs), bad_jobs=tuple(bad_jobs), jobs_listed=self._jobs,
+            apps=tuple(apps), apps_listed=self._apps)
         return run, diff(snapshot, now=self._clock(), policy=self._policy,
                          grace_period_s=self._grace)
 
@@ -332,6 +363,10 @@ class Repairer:
         project_into(obj, pods, bad)
 
 
+_LISTED = (MismatchKind.POD_LOST, MismatchKind.JOB_AHEAD, MismatchKind.JOB_LOST,  # re-read
+           MismatchKind.APP_AHEAD, MismatchKind.APP_LOST)  # by label: a new one may be there
+
+
 def _pick(planned: Mismatch, fresh: list[Mismatch]) -> Mismatch | None:
     """The fresh mismatch to act on: same run, same pod, and the planned kind (or a left
     finalizer, always safe to release)."""
@@ -340,7 +375,8 @@ def _pick(planned: Mismatch, fresh: list[Mismatch]) -> Mismatch | None:
         if m.run_id != planned.run_id or m.kind not in allowed:
             continue
         if planned.pod is not None and m.pod is not None and planned.kind not in (
-                MismatchKind.POD_LOST, MismatchKind.JOB_LOST) and m.pod.uid != planned.pod.uid:
+                MismatchKind.POD_LOST, MismatchKind.JOB_LOST, MismatchKind.APP_LOST,
+        ) and m.pod.uid != planned.pod.uid:
             continue
         return m
     return None

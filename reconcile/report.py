@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from reconcile.diff import MismatchKind
+from reconcile.mismatch import MismatchKind
 from reconcile.repair import SKIPPED, RepairOutcome, RepairResult
 
 EXIT_OK = 0

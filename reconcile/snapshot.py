@@ -16,6 +16,10 @@ Contract:
   runs, projected to `JobView`s; a Job that cannot be projected is a `BadPod` in
   `bad_jobs`. Without it, `jobs_listed` is False and the diff judges a Job's pods as
   bare pods.
+* With `kinds` including "deployments" (or "statefulsets"), those apps/v1 controllers are
+  listed the same way after the Jobs, projected to `AppView`s (a bad one is a `BadPod`
+  in `bad_apps`); `apps_listed` names the controller kinds listed ("Deployment",
+  "StatefulSet"), whose replica pods the diff then judges through their controller.
 * Runs the non-terminal listing did not return are read one by one (`runs_looked_up`)
   only where the answer can change what the pass does: for pods that carry Sniffer's
   finalizer (is the run terminal? then the finalizer is left over) or that have not
@@ -41,10 +45,11 @@ from typing import Protocol
 
 from opentelemetry import trace
 
+from sniffer.appview import APP_CONTROLLERS, AppView, project_app
 from sniffer.jobview import JobView, project_job
 from sniffer.kubedecode import Gone, Page
 from sniffer.platform_model import PlatformError, Run
-from sniffer.pods import list_job_pages, list_pages
+from sniffer.pods import list_app_pages, list_job_pages, list_pages
 from sniffer.podview import (
     OUTCOME_FINALIZER,
     RUN_ID_LABEL,
@@ -70,6 +75,9 @@ class PodLister(Protocol):
 
     async def list_jobs(self, namespace: str | None, *, label_selector: str, limit: int,
                         continue_token: str | None = None) -> Page: ...
+
+    async def list_apps(self, resource: str, namespace: str | None, *, label_selector: str,
+                        limit: int, continue_token: str | None = None) -> Page: ...
 
 
 class RunReader(Protocol):
@@ -121,6 +129,10 @@ class Snapshot:
     """Tracked Jobs that could not be projected (a `BadPod` names any object)."""
     jobs_listed: bool = False
     """True iff Jobs were listed: runs backed by a Job are judged by the Job."""
+    apps: tuple[AppView, ...] = ()
+    bad_apps: tuple[BadPod, ...] = ()
+    apps_listed: tuple[str, ...] = ()
+    """The app controller kinds listed: runs backed by one are judged by it."""
 
 
 def needs_run_lookup(pod: PodView) -> bool:
@@ -129,6 +141,12 @@ def needs_run_lookup(pod: PodView) -> bool:
 
 
 _JOB_ENDS = ("Complete", "SuccessCriteriaMet", "Failed", "FailureTarget")
+
+
+def app_needs_run_lookup(app: AppView) -> bool:
+    """As `needs_run_lookup`, for an app controller: it carries Sniffer's finalizer or is
+    not being deleted (an app ends only by its controller's deletion)."""
+    return OUTCOME_FINALIZER in app.finalizers or app.deletion_timestamp is None
 
 
 def job_needs_run_lookup(job: JobView) -> bool:
@@ -141,13 +159,11 @@ async def take(kube: PodLister, platform: RunReader, *, scope: tuple[str, ...],
                label_selector: str, page_size: int, concurrency: int,
                only: tuple[str, ...] = (), kinds: tuple[str, ...] = ("pods",),
                on_phase: Callable[[str], None] | None = None) -> Snapshot:
-    """List both sides (see the module docstring). `on_phase` is told "pods", "jobs"
-    (with "jobs" in `kinds`), "runs" and "lookups" as each phase begins (progress
-    logging)."""
+    """List both sides (see the module docstring). `on_phase` is told "pods", "jobs",
+    "deployments", "statefulsets" (each with it in `kinds`), "runs" and "lookups" as each
+    phase begins (progress logging)."""
     pods: list[PodView] = []
     bad: list[BadPod] = []
-    jobs: list[JobView] = []
-    bad_jobs: list[BadPod] = []
     selectors = ([label_selector] if not only else
                  [_only_selector(label_selector, only[i:i + _ONLY_CHUNK])
                   for i in range(0, len(only), _ONLY_CHUNK)])
@@ -159,10 +175,9 @@ async def take(kube: PodLister, platform: RunReader, *, scope: tuple[str, ...],
                 await _list_namespace(kube, namespace, selector, page_size, pods, bad)
         span.set_attribute("sniffer.pods", len(pods) + len(bad))
     with_jobs = "jobs" in kinds
-    if with_jobs:
-        if on_phase:
-            on_phase("jobs")
-        await _list_all_jobs(kube, scope, selectors, page_size, jobs, bad_jobs)
+    listed_apps = tuple(c for c in APP_CONTROLLERS if _resource(c) in kinds)
+    jobs, bad_jobs, apps, bad_apps = await _list_controllers(
+        kube, with_jobs, listed_apps, scope, selectors, page_size, on_phase)
     if on_phase:
         on_phase("runs")
     runs: dict[str, Run] = {}
@@ -177,6 +192,9 @@ async def take(kube: PodLister, platform: RunReader, *, scope: tuple[str, ...],
                 runs[run.id] = run
                 listed += 1
             wanted = _worth_a_read(pods, jobs, runs)
+            wanted += [a.run_id for a in apps if a.run_id is not None
+                       and a.run_id not in runs and a.run_id not in wanted
+                       and app_needs_run_lookup(a)]
         if on_phase:
             on_phase("lookups")
         await _look_up(platform, wanted, concurrency, runs, unknown, errors)
@@ -185,7 +203,68 @@ async def take(kube: PodLister, platform: RunReader, *, scope: tuple[str, ...],
     return Snapshot(pods=tuple(pods), bad_pods=tuple(bad), runs=runs,
                     unknown_run_ids=frozenset(unknown), scope=scope, runs_listed=listed,
                     runs_looked_up=len(wanted), lookup_errors=errors, jobs=tuple(jobs),
-                    bad_jobs=tuple(bad_jobs), jobs_listed=with_jobs)
+                    bad_jobs=tuple(bad_jobs), jobs_listed=with_jobs, apps=tuple(apps),
+                    bad_apps=tuple(bad_apps), apps_listed=listed_apps)
+
+
+async def _list_controllers(
+        kube: PodLister, with_jobs: bool, listed_apps: tuple[str, ...],
+        scope: tuple[str, ...], selectors: list[str], page_size: int,
+        on_phase: Callable[[str], None] | None,
+) -> tuple[list[JobView], list[BadPod], list[AppView], list[BadPod]]:
+    """The Jobs (if `with_jobs`) and the app controllers of `listed_apps`, in turn."""
+    jobs: list[JobView] = []
+    bad_jobs: list[BadPod] = []
+    apps: list[AppView] = []
+    bad_apps: list[BadPod] = []
+    if with_jobs:
+        if on_phase:
+            on_phase("jobs")
+        await _list_all_jobs(kube, scope, selectors, page_size, jobs, bad_jobs)
+    for controller in listed_apps:
+        if on_phase:
+            on_phase(_resource(controller))
+        await _list_all_apps(kube, controller, scope, selectors, page_size, apps, bad_apps)
+    return jobs, bad_jobs, apps, bad_apps
+
+
+def _resource(controller: str) -> str:
+    return f"{controller.lower()}s"  # Deployment → deployments, StatefulSet → statefulsets
+
+
+async def _list_all_apps(kube: PodLister, controller: str, scope: tuple[str, ...],
+                         selectors: list[str], page_size: int, apps: list[AppView],
+                         bad: list[BadPod]) -> None:
+    with tracer.start_as_current_span(f"sniffer.reconcile.list_{_resource(controller)}"):
+        for namespace in scope or (None,):
+            for selector in selectors:
+                await list_apps_into(kube, controller, namespace, selector, page_size, apps,
+                                     bad)
+
+
+async def list_apps_into(kube: PodLister, controller: str, namespace: str | None,
+                         selector: str, page_size: int, apps: list[AppView],
+                         bad: list[BadPod]) -> None:
+    """Append the projections of every `controller` of one paginated LIST (as
+    `_list_namespace`; the repairs' re-read uses it too)."""
+    start_apps, start_bad = len(apps), len(bad)
+    for attempt in range(_GONE_RESTARTS + 1):
+        try:
+            async with contextlib.aclosing(list_app_pages(
+                    kube, _resource(controller), namespace, label_selector=selector,
+                    page_size=page_size)) as pages:
+                async for page in pages:
+                    for obj in page.items:
+                        try:
+                            apps.append(project_app(obj, controller=controller))
+                        except MalformedPod as exc:
+                            bad.append(_bad_object(obj, exc))
+            return
+        except Gone:
+            if attempt == _GONE_RESTARTS:
+                raise
+            del apps[start_apps:]
+            del bad[start_bad:]
 
 
 async def _list_all_jobs(kube: PodLister, scope: tuple[str, ...], selectors: list[str],

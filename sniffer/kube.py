@@ -285,6 +285,28 @@ class KubeClient:
         return await self.request_json("PATCH", self.jobs_path(namespace, name), body=patch,
                                        content_type=content_type)
 
+    @staticmethod
+    def apps_path(resource: str, namespace: str | None, name: str | None = None) -> str:
+        """The path of apps/v1 `resource` ("deployments", "statefulsets")."""
+        base = (f"/apis/apps/v1/namespaces/{quote(namespace)}/{resource}" if namespace
+                else f"/apis/apps/v1/{resource}")
+        return f"{base}/{quote(name)}" if name else base
+
+    async def list_apps(self, resource: str, namespace: str | None, *, label_selector: str,
+                        limit: int, continue_token: str | None = None) -> Page:
+        """One page of a paginated LIST of an apps/v1 `resource`, as `list_jobs`; raw
+        items for `sniffer.appview.project_app`."""
+        path = self.apps_path(resource, namespace)
+        response = await self.request("GET", path, query={
+            "labelSelector": label_selector or None, "limit": limit,
+            "continue": continue_token}, client_timeout=aiohttp.ClientTimeout(total=120))
+        return decode_pod_list(await read_body(response, "GET", path))
+
+    async def patch_app(self, resource: str, namespace: str, name: str, patch: JSON, *,
+                        content_type: str = "application/strategic-merge-patch+json") -> JSON:
+        return await self.request_json("PATCH", self.apps_path(resource, namespace, name),
+                                       body=patch, content_type=content_type)
+
     async def patch_pod(self, namespace: str, name: str, patch: JSON | list[JSON], *,
                         content_type: str = "application/strategic-merge-patch+json") -> JSON:
         return await self.request_json("PATCH", self.pods_path(namespace, name), body=patch,

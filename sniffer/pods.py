@@ -15,7 +15,9 @@ Contract:
   patch that would change the immutable uid with 422, `UidChanged`). Everything else,
   409 from a patch the server gave up retrying included, is raised: the finalizer is
   still there and the caller must retry or report it. `release_job_finalizer` does the
-  same for a batch/v1 Job (the watcher's outcome finalizer on Jobs).
+  same for a batch/v1 Job (the watcher's outcome finalizer on Jobs),
+  `release_app_finalizer` for a Deployment or StatefulSet; `list_app_pages` lists those
+  as `list_job_pages` lists Jobs.
 * Both take the small protocols below, so tests and callers may pass any client that
   has the call.
 """
@@ -75,6 +77,40 @@ def list_job_pages(kube: JobPageLister, namespace: str | None, *, label_selector
         return await kube.list_jobs(namespace, label_selector=label_selector,
                                     limit=page_size, continue_token=token)
     return _paged(fetch)
+
+
+class AppPageLister(Protocol):
+    """The `KubeClient` call `list_app_pages` makes."""
+
+    async def list_apps(self, resource: str, namespace: str | None, *, label_selector: str,
+                        limit: int, continue_token: str | None = None) -> Page: ...
+
+
+class AppPatcher(Protocol):
+    """The `KubeClient` call `release_app_finalizer` makes."""
+
+    async def patch_app(self, resource: str, namespace: str, name: str, patch: JSON, *,
+                        content_type: str = ...) -> JSON: ...
+
+
+def list_app_pages(kube: AppPageLister, resource: str, namespace: str | None, *,
+                   label_selector: str, page_size: int) -> AsyncGenerator[Page, None]:
+    """Every page of the LIST of `namespace`'s apps/v1 `resource` ("deployments",
+    "statefulsets"), as `list_pages` for pods."""
+    async def fetch(token: str | None) -> Page:
+        return await kube.list_apps(resource, namespace, label_selector=label_selector,
+                                    limit=page_size, continue_token=token)
+    return _paged(fetch)
+
+
+async def release_app_finalizer(kube: AppPatcher, resource: str, namespace: str, name: str,
+                                uid: str | None, finalizer: str = OUTCOME_FINALIZER) -> bool:
+    """As `release_finalizer`, for the apps/v1 `resource` object `namespace/name`."""
+    try:
+        await kube.patch_app(resource, namespace, name, _without(finalizer, uid))
+    except (NotFound, UidChanged):
+        return False
+    return True
 
 
 async def _paged(fetch: Callable[[str | None], Awaitable[Page]]) -> AsyncGenerator[Page, None]:

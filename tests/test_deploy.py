@@ -602,7 +602,9 @@ def test_each_service_account_gets_what_it_needs_and_nothing_more(
         kc = rbac.kubeconfig(sa, tmp_path / f"{sa}.kubeconfig")
         allowed: list[tuple[str, str, str | None]] = [
             ("get", "pods", some_ns), ("list", "pods", some_ns), ("patch", "pods", some_ns),
-            ("list", "jobs.batch", some_ns), ("patch", "jobs.batch", some_ns)]
+            ("list", "jobs.batch", some_ns), ("patch", "jobs.batch", some_ns),
+            ("list", "deployments.apps", some_ns), ("patch", "deployments.apps", some_ns),
+            ("list", "statefulsets.apps", some_ns), ("patch", "statefulsets.apps", some_ns)]
         if not watched:  # cluster-wide: the reflector lists and watches across namespaces
             allowed += [("list", "pods", None), ("list", "jobs.batch", None)]
         denied: list[tuple[str, str, str | None]] = [
@@ -610,6 +612,9 @@ def test_each_service_account_gets_what_it_needs_and_nothing_more(
             ("delete", "pods", some_ns), ("deletecollection", "pods", some_ns),
             ("create", "jobs.batch", some_ns), ("update", "jobs.batch", some_ns),
             ("delete", "jobs.batch", some_ns), ("list", "cronjobs.batch", some_ns),
+            ("get", "deployments.apps", some_ns), ("create", "deployments.apps", some_ns),
+            ("update", "deployments.apps", some_ns), ("delete", "deployments.apps", some_ns),
+            ("delete", "statefulsets.apps", some_ns), ("list", "replicasets.apps", some_ns),
             ("get", "secrets", home), ("list", "secrets", None),
             ("list", "configmaps", home), ("list", "nodes", None),
             ("create", "serviceaccounts", home), ("delete", "leases", home),
@@ -623,7 +628,8 @@ def test_each_service_account_gets_what_it_needs_and_nothing_more(
                                ("create", "eviction")]
         if sa == "sniffer-watch":
             allowed += [("watch", "pods", some_ns), ("watch", "jobs.batch", some_ns),
-                        ("get", "jobs.batch", some_ns)]
+                        ("get", "jobs.batch", some_ns), ("watch", "deployments.apps", some_ns),
+                        ("watch", "statefulsets.apps", some_ns)]
             allowed += [] if watched else [("watch", "pods", None),
                                            ("watch", "jobs.batch", None)]
             allowed += [("create", "leases", home), ("get", "leases/sniffer-watch", home),
@@ -633,6 +639,7 @@ def test_each_service_account_gets_what_it_needs_and_nothing_more(
         else:  # the reconciler lists and re-reads, and takes no part in leader election
             denied += [("watch", "pods", some_ns), ("watch", "pods", None),
                        ("watch", "jobs.batch", some_ns), ("get", "jobs.batch", some_ns),
+                       ("watch", "deployments.apps", some_ns),
                        ("create", "leases", home), ("get", "leases/sniffer-watch", home),
                        ("update", "leases/sniffer-watch", home)]
         for verb, resource, ns in allowed:
@@ -644,6 +651,9 @@ def test_each_service_account_gets_what_it_needs_and_nothing_more(
                 f"{sa} may {verb} pods/{sub}"
         assert not can_i(kc, "patch", "jobs.batch", namespace=some_ns, subresource="status"), \
             f"{sa} may patch jobs/status"
+        for sub in ("status", "scale"):
+            assert not can_i(kc, "patch", "deployments.apps", namespace=some_ns,
+                             subresource=sub), f"{sa} may patch deployments/{sub}"
 
 
 def _get_text(url: str) -> str:

@@ -27,7 +27,7 @@ import yaml
 
 from config import Settings, load_settings
 from reconcile.app import Reconciler
-from reconcile.diff import Mismatch, MismatchKind
+from reconcile.mismatch import Mismatch, MismatchKind
 from reconcile.repair import RepairHooks, RepairOutcome
 from reconcile.report import PassReport, render_table
 from sniffer.kube import KubeClient
@@ -754,9 +754,11 @@ async def test_cli_exits_0_with_json_counts_when_it_repaired_everything(bed: Bed
     assert report["exit_code"] == 0
     assert report["mismatches"] == {"pod_ahead": 1, "pod_lost": 1, "finalizer_left": 0,
                                     "orphan_pod": 1, "underivable": 0, "uid_mismatch": 0,
-                                    "job_ahead": 0, "job_lost": 0}
+                                    "job_ahead": 0, "job_lost": 0, "app_ahead": 0,
+                                    "app_lost": 0}
     assert report["repaired"] == {"pod_ahead": 1, "pod_lost": 1, "finalizer_left": 0,
-                                  "job_ahead": 0, "job_lost": 0}
+                                  "job_ahead": 0, "job_lost": 0, "app_ahead": 0,
+                                  "app_lost": 0}
     assert report["outcomes"]["reported"] == 1
     assert report["failed"] == 0
     assert report["pods_listed"] == 2

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from reconcile.batch import repair_all, until_stopped
-from reconcile.diff import Mismatch, MismatchKind, PodRef
+from reconcile.mismatch import Mismatch, MismatchKind, PodRef
 from reconcile.repair import RepairOutcome, RepairResult
 from sniffer.states import Derived, WorkloadState
 

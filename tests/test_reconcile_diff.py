@@ -19,13 +19,8 @@ from hypothesis import strategies as st
 
 from config import Settings
 from reconcile.app import state_policy
-from reconcile.diff import (
-    POD_LOST_MESSAGE,
-    POD_LOST_REASON,
-    Mismatch,
-    MismatchKind,
-    diff,
-)
+from reconcile.diff import POD_LOST_MESSAGE, POD_LOST_REASON, diff
+from reconcile.mismatch import Mismatch, MismatchKind
 from reconcile.snapshot import BadPod, Snapshot, needs_run_lookup
 from sniffer.platform_model import Run
 from sniffer.podview import (

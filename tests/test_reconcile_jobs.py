@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from reconcile.diff import Mismatch, MismatchKind
+from reconcile.mismatch import Mismatch, MismatchKind
 from reconcile.repair import RepairHooks, RepairOutcome
 from sniffer.kube import KubeClient
 from sniffer.kubedecode import NotFound

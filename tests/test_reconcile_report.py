@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from reconcile.diff import Mismatch, MismatchKind, PodRef
+from reconcile.mismatch import Mismatch, MismatchKind, PodRef
 from reconcile.repair import RepairOutcome, RepairResult
 from reconcile.report import PassReport, render_json, render_table
 from sniffer.states import Derived, WorkloadState
@@ -53,9 +53,9 @@ def test_json_counts_every_kind_and_outcome_zeros_included() -> None:
                                          (ORPHAN, R.REPORTED))))
     assert data["mismatches"] == {"pod_ahead": 1, "pod_lost": 1, "finalizer_left": 0,
                                   "orphan_pod": 1, "underivable": 0, "uid_mismatch": 0,
-                                  "job_ahead": 0, "job_lost": 0}
+                                  "job_ahead": 0, "job_lost": 0, "app_ahead": 0, "app_lost": 0}
     assert data["repaired"] == {"pod_ahead": 1, "pod_lost": 0, "finalizer_left": 0,
-                                "job_ahead": 0, "job_lost": 0}
+                                "job_ahead": 0, "job_lost": 0, "app_ahead": 0, "app_lost": 0}
     assert set(data["outcomes"]) == {o.value for o in RepairOutcome}
     assert (data["failed"], data["skipped"], data["exit_code"], data["ok"]) == (1, 0, 1, False)
     assert data["started_at"] == "2026-01-01T00:00:00.000000Z"

@@ -56,6 +56,12 @@ class FakeKube:
         self.requests.append((namespace, f"jobs:{label_selector}", continue_token))
         return Page([], "100", None)
 
+    async def list_apps(self, resource: str, namespace: str | None, *, label_selector: str,
+                        limit: int, continue_token: str | None = None) -> Page:
+        """Nor apps (their listing is tested on the API server, tests/test_reconcile_apps)."""
+        self.requests.append((namespace, f"{resource}:{label_selector}", continue_token))
+        return Page([], "100", None)
+
 
 class FakePlatform:
     def __init__(self, runs: list[Run]) -> None:
