@@ -15,7 +15,13 @@ from sniffer.kube import KubeClient
 from sniffer.podview import OUTCOME_FINALIZER
 from testbed.platform.launcher import PlatformServer
 from tests.fixtures.apps import Apps
-from tests.fixtures.watcher import eventually, running_watcher, settings_for, watcher_env
+from tests.fixtures.watcher import (
+    eventually,
+    rfc3339,
+    running_watcher,
+    settings_for,
+    watcher_env,
+)
 
 APP_KINDS = "pods,jobs,deployments,statefulsets"
 
@@ -195,3 +201,32 @@ async def test_without_deployments_in_kube_kinds_a_deployments_pod_is_a_bare_pod
         assert await apps.finalizers("old") == []
     run = platform.get_run(run_id)
     assert run["pod_name"] == "old-1-a"
+
+
+async def test_a_replica_crash_looping_past_the_limit_fails_the_run_once_confirmed(
+        apiserver, platform, namespace, apps, new_id):
+    run_id = new_id()
+    platform.create_run(run_id, kind="app", pod_namespace=namespace, pod_name="loop")
+    app = await apps.create("loop", run_id)
+    async with running_watcher(settings_for(env(apiserver, platform, namespace))):
+        await apps.replica(app, "loop-1-a", run_id)
+        await apps.pods.running("loop-1-a")
+        await apps.available("loop")
+        await eventually(lambda: state(platform, run_id) == "running")
+        # The kubelet's view after the 5th restart (states.crashloop_failure_restarts);
+        # the controller counts no ready replica any more.
+        await apps.pods.status("loop-1-a", {"conditions": [
+            {"type": "Ready", "status": "False", "lastTransitionTime": rfc3339()}],
+            "containerStatuses": [{
+                "name": "main", "ready": False, "started": False, "restartCount": 5,
+                "image": "registry.local/work:1", "imageID": "",
+                "state": {"waiting": {"reason": "CrashLoopBackOff",
+                                      "message": "back-off 5m0s restarting failed container"}},
+                "lastState": {"terminated": {"exitCode": 3, "reason": "Error",
+                                             "startedAt": rfc3339(), "finishedAt": rfc3339()}}}]})
+        await apps.unavailable("loop")
+        await eventually(lambda: state(platform, run_id) == "failed")
+        await eventually(lambda: _released(apps, "loop"))
+    run = platform.get_run(run_id)
+    assert (run["state"], run["reason"], run["exit_code"]) == ("failed", "CrashLoopBackOff", 3)
+    assert history(platform, run_id) == ["running", "failed"]

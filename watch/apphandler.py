@@ -9,6 +9,11 @@ Contract (the Job handler's, `watch.jobhandler`, for a run backed by an app cont
   as the run's "pod"): replicas come and go, the controller stays. A replica's deletion
   (a drain, an eviction) or failure is never terminal: only the controller's deletion or
   scale to zero, its giving up, or a crash loop past the limit end the run.
+* A failure the rules judged from a cached replica (`Derived.judged`: a crash loop past
+  the limit) is sent only after a quorum read of the live replicas shows the cached
+  resourceVersions are still the latest (as the pod handler confirms its judged
+  failures): a terminal state cannot be undone. If the cache is behind (or a replica is
+  gone) the key retries; the watch event on its way brings the newer view.
 * A derivation that asks for a recheck (`recheck_after`, a crash loop not yet past its
   time limit) requeues the key after that delay.
 * It answers with one `watch.workers.Outcome`; whatever it learns from the platform is
@@ -40,14 +45,15 @@ from opentelemetry.trace import SpanKind
 
 from sniffer.apps import derive_app
 from sniffer.appview import AppView
+from sniffer.kubedecode import NotFound
 from sniffer.nullmetrics import NULL_METRICS
 from sniffer.platform import PlatformClient
 from sniffer.platform_model import Outcome as PlatformOutcome
 from sniffer.platform_model import StateUpdate
-from sniffer.podview import OUTCOME_FINALIZER
+from sniffer.podview import OUTCOME_FINALIZER, PodView
 from sniffer.states import Derived, StatePolicy
 from watch.appindex import AppIndex
-from watch.handler import HandlerMetrics, _links
+from watch.handler import HandlerMetrics, PodReader, _links
 from watch.ledger import Acked, RunLedger
 from watch.store import ObjectStore
 from watch.workers import DONE, Outcome, Result
@@ -70,9 +76,11 @@ class AppHandler:
                  platform: PlatformClient, finalizers: AppFinalizers, enabled: bool,
                  policy: StatePolicy, is_leader: Callable[[], bool] = lambda: True,
                  metrics: HandlerMetrics | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 pods: PodReader | None = None) -> None:
         """`enabled`: finalizer mode (`finalizers.enabled`); off, no finalizer is added
-        (a leftover one is still released)."""
+        (a leftover one is still released). `pods` confirms a judged failure (None:
+        nothing to confirm against, tests only)."""
         self._store = store
         self._index = index
         self._ledger = ledger
@@ -83,6 +91,7 @@ class AppHandler:
         self._is_leader = is_leader
         self._metrics: HandlerMetrics = metrics or NULL_METRICS
         self._clock = clock
+        self._pods = pods
 
     async def handle(self, key: str) -> Outcome:
         app = self._store.get(key)
@@ -106,14 +115,33 @@ class AppHandler:
              or app.replicas == 0) and not acked.terminal and not acked.cancel_requested):
             # A deletion or scale-down may follow a cancel on the platform not seen yet.
             acked = await self._refresh(app) or acked
-        derived = derive_app(app, self._index.replicas(app), now=self._clock(),
-                             policy=self._policy, cancel_requested=acked.cancel_requested)
+        replicas = self._index.replicas(app)
+        derived = derive_app(app, replicas, now=self._clock(), policy=self._policy,
+                             cancel_requested=acked.cancel_requested)
         assert acked.state is not None
         if acked.terminal or derived.state.rank <= acked.state.rank:
             return await self._nothing_to_send(app, acked, derived)
         if not self._is_leader():
             return Outcome.retry("not the leader")
+        if derived.judged and not await self._confirmed(replicas):
+            return Outcome.retry("judged failure: the cache is behind the API server")
         return await self._send(app, acked, derived)
+
+    async def _confirmed(self, replicas: list[PodView]) -> bool:
+        """Whether every live cached replica is the API server's latest version."""
+        if self._pods is None:
+            return True
+        for pod in replicas:
+            if pod.deletion_timestamp is not None or self._index.deleted(pod.key):
+                continue
+            try:
+                obj = await self._pods.get_pod(pod.namespace, pod.name, slim=True)
+            except NotFound:
+                return False
+            meta = obj.get("metadata")
+            if not isinstance(meta, dict) or meta.get("resourceVersion") != pod.resource_version:
+                return False
+        return True
 
     async def _send(self, app: AppView, acked: Acked, derived: Derived) -> Outcome:
         assert app.run_id is not None

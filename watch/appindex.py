@@ -87,6 +87,10 @@ class AppIndex:
                 self._run_of.pop(key, None)
         return found
 
+    def deleted(self, key: str) -> bool:
+        """Whether the pod cached for `key` is a tombstone."""
+        return self._pods.is_deleted(key)
+
     def forget(self, app: AppView) -> None:
         """The controller's deletion is handled: unfile it and its replicas."""
         if app.run_id is None:

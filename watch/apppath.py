@@ -73,7 +73,7 @@ class AppPath:
         self.handler = AppHandler(
             store=store, index=self.index, ledger=ledger, platform=platform,
             finalizers=KubeAppFinalizers(kube), enabled=finalizers_enabled, policy=policy,
-            is_leader=is_leader, metrics=sink, clock=clock)
+            is_leader=is_leader, metrics=sink, clock=clock, pods=kube)
         self.pool = WorkerPool(name=f"{controller.lower()}-worker", queue=queue,
                                handler=self.handler, workers=workers, store=store,
                                metrics=sink, max_retries=max_retries, clock=clock)
