@@ -7,6 +7,7 @@ over HTTP holds the run; what it shows (state, reason, exit code, history) is ch
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 
 import pytest
@@ -222,3 +223,25 @@ async def test_the_job_fixture_keeps_a_started_jobs_start_time(apiserver, jobs, 
     await jobs.status("started", {"startTime": long_ago, "active": 1})
     job = await jobs.active("started", failed=1)
     assert (job["status"]["startTime"], job["status"]["failed"]) == (long_ago, 1)
+
+
+async def test_a_watcher_streaming_its_lists_reports_jobs_listed_and_live(
+        apiserver, platform, namespace, jobs, new_id, caplog):
+    # kube.watch_list: both reflectors (pods and Jobs) list by WatchList streams.
+    run_id = new_id()
+    platform.create_run(run_id, pod_namespace=namespace, pod_name="streamed")
+    job = await jobs.create("streamed", run_id)
+    await jobs.attempt(job, "streamed-a", run_id)
+    await jobs.active("streamed")
+    await jobs.pods.running("streamed-a")
+    env = watcher_env(apiserver, platform, namespace, SNIFFER_KUBE_WATCH_LIST="true")
+    caplog.set_level(logging.INFO, logger="watch.reflector")
+    async with running_watcher(settings_for(env)):
+        await eventually(lambda: state(platform, run_id) == "running")  # from the lists
+        await jobs.pods.succeeded("streamed-a")
+        await jobs.complete("streamed")
+        await eventually(lambda: state(platform, run_id) == "succeeded")  # live
+    assert history(platform, run_id) == ["running", "succeeded"]
+    listed = {(r.getMessage(), getattr(r, "list", None)) for r in caplog.records
+              if r.getMessage().startswith("listed ")}
+    assert listed == {("listed pods", "streamed"), ("listed jobs", "streamed")}
