@@ -12,14 +12,16 @@ Contract:
 * A pod that cannot be projected is kept as a small `BadPod` (it is reported as
   underivable); it never stops the pass.
 * With `kinds` including "jobs", the tracked batch/v1 Jobs are listed the same way
-  (same namespaces, label selector and pagination) right after the pods and before the
-  runs, projected to `JobView`s; a Job that cannot be projected is a `BadPod` in
-  `bad_jobs`. Without it, `jobs_listed` is False and the diff judges a Job's pods as
-  bare pods.
+  (same namespaces, label selector and pagination) right before the pods (a Job counts
+  an attempt's end only after the pod shows it, so the pods listed later show every end
+  the listed Jobs count), projected to `JobView`s; a Job that cannot be projected is a
+  `BadPod` in `bad_jobs`. Without it, `jobs_listed` is False and the diff judges a Job's
+  pods as bare pods.
 * With `kinds` including "deployments" (or "statefulsets"), those apps/v1 controllers are
-  listed the same way after the Jobs, projected to `AppView`s (a bad one is a `BadPod`
-  in `bad_apps`); `apps_listed` names the controller kinds listed ("Deployment",
-  "StatefulSet"), whose replica pods the diff then judges through their controller.
+  listed the same way after the Jobs and before the pods, projected to `AppView`s (a bad
+  one is a `BadPod` in `bad_apps`); `apps_listed` names the controller kinds listed
+  ("Deployment", "StatefulSet"), whose replica pods the diff then judges through their
+  controller. Without them, those replica pods are judged as bare pods.
 * Runs the non-terminal listing did not return are read one by one (`runs_looked_up`)
   only where the answer can change what the pass does: for pods that carry Sniffer's
   finalizer (is the run terminal? then the finalizer is left over) or that have not
@@ -159,14 +161,20 @@ async def take(kube: PodLister, platform: RunReader, *, scope: tuple[str, ...],
                label_selector: str, page_size: int, concurrency: int,
                only: tuple[str, ...] = (), kinds: tuple[str, ...] = ("pods",),
                on_phase: Callable[[str], None] | None = None) -> Snapshot:
-    """List both sides (see the module docstring). `on_phase` is told "pods", "jobs",
-    "deployments", "statefulsets" (each with it in `kinds`), "runs" and "lookups" as each
-    phase begins (progress logging)."""
+    """List both sides (see the module docstring). `on_phase` is told "jobs",
+    "deployments", "statefulsets" (each with it in `kinds`), "pods", "runs" and "lookups"
+    as each phase begins (progress logging)."""
     pods: list[PodView] = []
     bad: list[BadPod] = []
     selectors = ([label_selector] if not only else
                  [_only_selector(label_selector, only[i:i + _ONLY_CHUNK])
                   for i in range(0, len(only), _ONLY_CHUNK)])
+    # Controllers before pods: a Job counts an attempt's end only after the pod shows it, so
+    # pods listed later show every end the listed Jobs count (`sniffer.jobs.attempts_behind`).
+    with_jobs = "jobs" in kinds
+    listed_apps = tuple(c for c in APP_CONTROLLERS if _resource(c) in kinds)
+    jobs, bad_jobs, apps, bad_apps = await _list_controllers(
+        kube, with_jobs, listed_apps, scope, selectors, page_size, on_phase)
     if on_phase:
         on_phase("pods")
     with tracer.start_as_current_span("sniffer.reconcile.list_pods") as span:
@@ -174,10 +182,6 @@ async def take(kube: PodLister, platform: RunReader, *, scope: tuple[str, ...],
             for selector in selectors:
                 await _list_namespace(kube, namespace, selector, page_size, pods, bad)
         span.set_attribute("sniffer.pods", len(pods) + len(bad))
-    with_jobs = "jobs" in kinds
-    listed_apps = tuple(c for c in APP_CONTROLLERS if _resource(c) in kinds)
-    jobs, bad_jobs, apps, bad_apps = await _list_controllers(
-        kube, with_jobs, listed_apps, scope, selectors, page_size, on_phase)
     if on_phase:
         on_phase("runs")
     runs: dict[str, Run] = {}

@@ -7,6 +7,7 @@ HTTP holds the run; what it shows, and its history of the run, is checked.
 
 from __future__ import annotations
 
+import logging
 import uuid
 
 import pytest
@@ -22,6 +23,7 @@ from tests.fixtures.watcher import (
     settings_for,
     watcher_env,
 )
+from watch.appsource import AppSource
 
 APP_KINDS = "pods,jobs,deployments,statefulsets"
 
@@ -230,3 +232,62 @@ async def test_a_replica_crash_looping_past_the_limit_fails_the_run_once_confirm
     run = platform.get_run(run_id)
     assert (run["state"], run["reason"], run["exit_code"]) == ("failed", "CrashLoopBackOff", 3)
     assert history(platform, run_id) == ["running", "failed"]
+
+
+async def test_a_watcher_streaming_its_lists_reports_apps_listed_and_live(
+        apiserver, platform, namespace, apps, new_id, caplog):
+    # kube.watch_list: the app reflectors list by WatchList streams too (as pods, Jobs).
+    run_id = new_id()
+    platform.create_run(run_id, kind="app", pod_namespace=namespace, pod_name="streamed")
+    app = await apps.create("streamed", run_id)
+    await apps.replica(app, "streamed-1-a", run_id)
+    await apps.pods.running("streamed-1-a")
+    await apps.available("streamed")
+    caplog.set_level(logging.INFO, logger="watch.reflector")
+    async with running_watcher(settings_for(env(apiserver, platform, namespace,
+                                                SNIFFER_KUBE_WATCH_LIST="true"))):
+        await eventually(lambda: state(platform, run_id) == "running")  # from the lists
+        await eventually(lambda: _held(apps, "streamed"))
+        platform.cancel_run(run_id)
+        await apps.delete("streamed")
+        await eventually(lambda: state(platform, run_id) == "cancelled")  # live
+    assert history(platform, run_id) == ["running", "cancelled"]
+    listed = {(r.getMessage(), getattr(r, "list", None)) for r in caplog.records
+              if r.getMessage().startswith("listed ")}
+    assert ("listed deployments", "streamed") in listed
+
+
+class _Refuse(Exception):
+    pass
+
+
+class _QueryKube:
+    """Records the query of the one request it is asked, then refuses it."""
+
+    def __init__(self) -> None:
+        self.queries: list[dict[str, object]] = []
+
+    async def request(self, method: str, path: str, *, query: dict[str, object],
+                      **_: object) -> None:
+        self.queries.append({"method": method, "path": path, **query})
+        raise _Refuse
+
+
+@pytest.mark.parametrize("controller", ["Deployment", "StatefulSet"])
+async def test_an_app_source_asks_for_a_streamed_list_as_the_pod_and_job_sources(controller):
+    # The streaming test above passes against the test bed's API server even without the
+    # parameter (its RV="" watch ended the initial events with the end bookmark anyway),
+    # so the query itself is checked: sendInitialEvents only when asked, as watch_query.
+    kube = _QueryKube()
+    source = AppSource(kube, controller)  # type: ignore[arg-type]
+    for streamed in (True, False):
+        with pytest.raises(_Refuse):
+            async for _ in source.watch("ns", label_selector="sniffer.io/run-id",
+                                        resource_version="", timeout_seconds=60,
+                                        read_timeout=5.0, send_initial_events=streamed):
+                pass
+    with_it, without = kube.queries
+    assert (with_it["sendInitialEvents"], with_it["resourceVersionMatch"]) == (
+        "true", "NotOlderThan")
+    assert "sendInitialEvents" not in without
+    assert with_it["path"] == f"/apis/apps/v1/namespaces/ns/{controller.lower()}s"

@@ -14,7 +14,9 @@ Contract:
   kind and the kind is watched). With the kind not among `kube.kinds` it owns nothing,
   and such pods are judged by the pod path as before.
 * `reflect()` (the reflector) fills the cache on every replica (a warm standby); with the
-  kind not watched it does nothing and the cache is empty and synced. `run()` (the
+  kind not watched it does nothing and the cache is empty and synced. `watch_list`
+  (`kube.watch_list`): its initial list is streamed (WatchList), as the pod and Job
+  reflectors' are. `run()` (the
   leader's, once the caches are synced) accepts changes, enqueues every cached
   controller and runs the workers until the queue is shut down. Call once.
 * The run ledger is the pod path's (one record of what the platform acknowledged).
@@ -52,6 +54,7 @@ class AppPath:
                  policy: StatePolicy, namespaces: tuple[str, ...], label_selector: str,
                  page_size: int, watch_timeout_s: tuple[int, int], read_timeout_s: float,
                  workers: int, max_retries: int, finalizers_enabled: bool,
+                 watch_list: bool = False,
                  enabled: bool = True,
                  tombstones: TombstonePolicy | None = None,
                  is_leader: Callable[[], bool] = lambda: True,
@@ -81,7 +84,8 @@ class AppPath:
             kube, store, self.index.app_changed, namespaces=namespaces,
             label_selector=label_selector, page_size=page_size,
             watch_timeout_s=watch_timeout_s, read_timeout_s=read_timeout_s,
-            metrics=reflector_metrics, source=AppSource(kube, controller))
+            metrics=reflector_metrics, source=AppSource(kube, controller),
+            watch_list=watch_list)
         self._started = False
 
     def _changed(self, key: str, priority: Priority) -> None:

@@ -6,14 +6,15 @@ Contract:
   bookmarks) of ``/apis/apps/v1`` deployments or statefulsets, in JSON, with the Job
   source's semantics (`watch.jobsource.json_pages`, `json_watch`): an expired continue
   token or 410 raises `Gone`, silence for `read_timeout` raises `WatchStalled`, a
-  malformed line is yielded as `MalformedEvent`.
+  malformed line is yielded as `MalformedEvent`; `send_initial_events` asks for a
+  WatchList stream (`sniffer.kube.watch_query`), as for pods and Jobs.
 * `KubeAppFinalizers.add` / `release` put Sniffer's outcome finalizer on the controller or
   take it off, with a strategic-merge patch carrying its uid (never a resourceVersion:
   it never conflicts with the controller's status writes). Both answer True iff the
   patch landed, False iff the object is gone or its name is another's now; anything
   else is raised for the caller to retry.
-* Least privilege: these need `get, list, watch, patch` on `deployments` (or
-  `statefulsets`) in `apps`, nothing on their `status` or `scale`.
+* Least privilege: these need `list, watch, patch` on `deployments` (or `statefulsets`)
+  in `apps` (never a GET), nothing on their `status` or `scale`.
 """
 
 from __future__ import annotations
@@ -51,11 +52,12 @@ class AppSource:
                           label_selector=label_selector, page_size=page_size)
 
     def watch(self, namespace: str | None, *, label_selector: str, resource_version: str,
-              timeout_seconds: int, read_timeout: float,
+              timeout_seconds: int, read_timeout: float, send_initial_events: bool = False,
               ) -> AsyncGenerator[WatchEvent | MalformedEvent, None]:
         return json_watch(self._kube, apps_path(self._controller, namespace),
                           label_selector=label_selector, resource_version=resource_version,
-                          timeout_seconds=timeout_seconds, read_timeout=read_timeout)
+                          timeout_seconds=timeout_seconds, read_timeout=read_timeout,
+                          send_initial_events=send_initial_events)
 
     def project(self, obj: dict[str, object]) -> AppView:
         return project_app(obj, controller=self._controller)

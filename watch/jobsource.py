@@ -27,7 +27,7 @@ from urllib.parse import quote
 import aiohttp
 
 from sniffer.jobview import JobView, project_job
-from sniffer.kube import KubeClient
+from sniffer.kube import KubeClient, watch_query
 from sniffer.kubedecode import (
     JSON,
     MalformedEvent,
@@ -65,11 +65,12 @@ class JobSource:
                           page_size=page_size)
 
     def watch(self, namespace: str | None, *, label_selector: str, resource_version: str,
-              timeout_seconds: int, read_timeout: float,
+              timeout_seconds: int, read_timeout: float, send_initial_events: bool = False,
               ) -> AsyncGenerator[WatchEvent | MalformedEvent, None]:
         return json_watch(self._kube, jobs_path(namespace), label_selector=label_selector,
                           resource_version=resource_version,
-                          timeout_seconds=timeout_seconds, read_timeout=read_timeout)
+                          timeout_seconds=timeout_seconds, read_timeout=read_timeout,
+                          send_initial_events=send_initial_events)
 
     def project(self, obj: dict[str, object]) -> JobView:
         return project_job(obj)
@@ -117,11 +118,12 @@ async def json_pages(kube: KubeClient, path: str, *, label_selector: str,
 
 async def json_watch(kube: KubeClient, path: str, *, label_selector: str,
                      resource_version: str, timeout_seconds: int, read_timeout: float,
+                     send_initial_events: bool = False,
                      ) -> AsyncGenerator[WatchEvent | MalformedEvent, None]:
-    """One JSON watch stream of `path`, with bookmarks (any kind; the pods' semantics)."""
-    query = {"watch": "true", "allowWatchBookmarks": "true",
-             "resourceVersion": resource_version, "timeoutSeconds": timeout_seconds,
-             "labelSelector": label_selector or None}
+    """One JSON watch stream of `path`, with bookmarks (any kind; the pods' semantics).
+    `send_initial_events`: a WatchList stream (`sniffer.kube.watch_query`)."""
+    query = watch_query(label_selector, resource_version, timeout_seconds,
+                        send_initial_events)
     try:
         response = await kube.request(
             "GET", path, query=query,

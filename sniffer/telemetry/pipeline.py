@@ -3,26 +3,22 @@ platform client's metric Protocols, plus the gauges read from the running watche
 
 Contract:
 * `WatchTelemetry` structurally implements `watch.reflector.ReflectorMetrics`
-  (`reflector`, `job_reflector`: one series set, told apart by ``sniffer.workload.kind``),
-  `watch.workqueue.QueueMetrics` (one per queue, `queue_metrics(name)`:
-  `queue` is the platform queue's, ``pods``, `job_queue` the Job path's, ``jobs``,
-  `app_queues[kind]` the app paths', ``deployments`` and ``statefulsets``,
-  `finalizer_queue` the finalizer loop's, ``finalizers``; every queue reports the one
-  ``sniffer.queue.*`` set, told apart by ``sniffer.queue.name`` as client-go labels
-  each queue by its name),
-  `watch.controller.ControllerMetrics` (`controller` for the pod path, `job_controller`
-  for the Job path, `app_controllers[kind]` for the app paths: the same series, told
-  apart by ``sniffer.workload.kind``; `app_reflectors[kind]` likewise) and
+  (`reflector`, `job_reflector`, `app_reflectors[kind]`: one series set, told apart by
+  ``sniffer.workload.kind``), `watch.workqueue.QueueMetrics` (`queue_metrics(name)`:
+  `queue` ``pods``, `job_queue` ``jobs``, `app_queues[kind]` ``deployments`` and
+  ``statefulsets``, `finalizer_queue` ``finalizers``: one ``sniffer.queue.*`` set, told
+  apart by ``sniffer.queue.name`` as client-go labels each queue by its name),
+  `watch.controller.ControllerMetrics` (`controller`, `job_controller`,
+  `app_controllers[kind]`: told apart by ``sniffer.workload.kind``) and
   `sniffer.platform.PlatformMetrics` (`platform`); it imports none of them (layers point
   one way: watch → sniffer core).
 * Every hot-path call is a dict update or a deque append (see `instruments`): well under a
   microsecond, no lock, no allocation after the first call with given attribute values.
 * Gauges that need the watcher's state (cached pods, finalizers held, freshness, leader,
-  unfinished work of each queue in `QUEUE_ATTRIBUTES`) are sampled *on the event loop*
-  at collection time: `observe(watcher)`
-  (the Watcher's observe hook) remembers the loop; the reader's thread asks the loop for a
-  snapshot and waits at most `SAMPLE_TIMEOUT_S`, else reports the previous snapshot. So
-  the watcher's single-threaded structures are never read from another thread.
+  unfinished work of each queue in `QUEUE_ATTRIBUTES`) are sampled *on the event loop* at
+  collection time: `observe(watcher)` (the Watcher's observe hook) remembers the loop; the
+  reader's thread asks the loop for a snapshot and waits at most `SAMPLE_TIMEOUT_S`, else
+  reports the previous one, so the watcher's structures are never read from another thread.
 * `change.latency` origin: the pod status's transition time has one-second resolution, so
   the change is placed at the middle of that second, but never after Sniffer observed it;
   without a status time the observation time is the origin.
@@ -286,8 +282,7 @@ class WatchTelemetry:
         self._queues = _QueueInstruments(registry)
         self.queue = self.queue_metrics(QUEUE_ATTRIBUTES["queue"])
         self.job_queue = self.queue_metrics(QUEUE_ATTRIBUTES["job_queue"])
-        self.app_queues = {kind: self.queue_metrics(QUEUE_ATTRIBUTES[f"{kind.lower()}_queue"])
-                           for kind in APP_CONTROLLERS}
+        self.app_queues = {k: self.queue_metrics(f"{k.lower()}s") for k in APP_CONTROLLERS}
         self.finalizer_queue = self.queue_metrics(QUEUE_ATTRIBUTES["finalizer_queue"])
         handler = _ControllerInstruments(registry)
         self.controller = _Controller(handler, "Pod")
