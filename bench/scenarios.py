@@ -4,7 +4,7 @@ Contract:
 
 * `Sizes` holds every size a run uses, and how many trials each row gets;
   `Sizes.quick_run()` is the seconds-long smoke run (one trial), `Sizes.full_run()` the
-  ~50-minute run on a 2-core machine (three trials; docs/benchmarks.md has the
+  ~55-minute run on a 2-core machine (three trials; docs/benchmarks.md has the
   arithmetic). Full sizes that depend on the machine (rates, election-night N) are
   scaled from the measured `Ceiling`.
 * Every scenario runs each system `trials` times, interleaved (bench.trials.each).
@@ -58,9 +58,10 @@ class Sizes:
     catchup_jobs: int
     """Runs behind when a system starts, for the platform-bound catch-up (scenario c)."""
     catchup_timeout_s: float
-    cold_one_trial: tuple[str, ...]
-    """Systems that get one trial per cold-start size instead of `trials` (to fit the
-    budget: they re-send every run, 5-6x the others' time; docs/benchmarks.md)."""
+    one_trial: tuple[str, ...]
+    """Systems that get one trial per cold-start size and per catch-up latency instead of
+    `trials`, to fit the budget: they re-send every run to the platform, so there they take
+    5-10x the others' time, and their spread cannot change the ranking (docs/benchmarks.md)."""
 
     @classmethod
     def quick_run(cls) -> Sizes:
@@ -69,21 +70,22 @@ class Sizes:
                    election_jobs=40, election_window_s=1.0, slow_rate=10.0,
                    slow_latency_ms=200.0, cold_sizes=(200,), cold_finished=0.9,
                    cold_wrong=0.05, drain_s=30.0, cold_timeout_s=(45.0,), catchup_jobs=50,
-                   catchup_timeout_s=45.0, cold_one_trial=())
+                   catchup_timeout_s=45.0, one_trial=())
 
     @classmethod
     def full_run(cls) -> Sizes:
         # Budget (docs/benchmarks.md, "How to reproduce"): 3 trials of 7 systems in under
         # 60 minutes on 2 cores. Against the single-trial run of 2026-11-26: 3 steady rates
         # of 10 s (was 4 of 15 s), a 5 s election window (was 10 s, so N halves), 1,500
-        # catch-up runs (was 3,000), 30 s drains and a 20 s catch-up limit (were 60 s).
+        # catch-up runs (was 3,000), 30 s drains and a 20 s catch-up limit (were 60 s), and
+        # one cold-start and catch-up trial for kopf and baseline-serial.
         return cls(quick=False, trials=3, ceiling_jobs=600, steady_fractions=(0.5, 1.0, 1.5),
                    steady_rates=(), steady_s=10.0,
                    election_jobs=20_000, election_window_s=5.0, slow_rate=0.0,
                    slow_latency_ms=200.0, cold_sizes=(10_000, 50_000, 100_000),
                    cold_finished=0.9, cold_wrong=0.01, drain_s=30.0,
                    cold_timeout_s=(60.0, 120.0, 180.0), catchup_jobs=1500,
-                   catchup_timeout_s=20.0, cold_one_trial=("kopf", "baseline-serial"))
+                   catchup_timeout_s=20.0, one_trial=("kopf", "baseline-serial"))
 
     def scaled(self, ceiling: Ceiling) -> Sizes:
         """Full-run rates and burst size that this machine's API server can absorb."""
