@@ -68,7 +68,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=_REPO / "bench" / "results",
                    help="results directory (default bench/results)")
     p.add_argument("--cold-sizes", help="comma-separated pod counts for d+e "
-                   "(default 10000,50000,100000)")
+                   "(default 10000,100000)")
     p.add_argument("--keep", action="store_true", help="keep the testbed's directory")
     p.add_argument("--slow-burst", action="store_true", help="also run the election-night "
                    "burst with the slow platform (API-server-bound on small machines)")
@@ -84,9 +84,7 @@ def _sizes(args: argparse.Namespace) -> Sizes:
             raise SystemExit("--trials must be at least 1")
         sizes = replace(sizes, trials=args.trials)
     if args.cold_sizes:
-        counts = tuple(int(v) for v in args.cold_sizes.split(","))
-        sizes = replace(sizes, cold_sizes=counts,
-                        cold_timeout_s=(sizes.cold_timeout_s * 3)[:len(counts)])
+        sizes = sizes.with_cold_sizes(tuple(int(v) for v in args.cold_sizes.split(",")))
     return sizes
 
 

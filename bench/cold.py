@@ -2,7 +2,7 @@
 
 Contract:
 
-* One namespace grows through `Sizes.cold_sizes` (e.g. 10k, 50k, 100k pods), of which
+* One namespace grows through `Sizes.cold_sizes` (10k and 100k pods in a full run), of which
   `cold_finished` are finished (their final kubelet status) and the rest running. For
   each size a platform database is built offline (`testbed.platform.store.Store`) where
   every run is right except a `cold_wrong` fraction: finished pods whose run still says

@@ -77,15 +77,21 @@ class Sizes:
         # Budget (docs/benchmarks.md, "How to reproduce"): 3 trials of 7 systems in under
         # 60 minutes on 2 cores. Against the single-trial run of 2026-11-26: 3 steady rates
         # of 10 s (was 4 of 15 s), a 5 s election window (was 10 s, so N halves), 1,500
-        # catch-up runs (was 3,000), 30 s drains and a 20 s catch-up limit (were 60 s), and
-        # one cold-start and catch-up trial for kopf and baseline-serial.
+        # catch-up runs (was 3,000), 30 s drains and a 20 s catch-up limit (were 60 s), cold
+        # starts at 10k and 100k pods (50k dropped: `--cold-sizes` brings it back), and one
+        # cold-start and catch-up trial for kopf and baseline-serial.
         return cls(quick=False, trials=3, ceiling_jobs=600, steady_fractions=(0.5, 1.0, 1.5),
                    steady_rates=(), steady_s=10.0,
                    election_jobs=20_000, election_window_s=5.0, slow_rate=0.0,
-                   slow_latency_ms=200.0, cold_sizes=(10_000, 50_000, 100_000),
+                   slow_latency_ms=200.0, cold_sizes=(10_000, 100_000),
                    cold_finished=0.9, cold_wrong=0.01, drain_s=30.0,
-                   cold_timeout_s=(60.0, 120.0, 180.0), catchup_jobs=1500,
+                   cold_timeout_s=(60.0, 180.0), catchup_jobs=1500,
                    catchup_timeout_s=20.0, one_trial=("kopf", "baseline-serial"))
+
+    def with_cold_sizes(self, counts: tuple[int, ...]) -> Sizes:
+        """Other cold-start sizes, each with a limit of 180 s per 100k pods (at least 60 s)."""
+        return replace(self, cold_sizes=counts,
+                       cold_timeout_s=tuple(max(60.0, 180.0 * n / 100_000) for n in counts))
 
     def scaled(self, ceiling: Ceiling) -> Sizes:
         """Full-run rates and burst size that this machine's API server can absorb."""

@@ -90,3 +90,10 @@ def test_the_kopf_peer_derives_the_simple_way(shape, want):
     pod["metadata"]["uid"] = "u-1"
     pod["status"] = render(shape, pod, time.time())
     assert kopf_peer.derive(pod) == {"run_id": plan.run_id, **want}
+
+
+def test_other_cold_sizes_get_a_limit_in_proportion_to_their_pods():
+    sizes = Sizes.full_run().with_cold_sizes((10_000, 50_000, 200_000))
+    assert sizes.cold_sizes == (10_000, 50_000, 200_000)
+    assert sizes.cold_timeout_s == (60.0, 90.0, 360.0)
+    assert len(Sizes.full_run().cold_timeout_s) == len(Sizes.full_run().cold_sizes)
