@@ -55,9 +55,10 @@ demo: install testbed
 	$(PY) -m testbed.demo $(DEMO_ARGS)
 
 # Benchmarks (bench/): Sniffer side by side with its peers on one testbed. `bench` is the
-# full run (about 30 minutes on 2 cores; BENCH_ARGS="--help" lists its options);
-# `bench-quick` is the seconds-long smoke run of every scenario and peer that asserts
-# every run ended right, never a speed. Both end with bench.jobcost: the watcher's cost
+# full run (3 interleaved trials of every row, about 53 minutes on 2 cores, arithmetic in
+# docs/benchmarks.md; BENCH_ARGS="--help" lists its options); `bench-quick` is the
+# ~2-minute smoke run of every scenario and peer (one trial) that asserts every run
+# ended right, never a speed. Both end with bench.jobcost: the watcher's cost
 # per Job-backed run beside a bare pod's (a few minutes; 20 runs in the quick one).
 # The bench extra adds kopf, psutil, matplotlib.
 

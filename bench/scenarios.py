@@ -4,7 +4,7 @@ Contract:
 
 * `Sizes` holds every size a run uses, and how many trials each row gets;
   `Sizes.quick_run()` is the seconds-long smoke run (one trial), `Sizes.full_run()` the
-  ~55-minute run on a 2-core machine (three trials; docs/benchmarks.md has the
+  ~53-minute run on a 2-core machine (three trials; docs/benchmarks.md has the
   arithmetic). Full sizes that depend on the machine (rates, election-night N) are
   scaled from the measured `Ceiling`.
 * Every scenario runs each system `trials` times, interleaved (bench.trials.each).
