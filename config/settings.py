@@ -51,6 +51,12 @@ class KubeSettings:
     server sends bookmarks about once a minute, so this must comfortably exceed 60 s."""
     verify_tls: bool = True
     """Verify the API server's certificate. Turning this off is logged at every start."""
+    watch_list: bool = False
+    """Stream each list (WatchList: one watch with sendInitialEvents=true, the objects then
+    an initial-events-end bookmark, then live events) instead of paginated LISTs. A server
+    that refuses it (the WatchList feature gate off) gets paginated LISTs, logged once.
+    Off by default until a quiet `make bench` measures its cold sync against paginated
+    LISTs (docs/benchmarks.md)."""
     wire: str = "json"
     """Encoding of pod LISTs and watches: json or protobuf. JSON is the default because it
     measured faster for Sniffer (70 against 94 µs per pod decoded and projected, and a

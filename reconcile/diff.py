@@ -71,7 +71,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from reconcile.snapshot import BadPod, Snapshot
-from sniffer.jobs import attempts, derive_job, is_attempt, job_lost, owned_by_job
+from sniffer.jobs import attempts, attempts_behind, derive_job, is_attempt, job_lost, owned_by_job
 from sniffer.jobview import JobView
 from sniffer.platform_model import Run
 from sniffer.podview import OUTCOME_FINALIZER, PodView
@@ -285,6 +285,11 @@ def _judge_jobs(run_id: str, jobs: list[JobView], attempt_pods: list[PodView],
     mine = [pod for pod in attempt_pods if is_attempt(speaker, pod)]
     derived = derive_job(speaker, mine, now=now, policy=policy,
                          cancel_requested=run.cancel_requested)
+    if (derived.state is WorkloadState.FAILED and attempts_behind(speaker, mine)
+            and (speaker.holds("FailureTarget") or speaker.holds("Failed"))):
+        # Listed after the Jobs, the pods miss a failed attempt only once it was removed:
+        # no exit code rather than an earlier attempt's (as the watcher does).
+        derived = replace(derived, exit_code=None)
     count = attempts(speaker, mine)
     if advances(state, derived.state):
         because = f" ({derived.reason})" if derived.reason else ""

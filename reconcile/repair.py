@@ -281,10 +281,10 @@ class Repairer:
             # namespace the run names (the diff only judges runs lost whose namespace is
             # in scope), or the Job's.
             namespaces = (m.pod.namespace,) if m.pod else (self._scope or (None,))
-            for namespace in namespaces:
-                await self._list_run_pods(namespace, m.run_id, pods, bad)
+            for namespace in namespaces:  # Jobs first, as the snapshot lists them
                 if self._jobs:
                     await self._list_run_jobs(namespace, m.run_id, jobs, bad_jobs)
+                await self._list_run_pods(namespace, m.run_id, pods, bad)
         elif m.pod is not None:
             await self._get_pod(m.pod.namespace, m.pod.name, m.pod.uid, pods, bad)
         run = await self._platform.get_run(m.run_id)

@@ -12,8 +12,9 @@ Contract:
 * A pod that cannot be projected is kept as a small `BadPod` (it is reported as
   underivable); it never stops the pass.
 * With `kinds` including "jobs", the tracked batch/v1 Jobs are listed the same way
-  (same namespaces, label selector and pagination) right after the pods and before the
-  runs, projected to `JobView`s; a Job that cannot be projected is a `BadPod` in
+  (same namespaces, label selector and pagination) right before the pods (a Job counts
+  an attempt's end only after the pod shows it, so the pods listed later show every end
+  the listed Jobs count), projected to `JobView`s; a Job that cannot be projected is a `BadPod` in
   `bad_jobs`. Without it, `jobs_listed` is False and the diff judges a Job's pods as
   bare pods.
 * Runs the non-terminal listing did not return are read one by one (`runs_looked_up`)
@@ -141,8 +142,8 @@ async def take(kube: PodLister, platform: RunReader, *, scope: tuple[str, ...],
                label_selector: str, page_size: int, concurrency: int,
                only: tuple[str, ...] = (), kinds: tuple[str, ...] = ("pods",),
                on_phase: Callable[[str], None] | None = None) -> Snapshot:
-    """List both sides (see the module docstring). `on_phase` is told "pods", "jobs"
-    (with "jobs" in `kinds`), "runs" and "lookups" as each phase begins (progress
+    """List both sides (see the module docstring). `on_phase` is told "jobs"
+    (with "jobs" in `kinds`), "pods", "runs" and "lookups" as each phase begins (progress
     logging)."""
     pods: list[PodView] = []
     bad: list[BadPod] = []
@@ -151,6 +152,13 @@ async def take(kube: PodLister, platform: RunReader, *, scope: tuple[str, ...],
     selectors = ([label_selector] if not only else
                  [_only_selector(label_selector, only[i:i + _ONLY_CHUNK])
                   for i in range(0, len(only), _ONLY_CHUNK)])
+    # Jobs before pods: a Job counts an attempt's end only after the pod shows it, so pods
+    # listed later show every end the listed Jobs count (`sniffer.jobs.attempts_behind`).
+    with_jobs = "jobs" in kinds
+    if with_jobs:
+        if on_phase:
+            on_phase("jobs")
+        await _list_all_jobs(kube, scope, selectors, page_size, jobs, bad_jobs)
     if on_phase:
         on_phase("pods")
     with tracer.start_as_current_span("sniffer.reconcile.list_pods") as span:
@@ -158,11 +166,6 @@ async def take(kube: PodLister, platform: RunReader, *, scope: tuple[str, ...],
             for selector in selectors:
                 await _list_namespace(kube, namespace, selector, page_size, pods, bad)
         span.set_attribute("sniffer.pods", len(pods) + len(bad))
-    with_jobs = "jobs" in kinds
-    if with_jobs:
-        if on_phase:
-            on_phase("jobs")
-        await _list_all_jobs(kube, scope, selectors, page_size, jobs, bad_jobs)
     if on_phase:
         on_phase("runs")
     runs: dict[str, Run] = {}

@@ -20,6 +20,9 @@ Contract:
   limits (backoffLimit, podFailurePolicy, activeDeadlineSeconds) decide when it fails,
   and a stuck attempt shows as queued or running with its reason. So `judged` is always
   False and `recheck_after` always None.
+* `attempts_behind(job, pods)`: the Job counts more failed attempts than `pods` show, so
+  a failure derived from them may name an earlier attempt's exit code (the handler waits
+  a bounded time for the pod cache to catch up).
 * `attempts(job, pods)` never counts fewer attempts than the Job's status accounts for;
   the caller keeps the largest count it has sent (the platform ignores a lower one).
 
@@ -61,8 +64,8 @@ from sniffer.jobview import JobCondition, JobView
 from sniffer.podview import PodView, WorkloadKind
 from sniffer.states import Derived, StatePolicy, WorkloadState, derive, lost
 
-__all__ = ["JOB_KIND", "Attempts", "attempts", "derive_job", "is_attempt", "job_lost",
-           "owned_by_job"]
+__all__ = ["JOB_KIND", "Attempts", "attempts", "attempts_behind", "derive_job", "is_attempt",
+           "job_lost", "owned_by_job"]
 
 JOB_KIND = "Job"
 Q, R, S, F, C = (WorkloadState.QUEUED, WorkloadState.RUNNING, WorkloadState.SUCCEEDED,
@@ -106,6 +109,17 @@ def attempts(job: JobView | None, pods: Iterable[PodView]) -> Attempts:
     newest = max(mine, key=lambda p: (p.created_at, p.name), default=None)
     return Attempts(max(counted, len({p.uid for p in mine})),
                     newest.name if newest is not None else None)
+
+
+def attempts_behind(job: JobView, pods: Iterable[PodView]) -> bool:
+    """True iff the Job knows of more failed attempts (counted in `failed`, or among its
+    uncounted terminated pods) than `pods` show as failed: the pod
+    cache has not yet caught up with what the Job controller saw (the pod and Job watches
+    are separate streams, so a Job's failure can arrive before its last attempt's end), and
+    a failure derived now would carry an earlier attempt's exit code. Also true, for good,
+    when failed attempt pods were removed; the caller bounds how long it waits."""
+    failed = {p.uid for p in _mine(job, pods) if p.phase == "Failed"}
+    return job.failed + job.uncounted_failed > len(failed)
 
 
 def _mine(job: JobView | None, pods: Iterable[PodView]) -> list[PodView]:

@@ -94,6 +94,9 @@ class JobView:
     succeeded: int
     failed: int
     terminating: int
+    uncounted_failed: int
+    """Failed pods the controller has seen but not yet moved into `failed`
+    (`status.uncountedTerminatedPods.failed`, a list of uids)."""
     start_time: float | None
     completion_time: float | None
     conditions: tuple[JobCondition, ...]
@@ -194,6 +197,9 @@ def _project(obj: object) -> JobView:
         succeeded=_count(status, "succeeded"),
         failed=_count(status, "failed"),
         terminating=_count(status, "terminating"),
+        uncounted_failed=len(read_list(read_map(
+            status.get("uncountedTerminatedPods"), "status.uncountedTerminatedPods",
+        ).get("failed"), "status.uncountedTerminatedPods.failed")),
         start_time=read_time(status.get("startTime"), "status.startTime"),
         completion_time=read_time(status.get("completionTime"), "status.completionTime"),
         conditions=_conditions(status),

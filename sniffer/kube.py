@@ -74,6 +74,21 @@ class _Refused:
     payload: bytes
 
 
+def watch_query(label_selector: str, resource_version: str, timeout_seconds: int,
+                send_initial_events: bool = False) -> dict[str, object]:
+    """The query of a watch with bookmarks. `send_initial_events`: a WatchList stream, the
+    objects that exist first (ADDED), then a bookmark annotated
+    `INITIAL_EVENTS_END_ANNOTATION`, then live events; `resource_version` "" asks for a
+    consistent (most recent) start."""
+    query: dict[str, object] = {
+        "watch": "true", "allowWatchBookmarks": "true", "resourceVersion": resource_version,
+        "timeoutSeconds": timeout_seconds, "labelSelector": label_selector or None}
+    if send_initial_events:
+        query["sendInitialEvents"] = "true"
+        query["resourceVersionMatch"] = "NotOlderThan"
+    return query
+
+
 class KubeClient:
     """An authenticated connection to one API server.
 
@@ -196,17 +211,18 @@ class KubeClient:
 
     async def watch_pods(self, namespace: str | None, *, label_selector: str,
                          resource_version: str, timeout_seconds: int, read_timeout: float,
-                         slim: bool = False) -> AsyncGenerator[WatchEvent | MalformedEvent, None]:
+                         slim: bool = False, send_initial_events: bool = False,
+                         ) -> AsyncGenerator[WatchEvent | MalformedEvent, None]:
         """Stream watch events from `resource_version` with bookmarks.
 
         Ends normally when the server closes the stream (its `timeout_seconds` elapsed);
         raises `Gone` on 410, `WatchStalled` after `read_timeout` of silence and
         `KubeError` on transport errors. A malformed line is yielded as a
         `MalformedEvent` instance (not raised), so one bad line never ends the stream.
-        `slim`: objects carry only what `project` reads."""
-        query = {"watch": "true", "allowWatchBookmarks": "true",
-                 "resourceVersion": resource_version, "timeoutSeconds": timeout_seconds,
-                 "labelSelector": label_selector or None}
+        `slim`: objects carry only what `project` reads. `send_initial_events`: a
+        WatchList stream (`watch_query`)."""
+        query = watch_query(label_selector, resource_version, timeout_seconds,
+                            send_initial_events)
         # No total timeout: the server ends the stream; silence is caught per read.
         try:
             response, protobuf = await self._read(

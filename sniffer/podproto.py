@@ -33,6 +33,7 @@ from typing import Any
 from sniffer.ownership import JOB_UID_LABEL, LEGACY_JOB_UID_LABEL
 from sniffer.podview import (
     CANCEL_ANNOTATION,
+    INITIAL_EVENTS_END_ANNOTATION,
     KIND_LABEL,
     RUN_ID_LABEL,
     TRACEPARENT_ANNOTATION,
@@ -106,7 +107,8 @@ _METADATA: Table = {
                                                JOB_UID_LABEL.encode(),
                                                LEGACY_JOB_UID_LABEL.encode()})),
     field(12, LEN): ("annotations", MAP, frozenset({CANCEL_ANNOTATION.encode(),
-                                                    TRACEPARENT_ANNOTATION.encode()})),
+                                                    TRACEPARENT_ANNOTATION.encode(),
+                                                    INITIAL_EVENTS_END_ANNOTATION.encode()})),
     field(13, LEN): ("ownerReferences", MSGS, _OWNER_REFERENCE),
     field(14, LEN): ("finalizers", STRS, None)}
 _POD: Table = {field(1, LEN): ("metadata", MSG, _METADATA), field(2, LEN): ("spec", MSG, _SPEC),

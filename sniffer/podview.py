@@ -55,7 +55,7 @@ from sniffer.podfields import (
 )
 
 __all__ = [
-    "CANCEL_ANNOTATION", "KEPT_CONDITIONS", "KIND_LABEL",
+    "CANCEL_ANNOTATION", "INITIAL_EVENTS_END_ANNOTATION", "KEPT_CONDITIONS", "KIND_LABEL",
     "MESSAGE_LIMIT", "OUTCOME_FINALIZER", "RUN_ID_LABEL",
     "RUN_ID_PATTERN", "TRACEPARENT_ANNOTATION", "ConditionView", "ContainerView",
     "MalformedPod", "PodView", "Termination", "WorkloadKind", "project", "run_labels",
@@ -66,6 +66,8 @@ KIND_LABEL = "sniffer.io/kind"
 CANCEL_ANNOTATION = "sniffer.io/cancel-requested"
 TRACEPARENT_ANNOTATION = "sniffer.io/traceparent"
 OUTCOME_FINALIZER = "sniffer.io/outcome"
+INITIAL_EVENTS_END_ANNOTATION = "k8s.io/initial-events-end"
+"""On the bookmark that ends a WatchList stream's initial events (the list part)."""
 
 KEPT_CONDITIONS = ("PodScheduled", "DisruptionTarget")
 RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][-A-Za-z0-9_.]{0,62}")

@@ -34,7 +34,8 @@ Labels = TypedDict("Labels", {"sniffer.io/run-id": Any, "sniffer.io/kind": Any,
                               "batch.kubernetes.io/controller-uid": Any,
                               "controller-uid": Any}, total=False)
 Annotations = TypedDict("Annotations", {"sniffer.io/cancel-requested": Any,
-                                        "sniffer.io/traceparent": Any}, total=False)
+                                        "sniffer.io/traceparent": Any,
+                                        "k8s.io/initial-events-end": Any}, total=False)
 
 
 class OwnerReference(TypedDict, total=False):

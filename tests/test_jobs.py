@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sniffer.jobs import attempts, derive_job, is_attempt, job_lost, owned_by_job
+from sniffer.jobs import attempts, attempts_behind, derive_job, is_attempt, job_lost, owned_by_job
 from sniffer.jobview import JobView, MalformedJob, project_job
 from sniffer.podview import CANCEL_ANNOTATION, KIND_LABEL, RUN_ID_LABEL, MalformedPod, project
 from sniffer.states import Derived, StatePolicy, WorkloadState
@@ -278,6 +278,28 @@ def test_job_lost_takes_what_the_attempt_pods_still_say():
 
 
 # --- attempts ---------------------------------------------------------------------------
+
+
+def test_a_failed_job_is_ahead_of_a_cache_missing_its_last_failed_attempt():
+    failed = job(BACKOFF)  # the Job counts 4 failed attempts
+    seen = [pod(f"train-{i}", 10 * i, "Failed", exit_code=i) for i in range(3)]
+    assert attempts_behind(failed, seen)
+    assert attempts_behind(failed, [*seen, pod("train-3", 30, "Running")])
+    assert not attempts_behind(failed, [*seen, pod("train-3", 30, "Failed", exit_code=56)])
+
+
+def test_uncounted_failed_attempts_count_toward_what_the_cache_must_show():
+    counting = job({**POLICY_FAILED, "failed": 0,
+                    "uncountedTerminatedPods": {"failed": ["uid-train-a"]}})
+    assert counting.uncounted_failed == 1
+    assert attempts_behind(counting, [pod("train-a", 0, "Running")])
+    assert not attempts_behind(counting, [pod("train-a", 0, "Failed", exit_code=42)])
+
+
+def test_a_running_job_with_every_failure_cached_is_not_behind():
+    assert not attempts_behind(job({**STARTED, "failed": 1}),
+                               [pod("train-a", 0, "Failed", exit_code=1),
+                                pod("train-b", 20, "Running")])
 
 
 def test_attempts_count_the_status_and_name_the_newest_pod():

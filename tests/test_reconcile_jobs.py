@@ -197,6 +197,24 @@ async def test_a_job_that_exhausted_its_retries_ends_failed_with_the_last_exit_c
     assert run_id not in by_run(await bed.reconcile())
 
 
+async def test_a_failed_job_whose_last_attempt_pod_is_gone_has_no_exit_code_not_an_older_one(
+        bed: JobBed) -> None:
+    run_id = new_run_id()
+    uid = await bed.job("train", run_id, backoff_limit=1)
+    await bed.attempt("train-a", "train", uid, run_id, "Failed", T, exit_code=11)
+    # train-b failed too (the Job counts 2) but its pod was removed before the pass.
+    await bed.job_status("train", {
+        "startTime": stamp(T), "failed": 2,
+        "conditions": [cond("FailureTarget", T + 200, "BackoffLimitExceeded", "limit"),
+                       cond("Failed", T + 201, "BackoffLimitExceeded", "limit")]})
+    bed.run(run_id, "running", pod_name="train", pod_uid=uid)
+    report = await bed.reconcile()
+    assert by_run(report)[run_id] == [(MismatchKind.JOB_AHEAD, RepairOutcome.REPAIRED)]
+    run = bed.run_record(run_id)
+    assert (run["state"], run["reason"], run["exit_code"]) == (
+        "failed", "BackoffLimitExceeded", None)
+
+
 async def test_a_finished_job_removed_before_anyone_watched_ends_as_its_pods_say(
         bed: JobBed) -> None:
     """The TTL controller deleted a completed Job while the watcher was down; its

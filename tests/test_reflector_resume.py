@@ -51,6 +51,7 @@ class Scripted:
 
     async def watch(self, namespace: str | None, *, label_selector: str,
                     resource_version: str, timeout_seconds: int, read_timeout: float,
+                    send_initial_events: bool = False,
                     ) -> AsyncGenerator[WatchEvent | MalformedEvent, None]:
         self.opened_at.append(resource_version)
         if len(self.opened_at) == 1:

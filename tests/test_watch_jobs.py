@@ -6,6 +6,8 @@ over HTTP holds the run; what it shows (state, reason, exit code, history) is ch
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import uuid
 
 import pytest
@@ -76,6 +78,31 @@ async def test_a_job_that_exhausts_its_retries_fails_with_the_last_exit_code(
         await eventually(lambda: state(platform, run_id) == "failed")
     run = platform.get_run(run_id)
     assert (run["reason"], run["exit_code"]) == ("BackoffLimitExceeded", 7)
+    assert history(platform, run_id) == ["running", "failed"]
+
+
+async def test_a_jobs_failure_seen_before_its_last_attempts_end_carries_that_attempts_code(
+        apiserver, platform, namespace, jobs, new_id):
+    # The pod and Job watches are separate streams: the Job's failure can reach the watcher
+    # before the end of the attempt that caused it. Writing them in that order makes it
+    # certain; the failure must then wait for the attempt, not name the one before it.
+    run_id = new_id()
+    platform.create_run(run_id, pod_namespace=namespace, pod_name="racing")
+    job = await jobs.create("racing", run_id, backoff_limit=1)
+    async with running_watcher(settings_for(watcher_env(apiserver, platform, namespace))):
+        await jobs.active("racing")
+        await jobs.attempt(job, "racing-a", run_id)
+        await jobs.pods.running("racing-a")
+        await eventually(lambda: state(platform, run_id) == "running")
+        await jobs.attempt_failed("racing-a", exit_code=11, ago_s=20)
+        await jobs.attempt(job, "racing-b", run_id)
+        await jobs.pods.running("racing-b")
+        await jobs.failed("racing", failed=2, reason="BackoffLimitExceeded")
+        await asyncio.sleep(1.0)  # the Job's failure reaches the watcher first
+        await jobs.attempt_failed("racing-b", exit_code=56, ago_s=0)
+        await eventually(lambda: state(platform, run_id) == "failed")
+    run = platform.get_run(run_id)
+    assert (run["reason"], run["exit_code"]) == ("BackoffLimitExceeded", 56)
     assert history(platform, run_id) == ["running", "failed"]
 
 
@@ -196,3 +223,25 @@ async def test_the_job_fixture_keeps_a_started_jobs_start_time(apiserver, jobs, 
     await jobs.status("started", {"startTime": long_ago, "active": 1})
     job = await jobs.active("started", failed=1)
     assert (job["status"]["startTime"], job["status"]["failed"]) == (long_ago, 1)
+
+
+async def test_a_watcher_streaming_its_lists_reports_jobs_listed_and_live(
+        apiserver, platform, namespace, jobs, new_id, caplog):
+    # kube.watch_list: both reflectors (pods and Jobs) list by WatchList streams.
+    run_id = new_id()
+    platform.create_run(run_id, pod_namespace=namespace, pod_name="streamed")
+    job = await jobs.create("streamed", run_id)
+    await jobs.attempt(job, "streamed-a", run_id)
+    await jobs.active("streamed")
+    await jobs.pods.running("streamed-a")
+    env = watcher_env(apiserver, platform, namespace, SNIFFER_KUBE_WATCH_LIST="true")
+    caplog.set_level(logging.INFO, logger="watch.reflector")
+    async with running_watcher(settings_for(env)):
+        await eventually(lambda: state(platform, run_id) == "running")  # from the lists
+        await jobs.pods.succeeded("streamed-a")
+        await jobs.complete("streamed")
+        await eventually(lambda: state(platform, run_id) == "succeeded")  # live
+    assert history(platform, run_id) == ["running", "succeeded"]
+    listed = {(r.getMessage(), getattr(r, "list", None)) for r in caplog.records
+              if r.getMessage().startswith("listed ")}
+    assert listed == {("listed pods", "streamed"), ("listed jobs", "streamed")}

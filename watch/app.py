@@ -179,7 +179,8 @@ class Watcher:
             namespaces=s.kube.namespaces,
             label_selector=s.kube.label_selector, page_size=s.kube.page_size,
             watch_timeout_s=(s.kube.watch_timeout_min_s, s.kube.watch_timeout_max_s),
-            read_timeout_s=s.kube.read_timeout_s, metrics=self._metrics.reflector)
+            read_timeout_s=s.kube.read_timeout_s, metrics=self._metrics.reflector,
+            watch_list=s.kube.watch_list)
         health = HealthServer(
             host=s.health.host, port=s.health.port, ready=lambda: store.has_synced,
             checks={"reflector": lambda: _reflector_check(reflector, s.kube.read_timeout_s),
@@ -259,7 +260,8 @@ def _job_path(s: Settings, kube: KubeClient, store: PodStore, ledger: RunLedger,
         policy=state_policy(s), namespaces=s.kube.namespaces,
         label_selector=s.kube.label_selector, page_size=s.kube.page_size,
         watch_timeout_s=(s.kube.watch_timeout_min_s, s.kube.watch_timeout_max_s),
-        read_timeout_s=s.kube.read_timeout_s, workers=s.workers.count,
+        read_timeout_s=s.kube.read_timeout_s, watch_list=s.kube.watch_list,
+        workers=s.workers.count,
         max_retries=s.workers.max_retries, finalizers_enabled=s.finalizers.enabled,
         enabled="jobs" in s.kube.kinds,
         tombstones=LeaderTombstones(elector) if elector is not None else None,

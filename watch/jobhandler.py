@@ -8,6 +8,12 @@ Contract (the pod handler's, `watch.handler`, for a run backed by a batch/v1 Job
   bound to the Job's uid (the update names the Job as the run's "pod"): attempts come
   and go, the Job stays. A failed attempt the Job retries is never terminal: only the
   Job's own conditions, its deletion or a cancel end the run.
+* A Job's failure waits for its last failed attempt: the pod and Job watches are separate
+  streams, so the Job's FailureTarget/Failed can reach the cache before the attempt
+  pod's end that caused it. While the Job knows of more failed attempts than the cached
+  pods show (`sniffer.jobs.attempts_behind`), the key is rechecked every
+  `CATCH_UP_POLL_S`, for at most `CATCH_UP_S`; past that (the pods were removed), the
+  failure is sent without an exit code rather than with an earlier attempt's.
 * Attempts: each update carries the attempt count and the current attempt's pod
   (`sniffer.jobs.attempts`); an open run whose Job made more attempts than the platform
   acknowledged gets a same-state update with the new count (the platform keeps the
@@ -35,19 +41,20 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Protocol
 
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
-from sniffer.jobs import Attempts, attempts, derive_job
+from sniffer.jobs import Attempts, attempts, attempts_behind, derive_job
 from sniffer.jobview import JobView
 from sniffer.nullmetrics import NULL_METRICS
 from sniffer.platform import PlatformClient
 from sniffer.platform_model import Outcome as PlatformOutcome
 from sniffer.platform_model import StateUpdate
 from sniffer.podview import OUTCOME_FINALIZER
-from sniffer.states import Derived, StatePolicy
+from sniffer.states import Derived, StatePolicy, WorkloadState
 from watch.handler import HandlerMetrics, _links
 from watch.jobindex import JobIndex
 from watch.ledger import Acked, RunLedger
@@ -57,6 +64,10 @@ from watch.workers import DONE, Outcome, Result
 log = logging.getLogger("watch.controller")
 tracer = trace.get_tracer("sniffer.watch")
 JOB = "Job"
+CATCH_UP_S = 10.0
+"""How long a Job's failure waits for the pod cache to show the attempt the Job counts
+(`sniffer.jobs.attempts_behind`); past it, the failure goes without an exit code."""
+CATCH_UP_POLL_S = 0.2
 
 
 class JobFinalizers(Protocol):
@@ -86,6 +97,8 @@ class JobHandler:
         self._is_leader = is_leader
         self._metrics: HandlerMetrics = metrics or NULL_METRICS
         self._clock = clock
+        self._held: dict[str, float] = {}
+        """Job key → monotonic time its failure was first held for the pod cache."""
         self._attempts_acked: dict[str, int] = {}
         """run id → the largest attempt count the platform acknowledged (open runs only:
         an entry goes when the run's ledger entry does)."""
@@ -115,11 +128,28 @@ class JobHandler:
         derived = derive_job(job, pods, now=self._clock(), policy=self._policy,
                              cancel_requested=acked.cancel_requested)
         tried = attempts(job, pods)
+        failure = job.holds("FailureTarget") or job.holds("Failed")
+        if failure and derived.state is WorkloadState.FAILED and attempts_behind(job, pods):
+            if not acked.terminal and self._hold(key):
+                return Outcome(Result.REQUEUE_AFTER, CATCH_UP_POLL_S)
+            derived = replace(derived, exit_code=None)  # gone for good: never a wrong one
+        self._held.pop(key, None)
         if acked.terminal or not self._ahead(job.run_id, acked, derived, tried.count):
             return await self._nothing_to_send(job, acked, derived)
         if not self._is_leader():
             return Outcome.retry("not the leader")
         return await self._send(job, acked, derived, tried)
+
+    def _hold(self, key: str) -> bool:
+        """Whether a failure the pod cache is behind on should wait (for `CATCH_UP_S` from
+        the first hold): the last attempt's end is then seen before the run ends."""
+        now = time.monotonic()
+        first = self._held.setdefault(key, now)
+        if now - first < CATCH_UP_S:
+            return True
+        log.warning("Job failed but its last failed attempt is not in the cache; sending the"
+                    " failure without an exit code", extra={"key": key, "kind": JOB})
+        return False
 
     def _ahead(self, run_id: str, acked: Acked, derived: Derived, count: int) -> bool:
         """A later state, or the same open state with more attempts than acknowledged
@@ -193,6 +223,7 @@ class JobHandler:
 
     def _forget_if_deleted(self, job: JobView, *, terminal: bool = False) -> Outcome:
         if self._store.is_deleted(job.key):
+            self._held.pop(job.key, None)
             self._store.forget_tombstone(job.key, job)
             self._index.forget(job)
             if job.run_id is not None:

@@ -43,7 +43,7 @@ class JobPath:
                  queue: WorkQueue[str], platform: PlatformClient, policy: StatePolicy,
                  namespaces: tuple[str, ...], label_selector: str, page_size: int,
                  watch_timeout_s: tuple[int, int], read_timeout_s: float,
-                 workers: int, max_retries: int, finalizers_enabled: bool,
+                 workers: int, watch_list: bool = False, max_retries: int, finalizers_enabled: bool,
                  enabled: bool = True,
                  tombstones: TombstonePolicy | None = None,
                  is_leader: Callable[[], bool] = lambda: True,
@@ -71,7 +71,7 @@ class JobPath:
             kube, store, self.index.job_changed, namespaces=namespaces,
             label_selector=label_selector, page_size=page_size,
             watch_timeout_s=watch_timeout_s, read_timeout_s=read_timeout_s,
-            metrics=reflector_metrics, source=JobSource(kube))
+            metrics=reflector_metrics, source=JobSource(kube), watch_list=watch_list)
         self.on_pod_change = self.index.pod_changed
         self._started = False
 

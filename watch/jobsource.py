@@ -25,7 +25,7 @@ from urllib.parse import quote
 import aiohttp
 
 from sniffer.jobview import JobView, project_job
-from sniffer.kube import KubeClient
+from sniffer.kube import KubeClient, watch_query
 from sniffer.kubedecode import (
     JSON,
     MalformedEvent,
@@ -73,10 +73,10 @@ class JobSource:
 
     async def watch(self, namespace: str | None, *, label_selector: str,
                     resource_version: str, timeout_seconds: int, read_timeout: float,
+                    send_initial_events: bool = False,
                     ) -> AsyncGenerator[WatchEvent | MalformedEvent, None]:
-        query = {"watch": "true", "allowWatchBookmarks": "true",
-                 "resourceVersion": resource_version, "timeoutSeconds": timeout_seconds,
-                 "labelSelector": label_selector or None}
+        query = watch_query(label_selector, resource_version, timeout_seconds,
+                            send_initial_events)
         try:
             response = await self._kube.request(
                 "GET", jobs_path(namespace), query=query,

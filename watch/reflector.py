@@ -11,6 +11,14 @@ Contract (client-go's Reflector, in asyncio):
 * Every change (including deletions seen only as absences from a relist) is reported
   once through `on_change(key, priority)` after the store has it: `Priority.LIST` for
   what a list found, `Priority.LIVE` for a watch event.
+* With `watch_list`, the list is streamed (WatchList, as client-go's WatchListClient): one
+  watch with ``sendInitialEvents=true`` from resourceVersion "" (a consistent read) sends
+  the objects that exist, then a bookmark annotated ``k8s.io/initial-events-end``; the
+  store is replaced from those objects at that bookmark (so "synced" still means the
+  whole list is in), and the same stream goes on with live events. A server that refuses
+  it (400, 403, 422: the WatchList feature gate off, or a proxy), or ends the stream
+  before the end bookmark (a server that ignores the parameter), gets paginated LISTs
+  from then on, logged once.
 * 410 Gone, at open or mid-stream, relists; so does an expired continue token.
   A stream that ends normally, goes silent for `read_timeout_s` (half-open) or breaks
   (a transport error) is reopened from the last resourceVersion it delivered (bookmarks
@@ -45,7 +53,7 @@ from sniffer.kube import KubeClient
 from sniffer.kubedecode import Gone, KubeError, MalformedEvent, Page, WatchEvent, WatchStalled
 from sniffer.nullmetrics import NULL_METRICS
 from sniffer.pods import list_pages
-from sniffer.podview import MalformedPod, project
+from sniffer.podview import INITIAL_EVENTS_END_ANNOTATION, MalformedPod, project
 from watch.store import Cached, ObjectStore, Versioned
 from watch.workqueue import Priority
 
@@ -78,7 +86,7 @@ class Source(Protocol[V_co]):
         ...
 
     def watch(self, namespace: str | None, *, label_selector: str, resource_version: str,
-              timeout_seconds: int, read_timeout: float,
+              timeout_seconds: int, read_timeout: float, send_initial_events: bool = False,
               ) -> AsyncGenerator[WatchEvent | MalformedEvent, None]:
         """One watch stream (`KubeClient.watch_pods`' contract)."""
         ...
@@ -102,11 +110,12 @@ class PodSource:
                           page_size=page_size)
 
     def watch(self, namespace: str | None, *, label_selector: str, resource_version: str,
-              timeout_seconds: int, read_timeout: float,
+              timeout_seconds: int, read_timeout: float, send_initial_events: bool = False,
               ) -> AsyncGenerator[WatchEvent | MalformedEvent, None]:
+        streamed = {"send_initial_events": True} if send_initial_events else {}
         return self._kube.watch_pods(
             namespace, label_selector=label_selector, resource_version=resource_version,
-            timeout_seconds=timeout_seconds, read_timeout=read_timeout, slim=True)
+            timeout_seconds=timeout_seconds, read_timeout=read_timeout, slim=True, **streamed)
 
     def project(self, obj: dict[str, object]) -> Cached:
         return project(obj)
@@ -121,8 +130,11 @@ class Reflector(Generic[V]):
                  watch_timeout_s: tuple[int, int] = (300, 600), read_timeout_s: float = 120.0,
                  metrics: ReflectorMetrics | None = None,
                  rng: random.Random | None = None,
-                 source: Source[V] | None = None) -> None:
-        """`source` None: pods (`PodSource`; `store` must then be a `PodStore`)."""
+                 source: Source[V] | None = None, watch_list: bool = False) -> None:
+        """`source` None: pods (`PodSource`; `store` must then be a `PodStore`).
+        `watch_list`: stream the list (WatchList) while the server allows it."""
+        self.watch_list = watch_list
+        """True while lists are streamed; False for good after a server refused one."""
         self._source: Source[V] = source or PodSource(kube)  # type: ignore[assignment]
         self._store = store
         self._on_change = on_change
@@ -157,6 +169,12 @@ class Reflector(Generic[V]):
         cause = "initial"
         while True:
             try:
+                if resource_version is None and self.watch_list:
+                    resource_version = await self._stream_list(namespace, cause)
+                    if resource_version is not None:  # listed, then watched to the end
+                        backoff.reset()
+                        self._metrics.watch_restart("timeout")
+                        continue
                 if resource_version is None:
                     resource_version = await self._relist(namespace, cause)
                     backoff.reset()
@@ -189,13 +207,15 @@ class Reflector(Generic[V]):
 
     def _resume_from(self, namespace: str | None, started_at: str | None) -> str | None:
         """Where a watch that failed resumes: the last version its stream delivered (None,
-        a relist, if the failure came before any watch began)."""
+        a relist, if the failure came before any watch began, or before a streamed list
+        reached its end bookmark)."""
         if started_at is None:
-            return None
+            return self._delivered.get(namespace)
         return self._delivered.get(namespace, started_at)
 
     async def _relist(self, namespace: str | None, cause: str) -> str:
         """Paginated LIST, then replace the store; returns the list's resourceVersion."""
+        self._delivered.pop(namespace, None)
         pods: list[V] = []
         resource_version = ""
         pages = self._source.pages(namespace, label_selector=self._selector,
@@ -208,14 +228,76 @@ class Reflector(Generic[V]):
                     if pod is not None:
                         pods.append(self._store.compact(pod))
                 resource_version = page.resource_version
-        changed = self._store.replace(namespace, pods, now=time.time())
+        self._replace(namespace, pods, cause, resource_version, "paginated")
+        return resource_version
+
+    def _replace(self, namespace: str | None, objects: list[V], cause: str,
+                 resource_version: str, how: str) -> None:
+        changed = self._store.replace(namespace, objects, now=time.time())
         self._metrics.relist(cause)
         log.info(f"listed {self._source.what}", extra={
-            "namespace": namespace, self._source.what: len(pods), "changed": len(changed),
-            "cause": cause, "resource_version": resource_version})
+            "namespace": namespace, self._source.what: len(objects), "changed": len(changed),
+            "cause": cause, "resource_version": resource_version, "list": how})
         for key in changed:
             self._on_change(key, Priority.LIST)
+
+    async def _stream_list(self, namespace: str | None, cause: str) -> str | None:
+        """A WatchList stream: the objects up to the end bookmark replace the store, then
+        live events as `_watch`. Returns the last resourceVersion seen once the stream
+        ends; None if the server will not stream lists (`watch_list` is then off)."""
+        self._delivered.pop(namespace, None)
+        low, high = self._watch_timeout_s
+        initial: dict[str, V] | None = {}
+        resource_version = ""
+        stream = self._source.watch(
+            namespace, label_selector=self._selector, resource_version="",
+            timeout_seconds=self._rng.randint(low, high), read_timeout=self._read_timeout_s,
+            send_initial_events=True)
+        try:
+            async with contextlib.aclosing(stream):
+                async for event in stream:
+                    self.last_event_at = time.monotonic()
+                    if initial is None:
+                        resource_version = self._apply(namespace, event, resource_version)
+                    elif isinstance(event, WatchEvent) and _initial_events_end(event):
+                        resource_version = _bookmark_version(event) or resource_version
+                        self._delivered[namespace] = resource_version
+                        self._replace(namespace, list(initial.values()), cause,
+                                      resource_version, "streamed")
+                        initial = None
+                    else:
+                        self._collect(event, initial)
+        except KubeError as exc:
+            if initial is None or exc.status not in _REFUSED or initial:
+                raise
+            self._refused(f"the server refused it: {exc}")
+            return None
+        if initial is not None:
+            self._refused("the stream ended before its initial-events-end bookmark")
+            return None
         return resource_version
+
+    def _collect(self, event: WatchEvent | MalformedEvent, initial: dict[str, V]) -> None:
+        """One event of a streamed list's initial part (ADDED, as the server sends it)."""
+        if isinstance(event, MalformedEvent):
+            self._metrics.malformed("watch_line")
+            log.warning("skipping malformed watch line", extra={"error": event.message})
+            return
+        self._metrics.event(event.type)
+        if event.type == "BOOKMARK":
+            return
+        obj = self._project(event.object, "list")
+        if obj is None:
+            return
+        if event.type == "DELETED":
+            initial.pop(obj.key, None)
+        else:
+            initial[obj.key] = self._store.compact(obj)
+
+    def _refused(self, why: str) -> None:
+        self.watch_list = False
+        log.warning(f"streaming the list of {self._source.what} is not available; using "
+                    "paginated LISTs from now on", extra={"error": why[:300]})
 
     async def _watch(self, namespace: str | None, resource_version: str) -> str:
         """Consume one watch stream; returns the last resourceVersion seen (also kept in
@@ -228,34 +310,41 @@ class Reflector(Generic[V]):
         async with contextlib.aclosing(stream):
             async for event in stream:
                 self.last_event_at = time.monotonic()
-                if isinstance(event, MalformedEvent):
-                    self._metrics.malformed("watch_line")
-                    log.warning("skipping malformed watch line", extra={"error": event.message})
-                    continue
-                self._metrics.event(event.type)
-                if event.type == "BOOKMARK":
-                    rv = (event.object.get("metadata") or {}).get("resourceVersion")
-                    if isinstance(rv, str) and rv:
-                        resource_version = self._delivered[namespace] = rv
-                    continue
-                pod = self._project(event.object, "watch")
-                if pod is None:
-                    continue
-                resource_version = pod.resource_version or resource_version
-                self._delivered[namespace] = resource_version
-                if event.type == "DELETED":
-                    changed = self._store.delete(pod, now=time.time())
-                elif event.type in ("ADDED", "MODIFIED"):
-                    changed = self._store.upsert(pod)
-                else:
-                    self._metrics.malformed("event_type")
-                    log.warning("skipping watch event of unknown type",
-                                extra={"event_type": event.type[:40]})
-                    continue
-                if changed:
-                    self._on_change(pod.key, Priority.LIVE)
-                if event.read_at:
-                    self._metrics.delivered(time.monotonic() - event.read_at)
+                resource_version = self._apply(namespace, event, resource_version)
+        return resource_version
+
+    def _apply(self, namespace: str | None, event: WatchEvent | MalformedEvent,
+               resource_version: str) -> str:
+        """One live watch event into the store (and on to `on_change`); returns the
+        resourceVersion the stream has delivered up to (also kept in `_delivered`)."""
+        if isinstance(event, MalformedEvent):
+            self._metrics.malformed("watch_line")
+            log.warning("skipping malformed watch line", extra={"error": event.message})
+            return resource_version
+        self._metrics.event(event.type)
+        if event.type == "BOOKMARK":
+            rv = _bookmark_version(event)
+            if rv:
+                resource_version = self._delivered[namespace] = rv
+            return resource_version
+        pod = self._project(event.object, "watch")
+        if pod is None:
+            return resource_version
+        resource_version = pod.resource_version or resource_version
+        self._delivered[namespace] = resource_version
+        if event.type == "DELETED":
+            changed = self._store.delete(pod, now=time.time())
+        elif event.type in ("ADDED", "MODIFIED"):
+            changed = self._store.upsert(pod)
+        else:
+            self._metrics.malformed("event_type")
+            log.warning("skipping watch event of unknown type",
+                        extra={"event_type": event.type[:40]})
+            return resource_version
+        if changed:
+            self._on_change(pod.key, Priority.LIVE)
+        if event.read_at:
+            self._metrics.delivered(time.monotonic() - event.read_at)
         return resource_version
 
     def _project(self, obj: dict[str, object], where: str) -> V | None:
@@ -268,3 +357,24 @@ class Reflector(Generic[V]):
             log.warning(f"skipping malformed {self._source.what[:-1]}", extra={
                 "where": where, "pod": str(name)[:253] if name else None, "error": str(exc)})
             return None
+
+
+_REFUSED = (400, 403, 422)
+"""What a server answers a WatchList request it will not serve (422 "sendInitialEvents is
+forbidden for watch unless the WatchList feature gate is enabled"), or a proxy."""
+
+
+def _bookmark_version(event: WatchEvent) -> str | None:
+    meta = event.object.get("metadata")
+    rv = meta.get("resourceVersion") if isinstance(meta, dict) else None
+    return rv if isinstance(rv, str) and rv else None
+
+
+def _initial_events_end(event: WatchEvent) -> bool:
+    """True iff `event` is the bookmark that ends a streamed list's initial events."""
+    if event.type != "BOOKMARK":
+        return False
+    meta = event.object.get("metadata")
+    annotations = meta.get("annotations") if isinstance(meta, dict) else None
+    return (isinstance(annotations, dict)
+            and annotations.get(INITIAL_EVENTS_END_ANNOTATION) == "true")

@@ -11,10 +11,15 @@ Contract:
   sampler reads each one's RSS (``/proc/<pid>/status`` VmRSS), open file descriptors
   (``/proc/<pid>/fd``) and, from ``/healthz``, its asyncio task count, cached pods,
   tombstones and work-queue depth.
-* Flat means: after a warm-up (the first ``warmup_s``), the median of the last quarter of
-  the samples is at most the median of the first quarter plus a margin — RSS x1.25 + 8 MiB,
-  file descriptors +8, tasks +8, tombstones and queue depth +50. The verdict is per
-  watcher and measure.
+* No fault starts in the last ``quiet_tail_s`` of the load, so the run ends with a quiet
+  tail: what a fault legitimately holds (the platform client's pool grows connections
+  while a slow-drip or outage ties them up, and closes them once idle) has gone by then;
+  what leaks has not.
+* Flat means: after a warm-up (the first ``warmup_s``), the median of the late samples is
+  at most the median of the first quarter plus a margin — RSS x1.25 + 8 MiB, file
+  descriptors +8, tasks +8, tombstones and queue depth +50. The late samples are those
+  taken ``SETTLE_S`` or more after the last fault ended, if there are at least three,
+  else the last quarter. The verdict is per watcher and measure.
 * Returns a JSON-able dict: the scenario `Result` fields, the samples and the trends.
 """
 
@@ -39,6 +44,9 @@ MEASURES = ("rss_mib", "fds", "tasks", "tombstones", "queue_depth")
 MARGINS: dict[str, tuple[float, float]] = {
     "rss_mib": (1.25, 8.0), "fds": (1.0, 8.0), "tasks": (1.0, 8.0), "tombstones": (1.0, 50.0),
     "queue_depth": (1.0, 50.0)}
+SETTLE_S = 30.0
+"""After a fault, how long its held resources may take to go (aiohttp closes an idle pooled
+connection after 15 s)."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,7 @@ class SoakConfig:
     fault_every_s: float = 75.0
     sample_every_s: float = 10.0
     warmup_s: float = 120.0
+    quiet_tail_s: float = 90.0
 
 
 FAULT_KINDS = ("watch streams cut", "platform 500 burst", "platform 429 burst",
@@ -101,8 +110,11 @@ def sample(watcher: WatcherProcess) -> dict[str, Any] | None:
             "leader": info.get("leader"), "queue_depth": info.get("queue_depth")}
 
 
-def trends(samples: list[dict[str, Any]], warmup_until: float) -> list[dict[str, Any]]:
-    """Per watcher (process) and measure: early vs late medians and the verdict."""
+def trends(samples: list[dict[str, Any]], warmup_until: float,
+           quiet_from: float | None = None) -> list[dict[str, Any]]:
+    """Per watcher (process) and measure: early vs late medians and the verdict. The late
+    median is of the samples from `quiet_from` on (the faults over) when there are three
+    or more, else of the last quarter."""
     out = []
     keys = sorted({(s["watcher"], s["pid"]) for s in samples})
     for name, pid in keys:
@@ -115,7 +127,9 @@ def trends(samples: list[dict[str, Any]], warmup_until: float) -> list[dict[str,
             if len(values) < 8:
                 continue
             early = statistics.median(values[:quarter])
-            late = statistics.median(values[-quarter:])
+            quiet = [s[measure] for s in mine if quiet_from is not None
+                     and s["t"] >= quiet_from and isinstance(s.get(measure), int | float)]
+            late = statistics.median(quiet if len(quiet) >= 3 else values[-quarter:])
             factor, margin = MARGINS[measure]
             flat = late <= early * factor + margin
             out.append({"watcher": f"{name} (pid {pid})", "measure": measure,
@@ -141,10 +155,11 @@ async def run_soak(config: SoakConfig, bed: Bed, workdir: Path) -> dict[str, Any
 
     async def fault_cycle(ctx: Ctx, stop: asyncio.Event) -> None:
         n = 0
+        last_start = started + config.minutes * 60 - config.quiet_tail_s
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), config.fault_every_s)
-            if stop.is_set():
+            if stop.is_set() or time.time() > last_start:
                 return
             await _fault(ctx, n)
             n += 1
@@ -169,7 +184,9 @@ async def run_soak(config: SoakConfig, bed: Bed, workdir: Path) -> dict[str, Any
                                                             delete_finished=True),
                         drive=drive, replicas=2, proxy=True, settle_bound_s=300)
     result = await run_scenario(scenario, bed, workdir)
-    found = trends(samples, started + config.warmup_s)
+    ends = [f["end"] for f in result.faults_applied if f.get("end") is not None]
+    found = trends(samples, started + config.warmup_s,
+                   quiet_from=max(ends) + SETTLE_S if ends else None)
     problems = list(result.problems)
     problems += [f"{t['watcher']}: {t['measure']} grows ({t['early']:g} → {t['late']:g})"
                  for t in found if t["verdict"] != "flat"]
