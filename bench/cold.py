@@ -15,7 +15,8 @@ Contract:
 * Memory per cached pod = (RSS once quiet - RSS with the empty namespace) / pods.
 * A system that is not done within the size's timeout is stopped and reported as such.
 * Each size (and each catch-up latency) runs every system `Harness.trials` times,
-  interleaved, except `Sizes.one_trial`, which get one trial per size and latency. The RSS
+  interleaved, except `Sizes.cold_one_trial` (one trial per size) and
+  `Sizes.catchup_one_trial` (one trial per catch-up latency). The RSS
   over the empty namespace is taken once per system. The API server's CPU over each
   trial (`apiserver_cpu_s`: serving the system's LIST and watch) is a figure too.
 """
@@ -113,7 +114,7 @@ async def run_cold(h: Harness, sizes: Sizes, systems: list[str], workdir: Path) 
             h.results.append(f)
             h.say(_cold_line(f))
 
-        await each(h, systems, one, once=sizes.one_trial)
+        await each(h, systems, one, once=sizes.cold_one_trial)
 
 
 async def _idle_rss(h: Harness, systems: list[str]) -> dict[str, int]:
@@ -160,7 +161,7 @@ async def run_catchup(h: Harness, sizes: Sizes, systems: list[str], workdir: Pat
             h.results.append(f)
             h.say(_cold_line(f))
 
-        await each(h, systems, one, once=sizes.one_trial)
+        await each(h, systems, one, once=sizes.catchup_one_trial)
 
 
 async def _cold_trial(h: Harness, system: str, namespace: str, db: Path, workdir: Path,
