@@ -28,8 +28,9 @@ Rules, in order (the Kubernetes shapes they cover are in tests/test_states.py):
    (*failed* with its reason); jobs are *failed* with the DisruptionTarget reason or
    "Deleted". `finished_at` is when the deletion was requested (deletionTimestamp minus
    the grace period). A pod that reached a terminal phase *because of* that deletion (its
-   containers finished at or after the request) still gets the cancelled outcome: the
-   store may coalesce the Terminating update away.
+   containers finished after the request, or the view still shows a grace period, which
+   the API server grants only to a pod not yet terminal) still gets that outcome: a
+   watcher gap or a coalesced update may hide the Terminating version.
 2. Succeeded → *succeeded* "Completed", exit code 0.
 3. Failed → *failed*; reason: status.reason (Evicted, DeadlineExceeded, ...), else the
    DisruptionTarget reason, else the failed container's terminated reason (OOMKilled,
@@ -253,7 +254,10 @@ def _ended_by_deletion(pod: PodView, deleted: Derived, requested: float) -> bool
     Only asked when one view shows both (the watcher was down, or events coalesced).
     Timestamps answer only one way: the kubelet's final grace-0 DELETE moves
     deletionTimestamp to that moment, so containers that finished *after* `requested`
-    surely ended by the deletion, while "before" proves nothing."""
+    surely ended by the deletion, while "before" proves nothing. The grace period answers
+    where the seconds tie: the API server gives a pod that is already Succeeded or Failed
+    a grace period of 0, and the kubelet's final DELETE sets 0, so a terminal view that
+    still shows one was deleting while active (what `deleted_while_active` records)."""
     if pod.deleted_while_active:
         return True  # the cache saw the deletion arrive before the terminal phase
     ended = _latest((c.finished_at for c in pod.containers), None)
@@ -265,6 +269,8 @@ def _ended_by_deletion(pod: PodView, deleted: Derived, requested: float) -> bool
         return True  # (equal seconds prove nothing at one-second resolution)
     if pod.phase == "Failed" and pod.reason:
         return False  # Evicted, DeadlineExceeded: the pod's own account of its end
+    if pod.deletion_grace_period_s:
+        return True  # deleted while active; its containers stopped within the second
     if pod.kind is not WorkloadKind.JOB:
         return True  # a server (restartPolicy Always) only ends by being stopped
     # A disrupted job that failed was killed by the disruption; one that succeeded

@@ -415,6 +415,23 @@ CASES: dict[str, Case] = {
         pod(started_status("Succeeded", containerStatuses=[terminated("main", 0, "Completed",
                                                                         8, 300)]),
             deleted_at=400), now=401, expect={"state": S}),
+    # The API server grants a grace period only to a pod not yet terminal (it sets 0 for a
+    # Succeeded or Failed one), so a terminal pod still showing one ended after its
+    # deletion was accepted, even when the seconds tie (the watcher-sigkill finding).
+    "job_stopped_in_the_second_of_its_deletion_seen_only_after_it_failed": Case(
+        pod(started_status("Failed", containerStatuses=[terminated("main", 143, "Error", 8,
+                                                                     600)]),
+            deleted_at=600), now=610,
+        expect={"state": F, "reason": "Deleted", "exit_code": 143, "finished_at": T0 + 600}),
+    "job_failed_and_deleted_in_the_same_second_at_once": Case(
+        pod(started_status("Failed", containerStatuses=[terminated("main", 3, "Error", 8,
+                                                                     600)]),
+            deleted_at=600, grace=0), now=610,
+        expect={"state": F, "reason": "Error", "exit_code": 3}),
+    "job_succeeded_and_deleted_in_the_same_second_at_once": Case(
+        pod(started_status("Succeeded", containerStatuses=[terminated(
+                "main", 0, "Completed", 8, 600)]), deleted_at=600, grace=0), now=610,
+        expect={"state": S, "reason": "Completed"}),
     "notebook_exiting_cleanly_on_stop": Case(
         pod(started_status("Succeeded", containerStatuses=[terminated("main", 0, "Completed",
                                                                         8, 7203)]),

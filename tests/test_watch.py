@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from datetime import UTC, datetime
 
 import pytest
 
@@ -123,6 +124,35 @@ async def test_finalizer_holds_a_pod_deleted_while_the_watcher_is_down_until_rep
     async with running_watcher(settings_for(env)):
         await eventually(lambda: run_state(platform, run_id) == "succeeded")
         await eventually(lambda: _gone(pods, "held"))
+
+
+async def test_job_stopped_by_a_deletion_while_the_watcher_is_down_reports_deleted(
+        apiserver, platform, namespace, pods, new_id):
+    """The watcher-sigkill finding: a running job's pod is deleted (grace 30 s) while no
+    watcher runs and its container dies of the SIGTERM within the second of the request,
+    so its finishedAt ties with the deletion at one-second resolution. The restarted
+    watcher's first view shows both; the grace period, which the API server grants only
+    to a pod not yet terminal, says the deletion came first: failed "Deleted"."""
+    run_id = new_id()
+    platform.create_run(run_id, pod_namespace=namespace, pod_name="stopped")
+    await pods.create("stopped", run_id)
+    env = watcher_env(apiserver, platform, namespace)
+    async with running_watcher(settings_for(env)):
+        await eventually(lambda: pods.finalizers("stopped"))
+        await pods.running("stopped")
+        await eventually(lambda: run_state(platform, run_id) == "running")
+    await pods.delete("stopped", grace_s=30)
+    deleting = project(await pods.get("stopped") or {})
+    assert deleting.deletion_timestamp is not None
+    assert deleting.deletion_grace_period_s == 30
+    requested = deleting.deletion_timestamp - 30
+    await pods.terminated("stopped", exit_code=143, reason="Error",
+                          finished_at=datetime.fromtimestamp(requested, UTC))
+    async with running_watcher(settings_for(env)):
+        await eventually(lambda: run_state(platform, run_id) == "failed")
+        await eventually(lambda: _no_finalizer(pods, "stopped"))
+    run = platform.get_run(run_id)
+    assert (run["reason"], run["exit_code"]) == ("Deleted", 143)
 
 
 async def test_cancel_on_the_platform_then_deletion_reports_cancelled(
