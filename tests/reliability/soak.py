@@ -38,7 +38,7 @@ import contextlib
 import os
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,18 +48,18 @@ from tests.reliability.context import Ctx
 from tests.reliability.harness import Bed, run_scenario
 from tests.reliability.model import Load, Scenario
 from tests.reliability.processes import WatcherProcess
+from watch.app import LEASE_POOL_SIZE, kube_pool_size
 
 MEASURES = ("rss_mib", "other_fds", "platform_conns", "kube_conns", "tasks", "tombstones",
             "queue_depth")
 MARGINS: dict[str, tuple[float, float]] = {
     "rss_mib": (1.25, 8.0), "other_fds": (1.0, 8.0), "tasks": (1.0, 8.0),
     "tombstones": (1.0, 50.0), "queue_depth": (1.0, 50.0)}
-_SHIPPED = Settings()
+_SHIPPED = replace(Settings(), kube=replace(Settings().kube, namespaces=("soak",)))
 POOL_CAPS = {"platform_conns": _SHIPPED.platform.max_connections,
-             "kube_conns": _SHIPPED.finalizers.workers + 1 + 4 + 2}
-"""Each pool's cap in the shipped settings, which the soak's watchers run with: the
-platform's `platform.max_connections`; the Kubernetes API's as watch/app.py sizes its two
-clients for one namespace (finalizer workers + namespaces + 4, and 2 for the Lease)."""
+             "kube_conns": kube_pool_size(_SHIPPED) + LEASE_POOL_SIZE}
+"""Each pool's cap in the shipped settings, which the soak's watchers run with (on one
+namespace): the platform client's, and the watcher's two API clients' together."""
 SETTLE_S = 30.0
 """After a fault, how long its held resources may take to go (aiohttp closes an idle pooled
 connection after 15 s)."""
