@@ -2,7 +2,7 @@
 
 Contract:
 
-* One namespace grows through `Sizes.cold_sizes` (e.g. 10k, 50k, 100k pods), of which
+* One namespace grows through `Sizes.cold_sizes` (10k and 100k pods in a full run), of which
   `cold_finished` are finished (their final kubelet status) and the rest running. For
   each size a platform database is built offline (`testbed.platform.store.Store`) where
   every run is right except a `cold_wrong` fraction: finished pods whose run still says
@@ -14,6 +14,11 @@ Contract:
   peak RSS, and runs wrong at the end.
 * Memory per cached pod = (RSS once quiet - RSS with the empty namespace) / pods.
 * A system that is not done within the size's timeout is stopped and reported as such.
+* Each size (and each catch-up latency) runs every system `Harness.trials` times,
+  interleaved, except `Sizes.cold_one_trial` (one trial per size) and
+  `Sizes.catchup_one_trial` (one trial per catch-up latency). The RSS
+  over the empty namespace is taken once per system. The API server's CPU over each
+  trial (`apiserver_cpu_s`: serving the system's LIST and watch) is a figure too.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import trials
 from bench.env import Admin
 from bench.load import Player, Recorder, bulk, make_plans
 from bench.measure import settled, verify
@@ -99,16 +105,16 @@ async def run_cold(h: Harness, sizes: Sizes, systems: list[str], workdir: Path) 
 
         stage_wrong = frozenset(wrong)
 
-        async def one(system: str, size: int = size, limit_s: float = timeout,
+        async def one(system: str, trial: int, size: int = size, limit_s: float = timeout,
                       stage_wrong: frozenset[str] = stage_wrong) -> None:
             f = await _cold_trial(h, system, namespace, db, workdir, dict(rec.expect),
-                                  stage_wrong, limit_s, idle.get(system))
+                                  stage_wrong, limit_s, idle.get(system), trial=trial)
             f["params"] = {"pods": size, "finished": sizes.cold_finished,
                            "wrong_runs": len(stage_wrong)}
             h.results.append(f)
             h.say(_cold_line(f))
 
-        await each(h, systems, one)
+        await each(h, systems, one, once=sizes.cold_one_trial)
 
 
 async def _idle_rss(h: Harness, systems: list[str]) -> dict[str, int]:
@@ -117,7 +123,7 @@ async def _idle_rss(h: Harness, systems: list[str]) -> dict[str, int]:
     await h.kube.ensure_namespace(namespace)
     idle: dict[str, int] = {}
 
-    async def one(system: str) -> None:
+    async def one(system: str, trial: int) -> None:
         running = SYSTEMS[system].start(h.target(namespace))
         try:
             await h.wait_ready(running)
@@ -129,7 +135,7 @@ async def _idle_rss(h: Harness, systems: list[str]) -> dict[str, int]:
         h.results.append({"scenario": "idle", "system": system, "params": {},
                           "rss_idle": idle[system]})
 
-    await each(h, systems, one)
+    await trials.each(systems, one, parallel=h.parallel)
     return idle
 
 
@@ -147,23 +153,23 @@ async def run_catchup(h: Harness, sizes: Sizes, systems: list[str], workdir: Pat
     await asyncio.to_thread(_build_db, db, plans, rec.expect, set(wrong))
     for latency in (0.0, sizes.slow_latency_ms):
 
-        async def one(system: str, latency: float = latency) -> None:
+        async def one(system: str, trial: int, latency: float = latency) -> None:
             f = await _cold_trial(h, system, namespace, db, workdir, dict(rec.expect), wrong,
                                   sizes.catchup_timeout_s, None, latency_ms=latency,
-                                  scenario="catchup")
+                                  scenario="catchup", trial=trial)
             f["params"] = {"pods": len(plans), "platform_latency_ms": latency}
             h.results.append(f)
             h.say(_cold_line(f))
 
-        await each(h, systems, one)
+        await each(h, systems, one, once=sizes.catchup_one_trial)
 
 
 async def _cold_trial(h: Harness, system: str, namespace: str, db: Path, workdir: Path,
                       expect: dict[str, Expectation], wrong: frozenset[str], limit_s: float,
                       idle: int | None, *, latency_ms: float = 0.0,
-                      scenario: str = "cold") -> dict[str, Any]:
+                      scenario: str = "cold", trial: int = 0) -> dict[str, Any]:
     pods = len(expect)
-    trial_dir = workdir / f"{scenario}-{pods}-{system}-{latency_ms:g}"
+    trial_dir = workdir / f"{scenario}-{pods}-{system}-{latency_ms:g}-{trial}"
     trial_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(db, trial_dir / "platform.db")
     platform = await asyncio.to_thread(launch, trial_dir, db=trial_dir / "platform.db")
@@ -176,6 +182,7 @@ async def _cold_trial(h: Harness, system: str, namespace: str, db: Path, workdir
         to_fix = {run_id: expect[run_id] for run_id in wrong if run_id in expect}
         h.say(f"{scenario} {pods} pods {system}: {len(to_fix)} runs wrong on the platform"
               + (f", +{latency_ms:g} ms per platform call" if latency_ms else ""))
+        api0 = h.testbed.apiserver_cpu_s()
         running = SYSTEMS[system].start(h.target(namespace, platform.url, platform.token_file))
         profiler = None
         if h.profile_dir is not None and system.startswith("sniffer"):
@@ -207,6 +214,7 @@ async def _cold_trial(h: Harness, system: str, namespace: str, db: Path, workdir
                 if left == 0 and ready and now - quiet_since >= QUIET_S:
                     break
             done = left == 0 and time.time() < deadline
+            api_cpu_s = h.testbed.apiserver_cpu_s() - api0
             cpu_s = running.cpu_s()
             rss = running.rss()
             peak = running.peak_rss()
@@ -222,7 +230,8 @@ async def _cold_trial(h: Harness, system: str, namespace: str, db: Path, workdir
         fix_times = sorted(u["received_at"] for u in updates if u["run_id"] in to_fix)
         span = fix_times[-1] - fix_times[0] if len(fix_times) > 1 else 0.0
         return {
-            "scenario": scenario, "system": system, "pods": pods,
+            "scenario": scenario, "system": system, "pods": pods, "trial": trial,
+            "apiserver_cpu_s": api_cpu_s,
             "repair_rate_per_s": (len(fix_times) - 1) / span if span > 0 else None,
             "done": done, "timeout_s": limit_s,
             "ready_s": None if running.ready_at is None else running.ready_at - t0,
@@ -237,6 +246,8 @@ async def _cold_trial(h: Harness, system: str, namespace: str, db: Path, workdir
         }
     finally:
         platform.stop()
+        for copy in trial_dir.glob("platform.db*"):  # tmpfs: 3 trials of 100k-run copies
+            copy.unlink(missing_ok=True)
 
 
 def _cold_line(f: dict[str, Any]) -> str:
@@ -250,5 +261,6 @@ def _cold_line(f: dict[str, Any]) -> str:
             f"repairs {'-' if rate is None else f'{rate:.0f}/s'}, "
             f"ready {s(f['ready_s'])}, repaired {s(f['repaired_s'])}, quiet {s(f['quiet_s'])}, "
             f"{f['platform_requests']} requests / {f['platform_updates_applied']} applied, "
-            f"cpu {f['cpu_s'] or 0:.1f}s, rss {f['rss_end'] / 2**20:.0f} MiB"
+            f"cpu {f['cpu_s'] or 0:.1f}s, API server {f['apiserver_cpu_s']:.1f}s, "
+            f"rss {f['rss_end'] / 2**20:.0f} MiB"
             f" ({'-' if per_pod is None else f'{per_pod:.0f} B/pod'}), wrong {f['wrong']}")

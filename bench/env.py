@@ -76,15 +76,27 @@ class Admin:
     def set_latency(self, latency_ms: float) -> None:
         self._put("/admin/faults", {"latency_ms": latency_ms})
 
-    def runs(self, states: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    def runs(self, states: tuple[str, ...] = (), *, prefix: str | None = None
+             ) -> list[dict[str, Any]]:
+        """Every run (in `states`, if given); with `prefix`, only the runs whose id is
+        ``<prefix>-...`` (one trial's: the list is ordered by id, so it starts there and
+        stops after them instead of paging through every earlier trial's runs)."""
         runs: list[dict[str, Any]] = []
-        after: str | None = None
+        start = None if prefix is None else prefix + "-"
+        after: str | None = start
         while True:
             query = [("state", s) for s in states] + [("limit", "1000")]
             if after is not None:
                 query.append(("after", after))
             page = self._get("/api/v1/runs?" + urllib.parse.urlencode(query))
-            runs.extend(page["items"])
+            items = page["items"]
+            if start is not None:
+                mine = [r for r in items if r["id"].startswith(start)]
+                runs.extend(mine)
+                if len(mine) < len(items):
+                    return runs
+            else:
+                runs.extend(items)
             after = page["next"]
             if after is None:
                 return runs

@@ -13,6 +13,12 @@ Contract:
   /proc via psutil. A system is one process (no children to add up).
 * `Running.stop()` sends SIGTERM, waits, then SIGKILLs; it returns the process's last
   figures and is idempotent. Only processes this module started are signalled.
+* `sniffer-defaults` is the shipped configuration (config/default.yaml: finalizers on,
+  128 workers, leader election on, health server on): only where it runs is set (the
+  testbed's kubeconfig, the trial's namespace, the platform's URL and token file, the
+  Lease in the trial's namespace so a trial never waits out an earlier trial's lease,
+  and a health port free at start). The other sniffer systems pin 64 workers (as the
+  peers), leader election off and the health server off.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -168,6 +175,24 @@ def _sniffer_env(target: Target, *, finalizers: bool, workers: int) -> dict[str,
     }
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("0.0.0.0", 0))  # the health server binds 0.0.0.0 (its default)
+        return int(s.getsockname()[1])
+
+
+def _defaults_env(target: Target) -> dict[str, str]:
+    """Where the shipped configuration runs, nothing about how."""
+    return {
+        "SNIFFER_KUBE_KUBECONFIG": str(target.kubeconfig),
+        "SNIFFER_KUBE_NAMESPACES": target.namespace,
+        "SNIFFER_PLATFORM_URL": target.platform_url,
+        "SNIFFER_PLATFORM_TOKEN_FILE": str(target.platform_token_file),
+        "SNIFFER_LEADER_LEASE_NAMESPACE": target.namespace,
+        "SNIFFER_HEALTH_PORT": str(_free_port()),
+    }
+
+
 def _peer_env(target: Target) -> dict[str, str]:
     return {
         "PEER_KUBECONFIG": str(target.kubeconfig),
@@ -192,6 +217,9 @@ SYSTEMS: dict[str, System] = {s.label: s for s in (
              finalizers=True),
     _sniffer("sniffer-w256", "sniffer watch, 256 workers, finalizers off", finalizers=False,
              workers=256),
+    System("sniffer-defaults", "sniffer watch as shipped (config/default.yaml): finalizers "
+           "on, 128 workers, leader election on",
+           lambda t: [sys.executable, "-m", "cli", "watch"], _defaults_env, "caches synced"),
     System("sniffer-gcprobe", "sniffer (as `sniffer`) under bench.gcprobe: gc pauses recorded",
            lambda t: [sys.executable, "-m", "bench.gcprobe", "watch"],
            lambda t: _sniffer_env(t, finalizers=False, workers=64), "caches synced"),

@@ -12,7 +12,11 @@ Contract:
   over the same window (measured load start → drain end), with the whole machine's busy
   CPU, so a figure can be read against what else ran.
 * Each trial uses its own namespace and run ids; nothing is deleted afterwards (the next
-  trial's system never sees another trial's pods).
+  trial's system never sees another trial's pods). `trial` (0, 1, ...) says which
+  repetition of its row a trial is (see bench.trials for the order they run in).
+* The API server's CPU per accepted change (`apiserver_cpu_s_per_1000`) is its CPU over
+  the window per 1,000 run-state changes it accepted from the load: what serving the
+  load costs it while this system watches (compare the ceiling's, with nothing watching).
 * Progress goes to the `say` callback about once a second.
 """
 
@@ -46,9 +50,11 @@ class Harness:
     logdir: Any
     ready_timeout: float = 120.0
     parallel: bool = False
+    """Run the systems of a scenario at once (quick runs: correctness only)."""
     profile_dir: Path | None = None
     """Where to write py-spy profiles of the sniffer systems' measured windows (None: off)."""
-    """Run the systems of a scenario at once (quick runs: correctness only)."""
+    trials: int = 1
+    """Trials of each system per row (interleaved across systems: bench.trials.each)."""
     _n: int = 0
     results: list[dict[str, Any]] = field(default_factory=list)
 
@@ -107,9 +113,9 @@ class Harness:
     async def trial(self, scenario: str, system: str, params: dict[str, Any],
                     make: MakePlans, load: Load, *, setup: Load | None = None,
                     latency_ms: float = 0.0, drain_timeout: float = 60.0,
-                    extra_env: dict[str, str] | None = None) -> dict[str, Any]:
+                    extra_env: dict[str, str] | None = None, trial: int = 0) -> dict[str, Any]:
         namespace, prefix = self.next_names(scenario)
-        label = f"{scenario} {system} {params}"
+        label = f"{scenario} {system} {params}" + (f" #{trial + 1}" if self.trials > 1 else "")
         await self.kube.ensure_namespace(namespace)
         plans = make(namespace, prefix)
         tb = self.testbed
@@ -137,7 +143,7 @@ class Harness:
                 profiler = Profiler.attach(running.proc.pid, raw)
             try:
                 figures = await self._measure(label, running, player, plans, load,
-                                              drain_timeout)
+                                              drain_timeout, prefix)
             finally:
                 if profiler is not None:
                     path = await asyncio.to_thread(profiler.stop)
@@ -146,7 +152,7 @@ class Harness:
                         self.say(f"  profile: {figures_profile}")
         finally:
             final = running.stop()
-        figures.update(scenario=scenario, system=system, params=params,
+        figures.update(scenario=scenario, system=system, params=params, trial=trial,
                        ready_s=ready_s, rss_idle=rss_idle,
                        peak_rss=final.get("peak_rss", figures.get("peak_rss")))
         self.results.append(figures)
@@ -154,7 +160,7 @@ class Harness:
         return figures
 
     async def _measure(self, label: str, running: Running, player: Player, plans: list[Plan],
-                       load: Load, drain_timeout: float) -> dict[str, Any]:
+                       load: Load, drain_timeout: float, prefix: str) -> dict[str, Any]:
         tb, admin = self.testbed, self.admin
         seq0 = await asyncio.to_thread(admin.last_seq)
         calls0 = admin.calls
@@ -171,7 +177,7 @@ class Harness:
         rss_end = running.rss()
         calls1 = admin.calls
         req1 = await asyncio.to_thread(admin.requests_total)
-        runs = await asyncio.to_thread(admin.runs)
+        runs = await asyncio.to_thread(admin.runs, prefix=prefix)
         rec = player.rec
         return figures(rec, updates, runs, marks, end, left=left,
                        system_requests=req1 - req0 - (calls1 - calls0), rss_end=rss_end,
@@ -231,6 +237,9 @@ def figures(rec: Recorder, updates: list[dict[str, Any]], runs: list[dict[str, A
         "window_s": window,
         "cpu_s": cpu["system"],
         "cpu_s_per_1000": 1000 * cpu["system"] / acked if acked else None,
+        "apiserver_cpu_s": cpu["apiserver"],
+        "apiserver_cpu_s_per_1000": (1000 * cpu["apiserver"] / len(rec.changes)
+                                     if rec.changes else None),
         "cpu_cores": {k: v / window for k, v in cpu.items()} | {
             "others": max(0.0, cpu["machine"] - known) / window},
         "loadavg": [start["loadavg"], end["loadavg"]],
@@ -246,11 +255,16 @@ def fmt_ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1000:.0f}"
 
 
+def _per_1000(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
 def summary_line(f: dict[str, Any]) -> str:
     lat = f["latency_s"]
     thr = f["throughput_per_s"]
     return (f"  => {f['scenario']} {f['system']} {f['params']}: {f['acked']}/{f['changes']} "
             f"changes acked, p50/p99/max {fmt_ms(lat['p50'])}/{fmt_ms(lat['p99'])}/"
             f"{fmt_ms(lat['max'])} ms, {thr or 0:.0f}/s (offered {f['offered_per_s']:.0f}/s), "
-            f"cpu {f['cpu_s']:.1f}s, peak rss {f['peak_rss'] / 2**20:.0f} MiB, "
+            f"cpu {f['cpu_s']:.1f}s, API server {_per_1000(f['apiserver_cpu_s_per_1000'])} "
+            f"s/1k changes, peak rss {f['peak_rss'] / 2**20:.0f} MiB, "
             f"wrong {f['wrong']}, platform requests {f['platform_requests']}")

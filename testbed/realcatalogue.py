@@ -88,6 +88,9 @@ class RealLifecycle:
     """The main container's image when not the testbed's (a missing or invalid one)."""
     memory_limit: str | None = None
     deadline_s: int | None = None
+    """activeDeadlineSeconds, set by the driver once the main container runs: the deadline
+    counts from status.startTime, before the container starts, so in the manifest it could
+    fire first on a loaded node (Failed/DeadlineExceeded with no exit code at all)."""
     waits_running: bool = True
     """The driver acts once the main container runs (else once the pod is created)."""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -210,8 +213,6 @@ def manifest(lc: RealLifecycle, *, name: str, namespace: str, run_id: str,
         inits.append(_container("fetch-inputs", image, lc.init_script))
     if inits:
         spec["initContainers"] = inits
-    if lc.deadline_s is not None:
-        spec["activeDeadlineSeconds"] = lc.deadline_s
     if lc.act is not Act.TAINT:
         spec["tolerations"] = [{"key": TAINT_KEY, "operator": "Exists", "effect": "NoExecute"}]
     if lc.act in (Act.SCHEDULE_LATER, Act.CANCEL_PENDING):

@@ -53,7 +53,7 @@ from testbed.realcatalogue import (
     preemptor,
     priority_classes,
 )
-from testbed.simulator.kubeapi import Counters, PodApi
+from testbed.simulator.kubeapi import MERGE, Counters, PodApi
 from testbed.simulator.lifecycles import Expectation
 from testbed.simulator.runs import PlatformError, RunsClient
 
@@ -196,6 +196,10 @@ class _Driver:
                                            image=self.image, finalizers=self.finalizers))
         if lc.waits_running:
             await self._until(play, _main_running, "running main container")
+        if lc.deadline_s is not None:
+            await self.api.call("PATCH", KubeClient.pods_path(ns, name),
+                                body={"spec": {"activeDeadlineSeconds": lc.deadline_s}},
+                                content_type=MERGE)
         act = lc.act
         if act is Act.CANCEL or act is Act.CANCEL_NO_ANNOTATION:
             await self._cancel(play, annotate=act is Act.CANCEL)

@@ -1,4 +1,4 @@
-"""The benchmark's pure parts: matching changes to acknowledgements, verdicts, sizes, report.
+"""The benchmark's pure parts: matching changes to acknowledgements, verdicts, sizes.
 
 The harness itself runs end to end in `make bench-quick` (every scenario and peer at tiny
 sizes against the testbed, asserting every run ended right).
@@ -10,7 +10,6 @@ import time
 
 import pytest
 
-from bench import report
 from bench.load import MIX, Change, make_plans
 from bench.measure import match, percentiles, settled, verify
 from bench.scenarios import Ceiling, Sizes
@@ -67,8 +66,9 @@ def test_settled_counts_runs_not_yet_in_their_expected_state():
 def test_full_sizes_scale_to_the_api_servers_ceiling():
     sizes = Sizes.full_run().scaled(Ceiling(jobs_per_s=40, writes_per_s=180,
                                             status_per_s=150, apiserver_cores=1.0))
-    assert sizes.steady_rates == (10, 20, 40, 60)
-    assert sizes.election_jobs == 1200  # 80 % of what 10 s of final statuses allow
+    assert sizes.steady_rates == (20, 40, 60)  # 50, 100 and 150 % of the ceiling
+    assert sizes.election_jobs == 600  # 80 % of what 5 s of final statuses allow
+    assert sizes.trials == 3
     assert Sizes.quick_run().scaled(Ceiling(1, 1, 1, 1)) == Sizes.quick_run()
 
 
@@ -92,15 +92,17 @@ def test_the_kopf_peer_derives_the_simple_way(shape, want):
     assert kopf_peer.derive(pod) == {"run_id": plan.run_id, **want}
 
 
-def test_the_markdown_report_has_one_row_per_trial():
-    trial = {"scenario": "steady", "system": "sniffer", "params": {"rate_jobs_per_s": 10},
-             "latency_s": {"p50": 0.002, "p90": 0.01, "p99": 0.05, "max": 0.1},
-             "throughput_per_s": 19.5, "offered_per_s": 20.0, "cpu_s_per_1000": 1.5,
-             "peak_rss": 64 * 2**20, "wrong": 0, "missing": 0, "not_acknowledged_at_end": 0,
-             "platform_requests": 300}
-    doc = {"stamp": "x", "quick": False, "commit": "abc", "duration_s": 1.0, "ceiling": None,
-           "machine": {"cores": 2, "memory_gib": 24.0, "loadavg_start": 1.0,
-                       "loadavg_end": 1.0},
-           "results": [trial]}
-    text = report.markdown(doc, [])
-    assert "| sniffer | 10 jobs/s | 2.0 | 10 | 50 | 100 | 20 (20) | 1.50 | 64 | 0 | 300 |" in text
+def test_other_cold_sizes_get_a_limit_in_proportion_to_their_pods():
+    sizes = Sizes.full_run().with_cold_sizes((10_000, 50_000, 200_000))
+    assert sizes.cold_sizes == (10_000, 50_000, 200_000)
+    assert sizes.cold_timeout_s == (60.0, 90.0, 360.0)
+    assert len(Sizes.full_run().cold_timeout_s) == len(Sizes.full_run().cold_sizes)
+
+
+def test_only_what_runs_to_the_catch_up_limit_gets_one_catch_up_trial():
+    sizes = Sizes.full_run()
+    # kopf re-sends every run in the cold start (one trial there), but finishes the
+    # catch-up at +200 ms well within the limit: its spread is measured like the others'.
+    assert set(sizes.cold_one_trial) == {"kopf", "baseline-serial"}
+    assert sizes.catchup_one_trial == ("baseline-serial",)
+    assert Sizes.quick_run().cold_one_trial == Sizes.quick_run().catchup_one_trial == ()

@@ -303,7 +303,8 @@ class FakeKube:
 
     async def watch_pods(self, namespace: str | None, *, label_selector: str,
                          resource_version: str, timeout_seconds: int, read_timeout: float,
-                         slim: bool = False) -> AsyncIterator[Any]:
+                         slim: bool = False, send_initial_events: bool = False,
+                         ) -> AsyncIterator[Any]:
         stream, self._stream = self._stream, None
         if stream is None:
             await asyncio.Event().wait()

@@ -30,6 +30,7 @@ from sniffer.kubedecode import (
 from sniffer.ownership import JOB_UID_LABEL, LEGACY_JOB_UID_LABEL
 from sniffer.podview import (
     CANCEL_ANNOTATION,
+    INITIAL_EVENTS_END_ANNOTATION,
     KIND_LABEL,
     RUN_ID_LABEL,
     TRACEPARENT_ANNOTATION,
@@ -180,5 +181,6 @@ def test_the_slim_schema_reads_the_labels_and_annotations_podview_names():
     assert meta.keys() >= {"labels", "annotations"}
     assert set(podwire.Labels.__annotations__) == {RUN_ID_LABEL, KIND_LABEL, JOB_UID_LABEL,
                                                     LEGACY_JOB_UID_LABEL}
-    assert set(podwire.Annotations.__annotations__) == {CANCEL_ANNOTATION,
-                                                         TRACEPARENT_ANNOTATION}
+    # the reflector reads the WatchList end bookmark's annotation through the same schema
+    assert set(podwire.Annotations.__annotations__) == {
+        CANCEL_ANNOTATION, TRACEPARENT_ANNOTATION, INITIAL_EVENTS_END_ANNOTATION}

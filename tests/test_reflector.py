@@ -62,12 +62,15 @@ class Harness:
 
 
 @contextlib.asynccontextmanager
-async def harness(server: ApiServer, namespace: str, tmp_path: Path, **kw) -> AsyncIterator[
-        Harness]:
+async def harness(server: ApiServer, namespace: str, tmp_path: Path, *,
+                  wire: str = "protobuf", **kw) -> AsyncIterator[Harness]:
+    """A reflector on `namespace` through a loopback proxy; `wire` is the client's, `kw`
+    go to the Reflector."""
     proxy = Proxy(int(server.url.rsplit(":", 1)[1]))
     await proxy.start()
     kube = await KubeClient.connect(
-        kubeconfig=str(proxied_kubeconfig(server, proxy.port, tmp_path / "kubeconfig")))
+        kubeconfig=str(proxied_kubeconfig(server, proxy.port, tmp_path / "kubeconfig")),
+        wire=wire)
     store = PodStore((namespace,))
     changes: list[str] = []
     priorities: dict[str, Priority] = {}

@@ -10,58 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from sniffer.kube import KubeClient
 from testbed.apiserver import ApiServer, start
-from tests.fixtures.proxy import Proxy, proxied_kubeconfig
 from tests.fixtures.watcher import Pods, eventually
-from tests.test_reflector import Harness, Recorder
-from watch.reflector import Reflector
-from watch.store import PodStore
+from tests.test_reflector import Harness, harness
 from watch.workqueue import Priority
 
 
-@contextlib.asynccontextmanager
-async def streaming(server: ApiServer, namespace: str, tmp_path: Path, *,
-                    wire: str = "protobuf") -> AsyncIterator[Harness]:
-    proxy = Proxy(int(server.url.rsplit(":", 1)[1]))
-    await proxy.start()
-    kube = await KubeClient.connect(
-        kubeconfig=str(proxied_kubeconfig(server, proxy.port, tmp_path / "kubeconfig")),
-        wire=wire)
-    store = PodStore((namespace,))
-    changes: list[str] = []
-    priorities: dict[str, Priority] = {}
-
-    def on_change(key: str, priority: Priority) -> None:
-        changes.append(key)
-        priorities[key] = priority
-
-    metrics = Recorder()
-    reflector = Reflector(kube, store, on_change, namespaces=(namespace,),
-                          label_selector="sniffer.io/run-id", metrics=metrics,
-                          watch_list=True)
-    task = asyncio.create_task(reflector.run())
-    try:
-        yield Harness(reflector, store, changes, priorities, metrics, proxy)
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await kube.close()
-        await proxy.stop()
-
-
-@pytest.fixture
-async def admin(apiserver: ApiServer) -> AsyncIterator[KubeClient]:
-    client = await KubeClient.connect(kubeconfig=str(apiserver.kubeconfig))
-    try:
-        yield client
-    finally:
-        await client.close()
+def streaming(server: ApiServer, namespace: str, tmp_path: Path, *,
+              wire: str = "protobuf") -> contextlib.AbstractAsyncContextManager[Harness]:
+    """The reflector harness of test_reflector, asking for streamed lists."""
+    return harness(server, namespace, tmp_path, wire=wire, watch_list=True)
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +41,8 @@ def apiserver_without_watch_list(tmp_path_factory: pytest.TempPathFactory,
 
 @pytest.mark.parametrize("wire", ["protobuf", "json"])
 async def test_a_streamed_list_fills_the_store_at_its_end_bookmark_then_goes_on_live(
-        apiserver, namespace, admin, tmp_path, wire):
-    pods = Pods(admin, namespace)
+        apiserver, namespace, kube, tmp_path, wire):
+    pods = Pods(kube, namespace)
     await asyncio.gather(*(pods.create(f"p-{i}", f"run-{i}") for i in range(25)))
     async with streaming(apiserver, namespace, tmp_path, wire=wire) as h:
         await asyncio.wait_for(h.store.wait_synced(), 30)
@@ -95,8 +59,8 @@ async def test_a_streamed_list_fills_the_store_at_its_end_bookmark_then_goes_on_
 
 
 async def test_a_cut_after_the_streamed_list_resumes_the_watch_without_listing_again(
-        apiserver, namespace, admin, tmp_path):
-    pods = Pods(admin, namespace)
+        apiserver, namespace, kube, tmp_path):
+    pods = Pods(kube, namespace)
     await pods.create("before", "run-before")
     async with streaming(apiserver, namespace, tmp_path) as h:
         await asyncio.wait_for(h.store.wait_synced(), 30)

@@ -329,6 +329,14 @@ CASES: dict[str, Case] = {
                                    "deadline",
                            containerStatuses=[terminated("main", 143, "Error", 8, 3601)])),
         now=3700, expect={"state": F, "reason": "DeadlineExceeded", "exit_code": 143}),
+    # activeDeadlineSeconds counts from status.startTime: on a loaded node it can pass
+    # while the container is still being created, and the kubelet writes no exit code.
+    "active_deadline_exceeded_before_the_container_started": Case(
+        pod(started_status("Failed", reason="DeadlineExceeded",
+                           message="Pod was active on the node longer than the specified "
+                                   "deadline",
+                           containerStatuses=[waiting("main", "ContainerCreating")])),
+        now=3700, expect={"state": F, "reason": "DeadlineExceeded", "exit_code": None}),
     "preempted": Case(
         pod(started_status("Failed", conditions=[SCHEDULED, cond(
                 "DisruptionTarget", "True", 900, "PreemptionByScheduler",

@@ -90,6 +90,18 @@ class WatchMetrics:
     statefulsets, ``sniffer.workload.kind`` = Deployment or StatefulSet."""
 
 
+LEASE_POOL_SIZE = 2
+"""The Lease's own connections: renewals must never queue behind a burst of finalizer
+patches, or a busy leader would lose its lease."""
+
+
+def kube_pool_size(settings: Settings) -> int:
+    """The main API client's most connections: one per finalizer worker (patches) plus one
+    per watch stream (each watched kind in each namespace)."""
+    streams = len(settings.kube.kinds) * max(1, len(settings.kube.namespaces))
+    return settings.finalizers.workers + streams + 4
+
+
 def identity(settings: Settings) -> str:
     return (settings.leader.identity or os.environ.get("POD_NAME")
             or f"{socket.gethostname()}-{secrets.token_hex(3)}")
@@ -137,13 +149,8 @@ class Watcher:
         s = self.settings
         if not s.platform.verify_tls:
             log.warning("TLS verification of the platform is OFF (platform.verify_tls=false)")
-        # One connection per finalizer worker (patches) plus one per watch stream.
-        streams = len(s.kube.kinds) * max(1, len(s.kube.namespaces))
-        kube = await KubeClient.from_settings(s.kube,
-                                              pool_size=s.finalizers.workers + streams + 4)
-        # The lease gets its own connections: renewals must never queue behind a burst of
-        # finalizer patches, or a busy leader would lose its lease.
-        lease_kube = await KubeClient.from_settings(s.kube, pool_size=2)
+        kube = await KubeClient.from_settings(s.kube, pool_size=kube_pool_size(s))
+        lease_kube = await KubeClient.from_settings(s.kube, pool_size=LEASE_POOL_SIZE)
         platform = PlatformClient.from_settings(s.platform, metrics=self._metrics.platform)
         try:
             return await self._run(stop, kube, lease_kube, platform)

@@ -112,10 +112,10 @@ class PodSource:
     def watch(self, namespace: str | None, *, label_selector: str, resource_version: str,
               timeout_seconds: int, read_timeout: float, send_initial_events: bool = False,
               ) -> AsyncGenerator[WatchEvent | MalformedEvent, None]:
-        streamed = {"send_initial_events": True} if send_initial_events else {}
         return self._kube.watch_pods(
             namespace, label_selector=label_selector, resource_version=resource_version,
-            timeout_seconds=timeout_seconds, read_timeout=read_timeout, slim=True, **streamed)
+            timeout_seconds=timeout_seconds, read_timeout=read_timeout, slim=True,
+            send_initial_events=send_initial_events)
 
     def project(self, obj: dict[str, object]) -> Cached:
         return project(obj)
@@ -280,8 +280,7 @@ class Reflector(Generic[V]):
     def _collect(self, event: WatchEvent | MalformedEvent, initial: dict[str, V]) -> None:
         """One event of a streamed list's initial part (ADDED, as the server sends it)."""
         if isinstance(event, MalformedEvent):
-            self._metrics.malformed("watch_line")
-            log.warning("skipping malformed watch line", extra={"error": event.message})
+            self._skip_malformed(event)
             return
         self._metrics.event(event.type)
         if event.type == "BOOKMARK":
@@ -293,6 +292,11 @@ class Reflector(Generic[V]):
             initial.pop(obj.key, None)
         else:
             initial[obj.key] = self._store.compact(obj)
+
+    def _skip_malformed(self, event: MalformedEvent) -> None:
+        """Count and log an undecodable watch line, which the stream then goes past."""
+        self._metrics.malformed("watch_line")
+        log.warning("skipping malformed watch line", extra={"error": event.message})
 
     def _refused(self, why: str) -> None:
         self.watch_list = False
@@ -318,8 +322,7 @@ class Reflector(Generic[V]):
         """One live watch event into the store (and on to `on_change`); returns the
         resourceVersion the stream has delivered up to (also kept in `_delivered`)."""
         if isinstance(event, MalformedEvent):
-            self._metrics.malformed("watch_line")
-            log.warning("skipping malformed watch line", extra={"error": event.message})
+            self._skip_malformed(event)
             return resource_version
         self._metrics.event(event.type)
         if event.type == "BOOKMARK":

@@ -237,13 +237,18 @@ def soak_table(soak: dict[str, Any]) -> list[str]:
              "Two replicas (leader and standby, leader election on), every pod deleted the "
              "moment it finishes (a steady population, as in production). Each replica is "
              "sampled every 10 s after a 2-minute warm-up: RSS (`/proc/<pid>/status`), open "
-             "file descriptors (`/proc/<pid>/fd`), and from `/healthz` its asyncio tasks, "
-             "tombstones and work-queue depth. No fault starts in the last 90 s, so the run "
-             "ends quiet: what a fault holds for a while (pooled connections tied up by a "
-             "slow platform) is gone, what leaks is not. *Flat* means the late median (of "
+             "file descriptors (`/proc/<pid>/fd`) split into TCP connections to the "
+             "platform (`platform_conns`), to the API server (`kube_conns`) and the rest "
+             "(`other_fds`), and from `/healthz` its asyncio tasks, tombstones and "
+             "work-queue depth. A client's pool grows while a fault or burst ties "
+             "connections up and, reusing the oldest first, stays at that size under "
+             "steady load; it is judged by its maximum against its cap "
+             f"({soak.get('pool_caps', 'the settings')}): *bounded*. "
+             "No fault starts in the last 90 s, so the run ends quiet: what a fault holds "
+             "for a while is gone, what leaks is not. *Flat* means the late median (of "
              "the samples from 30 s after the last fault, else of the last quarter) is at "
              "most the first quarter's times a factor plus a margin (RSS x1.25 + 8 MiB; "
-             "file descriptors and tasks +8; tombstones and queue depth +50).",
+             "other file descriptors and tasks +8; tombstones and queue depth +50).",
              "",
              "| watcher | measure | first quarter (median) | late (median) | max | "
              "verdict |", "|---|---|--:|--:|--:|---|"]

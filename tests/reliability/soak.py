@@ -9,17 +9,25 @@ Contract:
   connection resets, slow-drip bodies, a 20 s platform outage) and a sampler.
 * Two replicas run (leader and standby, leader election on); every ``sample_every_s`` the
   sampler reads each one's RSS (``/proc/<pid>/status`` VmRSS), open file descriptors
-  (``/proc/<pid>/fd``) and, from ``/healthz``, its asyncio task count, cached pods,
-  tombstones and work-queue depth.
+  (``/proc/<pid>/fd``), split into TCP connections to the platform (``platform_conns``)
+  and to the Kubernetes API (``kube_conns``, through the soak's proxy), matched through
+  ``/proc/<pid>/net/tcp{,6}``, and the rest (``other_fds``), and, from
+  ``/healthz``, its asyncio task count, cached pods, tombstones and work-queue depth.
+* Why the split: an aiohttp pool (the platform client's, and the Kubernetes client's)
+  grows while a fault or a burst ties connections up, and hands out pooled connections
+  oldest first, so under steady load every one of them is reused well within the 15 s
+  keep-alive and none is ever idle long enough to close. A pool stays at its high-water
+  mark, bounded by its cap: held, not leaked. So each kind of connection must stay at or
+  under its pool's cap (`POOL_CAPS`), and every other descriptor must stay flat.
 * No fault starts in the last ``quiet_tail_s`` of the load, so the run ends with a quiet
-  tail: what a fault legitimately holds (the platform client's pool grows connections
-  while a slow-drip or outage ties them up, and closes them once idle) has gone by then;
+  tail: what a fault holds for a while (tasks, buffers, tombstones) has gone by then;
   what leaks has not.
 * Flat means: after a warm-up (the first ``warmup_s``), the median of the late samples is
-  at most the median of the first quarter plus a margin — RSS x1.25 + 8 MiB, file
+  at most the median of the first quarter plus a margin — RSS x1.25 + 8 MiB, other file
   descriptors +8, tasks +8, tombstones and queue depth +50. The late samples are those
   taken ``SETTLE_S`` or more after the last fault ended, if there are at least three,
-  else the last quarter. The verdict is per watcher and measure.
+  else the last quarter. The verdict is per watcher and measure; connections are judged
+  by their maximum against `POOL_CAPS` ("bounded" or "OVER CAP").
 * Returns a JSON-able dict: the scenario `Result` fields, the samples and the trends.
 """
 
@@ -30,20 +38,28 @@ import contextlib
 import os
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from config.settings import Settings
 from tests.reliability import faults
 from tests.reliability.context import Ctx
 from tests.reliability.harness import Bed, run_scenario
 from tests.reliability.model import Load, Scenario
 from tests.reliability.processes import WatcherProcess
+from watch.app import LEASE_POOL_SIZE, kube_pool_size
 
-MEASURES = ("rss_mib", "fds", "tasks", "tombstones", "queue_depth")
+MEASURES = ("rss_mib", "other_fds", "platform_conns", "kube_conns", "tasks", "tombstones",
+            "queue_depth")
 MARGINS: dict[str, tuple[float, float]] = {
-    "rss_mib": (1.25, 8.0), "fds": (1.0, 8.0), "tasks": (1.0, 8.0), "tombstones": (1.0, 50.0),
-    "queue_depth": (1.0, 50.0)}
+    "rss_mib": (1.25, 8.0), "other_fds": (1.0, 8.0), "tasks": (1.0, 8.0),
+    "tombstones": (1.0, 50.0), "queue_depth": (1.0, 50.0)}
+_SHIPPED = replace(Settings(), kube=replace(Settings().kube, namespaces=("soak",)))
+POOL_CAPS = {"platform_conns": _SHIPPED.platform.max_connections,
+             "kube_conns": kube_pool_size(_SHIPPED) + LEASE_POOL_SIZE}
+"""Each pool's cap in the shipped settings, which the soak's watchers run with (on one
+namespace): the platform client's, and the watcher's two API clients' together."""
 SETTLE_S = 30.0
 """After a fault, how long its held resources may take to go (aiohttp closes an idle pooled
 connection after 15 s)."""
@@ -92,7 +108,26 @@ async def _fault(ctx: Ctx, n: int) -> None:
                 await asyncio.to_thread(ctx.platform.clear_faults)
 
 
-def sample(watcher: WatcherProcess) -> dict[str, Any] | None:
+def connections_to(pid: int, port: int) -> int:
+    """How many of `pid`'s open sockets are TCP connections to `port` (any address)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):  # closed between listdir and readlink
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:["):-1])
+    count = 0
+    for table in ("tcp", "tcp6"):
+        with contextlib.suppress(FileNotFoundError):  # no IPv6 in this namespace
+            for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+                fields = line.split()  # sl local rem st ... uid timeout inode
+                if int(fields[2].rsplit(":", 1)[1], 16) == port and fields[9] in inodes:
+                    count += 1
+    return count
+
+
+def sample(watcher: WatcherProcess, platform_port: int,
+           kube_port: int) -> dict[str, Any] | None:
     pid = watcher.pid
     if pid is None:
         return None
@@ -101,11 +136,16 @@ def sample(watcher: WatcherProcess) -> dict[str, Any] | None:
         rss_kib = int(next(line.split()[1] for line in status.splitlines()
                            if line.startswith("VmRSS:")))
         fds = len(os.listdir(f"/proc/{pid}/fd"))
-    except (OSError, StopIteration, ValueError):
+        platform_conns = connections_to(pid, platform_port)
+        kube_conns = connections_to(pid, kube_port)
+    except (OSError, StopIteration, ValueError, IndexError):
         return None
     info = watcher.health() or {}
     return {"t": time.time(), "watcher": watcher.name, "pid": pid,
-            "rss_mib": round(rss_kib / 1024, 1), "fds": fds, "tasks": info.get("tasks"),
+            "rss_mib": round(rss_kib / 1024, 1), "fds": fds,
+            "platform_conns": platform_conns, "kube_conns": kube_conns,
+            "other_fds": fds - platform_conns - kube_conns,
+            "tasks": info.get("tasks"),
             "tombstones": info.get("tombstones"), "cached_pods": info.get("cached_pods"),
             "leader": info.get("leader"), "queue_depth": info.get("queue_depth")}
 
@@ -130,12 +170,15 @@ def trends(samples: list[dict[str, Any]], warmup_until: float,
             quiet = [s[measure] for s in mine if quiet_from is not None
                      and s["t"] >= quiet_from and isinstance(s.get(measure), int | float)]
             late = statistics.median(quiet if len(quiet) >= 3 else values[-quarter:])
-            factor, margin = MARGINS[measure]
-            flat = late <= early * factor + margin
+            if measure in POOL_CAPS:
+                verdict = "bounded" if max(values) <= POOL_CAPS[measure] else "OVER CAP"
+            else:
+                factor, margin = MARGINS[measure]
+                verdict = "flat" if late <= early * factor + margin else "GROWS"
             out.append({"watcher": f"{name} (pid {pid})", "measure": measure,
                         "early": round(early, 1), "late": round(late, 1),
                         "max": round(max(values), 1), "samples": len(values),
-                        "verdict": "flat" if flat else "GROWS"})
+                        "verdict": verdict})
     return out
 
 
@@ -145,9 +188,12 @@ async def run_soak(config: SoakConfig, bed: Bed, workdir: Path) -> dict[str, Any
     started = time.time()
 
     async def sampler(ctx: Ctx, stop: asyncio.Event) -> None:
+        assert ctx.proxy is not None  # the watchers reach the API server through it
+        kube_port = ctx.proxy.port
         while not stop.is_set():
             for watcher in ctx.watchers.values():
-                point = await asyncio.to_thread(sample, watcher)
+                point = await asyncio.to_thread(sample, watcher, ctx.platform.port,
+                                                kube_port)
                 if point is not None:
                     samples.append(point)
             with contextlib.suppress(TimeoutError):
@@ -174,8 +220,10 @@ async def run_soak(config: SoakConfig, bed: Bed, workdir: Path) -> dict[str, Any
         finally:
             stop.set()
             await asyncio.gather(*helpers)
+            assert ctx.proxy is not None
             for watcher in ctx.watchers.values():  # one last sample after the load
-                point = await asyncio.to_thread(sample, watcher)
+                point = await asyncio.to_thread(sample, watcher, ctx.platform.port,
+                                                ctx.proxy.port)
                 if point is not None:
                     samples.append(point)
 
@@ -189,10 +237,12 @@ async def run_soak(config: SoakConfig, bed: Bed, workdir: Path) -> dict[str, Any
                    quiet_from=max(ends) + SETTLE_S if ends else None)
     problems = list(result.problems)
     problems += [f"{t['watcher']}: {t['measure']} grows ({t['early']:g} → {t['late']:g})"
-                 for t in found if t["verdict"] != "flat"]
+                 for t in found if t["verdict"] == "GROWS"]
+    problems += [f"{t['watcher']}: {t['measure']} reached {t['max']:g}, over the pool's "
+                 f"cap {POOL_CAPS[t['measure']]}" for t in found if t["verdict"] == "OVER CAP"]
     if not found:
         problems.append("too few resource samples to judge the trends")
     return {**result.to_json(), "ok": not problems, "problems": problems,
             "minutes": config.minutes, "rate": config.rate,
             "fault_every_s": config.fault_every_s, "fault_kinds": list(FAULT_KINDS),
-            "samples": samples, "trends": found}
+            "pool_caps": POOL_CAPS, "samples": samples, "trends": found}
