@@ -41,10 +41,11 @@ class KubeSettings:
     Jobs: a run whose Job carries the run id takes its state from the Job, its pods are
     attempts), deployments and statefulsets (apps/v1, replicas 1: a run whose controller
     carries the run id takes its state from the controller and its live pods, so a pod a
-    drain replaces is not the run's end). Without jobs a Job's pods are not reported at
-    all; without deployments (statefulsets) their pods are judged one by one, as bare
-    pods. deployments and statefulsets are off by default: they need RBAC on apps
-    (kustomize/base/rbac.yaml), which a watcher upgraded without it would lack."""
+    drain replaces is not the run's end). Without a kind its pods are judged one by one,
+    as bare pods (as Sniffer did before it knew the kind): a Job's failed attempt then
+    ends the run although the Job may retry it. deployments and statefulsets are off by
+    default: they need RBAC on apps (kustomize/base/rbac.yaml), which a watcher upgraded
+    without it would lack."""
     page_size: int = 500
     """Items per LIST page (limit/continue pagination)."""
     watch_timeout_min_s: int = 300

@@ -197,21 +197,32 @@ async def test_attempt_pods_deleted_after_their_job_leave_no_tombstone(
     assert history(platform, run_id) == ["running", "succeeded"]
 
 
-async def test_attempt_pods_of_unwatched_jobs_leave_no_tombstone(
+async def test_without_jobs_watched_a_jobs_pods_are_judged_as_bare_pods(
         apiserver, platform, namespace, jobs, new_id):
+    # `kube.kinds: [pods]`: as the reconciler judges them then (tests/test_reconcile_jobs.py)
+    # and as Sniffer did before it knew Jobs, the attempt pod speaks for the run, holds
+    # the outcome finalizer and leaves no tombstone once its deletion is reported.
     run_id = new_id()
-    platform.create_run(run_id, pod_namespace=namespace, pod_name="unwatched")
+    platform.create_run(run_id, pod_namespace=namespace, pod_name="unwatched-a")
     job = await jobs.create("unwatched", run_id)
     env = watcher_env(apiserver, platform, namespace, SNIFFER_KUBE_KINDS="pods")
     async with running_watcher(settings_for(env)) as w:
         assert w.store is not None
-        await jobs.attempt(job, "unwatched-a", run_id)
-        await eventually(lambda: w.store.get(f"{namespace}/unwatched-a") is not None)
+        attempt = await jobs.attempt(job, "unwatched-a", run_id)
+        await jobs.pods.running("unwatched-a")
+        await eventually(lambda: state(platform, run_id) == "running")
+
+        async def held() -> bool:
+            return OUTCOME_FINALIZER in (await jobs.pods.finalizers("unwatched-a") or [])
+
+        await eventually(held)
         await jobs.pods.delete("unwatched-a", grace_s=0)
+        await eventually(lambda: state(platform, run_id) == "failed")
         await eventually(lambda: w.store.get(f"{namespace}/unwatched-a") is None)
         assert w.store.tombstones == 0
-    # With Jobs not watched an attempt is still never the run's (no Job, no report).
-    assert history(platform, run_id) == []
+    run = platform.get_run(run_id)
+    assert (run["reason"], run["pod_uid"]) == ("Deleted", attempt["metadata"]["uid"])
+    assert history(platform, run_id) == ["running", "failed"]
 
 
 async def test_the_job_fixture_keeps_a_started_jobs_start_time(apiserver, jobs, new_id):

@@ -197,7 +197,7 @@ class Watcher:
             is_leader=(lambda: elector.is_leader) if elector else (lambda: True),
             metrics=self._metrics.controller, finalizer_queue=finalizer_queue,
             finalizer_workers=s.finalizers.workers, job_held=jobs.index.holds,
-            app_owned=lambda pod: any(a.owns(pod) for a in apps))
+            controller_owned=lambda pod: jobs.owns(pod) or any(a.owns(pod) for a in apps))
 
         reflector = Reflector(
             kube, store, _all(controller.on_change, jobs.on_pod_change,

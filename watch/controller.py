@@ -36,6 +36,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
+from sniffer.jobs import owned_by_job
 from sniffer.nullmetrics import NULL_METRICS
 from sniffer.platform import PlatformClient
 from sniffer.podview import PodView
@@ -65,9 +66,9 @@ class Controller:
                  finalizer_queue: WorkQueue[str] | None = None,
                  finalizer_workers: int = 16,
                  job_held: Callable[[str | None], bool] = lambda uid: False,
-                 app_owned: Callable[[PodView], bool] = lambda pod: False) -> None:
+                 controller_owned: Callable[[PodView], bool] = owned_by_job) -> None:
         """`ledger` must be the store's compaction policy (one record of the runs);
-        `clock` is wall time; `job_held` and `app_owned` are the handler's
+        `clock` is wall time; `job_held` and `controller_owned` are the handler's
         (`watch.handler`)."""
         self._store = store
         self._queue = queue
@@ -79,13 +80,14 @@ class Controller:
             store=store, knowledge=ledger,
             queue=finalizer_queue if finalizer_queue is not None else WorkQueue[str](),
             finalizers=finalizers, policy=policy, workers=finalizer_workers,
-            is_leader=is_leader, metrics=sink, clock=clock, app_owned=app_owned)
+            is_leader=is_leader, metrics=sink, clock=clock,
+            controller_owned=controller_owned)
         """The finalizer loop; `run()` runs its workers beside the platform workers."""
         self.handler = PlatformHandler(
             store=store, ledger=ledger, platform=platform, pods=pods, policy=policy,
             attempts=queue, finalizer_loop=self.finalizing.enqueue,
             observed_at=self._observed_at, is_leader=is_leader, job_held=job_held,
-            app_owned=app_owned, metrics=sink, clock=clock)
+            controller_owned=controller_owned, metrics=sink, clock=clock)
         self.pool = WorkerPool(name="worker", queue=queue, handler=self.handler,
                                workers=workers, store=store, metrics=sink,
                                max_retries=max_retries, clock=clock)

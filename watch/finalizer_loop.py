@@ -14,10 +14,11 @@ Contract:
   not platform updates. A key is never patched by two workers at once (the queue is
   stingy), so an add and a release of one pod never race.
 * The decision (`decide`, pure) for a cached `PodView` that is live (not a tombstone):
-  - RELEASE iff it carries Sniffer's finalizer and: it is untracked (no run id); or a Job
-    made it (the finalizer is on the Job, `watch.jobhandler`); or it is a replica of a
-    watched app controller (the finalizer is on the controller, `watch.apphandler`: a
-    finalizer on a replica would only hold a drain up); or the
+  - RELEASE iff it carries Sniffer's finalizer and: it is untracked (no run id); or a
+    watched controller's path reports its run (`controller_owned`): a Job's attempt (the
+    finalizer is on the Job, `watch.jobhandler`) or a watched app controller's replica
+    (the finalizer is on the controller, `watch.apphandler`: a finalizer on a replica
+    would only hold a drain up); or the
     platform does not know its run (orphan); or its run is bound to another pod uid
     (foreign); or its run is terminal and acknowledged
     (`RunKnowledge.terminal_acknowledged`, which includes the seed's rule).
@@ -87,18 +88,19 @@ ADD = Decision(Action.ADD, "live")
 
 def decide(pod: Cached | None, *, deleted: bool, acked: Acked | None,
            terminal_acknowledged: bool, unknown: bool, enabled: bool, now: float,
-           policy: StatePolicy, app_owned: bool = False) -> Decision:
+           policy: StatePolicy, controller_owned: bool = False) -> Decision:
     """Where the finalizer of `pod` belongs (see the contract). Pure.
 
     `acked` is the platform's last answer about the pod's run (None: none yet or the run
     is unknown), `terminal_acknowledged` whether it acknowledged a terminal state (the
     seed's rule included), `unknown` whether the platform's last answer was "no such run", `enabled`
     whether finalizer mode is on, `now` and `policy` what `sniffer.states.derive` needs,
-    `app_owned` whether the pod is a replica the app path reports (`watch.apppath.owns`)."""
+    `controller_owned` whether a controller's path reports the pod's run (a Job's attempt
+    while Jobs are watched, a watched app's replica)."""
     if not isinstance(pod, PodView) or deleted:
         return NOTHING  # gone, or a settled record: nothing to hold or release
     held = OUTCOME_FINALIZER in pod.finalizers
-    release = ("app's" if app_owned else
+    release = (("job's" if owned_by_job(pod) else "app's") if controller_owned else
                _release_reason(pod, acked=acked, terminal_acknowledged=terminal_acknowledged,
                                unknown=unknown))
     if release is not None:
@@ -117,8 +119,6 @@ def _release_reason(pod: PodView, *, acked: Acked | None, terminal_acknowledged:
     """Why the finalizer must go, or None: it may stay."""
     if pod.run_id is None:
         return "untracked"
-    if owned_by_job(pod):
-        return "job's"  # the Job holds the outcome (watch.jobhandler), its pods need not
     if unknown:
         return "orphan"
     if acked is not None and acked.pod_uid and acked.pod_uid != pod.uid:
@@ -150,8 +150,9 @@ class FinalizerLoop:
                  finalizers: Finalizers, policy: StatePolicy, workers: int,
                  is_leader: Callable[[], bool], metrics: FinalizerMetrics,
                  clock: Callable[[], float] = time.time,
-                 app_owned: Callable[[PodView], bool] = lambda pod: False) -> None:
-        """`app_owned(pod)`: the app paths report `pod`'s run (`watch.apppath.owns`)."""
+                 controller_owned: Callable[[PodView], bool] = owned_by_job) -> None:
+        """`controller_owned(pod)`: a controller's path reports `pod`'s run (the
+        handler's, `watch.handler`)."""
         self.queue = queue
         self._store = store
         self._knowledge = knowledge
@@ -160,7 +161,7 @@ class FinalizerLoop:
         self._is_leader = is_leader
         self._metrics = metrics
         self._clock = clock
-        self._app_owned = app_owned
+        self._controller_owned = controller_owned
         # The loop's outcomes are not the handler's (the metric sniffer.handler.outcomes
         # counts those): its pool reports none; its queue's metrics show its retries.
         self.pool = WorkerPool(name="finalizer-worker", queue=queue, handler=self,
@@ -199,7 +200,8 @@ class FinalizerLoop:
                       terminal_acknowledged=terminal, unknown=unknown,
                       enabled=self._finalizers.enabled, now=self._clock(),
                       policy=self._policy,
-                      app_owned=isinstance(pod, PodView) and self._app_owned(pod))
+                      controller_owned=isinstance(pod, PodView)
+                      and self._controller_owned(pod))
 
     async def handle(self, key: str) -> Outcome:
         """Put the finalizer of the pod cached for `key` where it belongs now."""

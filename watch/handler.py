@@ -12,7 +12,8 @@ Contract:
   to turn into one (`watch.workers`).
 * Whatever it learns from the platform (a read, a write's answer, "no such run") is
   recorded in the ledger before it returns; nothing else records there.
-* A pod a Job made (`sniffer.jobs.owned_by_job`) is an attempt, not a run: the Job path
+* A pod a watched Job made (`sniffer.jobs.owned_by_job`, jobs among `kube.kinds`:
+  `controller_owned`) is an attempt, not a run: the Job path
   (`watch.jobhandler`) reports its run from the Job, so it is never reported here (else
   a failed attempt the Job retries would end the run); like an untracked pod, its key
   goes to the finalizer loop, which releases a leftover finalizer. While the Job path
@@ -23,12 +24,14 @@ Contract:
   propagation does) is forgotten here: no one else ever would. (So is an attempt deleted
   before its Job's first event arrived: the Job's conditions still give the run's state;
   only that attempt's exit code is missing from a failure's detail.)
-* A replica pod of a watched app controller (`app_owned`: a Deployment's ReplicaSet's or a
+* A replica pod of a watched app controller (`controller_owned`: a Deployment's ReplicaSet's or a
   StatefulSet's pod with a run id, the kind among `kube.kinds`) is never reported here
   either: the app path (`watch.apphandler`) reports its run from the controller, so a
   drain that deletes the pod does not end the run. Its tombstone is forgotten at once
   (the app path reads only live replicas); its key goes to the finalizer loop, which
-  releases a leftover finalizer. With the kind not watched it is judged as a bare pod.
+  releases a leftover finalizer. With the kind not watched it is judged as a bare pod,
+  as a Job's pod is with jobs not watched (as the reconciler judges them then, and as
+  Sniffer did before it knew Jobs and apps).
 * A pod with no run id, whose run the platform does not know (orphan) or whose run is
   bound to another pod uid (foreign) is not reported; its key goes to the finalizer
   loop, which releases a leftover finalizer.
@@ -117,15 +120,15 @@ class PlatformHandler:
                  observed_at: Callable[[str], float | None],
                  is_leader: Callable[[], bool] = lambda: True,
                  job_held: Callable[[str | None], bool] = lambda uid: False,
-                 app_owned: Callable[[PodView], bool] = lambda pod: False,
+                 controller_owned: Callable[[PodView], bool] = owned_by_job,
                  metrics: HandlerMetrics | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         """`finalizer_loop(pod)` enqueues the pod's key for its finalizer (never blocks);
         `observed_at(key)` is the wall time the key's oldest pending change was observed
         (None: unknown), for the freshness metric; `job_held(uid)` whether the Job path
-        holds the Job of that uid (`watch.jobindex.JobIndex.holds`); `app_owned(pod)`
-        whether an app path reports the pod's run (`watch.apppath.AppPath.owns`); `clock`
-        is wall time."""
+        holds the Job of that uid (`watch.jobindex.JobIndex.holds`); `controller_owned(pod)`
+        whether a controller's path reports the pod's run (`watch.jobpath.JobPath.owns`,
+        `watch.apppath.AppPath.owns`); `clock` is wall time."""
         self._store = store
         self._ledger = ledger
         self._platform = platform
@@ -136,7 +139,7 @@ class PlatformHandler:
         self._observed_at = observed_at
         self._is_leader = is_leader
         self._job_held = job_held
-        self._app_owned = app_owned
+        self._controller_owned = controller_owned
         self._metrics: HandlerMetrics = metrics or NULL_METRICS
         self._clock = clock
 
@@ -151,7 +154,7 @@ class PlatformHandler:
                 self._ledger.forget(pod.run_id)
                 self._store.forget_tombstone(key, pod)
             return DONE
-        if owned_by_job(pod) or self._app_owned(pod):
+        if self._controller_owned(pod):
             return self._left_to_its_controller(pod)
         if pod.run_id is None:
             return self._not_reported(pod)

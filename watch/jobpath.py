@@ -13,6 +13,9 @@ Contract:
   leader's, once the caches are synced) accepts changes, enqueues every cached Job and
   runs the workers until the queue is shut down. Call once.
 * The run ledger is the pod path's (one record of what the platform acknowledged).
+* `owns(pod)`: the pod is an attempt this path reports (Jobs watched); the pod path and
+  the finalizer loop leave such pods to it. With Jobs not watched it owns none: the pod
+  path judges a Job's pods as bare pods, as the reconciler does then.
 """
 
 from __future__ import annotations
@@ -20,10 +23,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from sniffer.jobs import owned_by_job
 from sniffer.jobview import JobView
 from sniffer.kube import KubeClient
 from sniffer.nullmetrics import NULL_METRICS
 from sniffer.platform import PlatformClient
+from sniffer.podview import PodView
 from sniffer.states import StatePolicy
 from watch.handler import HandlerMetrics
 from watch.jobhandler import JobHandler
@@ -74,6 +79,10 @@ class JobPath:
             metrics=reflector_metrics, source=JobSource(kube), watch_list=watch_list)
         self.on_pod_change = self.index.pod_changed
         self._started = False
+
+    def owns(self, pod: PodView) -> bool:
+        """Whether this path reports `pod`'s run: an attempt of a Job, Jobs watched."""
+        return self.enabled and owned_by_job(pod)
 
     def _changed(self, key: str, priority: Priority) -> None:
         self.pool.on_change(key, priority)
