@@ -608,7 +608,7 @@ def test_reconcile_pass_repairs_and_exits_zero(reconciled: ReconcileSession) -> 
     assert reconciled.exit_code == 0, reconciled.program.stderr[-3000:]
     assert reconciled.report["repaired"] == {"pod_ahead": 2, "pod_lost": 1,
                                              "finalizer_left": 0, "job_ahead": 0,
-                                             "job_lost": 0}
+                                             "job_lost": 0, "app_ahead": 0, "app_lost": 0}
     assert reconciled.receiver.errors == []
 
 
