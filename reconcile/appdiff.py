@@ -8,7 +8,10 @@ controller's kind, `Snapshot.apps_listed`):
   `sniffer.apps.derive_app` over the controller and its replica pods, with the run's
   cancel flag, as the watcher's app path does; a replica's deletion or failure is never
   the run's end. The controller bound to the run (`run.pod_uid`) speaks for it; an
-  unbound run is spoken for by the controller its record names, else its oldest.
+  unbound run is spoken for by the controller its record names, else its oldest. A run
+  bound to a replica of a listed controller (bound while the kind was not watched) is
+  adopted: that controller speaks for it, and the repair keeps the binding (as the
+  watcher's app path does).
 
   - `app_ahead`: a non-terminal run whose controller shows a state further along → write
     `target`, binding the run to the controller (and, if that is terminal, release the
@@ -59,10 +62,12 @@ def judge_apps(run_id: str, apps: list[AppView], replicas: list[PodView],
                     PodRef(pod.namespace, pod.name, pod.uid),
                     "a bare pod beside the run's controller") for pod in bare_pods]
     if run.pod_uid:
+        speaker = next((app for app in apps if app.uid == run.pod_uid), None) or next(
+            (app for app in apps for pod in replicas
+             if pod.uid == run.pod_uid and is_replica(app, pod)), None)
         out.extend(Mismatch(MismatchKind.UID_MISMATCH, run_id, state, app_ref(app),
                             f"run is bound to another object (uid {run.pod_uid})")
-                   for app in apps if app.uid != run.pod_uid)
-        speaker = next((app for app in apps if app.uid == run.pod_uid), None)
+                   for app in apps if app is not speaker)
     else:
         speaker = min(apps, key=lambda a: (
             (a.namespace, a.name) != (run.pod_namespace, run.pod_name),

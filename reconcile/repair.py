@@ -262,8 +262,9 @@ class Repairer:
         if m.target is not None:
             assert m.run_id is not None
             t = m.target
-            binds = m.kind in (MismatchKind.POD_AHEAD, MismatchKind.JOB_AHEAD,
-                               MismatchKind.APP_AHEAD)
+            binds = (m.kind in (MismatchKind.POD_AHEAD, MismatchKind.JOB_AHEAD,
+                                MismatchKind.APP_AHEAD) and m.pod is not None
+                     and run.pod_uid in (None, m.pod.uid))  # never rebinds (adopted runs)
             update = StateUpdate.derived(m.run_id, t, m.pod if binds else None,
                                          attempts=m.attempts, attempt_pod=m.attempt_pod)
             result = await self._platform.update_state(update, expected_state=run.state)

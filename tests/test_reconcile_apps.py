@@ -162,6 +162,26 @@ async def test_an_app_deleted_while_nobody_watched_ends_cancelled_stopped_and_go
     assert run_id not in by_run(await _pass(bed))
 
 
+async def test_an_app_run_bound_to_its_replica_before_the_kind_was_watched_is_adopted(
+        bed: AppBed) -> None:
+    """Started while deployments were off, the run is bound to the replica pod: the
+    controller speaks for it all the same, and the repair keeps the binding (the
+    platform refuses another uid), so a deleted app still ends the run."""
+    run_id = new_run_id()
+    await bed.deployment("web", run_id, finalizer=True)
+    replica = await bed.replica("web-1-a", run_id, "Running")
+    await bed.deployment_status("web", ready=1)
+    bed.run(run_id, "running", pod_name="web-1-a", pod_uid=replica)
+    assert run_id not in by_run(await _pass(bed)), "no uid_mismatch while it serves"
+    await bed.delete_deployment("web")
+    report = await _pass(bed)
+    assert by_run(report)[run_id] == [(MismatchKind.APP_AHEAD, RepairOutcome.REPAIRED)]
+    run = bed.platform.get_run(run_id)
+    assert run is not None
+    assert (run["state"], run["reason"], run["pod_uid"]) == ("cancelled", "Stopped", replica)
+    assert await bed.get_deployment("web") is None, "the finalizer was released"
+
+
 async def test_an_app_whose_controller_is_gone_with_a_replica_left_ends_cancelled(
         bed: AppBed) -> None:
     """No finalizer held it (finalizer mode off): the Deployment is gone, its replica not

@@ -168,7 +168,8 @@ def apply(snap: Snapshot, mismatches: list[Mismatch]) -> Snapshot:
     for m in mismatches:
         if m.target is not None:
             assert m.run_id is not None
-            bind = (m.pod.uid if m.pod is not None
+            # as reconcile.repair writes it: a run already bound keeps its binding
+            bind = (m.pod.uid if m.pod is not None and runs[m.run_id].pod_uid is None
                     and m.kind in (MismatchKind.APP_AHEAD, MismatchKind.POD_AHEAD) else None)
             runs[m.run_id] = dataclasses.replace(
                 runs[m.run_id], state=m.target.state.value, reason=m.target.reason,

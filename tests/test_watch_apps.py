@@ -165,6 +165,43 @@ async def test_an_app_deleted_while_no_watcher_runs_is_reported_stopped(
     assert (run["state"], run["reason"]) == ("cancelled", "Stopped")
 
 
+async def test_an_app_run_bound_to_its_replica_before_the_kind_was_watched_is_adopted(
+        apiserver, platform, namespace, apps, new_id):
+    # Started while deployments were off: the pod path bound the run to the replica.
+    run_id = new_id()
+    platform.create_run(run_id, kind="app", pod_namespace=namespace, pod_name="late")
+    app = await apps.create("late", run_id)
+    replica = await apps.replica(app, "late-1-a", run_id)
+    await apps.pods.running("late-1-a")
+    await apps.available("late")
+    async with running_watcher(settings_for(watcher_env(apiserver, platform, namespace))):
+        await eventually(lambda: state(platform, run_id) == "running")
+
+        async def held_by_the_pod() -> bool:
+            return OUTCOME_FINALIZER in (await apps.pods.finalizers("late-1-a") or [])
+
+        await eventually(held_by_the_pod)
+    bound = replica["metadata"]["uid"]
+    assert platform.get_run(run_id)["pod_uid"] == bound
+    # Now the kind is on: the app path reports the run from its controller.
+    async with running_watcher(settings_for(env(apiserver, platform, namespace))):
+        await eventually(lambda: _held(apps, "late"))  # the outcome finalizer moved on
+
+        async def released() -> bool:  # a finalizer on a replica would hold a drain up
+            return await apps.pods.finalizers("late-1-a") == []
+
+        await eventually(released)
+        await apps.pods.delete("late-1-a", grace_s=0)  # a drain: not the run's end
+        await apps.replica(app, "late-1-b", run_id)
+        await apps.pods.running("late-1-b")
+        await apps.delete("late")
+        await eventually(lambda: state(platform, run_id) == "cancelled")
+        await eventually(lambda: _gone(apps, "late"))
+    run = platform.get_run(run_id)
+    assert (run["state"], run["reason"], run["pod_uid"]) == ("cancelled", "Stopped", bound)
+    assert history(platform, run_id) == ["running", "cancelled"]
+
+
 async def test_progress_deadline_exceeded_ends_the_run_failed(
         apiserver, platform, namespace, apps, new_id):
     run_id = new_id()

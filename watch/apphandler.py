@@ -19,7 +19,10 @@ Contract (the Job handler's, `watch.jobhandler`, for a run backed by an app cont
 * It answers with one `watch.workers.Outcome`; whatever it learns from the platform is
   recorded in the ledger before it returns.
 * A controller with no run id, whose run the platform does not know, or whose run is
-  bound to another uid is not reported (a leftover finalizer of ours is released).
+  bound to another uid is not reported (a leftover finalizer of ours is released); but
+  a run bound to one of the controller's own replicas (`AppIndex.adopts`: bound while
+  the kind was not watched) is adopted: reported from the controller like any other,
+  its updates naming no pod, so the platform keeps the binding it cannot change.
 * Outcome never lost: a tracked controller whose run is open carries Sniffer's finalizer
   `sniffer.io/outcome` (on the controller, not its pods: a replica pod's end is not the
   run's, and a finalizer on it would only hold a drain up), so a controller deleted by a
@@ -106,7 +109,8 @@ class AppHandler:
             log.warning("controller's run is unknown to the platform; not reporting it",
                         extra={"key": key, "run_id": app.run_id, "kind": app.controller})
             return await self._not_reported(app)
-        if acked.pod_uid and acked.pod_uid != app.uid:
+        if (acked.pod_uid and acked.pod_uid != app.uid
+                and not self._index.adopts(app, acked.pod_uid)):
             log.warning("run is bound to another uid; not reporting this controller",
                         extra={"key": key, "run_id": app.run_id, "uid": app.uid,
                                "kind": app.controller})
@@ -146,7 +150,8 @@ class AppHandler:
     async def _send(self, app: AppView, acked: Acked, derived: Derived) -> Outcome:
         assert app.run_id is not None
         assert acked.state is not None
-        update = StateUpdate.derived(app.run_id, derived, app)
+        adopted = bool(acked.pod_uid) and acked.pod_uid != app.uid
+        update = StateUpdate.derived(app.run_id, derived, None if adopted else app)
         with tracer.start_as_current_span(
                 "sniffer.state_change", kind=SpanKind.INTERNAL, links=_links(app.traceparent),
                 attributes={"sniffer.key": app.key, "sniffer.run_id": app.run_id,

@@ -12,6 +12,10 @@ Contract:
   the key too (its tombstone still names the run). Other pods pass nothing on.
 * `replicas(app)` are the cached pods filed under `app`'s run (tombstones included: the
   derivation ignores them); keys found gone or no longer replicas are unfiled.
+* `adopts(app, uid)`: the run is bound to `uid`, a replica of `app` (bound while the kind
+  was not watched, when the pod path reported the replica as a bare pod). Once seen it
+  is remembered until `forget(app)`, so the replica's replacement keeps the adoption;
+  after a restart it is seen again only while that replica is cached.
 * `forget(app)` unfiles a controller whose deletion is handled.
 * Never awaits; single-threaded asyncio use.
 
@@ -48,6 +52,8 @@ class AppIndex:
         """run → keys of the pods seen as its replicas."""
         self._run_of: dict[str, Run] = {}
         """pod key → the run it is filed under."""
+        self._adopted: dict[Run, str] = {}
+        """run → the uid of the replica it is bound to (`adopts`)."""
 
     def app_changed(self, key: str, priority: Priority = Priority.LIVE) -> None:
         app = self._apps.get(key)
@@ -91,11 +97,23 @@ class AppIndex:
         """Whether the pod cached for `key` is a tombstone."""
         return self._pods.is_deleted(key)
 
+    def adopts(self, app: AppView, uid: str) -> bool:
+        if app.run_id is None:
+            return False
+        run = (app.namespace, app.run_id)
+        if self._adopted.get(run) == uid:
+            return True
+        if any(pod.uid == uid for pod in self.replicas(app)):
+            self._adopted[run] = uid
+            return True
+        return False
+
     def forget(self, app: AppView) -> None:
         """The controller's deletion is handled: unfile it and its replicas."""
         if app.run_id is None:
             return
         run = (app.namespace, app.run_id)
+        self._adopted.pop(run, None)
         if self._keys.get(run) == app.key:
             del self._keys[run]
         for key in self._pods_of.pop(run, ()):
