@@ -18,8 +18,9 @@ Contract:
   live replica crash looping past the pod rules' limit while no replica is available
   end the run.
 * A terminal result does not depend on `now` except through the crash-loop rule, whose
-  `finished_at` is the moment the rule fired (as for a pod). `recheck_after` is set iff a
-  replica's crash-loop rule may still fire: derive again after that many seconds.
+  `finished_at` is the moment the rule fired (as for a pod). `recheck_after` is the earliest
+  recheck any live replica's pod rules ask for (only the crash-loop rule can end the
+  run; the others only refresh the reason): derive again after that many seconds.
 * `judged` is True iff the result is the crash-loop rule's verdict (a judgement over the
   cached pod, as `sniffer.states.Derived.judged`).
 
