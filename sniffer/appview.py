@@ -26,13 +26,11 @@ Contract:
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
 from dataclasses import dataclass
 
+from sniffer.conditions import Condition, read_conditions, read_count
 from sniffer.podfields import (
     MalformedPod,
-    interned,
-    message,
     read_int,
     read_list,
     read_map,
@@ -50,7 +48,7 @@ from sniffer.podview import (
 )
 
 __all__ = ["APP_CONTROLLERS", "DEPLOYMENT", "KEPT_APP_CONDITIONS", "STATEFULSET",
-           "AppCondition", "AppView", "MalformedApp", "project_app"]
+           "AppView", "MalformedApp", "project_app"]
 
 DEPLOYMENT = "Deployment"
 STATEFULSET = "StatefulSet"
@@ -60,17 +58,6 @@ KEPT_APP_CONDITIONS = ("Progressing", "Available", "ReplicaFailure")
 
 class MalformedApp(MalformedPod):
     """The object is not a controller Sniffer can use; `reason` names the bad field."""
-
-
-@dataclass(frozen=True, slots=True)
-class AppCondition:
-    """One kept controller condition."""
-
-    type: str
-    status: str
-    reason: str | None
-    message: str | None
-    last_transition: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +82,7 @@ class AppView:
     ready: int
     available: int
     current: int
-    conditions: tuple[AppCondition, ...]
+    conditions: tuple[Condition, ...]
     deletion_timestamp: float | None
     finalizers: tuple[str, ...]
     final_state_unknown: bool = False
@@ -108,32 +95,12 @@ class AppView:
         """metadata.name (cut from `key`)."""
         return self.key[len(self.namespace) + 1:]
 
-    def condition(self, type_: str) -> AppCondition | None:
+    def condition(self, type_: str) -> Condition | None:
         """The kept condition of that type, or None."""
         for cond in self.conditions:
             if cond.type == type_:
                 return cond
         return None
-
-
-def _count(status: Mapping[str, object], name: str) -> int:
-    return read_int(status.get(name), f"status.{name}", minimum=0) or 0
-
-
-def _conditions(status: Mapping[str, object]) -> tuple[AppCondition, ...]:
-    kept: dict[str, AppCondition] = {}
-    for i, raw in enumerate(read_list(status.get("conditions"), "status.conditions")):
-        field = f"status.conditions[{i}]"
-        cond = read_map(raw, field, required=True)
-        type_ = required_str(cond.get("type"), f"{field}.type")
-        status_ = required_str(cond.get("status"), f"{field}.status")
-        last = read_time(cond.get("lastTransitionTime"), f"{field}.lastTransitionTime")
-        if type_ in KEPT_APP_CONDITIONS:
-            kept.pop(type_, None)  # the last of a repeated type wins, in its place
-            kept[type_] = AppCondition(sys.intern(type_), sys.intern(status_),
-                                       interned(cond.get("reason"), f"{field}.reason"),
-                                       message(cond.get("message"), f"{field}.message"), last)
-    return tuple(kept.values())
 
 
 def project_app(obj: object, *, controller: str) -> AppView:
@@ -180,10 +147,10 @@ def _project(obj: object, controller: str) -> AppView:
         traceparent=traceparent(trace),
         created_at=created_at,
         replicas=1 if replicas is None else replicas,
-        ready=_count(status, "readyReplicas"),
-        available=_count(status, "availableReplicas"),
-        current=_count(status, "replicas"),
-        conditions=_conditions(status),
+        ready=read_count(status, "readyReplicas"),
+        available=read_count(status, "availableReplicas"),
+        current=read_count(status, "replicas"),
+        conditions=read_conditions(status, KEPT_APP_CONDITIONS),
         deletion_timestamp=read_time(meta.get("deletionTimestamp"), "metadata.deletionTimestamp"),
         finalizers=shared(tuple(
             sys.intern(required_str(item, f"metadata.finalizers[{i}]"))

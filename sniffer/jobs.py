@@ -60,7 +60,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sniffer.jobview import JobCondition, JobView
+from sniffer.conditions import Condition
+from sniffer.jobview import JobView
 from sniffer.podview import PodView, WorkloadKind
 from sniffer.states import Derived, StatePolicy, WorkloadState, derive, lost
 
@@ -181,7 +182,7 @@ def job_lost(pods: Iterable[PodView], *, now: float, policy: StatePolicy,
     return lost(cancel_requested, started_at=started_at)
 
 
-def _first_true(job: JobView, early: str, late: str) -> JobCondition | None:
+def _first_true(job: JobView, early: str, late: str) -> Condition | None:
     """The earlier of a pair of terminal conditions if True, else the later one."""
     return job.holds(early) or job.holds(late)
 

@@ -21,14 +21,12 @@ Contract:
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
 from dataclasses import dataclass
 
+from sniffer.conditions import Condition, read_conditions, read_count
 from sniffer.ownership import Owner, controller_of
 from sniffer.podfields import (
     MalformedPod,
-    interned,
-    message,
     read_bool,
     read_int,
     read_list,
@@ -46,7 +44,7 @@ from sniffer.podview import (
     run_labels,
 )
 
-__all__ = ["KEPT_JOB_CONDITIONS", "JobCondition", "JobView", "MalformedJob", "project_job"]
+__all__ = ["KEPT_JOB_CONDITIONS", "JobView", "MalformedJob", "project_job"]
 
 KEPT_JOB_CONDITIONS = ("Complete", "SuccessCriteriaMet", "Failed", "FailureTarget",
                        "Suspended")
@@ -54,17 +52,6 @@ KEPT_JOB_CONDITIONS = ("Complete", "SuccessCriteriaMet", "Failed", "FailureTarge
 
 class MalformedJob(MalformedPod):
     """The object is not a Job Sniffer can use; `reason` names the bad field."""
-
-
-@dataclass(frozen=True, slots=True)
-class JobCondition:
-    """One kept Job condition."""
-
-    type: str
-    status: str
-    reason: str | None
-    message: str | None
-    last_transition: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +86,7 @@ class JobView:
     (`status.uncountedTerminatedPods.failed`, a list of uids)."""
     start_time: float | None
     completion_time: float | None
-    conditions: tuple[JobCondition, ...]
+    conditions: tuple[Condition, ...]
     deletion_timestamp: float | None
     finalizers: tuple[str, ...]
     owner: Owner | None
@@ -114,37 +101,17 @@ class JobView:
         """metadata.name (cut from `key`)."""
         return self.key[len(self.namespace) + 1:]
 
-    def condition(self, type_: str) -> JobCondition | None:
+    def condition(self, type_: str) -> Condition | None:
         """The kept condition of that type, or None."""
         for cond in self.conditions:
             if cond.type == type_:
                 return cond
         return None
 
-    def holds(self, type_: str) -> JobCondition | None:
+    def holds(self, type_: str) -> Condition | None:
         """The kept condition of that type if its status is "True", else None."""
         cond = self.condition(type_)
         return cond if cond is not None and cond.status == "True" else None
-
-
-def _count(status: Mapping[str, object], name: str) -> int:
-    return read_int(status.get(name), f"status.{name}", minimum=0) or 0
-
-
-def _conditions(status: Mapping[str, object]) -> tuple[JobCondition, ...]:
-    kept: dict[str, JobCondition] = {}
-    for i, raw in enumerate(read_list(status.get("conditions"), "status.conditions")):
-        field = f"status.conditions[{i}]"
-        cond = read_map(raw, field, required=True)
-        type_ = required_str(cond.get("type"), f"{field}.type")
-        status_ = required_str(cond.get("status"), f"{field}.status")
-        last = read_time(cond.get("lastTransitionTime"), f"{field}.lastTransitionTime")
-        if type_ in KEPT_JOB_CONDITIONS:
-            kept.pop(type_, None)  # the last of a repeated type wins, in its place
-            kept[type_] = JobCondition(sys.intern(type_), sys.intern(status_),
-                                       interned(cond.get("reason"), f"{field}.reason"),
-                                       message(cond.get("message"), f"{field}.message"), last)
-    return tuple(kept.values())
 
 
 def project_job(obj: object) -> JobView:
@@ -192,17 +159,17 @@ def _project(obj: object) -> JobView:
         active_deadline_s=read_int(spec.get("activeDeadlineSeconds"),
                                    "spec.activeDeadlineSeconds", minimum=0),
         completions=read_int(spec.get("completions"), "spec.completions", minimum=0),
-        active=_count(status, "active"),
-        ready=_count(status, "ready"),
-        succeeded=_count(status, "succeeded"),
-        failed=_count(status, "failed"),
-        terminating=_count(status, "terminating"),
+        active=read_count(status, "active"),
+        ready=read_count(status, "ready"),
+        succeeded=read_count(status, "succeeded"),
+        failed=read_count(status, "failed"),
+        terminating=read_count(status, "terminating"),
         uncounted_failed=len(read_list(read_map(
             status.get("uncountedTerminatedPods"), "status.uncountedTerminatedPods",
         ).get("failed"), "status.uncountedTerminatedPods.failed")),
         start_time=read_time(status.get("startTime"), "status.startTime"),
         completion_time=read_time(status.get("completionTime"), "status.completionTime"),
-        conditions=_conditions(status),
+        conditions=read_conditions(status, KEPT_JOB_CONDITIONS),
         deletion_timestamp=read_time(meta.get("deletionTimestamp"), "metadata.deletionTimestamp"),
         finalizers=shared(tuple(
             sys.intern(required_str(item, f"metadata.finalizers[{i}]"))
